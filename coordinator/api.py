@@ -1,0 +1,130 @@
+"""The coordinator's Python API: launch a run, wait for it, validate mappings."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from celery import chord
+
+from shared.db import get_engine
+from shared.errors import ChordloadError, ConfigError, RunRefusedError
+from shared.metadata import store
+from shared.metadata.models import ChunkLog, ProcessLog
+from shared.metadata.schema import require_current
+from shared.planned_run import PlannedRun
+from shared.settings import Settings, current_settings
+from shared.statuses import ChunkStatus, RunStatus
+from shared.timeutil import utcnow
+from shared.values import encode_value
+from coordinator.planner import Plan, plan_run, read_source_columns
+
+
+class LaunchError(ChordloadError):
+    """The chord could not be sent to the broker; the run was marked FAILED."""
+
+    transient = True
+
+
+def task_id_for(run_id: str, chunk_no: int) -> str:
+    """Deterministic header task id, so stop can revoke by id without asking the broker."""
+    return f"{run_id}.{chunk_no}"
+
+
+def _rows_for(plan: Plan) -> tuple[ProcessLog, list[ChunkLog]]:
+    run = ProcessLog(
+        run_id=plan.run_id, mapref=plan.mapref, status=RunStatus.QUEUED, created_at=utcnow(),
+        load_kind=plan.load_kind, estimated_rows=plan.estimated_rows,
+        chunks_total=len(plan.ranges), chunks_done=0, chunks_failed=0, rows_read=0,
+        rows_inserted=0, rows_changed=0, rows_unchanged=0, rows_errored=0,
+        checkpoint_from=encode_value(plan.window.lower), hwm=encode_value(plan.window.upper),
+        plan_note=plan.note, mapping=PlannedRun.mapping_document(plan.spec, plan.columns))
+    chunks = [ChunkLog(run_id=plan.run_id, chunk_no=r.chunk_no, lower_bound=encode_value(r.lower),
+                       upper_bound=encode_value(r.upper), includes_nulls=r.includes_nulls,
+                       task_id=task_id_for(plan.run_id, r.chunk_no), status=ChunkStatus.PENDING,
+                       rows_read=0, rows_inserted=0, rows_changed=0, rows_unchanged=0,
+                       rows_errored=0, batches_done=0, attempts=0)
+              for r in plan.ranges]
+    return run, chunks
+
+
+def _send_chord(settings: Settings, plan: Plan) -> None:
+    from workers.tasks import finalize_run, load_chunk, on_run_error
+
+    queue = settings.celery.queue
+    header = [load_chunk.si(plan.run_id, r.chunk_no, r.to_message()).set(
+        task_id=task_id_for(plan.run_id, r.chunk_no), queue=queue) for r in plan.ranges]
+    body = finalize_run.si(plan.run_id).set(task_id=f"{plan.run_id}.finalize", queue=queue)
+    body = body.on_error(on_run_error.s(plan.run_id).set(queue=queue))
+    chord(header, body).apply_async()
+
+
+def launch(mapref: str, *, settings: Settings | None = None,
+           chunks_override: int | None = None) -> str:
+    """Plan and launch one run of ``mapref``; returns its run id.
+
+    Refused (RunRefusedError) while another run of the mapping is QUEUED or RUNNING.
+    """
+    settings = settings or current_settings()
+    metadata = get_engine(settings.metadata)
+    require_current(metadata)
+    settings.mapping(mapref)
+    active = store.active_run(metadata, mapref)
+    if active is not None:
+        raise RunRefusedError(f"mapping '{mapref}' already has an active run {active.run_id}; "
+                              f"wait for it (chordload status {active.run_id}) or stop it",
+                              active.run_id)
+    plan = plan_run(settings, mapref, metadata, chunks_override=chunks_override)
+    run, chunks = _rows_for(plan)
+    store.create_run(metadata, run, chunks)
+    store.set_run_status(metadata, plan.run_id, RunStatus.RUNNING, only_from={RunStatus.QUEUED})
+    try:
+        _send_chord(settings, plan)
+    except Exception as exc:
+        store.set_run_status(metadata, plan.run_id, RunStatus.FAILED,
+                             only_from={RunStatus.RUNNING},
+                             message=f"could not send the run to the broker: {type(exc).__name__}: {exc}")
+        raise LaunchError(f"run {plan.run_id}: could not reach the broker: {exc}") from None
+    return plan.run_id
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    run: ProcessLog
+    totals: dict[str, int]
+
+
+def snapshot(settings: Settings, run_id: str) -> RunSnapshot:
+    metadata = get_engine(settings.metadata)
+    return RunSnapshot(store.get_run(metadata, run_id), store.progress_totals(metadata, run_id))
+
+
+def wait(run_id: str, *, settings: Settings | None = None, timeout_s: float | None = None,
+         poll_s: float = 0.5, on_progress=None) -> ProcessLog:  # noqa: ANN001
+    """Block until the run is terminal (or ``timeout_s`` passes: TimeoutError)."""
+    settings = settings or current_settings()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        snap = snapshot(settings, run_id)
+        if on_progress is not None:
+            on_progress(snap)
+        if snap.run.status.is_terminal:
+            return snap.run
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"run {run_id} still {snap.run.status.value} after {timeout_s}s")
+        time.sleep(poll_s)
+
+
+def validate_mapping(settings: Settings, mapref: str) -> list[str]:
+    """Check a mapping against its source (columns exist, query runs); returns its columns."""
+    _adapter, columns = read_source_columns(settings, mapref)
+    return [c.name for c in columns]
+
+
+def validate_all(settings: Settings) -> dict[str, list[str] | str]:
+    results: dict[str, list[str] | str] = {}
+    for mapref in settings.mappings:
+        try:
+            results[mapref] = validate_mapping(settings, mapref)
+        except ConfigError as err:
+            results[mapref] = str(err)
+    return results

@@ -1,0 +1,118 @@
+"""Showing a run: the live progress display (rich on a terminal, plain lines otherwise) and
+the final summary, as text or as one JSON object."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import IO, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from shared.metadata.models import ProcessLog
+from shared.timeutil import as_utc, utcnow
+from shared.values import display_value
+
+PLAIN_INTERVAL_S = 5.0
+
+
+def run_summary(run: ProcessLog) -> dict[str, Any]:
+    """The run as the JSON object `run --json` and `status --json` print."""
+    started, ended = as_utc(run.started_at), as_utc(run.ended_at)
+    duration_s = None
+    if started is not None:
+        duration_s = round(((ended or utcnow()) - started).total_seconds(), 3)
+    return {
+        "run_id": run.run_id, "mapref": run.mapref, "status": run.status.value,
+        "load_kind": run.load_kind, "chunks": run.chunks_total,
+        "chunks_done": run.chunks_done, "chunks_failed": run.chunks_failed,
+        "estimated_rows": run.estimated_rows, "rows_read": run.rows_read,
+        "rows_inserted": run.rows_inserted, "rows_changed": run.rows_changed,
+        "rows_unchanged": run.rows_unchanged, "rows_errored": run.rows_errored,
+        "checkpoint_from": run.checkpoint_from["value"] if run.checkpoint_from else None,
+        "checkpoint_to": run.checkpoint_to["value"] if run.checkpoint_to else None,
+        "hwm": run.hwm["value"] if run.hwm else None,
+        "started_at": started.isoformat() if started else None,
+        "ended_at": ended.isoformat() if ended else None,
+        "duration_s": duration_s, "plan": run.plan_note, "message": run.message,
+    }
+
+
+def print_summary(run: ProcessLog, console: Console) -> None:
+    s = run_summary(run)
+    colour = {"SUCCESS": "green", "FAILED": "red", "STOPPED": "yellow"}.get(s["status"], "cyan")
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("run", f"{s['run_id']}  ({s['mapref']}, {s['load_kind']})")
+    table.add_row("status", f"[{colour}]{s['status']}[/{colour}]")
+    table.add_row("chunks", f"{s['chunks_done']} done, {s['chunks_failed']} failed, "
+                            f"{s['chunks']} total")
+    table.add_row("rows", f"{s['rows_read']:,} read: {s['rows_inserted']:,} inserted, "
+                          f"{s['rows_changed']:,} changed, {s['rows_unchanged']:,} unchanged, "
+                          f"{s['rows_errored']:,} errored")
+    table.add_row("checkpoint", f"{display_value(run.checkpoint_from)} -> "
+                                f"{display_value(run.checkpoint_to)}  (hwm {display_value(run.hwm)})")
+    if s["duration_s"] is not None:
+        rate = s["rows_read"] / s["duration_s"] if s["duration_s"] else 0
+        table.add_row("duration", f"{s['duration_s']:.1f} s  ({rate:,.0f} rows/s)")
+    if s["plan"]:
+        table.add_row("plan", s["plan"])
+    if s["message"]:
+        table.add_row("message", s["message"])
+    console.print(table)
+
+
+def print_json(obj: Any, stream: IO[str] | None = None) -> None:
+    (stream or sys.stdout).write(json.dumps(obj, default=str) + "\n")
+
+
+class ProgressDisplay:
+    """Callback for ``coordinator.wait``: a live bar on a terminal, a plain line every few
+    seconds when output is piped (CI logs stay readable)."""
+
+    def __init__(self, console: Console, interval_s: float = PLAIN_INTERVAL_S):
+        self.console = console
+        self.interval_s = interval_s
+        self.live = console.is_terminal
+        self._progress: Progress | None = None
+        self._task = None
+        self._last_plain = 0.0
+        self._started = time.monotonic()
+
+    def __enter__(self) -> "ProgressDisplay":
+        if self.live:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(),
+                TextColumn("{task.completed:,.0f}/{task.total:,.0f} rows"),
+                TextColumn("{task.fields[chunks]}"), TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(), console=self.console, transient=False)
+            self._progress.start()
+            self._task = self._progress.add_task("loading", total=1, chunks="", rate="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def __call__(self, snap) -> None:  # noqa: ANN001 - coordinator.api.RunSnapshot
+        run, totals = snap.run, snap.totals
+        done = totals["rows_read"]
+        total = max(run.estimated_rows or 0, done, 1)
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        rate = done / elapsed
+        chunks = (f"chunks {totals['chunks_done']}/{totals['chunks_total']}"
+                  f"{' failed ' + str(totals['chunks_failed']) if totals['chunks_failed'] else ''}")
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, total=total, chunks=chunks,
+                                  rate=f"{rate:,.0f} rows/s",
+                                  description=f"{run.mapref} {run.status.value.lower()}")
+            return
+        now = time.monotonic()
+        if now - self._last_plain >= self.interval_s or run.status.is_terminal:
+            self._last_plain = now
+            eta = (total - done) / rate if rate > 0 and done < total else 0
+            self.console.print(f"{run.run_id} {run.status.value} rows {done:,}/{total:,} "
+                               f"{chunks} {rate:,.0f} rows/s eta {eta:,.0f}s", highlight=False)

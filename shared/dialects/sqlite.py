@@ -1,0 +1,95 @@
+"""SQLite: exact counts, executemany into a temp stage, a registered md5 row-hash function
+(see shared/db.py). Used by the demo and for small local loads."""
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Sequence
+from decimal import Decimal
+
+from sqlalchemy import Connection, text
+
+from shared.dialects.base import STAGE_TABLE, DialectAdapter
+from shared.dialects.types import ColumnType, SourceColumn, TypeKind
+
+sqlite3.register_adapter(Decimal, str)
+
+_RUNTIME_KINDS = {"integer": TypeKind.BIGINT, "real": TypeKind.FLOAT, "text": TypeKind.TEXT,
+                  "blob": TypeKind.BYTES}
+
+
+def kind_from_declared(declared: str) -> TypeKind | None:
+    """SQLite's affinity rules, plus the date/bool names people declare."""
+    name = declared.upper()
+    if not name:
+        return None
+    if "INT" in name:
+        return TypeKind.BIGINT
+    if "BOOL" in name:
+        return TypeKind.BOOLEAN
+    if "TIMESTAMP" in name or "DATETIME" in name:
+        return TypeKind.TIMESTAMP
+    if "DATE" in name:
+        return TypeKind.DATE
+    if any(t in name for t in ("CHAR", "CLOB", "TEXT")):
+        return TypeKind.TEXT
+    if any(t in name for t in ("REAL", "FLOA", "DOUB")):
+        return TypeKind.FLOAT
+    if "BLOB" in name:
+        return TypeKind.BYTES
+    return TypeKind.NUMERIC
+
+
+class SqliteAdapter(DialectAdapter):
+    name = "sqlite"
+
+    def source_columns(self, conn: Connection, query: str) -> list[SourceColumn]:
+        view = f"cl_probe_{uuid.uuid4().hex[:10]}"
+        conn.execute(text(f"CREATE TEMP VIEW {view} AS SELECT * FROM ({query}) src"))
+        try:
+            info = conn.execute(text(f"PRAGMA temp.table_info({view})")).all()
+            columns = []
+            for row in info:
+                name, declared = row[1], row[2] or ""
+                kind = kind_from_declared(declared)
+                if kind is None:  # an expression: look at a value
+                    runtime = conn.execute(text(
+                        f"SELECT typeof({self.q(name)}) FROM {view} WHERE {self.q(name)} "
+                        f"IS NOT NULL LIMIT 1")).scalar()
+                    kind = _RUNTIME_KINDS.get(runtime or "text", TypeKind.TEXT)
+                columns.append(SourceColumn(name, ColumnType(kind)))
+            return columns
+        finally:
+            conn.execute(text(f"DROP VIEW IF EXISTS temp.{view}"))
+
+    def ddl_type(self, column_type: ColumnType) -> str:
+        return {
+            TypeKind.SMALLINT: "INTEGER", TypeKind.INTEGER: "INTEGER", TypeKind.BIGINT: "INTEGER",
+            TypeKind.NUMERIC: "NUMERIC", TypeKind.FLOAT: "REAL", TypeKind.TEXT: "TEXT",
+            TypeKind.BOOLEAN: "BOOLEAN", TypeKind.DATE: "DATE", TypeKind.TIME: "TEXT",
+            TypeKind.TIMESTAMP: "TIMESTAMP", TypeKind.TIMESTAMPTZ: "TIMESTAMP",
+            TypeKind.BYTES: "BLOB", TypeKind.JSON: "TEXT", TypeKind.UUID: "TEXT",
+        }[column_type.kind]
+
+    def surrogate_key_ddl(self) -> str:
+        return "INTEGER PRIMARY KEY AUTOINCREMENT"
+
+    def create_stage(self, conn, target, columns) -> str:
+        stage = f"temp.{STAGE_TABLE}"
+        cols = ", ".join(self.q(c) for c in columns)
+        conn.execute(text(f"DROP TABLE IF EXISTS {stage}"))
+        conn.execute(text(f"CREATE TEMP TABLE {STAGE_TABLE} AS SELECT {cols} FROM "
+                          f"{self.table_ref(target)} WHERE 0"))
+        return stage
+
+    def clear_stage(self, conn: Connection, stage: str) -> None:
+        conn.execute(text(f"DELETE FROM {stage}"))
+
+    def load_stage(self, conn: Connection, stage: str, columns: Sequence[str],
+                   rows: Sequence[tuple]) -> None:
+        cols = ", ".join(self.q(c) for c in columns)
+        marks = ", ".join("?" for _ in columns)
+        conn.exec_driver_sql(f"INSERT INTO {stage} ({cols}) VALUES ({marks})", list(rows))
+
+    def row_hash_expr(self, qualified_columns: Sequence[str]) -> str:
+        return f"chordload_row_hash({', '.join(qualified_columns)})"

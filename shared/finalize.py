@@ -1,0 +1,105 @@
+"""Finalizing a run: aggregate the chunks, decide the status, move the checkpoint.
+
+Idempotent and guarded by the RUNNING -> terminal transition in one transaction: the chord
+body, the errback, stop and reconcile may all call it, and only the first one that finds the
+run active writes anything. The chunk_log rows are the truth (not the chord's result list),
+so every caller computes the same outcome.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select
+
+from shared.metadata.models import Checkpoint, ChunkLog, ProcessLog
+from shared.metadata.store import session
+from shared.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
+from shared.timeutil import utcnow
+from shared.values import decode_value, encode_value, max_value, value_type_name
+
+
+@dataclass(frozen=True)
+class FinalizeOutcome:
+    run_id: str
+    status: RunStatus
+    changed: bool  # False when another caller had already finalized the run
+
+
+def _decide(chunks: list[ChunkLog]) -> tuple[RunStatus, str | None]:
+    failed = [c for c in chunks if c.status is ChunkStatus.FAILED]
+    if failed:
+        first = failed[0]
+        more = f" (+{len(failed) - 1} more failed chunks)" if len(failed) > 1 else ""
+        return RunStatus.FAILED, f"chunk {first.chunk_no} failed: {first.message}{more}"
+    stopped = [c for c in chunks if c.status in (ChunkStatus.STOPPED, ChunkStatus.REVOKED)]
+    if stopped:
+        return RunStatus.STOPPED, f"{len(stopped)} of {len(chunks)} chunks stopped or revoked"
+    unfinished = [c for c in chunks if not c.status.is_terminal]
+    if unfinished:
+        return RunStatus.FAILED, f"{len(unfinished)} chunks never finished"
+    return RunStatus.SUCCESS, None
+
+
+def finalize_run(engine: Engine, run_id: str, *, unfinished_chunks: ChunkStatus | None = None,
+                 reason: str | None = None) -> FinalizeOutcome | None:
+    """Finalize ``run_id`` if it is still active.
+
+    By default a run with chunks still PENDING/RUNNING is left alone (returns None): the chord
+    body only fires when all are done. Callers that know the remaining chunks will never
+    finish (errback, stop, reconcile) pass ``unfinished_chunks`` to close them with that status.
+    """
+    with session(engine) as s, s.begin():
+        run = s.scalars(select(ProcessLog).where(ProcessLog.run_id == run_id)
+                        .with_for_update()).one()
+        if run.status not in ACTIVE_RUN_STATUSES:
+            return FinalizeOutcome(run_id, run.status, changed=False)
+        chunks = list(s.scalars(select(ChunkLog).where(ChunkLog.run_id == run_id)
+                                .order_by(ChunkLog.chunk_no).with_for_update()))
+        if any(not c.status.is_terminal for c in chunks):
+            if unfinished_chunks is None:
+                return None
+            now = utcnow()
+            for chunk in chunks:
+                if not chunk.status.is_terminal:
+                    chunk.status = unfinished_chunks
+                    chunk.ended_at = now
+                    chunk.message = reason
+        status, message = _decide(chunks)
+        if reason and status is not RunStatus.SUCCESS:
+            message = f"{reason}; {message}" if message else reason
+        now = utcnow()
+        run.status = status
+        run.ended_at = now
+        run.message = message
+        run.chunks_done = sum(c.status is ChunkStatus.SUCCESS for c in chunks)
+        run.chunks_failed = len(chunks) - run.chunks_done
+        run.rows_read = sum(c.rows_read for c in chunks)
+        run.rows_inserted = sum(c.rows_inserted for c in chunks)
+        run.rows_changed = sum(c.rows_changed for c in chunks)
+        run.rows_unchanged = sum(c.rows_unchanged for c in chunks)
+        run.rows_errored = sum(c.rows_errored for c in chunks)
+        if status is RunStatus.SUCCESS:
+            _advance_checkpoint(s, run, chunks, now)
+        return FinalizeOutcome(run_id, status, changed=True)
+
+
+def _advance_checkpoint(s, run: ProcessLog, chunks: list[ChunkLog], now) -> None:  # noqa: ANN001
+    """New checkpoint = max of the chunks' maxima; never moves backwards, never to NULL."""
+    if run.mapping["spec"]["checkpoint"]["strategy"] != "KEY":
+        return
+    chunk_max = max_value([decode_value(c.max_checkpoint) for c in chunks])
+    stored = s.get(Checkpoint, run.mapref)
+    previous = decode_value(stored.value) if stored else None
+    new = max_value([chunk_max, previous])
+    run.checkpoint_to = encode_value(new)
+    if new is None:
+        return
+    if stored is None:
+        s.add(Checkpoint(mapref=run.mapref, value=encode_value(new), value_type=value_type_name(new),
+                         run_id=run.run_id, updated_at=now))
+    else:
+        stored.value = encode_value(new)
+        stored.value_type = value_type_name(new)
+        stored.run_id = run.run_id
+        stored.updated_at = now
+

@@ -1,0 +1,1 @@
+"""Metadata database: process_log, chunk_log, checkpoint (models, migrations, store)."""

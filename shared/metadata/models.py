@@ -1,0 +1,97 @@
+"""SQLAlchemy models of the metadata tables. Alembic migrations create them; these classes
+are what the code reads and writes. Works on Postgres and SQLite."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Enum, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.statuses import ChunkStatus, RunStatus
+
+
+def _status(enum_cls: type) -> Enum:
+    return Enum(enum_cls, native_enum=False, length=16, create_constraint=False,
+                values_callable=lambda e: [m.value for m in e], validate_strings=True)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ProcessLog(Base):
+    """One row per run."""
+
+    __tablename__ = "process_log"
+
+    run_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    mapref: Mapped[str] = mapped_column(String(200), nullable=False)
+    status: Mapped[RunStatus] = mapped_column(_status(RunStatus), nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    load_kind: Mapped[str] = mapped_column(String(16), nullable=False, default="incremental")
+    estimated_rows: Mapped[int | None] = mapped_column(BigInteger)
+    chunks_total: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    chunks_done: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    chunks_failed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    rows_read: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    rows_inserted: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    rows_changed: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    rows_unchanged: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    rows_errored: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    checkpoint_from: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    checkpoint_to: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    hwm: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    plan_note: Mapped[str | None] = mapped_column(Text)
+    message: Mapped[str | None] = mapped_column(Text)
+    mapping: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+
+    __table_args__ = (
+        Index("ix_process_log_mapref_created", "mapref", "created_at"),
+        # One active run per mapping, enforced by the database under races.
+        Index("ux_process_log_one_active_run", "mapref", unique=True,
+              postgresql_where=text("status IN ('QUEUED', 'RUNNING')"),
+              sqlite_where=text("status IN ('QUEUED', 'RUNNING')")),
+    )
+
+
+class ChunkLog(Base):
+    """One row per chunk of a run."""
+
+    __tablename__ = "chunk_log"
+
+    run_id: Mapped[str] = mapped_column(String(32), ForeignKey("process_log.run_id", ondelete="CASCADE"),
+                                        primary_key=True)
+    chunk_no: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lower_bound: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    upper_bound: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    includes_nulls: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    task_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    status: Mapped[ChunkStatus] = mapped_column(_status(ChunkStatus), nullable=False)
+    rows_read: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    rows_inserted: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    rows_changed: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    rows_unchanged: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    rows_errored: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    batches_done: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    max_checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    message: Mapped[str | None] = mapped_column(Text)
+
+
+class Checkpoint(Base):
+    """The stored checkpoint of each mapping, set only by a successful run."""
+
+    __tablename__ = "checkpoint"
+
+    mapref: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    value_type: Mapped[str | None] = mapped_column(String(16))
+    run_id: Mapped[str] = mapped_column(String(32), nullable=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)

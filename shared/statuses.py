@@ -1,0 +1,38 @@
+"""Run and chunk statuses, as enums (stored as their string values)."""
+from __future__ import annotations
+
+from enum import Enum
+
+
+class RunStatus(str, Enum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_RUN_STATUSES
+
+    @property
+    def exit_code(self) -> int:
+        """CLI exit code for a run that ended in this status."""
+        return {RunStatus.SUCCESS: 0, RunStatus.FAILED: 1, RunStatus.STOPPED: 3}.get(self, 1)
+
+
+TERMINAL_RUN_STATUSES = frozenset({RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.STOPPED})
+ACTIVE_RUN_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
+
+
+class ChunkStatus(str, Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+    REVOKED = "REVOKED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in (ChunkStatus.PENDING, ChunkStatus.RUNNING)
