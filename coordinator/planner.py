@@ -52,6 +52,12 @@ def check_columns(mapref: str, spec: MappingSpec, columns: list[str]) -> None:
         named.append(("checkpoint.column", spec.checkpoint_column))
     named.append(("chunking.column" if spec.chunking.column else "chunking.column (default: "
                   "first key)", spec.split_column))
+    for role, name in spec.scd.audit_names().items():
+        if name in available:
+            raise ConfigError(
+                f"mapping '{mapref}': the source returns a column '{name}', which is also the "
+                f"SCD{spec.scd.type} audit column for {role}; rename the audit column "
+                f"(scd.audit_columns.{role}: dw_{name}) or alias the source column")
     for field, column in named:
         if column not in available:
             near = [c for c in columns if c.lower() == column.lower()]
@@ -139,9 +145,10 @@ def ensure_target(settings: Settings, mapref: str, spec: MappingSpec,
         with engine.begin() as conn:
             if adapter.target_exists(conn, spec.target):
                 adapter.check_target(conn, spec.target, [c.name for c in source_columns],
-                                     spec.scd.type)
+                                     spec.scd.type, list(spec.scd.audit_names().values()))
             else:
-                adapter.create_target(conn, spec.target, source_columns, spec.keys, spec.scd.type)
+                adapter.create_target(conn, spec.target, source_columns, spec.keys, spec.scd.type,
+                                      spec.scd.audit_columns)
     except OperationalError as exc:
         raise _connect_error(mapref, "target", url, exc) from None
     except DBAPIError as exc:

@@ -48,8 +48,39 @@ class TargetSpec(_Strict):
         return self.table.split(".", 1)[1] if "." in self.table else self.table
 
 
+class AuditColumns(_Strict):
+    """Names of the columns chordload adds to the target (rename one when the source already
+    has a column of that name, e.g. ``updated_at: dw_updated_at``)."""
+
+    row_hash: str = "row_hash"
+    inserted_at: str = "inserted_at"
+    updated_at: str = "updated_at"
+    run_id: str = "run_id"
+    sk: str = "sk"
+    valid_from: str = "valid_from"
+    valid_to: str = "valid_to"
+    is_current: str = "is_current"
+
+
+SCD1_AUDIT = ("row_hash", "inserted_at", "updated_at", "run_id")
+SCD2_AUDIT = ("sk", "row_hash", "valid_from", "valid_to", "is_current", "run_id")
+
+
 class ScdSpec(_Strict):
     type: Literal[1, 2] = 2
+    audit_columns: AuditColumns = AuditColumns()
+
+    def audit_names(self) -> dict[str, str]:
+        """Audit role -> column name, for the roles this SCD type uses."""
+        roles = SCD1_AUDIT if self.type == 1 else SCD2_AUDIT
+        return {role: getattr(self.audit_columns, role) for role in roles}
+
+    @model_validator(mode="after")
+    def _distinct_audit_names(self) -> "ScdSpec":
+        names = list(self.audit_names().values())
+        if len(set(names)) != len(names):
+            raise ValueError(f"audit_columns must be distinct names, got {names}")
+        return self
 
 
 class CheckpointSpec(_Strict):

@@ -8,6 +8,7 @@ batch, whatever the chunk's size. The loader never raises: the outcome is a smal
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -59,7 +60,7 @@ def load_chunk(settings: Settings, run_id: str, chunk: ChunkRange, worker: str) 
                  run.status.value)
         return ChunkResult(chunk.chunk_no, current.status, error=f"run already {run.status.value}")
     planned = PlannedRun.from_row(run)
-    store.start_chunk(metadata, run_id, chunk.chunk_no, worker)
+    store.start_chunk(metadata, run_id, chunk.chunk_no, f"{worker}/{os.getpid()}")
     result = ChunkResult(chunk.chunk_no, ChunkStatus.RUNNING)
     try:
         _stream_and_apply(settings, planned, chunk, result)
@@ -83,6 +84,7 @@ def _stream_and_apply(settings: Settings, planned: PlannedRun, chunk: ChunkRange
     sql, params = chunk_select(source_adapter, spec.source.query, planned.columns,
                                planned.window, spec.split_column, chunk)
     checkpoint_column = spec.checkpoint_column
+    key_positions = [planned.columns.index(k) for k in spec.keys]
     with target.connect() as tconn:
         with tconn.begin():
             stage = target_adapter.create_stage(tconn, spec.target, planned.columns)
@@ -92,7 +94,8 @@ def _stream_and_apply(settings: Settings, planned: PlannedRun, chunk: ChunkRange
                     with tconn.begin():
                         target_adapter.clear_stage(tconn, stage)
                         target_adapter.load_stage(tconn, stage, planned.columns, rows)
-                        counts = _apply(target_adapter, tconn, stage, planned, len(rows))
+                        counts = _apply(target_adapter, tconn, stage, planned, len(rows),
+                                        _has_null_keys(rows, key_positions))
                         batch_max = (target_adapter.stage_max(tconn, stage, checkpoint_column)
                                      if checkpoint_column else None)
                     result.max_checkpoint = max_value([result.max_checkpoint, batch_max])
@@ -107,13 +110,20 @@ def _stream_and_apply(settings: Settings, planned: PlannedRun, chunk: ChunkRange
                 target_adapter.drop_stage(tconn, stage)
 
 
-def _apply(adapter, conn, stage: str, planned: PlannedRun, staged_rows: int):  # noqa: ANN001
+def _has_null_keys(rows, key_positions: list[int]) -> bool:  # noqa: ANN001
+    return any(row[i] is None for row in rows for i in key_positions)
+
+
+def _apply(adapter, conn, stage: str, planned: PlannedRun, staged_rows: int,  # noqa: ANN001
+           has_null_keys: bool):
     spec = planned.spec
     if spec.scd.type == 1:
         return adapter.apply_scd1(conn, stage, spec.target, planned.columns, spec.keys,
-                                  planned.run_id, utcnow(), staged_rows)
+                                  spec.scd.audit_columns, planned.run_id, utcnow(), staged_rows,
+                                  has_null_keys)
     return adapter.apply_scd2(conn, stage, spec.target, planned.columns, spec.keys,
-                              planned.run_id, planned.valid_from, staged_rows)
+                              spec.scd.audit_columns, planned.run_id, planned.valid_from,
+                              staged_rows, has_null_keys)
 
 
 def _add(total: ChunkCounts, rows_read: int, counts) -> None:  # noqa: ANN001

@@ -16,12 +16,10 @@ from sqlalchemy import Connection, Engine, inspect, text
 
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 from shared.errors import ConfigError, LoadError
-from shared.mapping import TargetSpec
+from shared.mapping import AuditColumns, TargetSpec
 
 STAGE_TABLE = "cl_stage"
 HASH_COLUMN = "row_hash"
-SCD1_AUDIT_COLUMNS = ("row_hash", "inserted_at", "updated_at", "run_id")
-SCD2_AUDIT_COLUMNS = ("sk", "row_hash", "valid_from", "valid_to", "is_current", "run_id")
 
 
 @dataclass(frozen=True)
@@ -108,43 +106,41 @@ class DialectAdapter:
                                                             schema=target.schema_name)]
 
     def create_target(self, conn: Connection, target: TargetSpec, columns: list[SourceColumn],
-                      keys: Sequence[str], scd_type: int) -> None:
+                      keys: Sequence[str], scd_type: int, audit: AuditColumns) -> None:
         """Create the target from the source's column types, with the SCD contract's columns
         and indexes (SCD2: one current row per key, enforced by a unique partial index)."""
         table = self.table_ref(target)
-        key_set = set(keys)
-        business = [f"{self.q(c.name)} {self.ddl_type(c.type)}"
-                    f"{' NOT NULL' if c.name in key_set else ''}" for c in columns]
+        business = [f"{self.q(c.name)} {self.ddl_type(c.type)}" for c in columns]
         ts = self.timestamp_ddl()
         hash_ddl = self.ddl_type(ColumnType(TypeKind.TEXT, length=32))
         run_ddl = self.ddl_type(ColumnType(TypeKind.TEXT, length=32))
         key_cols = ", ".join(self.q(k) for k in keys)
         name = target.table_name
         if scd_type == 1:
-            ddl = [*business, f"{self.q('row_hash')} {hash_ddl} NOT NULL",
-                   f"{self.q('inserted_at')} {ts} NOT NULL", f"{self.q('updated_at')} {ts} NOT NULL",
-                   f"{self.q('run_id')} {run_ddl} NOT NULL"]
+            ddl = [*business, f"{self.q(audit.row_hash)} {hash_ddl} NOT NULL",
+                   f"{self.q(audit.inserted_at)} {ts} NOT NULL",
+                   f"{self.q(audit.updated_at)} {ts} NOT NULL",
+                   f"{self.q(audit.run_id)} {run_ddl} NOT NULL"]
             conn.execute(text(f"CREATE TABLE {table} ({', '.join(ddl)})"))
             conn.execute(text(f"CREATE UNIQUE INDEX {self.q(self.index_name(name, 'key'))} "
                               f"ON {table} ({key_cols})"))
         else:
-            ddl = [f"{self.q('sk')} {self.surrogate_key_ddl()}", *business,
-                   f"{self.q('row_hash')} {hash_ddl} NOT NULL",
-                   f"{self.q('valid_from')} {ts} NOT NULL", f"{self.q('valid_to')} {ts}",
-                   f"{self.q('is_current')} {self.ddl_type(ColumnType(TypeKind.BOOLEAN))} NOT NULL",
-                   f"{self.q('run_id')} {run_ddl} NOT NULL"]
+            ddl = [f"{self.q(audit.sk)} {self.surrogate_key_ddl()}", *business,
+                   f"{self.q(audit.row_hash)} {hash_ddl} NOT NULL",
+                   f"{self.q(audit.valid_from)} {ts} NOT NULL", f"{self.q(audit.valid_to)} {ts}",
+                   f"{self.q(audit.is_current)} {self.ddl_type(ColumnType(TypeKind.BOOLEAN))} "
+                   f"NOT NULL", f"{self.q(audit.run_id)} {run_ddl} NOT NULL"]
             conn.execute(text(f"CREATE TABLE {table} ({', '.join(ddl)})"))
             conn.execute(text(
                 f"CREATE UNIQUE INDEX {self.q(self.index_name(name, 'current'))} ON {table} "
-                f"({key_cols}) WHERE {self.q('is_current')}"))
+                f"({key_cols}) WHERE {self.q(audit.is_current)}"))
             conn.execute(text(f"CREATE INDEX {self.q(self.index_name(name, 'key'))} "
                               f"ON {table} ({key_cols})"))
 
     def check_target(self, conn: Connection, target: TargetSpec, business: Sequence[str],
-                     scd_type: int) -> None:
+                     scd_type: int, audit_names: Sequence[str]) -> None:
         have = set(self.target_column_names(conn, target))
-        audit = SCD1_AUDIT_COLUMNS if scd_type == 1 else SCD2_AUDIT_COLUMNS
-        missing = [c for c in (*business, *audit) if c not in have]
+        missing = [c for c in (*business, *audit_names) if c not in have]
         if missing:
             raise ConfigError(
                 f"target table {target.table} exists but lacks column(s) {', '.join(missing)} "
@@ -172,60 +168,76 @@ class DialectAdapter:
         return conn.execute(text(f"SELECT max({self.q(column)}) FROM {stage}")).scalar_one()
 
     # -- SCD apply ---------------------------------------------------------------------
-    def _hashed_stage(self, stage: str, columns: Sequence[str]) -> str:
-        hash_expr = self.row_hash_expr([f"st.{self.q(c)}" for c in columns])
-        return f"(SELECT st.*, {hash_expr} AS cl_hash FROM {stage} st)"
+    def null_safe_eq(self, left: str, right: str) -> str:
+        """Equality that treats NULL = NULL as true (a NULL business key is one key)."""
+        return f"{left} IS NOT DISTINCT FROM {right}"
 
-    def _key_match(self, keys: Sequence[str], left: str, right: str) -> str:
-        return " AND ".join(f"{left}.{self.q(k)} = {right}.{self.q(k)}" for k in keys)
+    def _hashed_stage(self, stage: str, columns: Sequence[str], only: str) -> str:
+        hash_expr = self.row_hash_expr([f"st.{self.q(c)}" for c in columns])
+        return f"(SELECT st.*, {hash_expr} AS cl_hash FROM {stage} st WHERE {only})"
+
+    def _passes(self, keys: Sequence[str], has_null_keys: bool) -> list[tuple[str, str]]:
+        """(key match, stage filter) per pass. Plain ``=`` uses the target's key index; rows
+        with a NULL key take a second, null-safe pass, run only when the batch has such rows."""
+        plain = " AND ".join(f"t.{self.q(k)} = s.{self.q(k)}" for k in keys)
+        not_null = " AND ".join(f"st.{self.q(k)} IS NOT NULL" for k in keys)
+        passes = [(plain, not_null)]
+        if has_null_keys:
+            safe = " AND ".join(self.null_safe_eq(f"t.{self.q(k)}", f"s.{self.q(k)}") for k in keys)
+            any_null = " OR ".join(f"st.{self.q(k)} IS NULL" for k in keys)
+            passes.append((safe, f"({any_null})"))
+        return passes
 
     def apply_scd1(self, conn: Connection, stage: str, target: TargetSpec,
-                   columns: Sequence[str], keys: Sequence[str], run_id: str,
-                   now: Any, staged_rows: int) -> ApplyCounts:
+                   columns: Sequence[str], keys: Sequence[str], audit: AuditColumns,
+                   run_id: str, now: Any, staged_rows: int,
+                   has_null_keys: bool = False) -> ApplyCounts:
         """Update changed rows in place, insert new keys; equal hashes are not written."""
         table = self.table_ref(target)
-        hashed = self._hashed_stage(stage, columns)
         sets = ", ".join(f"{self.q(c)} = s.{self.q(c)}" for c in columns if c not in keys)
         sets = (sets + ", " if sets else "") + (
-            f"{self.q('row_hash')} = s.cl_hash, {self.q('updated_at')} = :now, "
-            f"{self.q('run_id')} = :run_id")
-        changed = conn.execute(text(
-            f"UPDATE {table} AS t SET {sets} FROM {hashed} s WHERE "
-            f"{self._key_match(keys, 't', 's')} AND t.{self.q('row_hash')} <> s.cl_hash"),
-            {"now": now, "run_id": run_id}).rowcount
+            f"{self.q(audit.row_hash)} = s.cl_hash, {self.q(audit.updated_at)} = :now, "
+            f"{self.q(audit.run_id)} = :run_id")
         cols = ", ".join(self.q(c) for c in columns)
         s_cols = ", ".join(f"s.{self.q(c)}" for c in columns)
-        inserted = conn.execute(text(
-            f"INSERT INTO {table} ({cols}, {self.q('row_hash')}, {self.q('inserted_at')}, "
-            f"{self.q('updated_at')}, {self.q('run_id')}) SELECT {s_cols}, s.cl_hash, :now, :now, "
-            f":run_id FROM {hashed} s WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE "
-            f"{self._key_match(keys, 't', 's')})"),
-            {"now": now, "run_id": run_id}).rowcount
+        params = {"now": now, "run_id": run_id}
+        changed = inserted = 0
+        for match, only in self._passes(keys, has_null_keys):
+            hashed = self._hashed_stage(stage, columns, only)
+            changed += conn.execute(text(
+                f"UPDATE {table} AS t SET {sets} FROM {hashed} s WHERE {match} "
+                f"AND t.{self.q(audit.row_hash)} <> s.cl_hash"), params).rowcount
+            inserted += conn.execute(text(
+                f"INSERT INTO {table} ({cols}, {self.q(audit.row_hash)}, {self.q(audit.inserted_at)}, "
+                f"{self.q(audit.updated_at)}, {self.q(audit.run_id)}) SELECT {s_cols}, s.cl_hash, :now, "
+                f":now, :run_id FROM {hashed} s WHERE NOT EXISTS (SELECT 1 FROM {table} t "
+                f"WHERE {match})"), params).rowcount
         return ApplyCounts(inserted=inserted, changed=changed,
                            unchanged=staged_rows - inserted - changed)
 
     def apply_scd2(self, conn: Connection, stage: str, target: TargetSpec,
-                   columns: Sequence[str], keys: Sequence[str], run_id: str,
-                   valid_from: Any, staged_rows: int) -> ApplyCounts:
+                   columns: Sequence[str], keys: Sequence[str], audit: AuditColumns,
+                   run_id: str, valid_from: Any, staged_rows: int,
+                   has_null_keys: bool = False) -> ApplyCounts:
         """Expire current versions whose hash changed, then insert a current version for every
         staged key that has none (new keys and the ones just expired). Re-applying the same
         batch finds equal hashes and writes nothing, which makes redelivery harmless."""
         table = self.table_ref(target)
-        hashed = self._hashed_stage(stage, columns)
         current = self.q("is_current")
-        changed = conn.execute(text(
-            f"UPDATE {table} AS t SET {self.q('valid_to')} = :valid_from, {current} = :false_ "
-            f"FROM {hashed} s WHERE {self._key_match(keys, 't', 's')} AND t.{current} = :true_ "
-            f"AND t.{self.q('row_hash')} <> s.cl_hash"),
-            {"valid_from": valid_from, "true_": True, "false_": False}).rowcount
         cols = ", ".join(self.q(c) for c in columns)
         s_cols = ", ".join(f"s.{self.q(c)}" for c in columns)
-        written = conn.execute(text(
-            f"INSERT INTO {table} ({cols}, {self.q('row_hash')}, {self.q('valid_from')}, "
-            f"{self.q('valid_to')}, {current}, {self.q('run_id')}) SELECT {s_cols}, s.cl_hash, "
-            f":valid_from, NULL, :true_, :run_id FROM {hashed} s WHERE NOT EXISTS (SELECT 1 FROM "
-            f"{table} t WHERE {self._key_match(keys, 't', 's')} AND t.{current} = :true_)"),
-            {"valid_from": valid_from, "true_": True, "run_id": run_id}).rowcount
-        inserted = written - changed
-        return ApplyCounts(inserted=inserted, changed=changed,
+        params = {"valid_from": valid_from, "true_": True, "false_": False, "run_id": run_id}
+        changed = written = 0
+        for match, only in self._passes(keys, has_null_keys):
+            hashed = self._hashed_stage(stage, columns, only)
+            changed += conn.execute(text(
+                f"UPDATE {table} AS t SET {self.q(audit.valid_to)} = :valid_from, {current} = :false_ "
+                f"FROM {hashed} s WHERE {match} AND t.{current} = :true_ "
+                f"AND t.{self.q(audit.row_hash)} <> s.cl_hash"), params).rowcount
+            written += conn.execute(text(
+                f"INSERT INTO {table} ({cols}, {self.q(audit.row_hash)}, {self.q(audit.valid_from)}, "
+                f"{self.q(audit.valid_to)}, {current}, {self.q(audit.run_id)}) SELECT {s_cols}, s.cl_hash, "
+                f":valid_from, NULL, :true_, :run_id FROM {hashed} s WHERE NOT EXISTS (SELECT 1 "
+                f"FROM {table} t WHERE {match} AND t.{current} = :true_)"), params).rowcount
+        return ApplyCounts(inserted=written - changed, changed=changed,
                            unchanged=staged_rows - written)

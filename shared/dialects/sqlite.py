@@ -91,5 +91,8 @@ class SqliteAdapter(DialectAdapter):
         marks = ", ".join("?" for _ in columns)
         conn.exec_driver_sql(f"INSERT INTO {stage} ({cols}) VALUES ({marks})", list(rows))
 
+    def null_safe_eq(self, left: str, right: str) -> str:
+        return f"{left} IS {right}"
+
     def row_hash_expr(self, qualified_columns: Sequence[str]) -> str:
         return f"chordload_row_hash({', '.join(qualified_columns)})"

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Make sure the services the test suite talks to are up: PostgreSQL and Redis (MariaDB and
+# RabbitMQ are not needed yet). Starts them where they are installed but down; fails loudly
+# otherwise, because a skipped integration test is a failed one.
+set -u
+
+wait_for() {  # wait_for NAME CHECK-COMMAND...
+  local name=$1; shift
+  for _ in $(seq 1 60); do
+    if "$@" >/dev/null 2>&1; then echo "ok: $name is up"; return 0; fi
+    sleep 0.5
+  done
+  echo "error: $name did not come up" >&2
+  return 1
+}
+
+pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q; }
+redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG; }
+
+status=0
+if ! pg_up; then
+  if command -v pg_ctlcluster >/dev/null 2>&1; then
+    echo "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  fi
+  wait_for PostgreSQL pg_up || status=1
+else
+  echo "ok: PostgreSQL is up"
+fi
+if ! redis_up; then
+  if command -v redis-server >/dev/null 2>&1; then
+    echo "starting Redis"
+    mkdir -p /var/lib/redis /var/log/redis
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+      --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+  fi
+  wait_for Redis redis_up || status=1
+else
+  echo "ok: Redis is up"
+fi
+exit $status

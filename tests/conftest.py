@@ -1,0 +1,145 @@
+"""Test fixtures against real services.
+
+Each test session gets its own Postgres databases (``cl_<token>_wh`` for sources and targets,
+``cl_<token>_meta`` for metadata), its own Redis key prefix and Celery queue, and drops them
+all at the end, so concurrent runs never collide. Services must be up (``make test`` starts
+them); a missing service is an error, not a skip.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from sqlalchemy import create_engine, text
+
+from shared.db import dispose_all, get_engine
+from shared.metadata.schema import upgrade
+from shared.settings import Settings, settings_from_dict, use_settings
+from tests.worker_process import WorkerProcess
+
+TOKEN = uuid.uuid4().hex[:8]
+PG_HOST = os.environ.get("CHORDLOAD_TEST_PG", "postgresql+psycopg2://root@127.0.0.1:5432")
+REDIS_URL = os.environ.get("CHORDLOAD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _admin_engine():
+    return create_engine(f"{PG_HOST}/postgres", isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def pg_urls() -> Iterator[dict[str, str]]:
+    names = {"wh": f"cl_{TOKEN}_wh", "meta": f"cl_{TOKEN}_meta"}
+    admin = _admin_engine()
+    try:
+        with admin.connect() as conn:
+            for name in names.values():
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"PostgreSQL at {PG_HOST} is not usable ({exc}); run `make services`")
+    yield {role: f"{PG_HOST}/{name}" for role, name in names.items()}
+    dispose_all()
+    with admin.connect() as conn:
+        for name in names.values():
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_prefix() -> Iterator[str]:
+    prefix = f"cltest:{TOKEN}:"
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis at {REDIS_URL} is not usable ({exc}); run `make services`")
+    yield prefix
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def base_config(pg_urls, redis_prefix) -> dict[str, Any]:
+    """The session's config as a dict: connections, broker, backend, queue; no mappings."""
+    return {
+        "metadata": pg_urls["meta"],
+        "broker": REDIS_URL,
+        "result_backend": REDIS_URL,
+        "connections": {"wh": pg_urls["wh"]},
+        "celery": {
+            "queue": f"cl-{TOKEN}",
+            "broker_transport_options": {"global_keyprefix": redis_prefix},
+            "result_backend_transport_options": {"global_keyprefix": redis_prefix},
+        },
+    }
+
+
+@pytest.fixture(scope="session")
+def config_path(base_config, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "chordload.yaml"
+    path.write_text(yaml.safe_dump(base_config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def metadata_ready(base_config) -> str:
+    upgrade(get_engine(base_config["metadata"]))
+    return base_config["metadata"]
+
+
+@pytest.fixture(scope="session")
+def session_settings(base_config, metadata_ready) -> Settings:
+    from workers.app import app, configure
+
+    settings = settings_from_dict(base_config, "test config")
+    configure(app, settings)
+    use_settings(settings)
+    return settings
+
+
+@pytest.fixture
+def make_settings(base_config, session_settings):
+    """Settings with the session's services plus the given mappings."""
+
+    def build(mappings: dict[str, Any]) -> Settings:
+        settings = settings_from_dict({**base_config, "mappings": mappings}, "test config")
+        use_settings(settings)
+        return settings
+
+    yield build
+    use_settings(session_settings)
+
+
+@pytest.fixture(scope="session")
+def wh(pg_urls):
+    """An engine on the warehouse database (sources and targets live there)."""
+    return get_engine(pg_urls["wh"])
+
+
+@pytest.fixture(scope="session")
+def workers(config_path, session_settings, tmp_path_factory) -> Iterator[WorkerProcess]:
+    """Two prefork worker processes (one Celery worker, concurrency 2) on the session queue."""
+    log_dir = tmp_path_factory.mktemp("workers")
+    worker = WorkerProcess(config_path, queue=session_settings.celery.queue,
+                           name=f"w1-{TOKEN}", concurrency=2, log_path=log_dir / "w1.log")
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def schema(wh, request) -> Iterator[str]:
+    """A fresh Postgres schema per test for its source and target tables."""
+    name = "t_" + uuid.uuid4().hex[:10]
+    with wh.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{name}"'))
+    yield name
+    with wh.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))

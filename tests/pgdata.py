@@ -1,0 +1,69 @@
+"""Source data for tests, made set-based in Postgres (generate_series), so large sources are
+cheap to build."""
+from __future__ import annotations
+
+from sqlalchemy import Engine, text
+
+BASE_TS = "2026-01-01 00:00:00"
+
+
+def create_customers(wh: Engine, schema: str, rows: int, table: str = "customers") -> str:
+    """``rows`` customers with ids 1..rows and strictly increasing updated_at."""
+    qualified = f'"{schema}"."{table}"'
+    with wh.begin() as conn:
+        conn.execute(text(
+            f"CREATE TABLE {qualified} (id bigint PRIMARY KEY, name text NOT NULL, email text, "
+            f"city text, balance numeric(12,2), signup date, active boolean, "
+            f"updated_at timestamp NOT NULL)"))
+        conn.execute(text(
+            f"INSERT INTO {qualified} SELECT g, 'Customer ' || g, 'c' || g || '@example.com', "
+            f"(ARRAY['Berlin','Lisbon','Oslo','Turin','Gdansk'])[1 + g % 5], "
+            f"round((g % 1000) * 1.25, 2), DATE '2020-01-01' + (g % 2000), g % 3 <> 0, "
+            f"TIMESTAMP '{BASE_TS}' + g * INTERVAL '1 second' "
+            f"FROM generate_series(1, :n) g"), {"n": rows})
+        conn.execute(text(f"CREATE INDEX ON {qualified} (updated_at)"))
+        conn.execute(text(f"ANALYZE {qualified}"))
+    return qualified
+
+
+def change_every_tenth(wh: Engine, qualified: str, stamp: str = "2026-06-01 00:00:00") -> int:
+    with wh.begin() as conn:
+        changed = conn.execute(text(
+            f"UPDATE {qualified} SET city = 'Reykjavik', balance = balance + 1, "
+            f"updated_at = TIMESTAMP '{stamp}' + id * INTERVAL '1 millisecond' "
+            f"WHERE id % 10 = 0")).rowcount
+        conn.execute(text(f"ANALYZE {qualified}"))
+    return changed
+
+
+def add_customers(wh: Engine, qualified: str, first_id: int, count: int,
+                  stamp: str = "2026-06-02 00:00:00") -> None:
+    with wh.begin() as conn:
+        conn.execute(text(
+            f"INSERT INTO {qualified} SELECT g, 'New ' || g, NULL, 'Cork', 1.50, NULL, true, "
+            f"TIMESTAMP '{stamp}' + g * INTERVAL '1 millisecond' "
+            f"FROM generate_series(:a, :b) g"), {"a": first_id, "b": first_id + count - 1})
+        conn.execute(text(f"ANALYZE {qualified}"))
+
+
+BUSINESS_COLUMNS = "id, name, email, city, balance, signup, active, updated_at"
+
+
+def scd2_mapping(schema: str, table: str = "customers", target: str = "dim_customer",
+                 **overrides) -> dict:
+    mapping = {
+        "source": {"connection": "wh",
+                   "query": f'SELECT {BUSINESS_COLUMNS} FROM "{schema}"."{table}"'},
+        "target": {"connection": "wh", "table": f"{schema}.{target}"},
+        "keys": ["id"],
+        "scd": {"type": 2},
+        "checkpoint": {"strategy": "KEY", "column": "updated_at"},
+        "chunking": {"column": "id", "rows_per_chunk": 30_000, "min_rows_for_parallel": 100_000},
+        "batch_rows": 10_000,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(mapping.get(key), dict):
+            mapping[key] = {**mapping[key], **value}
+        else:
+            mapping[key] = value
+    return mapping

@@ -1,0 +1,69 @@
+"""A real ``celery -A workers worker`` process for end-to-end tests."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class WorkerProcess:
+    def __init__(self, config_path: Path, *, queue: str, name: str, concurrency: int = 2,
+                 log_path: Path, extra_env: dict[str, str] | None = None):
+        self.config_path = config_path
+        self.queue = queue
+        self.name = name
+        self.concurrency = concurrency
+        self.log_path = log_path
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def hostname(self) -> str:
+        return f"{self.name}@localhost"
+
+    def start(self, ready_timeout_s: float = 60) -> None:
+        env = {**os.environ, "CHORDLOAD_CONFIG": str(self.config_path), **self.extra_env}
+        cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "prefork",
+               "--concurrency", str(self.concurrency), "--queues", self.queue,
+               "--hostname", self.hostname, "--loglevel", "INFO", "--without-mingle",
+               "--without-gossip"]
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_ready(ready_timeout_s)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        from workers.app import app
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.log_tail()}")
+            replies = app.control.ping(destination=[self.hostname], timeout=1.0)
+            if replies:
+                return
+        raise RuntimeError(f"worker {self.hostname} not ready after {timeout_s}s: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout_s: float = 30) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout_s)
+        self._log.close()
+        self.proc = None
