@@ -95,3 +95,31 @@ class Checkpoint(Base):
     value_type: Mapped[str | None] = mapped_column(String(16))
     run_id: Mapped[str] = mapped_column(String(32), nullable=False)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class StopRequest(Base):
+    """A request to stop a run: the source of truth that chunks check between batches."""
+
+    __tablename__ = "stop_request"
+
+    run_id: Mapped[str] = mapped_column(String(32), ForeignKey("process_log.run_id", ondelete="CASCADE"),
+                                        primary_key=True)
+    requested_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    requested_by: Mapped[str] = mapped_column(String(200), nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ErrorRow(Base):
+    """One source row that could not be loaded, with its key and the database's message."""
+
+    __tablename__ = "error_row"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32), ForeignKey("process_log.run_id", ondelete="CASCADE"),
+                                        nullable=False)
+    chunk_no: Mapped[int] = mapped_column(Integer, nullable=False)
+    row_key: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    row_data: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
