@@ -15,7 +15,8 @@ from shared.planned_run import PlannedRun
 from shared.settings import Settings, current_settings
 from shared.statuses import ChunkStatus, RunStatus
 from shared.timeutil import utcnow
-from shared.values import encode_value
+from shared.values import decode_value, encode_value
+from shared.window import ChunkRange
 from coordinator.planner import Plan, plan_run, read_source_columns
 
 
@@ -47,15 +48,35 @@ def _rows_for(plan: Plan) -> tuple[ProcessLog, list[ChunkLog]]:
     return run, chunks
 
 
-def _send_chord(settings: Settings, plan: Plan) -> None:
+def send_chord(settings: Settings, run_id: str, chunks: list[ChunkLog], launch: int) -> None:
+    """One chord: a ``load_chunk`` per chunk (task id from chunk_log), body ``finalize_run``,
+    errback ``on_run_error``. A one-chunk run takes the same path."""
     from workers.tasks import finalize_run, load_chunk, on_run_error
 
     queue = settings.celery.queue
-    header = [load_chunk.si(plan.run_id, r.chunk_no, r.to_message()).set(
-        task_id=task_id_for(plan.run_id, r.chunk_no), queue=queue) for r in plan.ranges]
-    body = finalize_run.si(plan.run_id).set(task_id=f"{plan.run_id}.finalize", queue=queue)
-    body = body.on_error(on_run_error.s(plan.run_id).set(queue=queue))
+    header = [load_chunk.si(run_id, c.chunk_no, chunk_range(c).to_message()).set(
+        task_id=c.task_id, queue=queue) for c in chunks]
+    body = finalize_run.si(run_id, launch).set(task_id=f"{chunks[0].task_id}.finalize",
+                                               queue=queue)
+    body = body.on_error(on_run_error.s(run_id, launch).set(queue=queue))
     chord(header, body).apply_async()
+
+
+def chunk_range(chunk: ChunkLog) -> ChunkRange:
+    return ChunkRange(chunk.chunk_no, decode_value(chunk.lower_bound),
+                      decode_value(chunk.upper_bound), chunk.includes_nulls)
+
+
+def start_chord(settings: Settings, run_id: str, chunks: list[ChunkLog], launch: int = 1) -> None:
+    """Send the chord; if the broker cannot take it, the run is marked FAILED (resumable)."""
+    metadata = get_engine(settings.metadata)
+    try:
+        send_chord(settings, run_id, chunks, launch)
+    except Exception as exc:
+        store.set_run_status(metadata, run_id, RunStatus.FAILED, only_from={RunStatus.RUNNING},
+                             message=f"could not send the run to the broker: "
+                                     f"{type(exc).__name__}: {exc}")
+        raise LaunchError(f"run {run_id}: could not reach the broker: {exc}") from None
 
 
 def launch(mapref: str, *, settings: Settings | None = None,
@@ -77,13 +98,7 @@ def launch(mapref: str, *, settings: Settings | None = None,
     run, chunks = _rows_for(plan)
     store.create_run(metadata, run, chunks)
     store.set_run_status(metadata, plan.run_id, RunStatus.RUNNING, only_from={RunStatus.QUEUED})
-    try:
-        _send_chord(settings, plan)
-    except Exception as exc:
-        store.set_run_status(metadata, plan.run_id, RunStatus.FAILED,
-                             only_from={RunStatus.RUNNING},
-                             message=f"could not send the run to the broker: {type(exc).__name__}: {exc}")
-        raise LaunchError(f"run {plan.run_id}: could not reach the broker: {exc}") from None
+    start_chord(settings, plan.run_id, chunks)
     return plan.run_id
 
 

@@ -64,7 +64,7 @@ def demo_settings(workdir: Path, rows: int, chunks: int) -> Settings:
     rows_per_chunk = max(1, -(-rows // chunks))
     return settings_from_dict({
         "metadata": f"sqlite:///{workdir / 'metadata.db'}",
-        "broker": "memory://",
+        "broker": "memory://localhost/",
         "result_backend": "cache+memory://",
         "connections": {"crm": f"sqlite:///{workdir / 'source.db'}",
                         "dw": f"sqlite:///{workdir / 'warehouse.db'}"},

@@ -3,6 +3,7 @@ the final summary, as text or as one JSON object."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import IO, Any
@@ -15,7 +16,7 @@ from shared.metadata.models import ProcessLog
 from shared.timeutil import as_utc, utcnow
 from shared.values import display_value
 
-PLAIN_INTERVAL_S = 5.0
+PLAIN_INTERVAL_S = float(os.environ.get("CHORDLOAD_PROGRESS_INTERVAL_S", "5"))
 
 
 def run_summary(run: ProcessLog) -> dict[str, Any]:

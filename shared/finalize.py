@@ -13,6 +13,7 @@ from sqlalchemy import Engine, select
 
 from shared.metadata.models import Checkpoint, ChunkLog, ProcessLog
 from shared.metadata.store import session
+from shared.retry import retry_transient
 from shared.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
 from shared.timeutil import utcnow
 from shared.values import decode_value, encode_value, max_value, value_type_name
@@ -40,18 +41,21 @@ def _decide(chunks: list[ChunkLog]) -> tuple[RunStatus, str | None]:
     return RunStatus.SUCCESS, None
 
 
+@retry_transient(attempts=8, max_s=10.0)
 def finalize_run(engine: Engine, run_id: str, *, unfinished_chunks: ChunkStatus | None = None,
-                 reason: str | None = None) -> FinalizeOutcome | None:
+                 reason: str | None = None, launch: int | None = None) -> FinalizeOutcome | None:
     """Finalize ``run_id`` if it is still active.
 
     By default a run with chunks still PENDING/RUNNING is left alone (returns None): the chord
     body only fires when all are done. Callers that know the remaining chunks will never
     finish (errback, stop, reconcile) pass ``unfinished_chunks`` to close them with that status.
+    A chord body or errback passes its ``launch``: a late callback of an earlier chord of a
+    resumed run must not finalize the new launch.
     """
     with session(engine) as s, s.begin():
         run = s.scalars(select(ProcessLog).where(ProcessLog.run_id == run_id)
                         .with_for_update()).one()
-        if run.status not in ACTIVE_RUN_STATUSES:
+        if run.status not in ACTIVE_RUN_STATUSES or (launch is not None and launch != run.launches):
             return FinalizeOutcome(run_id, run.status, changed=False)
         chunks = list(s.scalars(select(ChunkLog).where(ChunkLog.run_id == run_id)
                                 .order_by(ChunkLog.chunk_no).with_for_update()))

@@ -114,6 +114,20 @@ class MappingSpec(_Strict):
     checkpoint: CheckpointSpec = CheckpointSpec()
     chunking: ChunkingSpec = ChunkingSpec()
     batch_rows: int = Field(default=10_000, ge=1, le=1_000_000)
+    run_timeout_s: int = Field(default=6 * 3600, ge=1, description="reconcile fails runs past it")
+    schedule: str | None = Field(default=None, description="cron, UTC: minute hour day-of-month "
+                                 "month day-of-week; beat launches the mapping at these times")
+    enabled: bool = Field(default=True, description="false: beat does not launch this mapping")
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_cron(cls, schedule: str | None) -> str | None:
+        if schedule is None:
+            return None
+        from shared.scheduling import parse_cron
+
+        parse_cron(schedule)  # a ValueError names the fields and what is wrong
+        return " ".join(schedule.split())
 
     @field_validator("keys")
     @classmethod

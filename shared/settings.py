@@ -1,7 +1,9 @@
 """Loading and validating ``chordload.yaml``.
 
 The file is found at ``--config PATH``, else ``$CHORDLOAD_CONFIG``, else ``./chordload.yaml``.
-``${VAR}`` (and ``${VAR:-default}``) are replaced from the environment before parsing, and
+``${VAR}`` (and ``${VAR:-default}``) in values are replaced from the environment (after
+parsing: a value's characters never change the file's structure, and a ``${VAR}`` in a YAML
+comment is ignored), and
 ``CHORDLOAD_BROKER_URL`` / ``CHORDLOAD_RESULT_BACKEND`` / ``CHORDLOAD_METADATA_URL`` override
 the file. Every problem is reported with its path in the file (``mappings.x.keys``) so the
 user knows what to fix.
@@ -11,10 +13,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.errors import ConfigError
 from shared.mapping import MappingSpec
@@ -26,6 +28,23 @@ ENV_OVERRIDES = {
     "metadata": "CHORDLOAD_METADATA_URL",
 }
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_PLACEHOLDER = re.compile(r"__chordload_var_(\d+)__")
+
+
+def _database_url(url: str) -> str:
+    """A SQLAlchemy URL (parsed only: no driver is loaded, nothing is connected)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise ValueError("not a valid database URL (expected the SQLAlchemy form "
+                         "dialect+driver://user:password@host:port/database)") from None
+    return url
+
+
+DatabaseUrl = Annotated[str, AfterValidator(_database_url)]
 
 
 class CelerySpec(BaseModel):
@@ -33,17 +52,18 @@ class CelerySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     queue: str = "chordload"
-    visibility_timeout_s: int = Field(default=4 * 3600, ge=60)
+    visibility_timeout_s: int = Field(default=4 * 3600, ge=1)
+    heartbeat_grace_s: int = Field(default=300, ge=0)
     broker_transport_options: dict[str, Any] = Field(default_factory=dict)
     result_backend_transport_options: dict[str, Any] = Field(default_factory=dict)
 
 
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    metadata: str = Field(min_length=1)
+    metadata: DatabaseUrl = Field(min_length=1)
     broker: str = "redis://127.0.0.1:6379/0"
     result_backend: str = "redis://127.0.0.1:6379/1"
-    connections: dict[str, str] = Field(default_factory=dict)
+    connections: dict[str, DatabaseUrl] = Field(default_factory=dict)
     mappings: dict[str, MappingSpec] = Field(default_factory=dict)
     celery: CelerySpec = CelerySpec()
 
@@ -66,6 +86,12 @@ class Settings(BaseModel):
             known = ", ".join(sorted(self.mappings)) or "none"
             raise ConfigError(f"unknown mapping '{mapref}' (mappings in the config: {known})") from None
 
+    @property
+    def visibility_timeout_s(self) -> int:
+        """The broker's visibility timeout; ``CHORDLOAD_VISIBILITY_TIMEOUT_S`` overrides."""
+        return int(os.environ.get("CHORDLOAD_VISIBILITY_TIMEOUT_S",
+                                  self.celery.visibility_timeout_s))
+
     def connection_url(self, name: str) -> str:
         try:
             return self.connections[name]
@@ -75,33 +101,55 @@ class Settings(BaseModel):
                               "own config/env") from None
 
 
-def substitute_env(text: str, source: str) -> str:
-    """Replace ``${VAR}`` / ``${VAR:-default}``; an unset variable without default is an error."""
+def protect_env_refs(text: str) -> tuple[str, list[re.Match[str]]]:
+    """Swap each ``${VAR}`` in the YAML text for a plain placeholder, so the file parses the
+    same whatever the variables hold; ``substitute_env`` fills the parsed values."""
+    refs: list[re.Match[str]] = []
 
     def repl(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        value = os.environ.get(name)
-        if value is None:
-            if default is None:
-                raise ConfigError(f"{source}: environment variable ${{{name}}} is not set "
-                                  f"(set it, or write ${{{name}:-default}})")
-            return default
+        refs.append(match)
+        return f"__chordload_var_{len(refs) - 1}__"
+
+    return _VAR.sub(repl, text), refs
+
+
+def substitute_env(value: Any, source: str, refs: list[re.Match[str]],
+                   path: tuple[Any, ...] = ()) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` placeholders in every string of the parsed
+    file; an unset variable without default is an error naming where it is used."""
+    if isinstance(value, dict):
+        return {substitute_env(k, source, refs, path): substitute_env(v, source, refs, (*path, k))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_env(v, source, refs, (*path, i)) for i, v in enumerate(value)]
+    if not isinstance(value, str):
         return value
 
-    return _VAR.sub(repl, text)
+    def repl(match: re.Match[str]) -> str:
+        name, default = refs[int(match.group(1))].group(1, 2)
+        env = os.environ.get(name)
+        if env is None:
+            if default is None:
+                where = ".".join(str(p) for p in path) or "(top level)"
+                raise ConfigError(f"{source}: {where}: environment variable ${{{name}}} is not "
+                                  f"set (set it, or write ${{{name}:-default}})")
+            return default
+        return env
+
+    return _PLACEHOLDER.sub(repl, value)
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"{source} is invalid:"]
     for item in err.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        where = ".".join(str(p) for p in item["loc"])
         msg = item["msg"]
         if item["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling against the config reference in README.md)"
         elif item["type"] == "missing":
             msg = "required key is missing"
         msg = msg.removeprefix("Value error, ")
-        lines.append(f"  - {where}: {msg}")
+        lines.append(f"  - {where}: {msg}" if where else f"  - {msg}")
     return "\n".join(lines)
 
 
@@ -131,12 +179,19 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     if not config_path.is_file():
         raise ConfigError(f"config file {config_path} not found (pass --config PATH or set "
                           "CHORDLOAD_CONFIG)")
-    text = substitute_env(config_path.read_text(), str(config_path))
+    try:
+        text, refs = protect_env_refs(config_path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config file {config_path}: {err}") from None
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{config_path} is not valid YAML: {err}") from None
-    return settings_from_dict(raw, str(config_path))
+        message = _PLACEHOLDER.sub(lambda m: refs[int(m.group(1))].group(0), str(err))
+        raise ConfigError(f"{config_path} is not valid YAML: {message}") from None
+    if isinstance(raw, dict):  # keys the environment overrides need no substitution
+        raw = {k: v for k, v in raw.items() if not (k in ENV_OVERRIDES
+                                                     and os.environ.get(ENV_OVERRIDES[k]))}
+    return settings_from_dict(substitute_env(raw, str(config_path), refs), str(config_path))
 
 
 _current: Settings | None = None

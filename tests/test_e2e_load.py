@@ -33,12 +33,12 @@ def _run(settings, mapref: str):
 
 def test_scd2_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     source = create_customers(wh, schema, 300_000)
-    settings = make_settings({"dim": scd2_mapping(schema)})
+    settings = make_settings({schema: scd2_mapping(schema)})
     target = f'"{schema}"."dim_customer"'
     current = f"SELECT {BUSINESS_COLUMNS} FROM {target} WHERE is_current"
     src = f"SELECT {BUSINESS_COLUMNS} FROM {source}"
 
-    first = _run(settings, "dim")
+    first = _run(settings, schema)
     assert first.status is RunStatus.SUCCESS, first.message
     assert first.chunks_total >= 8
     chunks = store.get_chunks(get_engine(settings.metadata), first.run_id)
@@ -50,14 +50,14 @@ def test_scd2_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     assert _scalar(wh, f"SELECT count(*) FROM (SELECT id FROM {target} WHERE is_current "
                        f"GROUP BY id HAVING count(*) > 1) d") == 0
     max_source = _scalar(wh, f"SELECT max(updated_at) FROM {source}")
-    stored = store.get_checkpoint(get_engine(settings.metadata), "dim")
+    stored = store.get_checkpoint(get_engine(settings.metadata), schema)
     assert stored.value == {"type": "datetime", "value": max_source.isoformat()}
 
     changed = change_every_tenth(wh, source)
     add_customers(wh, source, 300_001, 5_000)
     in_window = _scalar(wh, f"SELECT count(*) FROM {source} WHERE updated_at >= :cp",
                         cp=max_source)
-    second = _run(settings, "dim")
+    second = _run(settings, schema)
     assert second.status is RunStatus.SUCCESS, second.message
     # only the window is read: the changed and new rows (the boundary row, id 300000, is
     # one of the changed ones)
@@ -81,7 +81,7 @@ def test_scd2_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     assert _scalar(wh, f"SELECT count(*) FROM {target} WHERE id % 10 <> 0 AND id <= 300000 "
                        f"AND (run_id <> :r OR NOT is_current)", r=first.run_id) == 0
 
-    third = _run(settings, "dim")
+    third = _run(settings, schema)
     assert third.status is RunStatus.SUCCESS
     assert (third.rows_inserted, third.rows_changed) == (0, 0)
     assert _scalar(wh, f"SELECT count(*) FROM {target}") == 300_000 + 30_000 + 5_000
@@ -91,12 +91,12 @@ def test_scd1_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     source = create_customers(wh, schema, 120_000)
     mapping = scd2_mapping(schema, target="cust", scd={"type": 1, "audit_columns": {"updated_at": "dw_updated_at"}},
                            chunking={"rows_per_chunk": 30_000})
-    settings = make_settings({"cust": mapping})
+    settings = make_settings({schema: mapping})
     target = f'"{schema}"."cust"'
     tgt = f"SELECT {BUSINESS_COLUMNS} FROM {target}"
     src = f"SELECT {BUSINESS_COLUMNS} FROM {source}"
 
-    first = _run(settings, "cust")
+    first = _run(settings, schema)
     assert first.status is RunStatus.SUCCESS, first.message
     assert first.chunks_total >= 4
     assert first.rows_inserted == 120_000
@@ -105,7 +105,7 @@ def test_scd1_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     max_before = _scalar(wh, f"SELECT max(updated_at) FROM {source}")
     changed = change_every_tenth(wh, source)
     add_customers(wh, source, 120_001, 2_000)
-    second = _run(settings, "cust")
+    second = _run(settings, schema)
     assert second.status is RunStatus.SUCCESS, second.message
     assert second.rows_changed == changed == 12_000
     assert second.rows_inserted == 2_000
@@ -119,5 +119,5 @@ def test_scd1_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     assert _scalar(wh, f"SELECT count(*) FROM {target} WHERE id % 10 <> 0 AND id <= 120000 "
                        f"AND run_id <> :r", r=first.run_id) == 0
 
-    third = _run(settings, "cust")
+    third = _run(settings, schema)
     assert (third.status, third.rows_inserted, third.rows_changed) == (RunStatus.SUCCESS, 0, 0)

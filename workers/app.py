@@ -7,15 +7,16 @@ import os
 
 from celery import Celery
 
+from shared.scheduling import beat_schedule
 from shared.settings import ENV_OVERRIDES, Settings, current_settings, resolve_config_path
+from workers import logging_setup  # noqa: F401 - structured logs via Celery's signals
 
 RESULT_EXPIRES_S = 7 * 24 * 3600
 
 
 def configure(app: Celery, settings: Settings) -> None:
     """Point ``app`` at the broker/backend of ``settings`` with chordload's fixed options."""
-    visibility_timeout_s = int(os.environ.get("CHORDLOAD_VISIBILITY_TIMEOUT_S",
-                                              settings.celery.visibility_timeout_s))
+    visibility_timeout_s = settings.visibility_timeout_s
     broker_options = {"visibility_timeout": visibility_timeout_s,
                       **settings.celery.broker_transport_options}
     backend_options = {"visibility_timeout": visibility_timeout_s,
@@ -40,6 +41,7 @@ def configure(app: Celery, settings: Settings) -> None:
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,
+        beat_schedule=beat_schedule(settings.celery.queue),
     )
 
 
@@ -58,7 +60,7 @@ def _settings_for_import() -> Settings | None:
     return None
 
 
-app = Celery("chordload", include=["workers.tasks"])
+app = Celery("chordload", include=["workers.tasks", "workers.schedule"])
 _settings = _settings_for_import()  # a broken config file fails the worker start, loudly
 if _settings is not None:
     configure(app, _settings)

@@ -15,6 +15,7 @@ from typing import Any
 from shared.db import READ_ONLY, get_engine
 from shared.dialects import adapter_for
 from shared.errors import describe_db_error
+from shared.finalize import finalize_run
 from shared.metadata import store
 from shared.metadata.store import BatchProgress
 from shared.planned_run import PlannedRun
@@ -51,19 +52,34 @@ class ChunkResult:
                 "error": self.error}
 
 
-def load_chunk(settings: Settings, run_id: str, chunk: ChunkRange, worker: str) -> ChunkResult:
+class StopRequested(Exception):
+    """Raised between batches when the run has a stop request; ends the chunk STOPPED."""
+
+
+def load_chunk(settings: Settings, run_id: str, chunk: ChunkRange, worker: str,
+               task_id: str | None = None) -> ChunkResult:
     metadata = get_engine(settings.metadata)
-    run = store.get_run(metadata, run_id)
-    if run.status.is_terminal:
+    if task_id is not None and store.get_chunk(metadata, run_id, chunk.chunk_no).task_id != task_id:
+        log.info("run %s chunk %s: task %s belongs to an earlier launch; nothing to do", run_id,
+                 chunk.chunk_no, task_id)
+        return ChunkResult(chunk.chunk_no, ChunkStatus.REVOKED, error="superseded by a resume")
+    if store.stop_requested(metadata, run_id):
+        store.finish_chunk(metadata, run_id, chunk.chunk_no, ChunkStatus.STOPPED,
+                           "stopped by request before it started")
+        finalize_run(metadata, run_id)
+        return ChunkResult(chunk.chunk_no, ChunkStatus.STOPPED, error="stop requested")
+    if not store.start_chunk(metadata, run_id, chunk.chunk_no, f"{worker}/{os.getpid()}"):
         current = store.get_chunk(metadata, run_id, chunk.chunk_no)
-        log.info("run %s chunk %s: run is already %s, nothing to do", run_id, chunk.chunk_no,
-                 run.status.value)
-        return ChunkResult(chunk.chunk_no, current.status, error=f"run already {run.status.value}")
-    planned = PlannedRun.from_row(run)
-    store.start_chunk(metadata, run_id, chunk.chunk_no, f"{worker}/{os.getpid()}")
+        log.info("run %s chunk %s is already %s; this delivery does nothing", run_id,
+                 chunk.chunk_no, current.status.value)
+        return ChunkResult(chunk.chunk_no, current.status, error=current.message)
+    planned = PlannedRun.from_row(store.get_run(metadata, run_id))
     result = ChunkResult(chunk.chunk_no, ChunkStatus.RUNNING)
     try:
         _stream_and_apply(settings, planned, chunk, result)
+    except StopRequested:
+        result.status = ChunkStatus.STOPPED
+        result.error = "stopped by request at a batch boundary"
     except Exception as exc:  # noqa: BLE001 - the task must end with a status, not raise
         result.status = ChunkStatus.FAILED
         result.error = describe_db_error(exc)
@@ -71,6 +87,8 @@ def load_chunk(settings: Settings, run_id: str, chunk: ChunkRange, worker: str) 
     else:
         result.status = ChunkStatus.SUCCESS
     store.finish_chunk(metadata, run_id, chunk.chunk_no, result.status, result.error)
+    if result.status is ChunkStatus.STOPPED:
+        finalize_run(metadata, run_id)  # the last chunk to stop ends the run at once
     return result
 
 
@@ -91,6 +109,8 @@ def _stream_and_apply(settings: Settings, planned: PlannedRun, chunk: ChunkRange
         try:
             with source.connect().execution_options(**READ_ONLY) as sconn:
                 for rows in source_adapter.stream(sconn, sql, params, spec.batch_rows):
+                    if store.stop_requested(metadata, planned.run_id):
+                        raise StopRequested()
                     with tconn.begin():
                         target_adapter.clear_stage(tconn, stage)
                         target_adapter.load_stage(tconn, stage, planned.columns, rows)

@@ -6,6 +6,7 @@ import logging
 
 from shared.db import get_engine
 from shared.finalize import finalize_run as finalize_run_record
+from shared.metadata import store
 from shared.settings import current_settings
 from shared.statuses import ChunkStatus
 from shared.window import ChunkRange
@@ -19,15 +20,16 @@ log = logging.getLogger("chordload.tasks")
 def load_chunk(self, run_id: str, chunk_no: int, bounds: dict) -> dict:
     """Header task of a run's chord: load one key range. Never raises."""
     chunk = ChunkRange.from_message(bounds)
-    result = load_chunk_range(current_settings(), run_id, chunk, self.request.hostname or "worker")
+    result = load_chunk_range(current_settings(), run_id, chunk, self.request.hostname or "worker",
+                              task_id=self.request.id)
     return result.to_json()
 
 
 @app.task(name="chordload.finalize_run")
-def finalize_run(run_id: str) -> dict:
+def finalize_run(run_id: str, launch: int = 1) -> dict:
     """Chord body: every header task returned, so every chunk is terminal."""
     outcome = finalize_run_record(get_engine(current_settings().metadata), run_id,
-                                  unfinished_chunks=ChunkStatus.FAILED,
+                                  unfinished_chunks=ChunkStatus.FAILED, launch=launch,
                                   reason="the chord completed while this chunk was unfinished")
     status = outcome.status.value if outcome else None
     log.info("run %s finalized: %s", run_id, status)
@@ -35,9 +37,37 @@ def finalize_run(run_id: str) -> dict:
 
 
 @app.task(name="chordload.on_run_error")
-def on_run_error(request, exc, traceback, run_id: str) -> None:  # noqa: ANN001
-    """Chord errback: a header task raised or the body failed; finalize what can be."""
+def on_run_error(request, exc, traceback, run_id: str, launch: int = 1) -> None:  # noqa: ANN001
+    """Chord errback: Celery calls it instead of the body when a header task was revoked,
+    lost or raised (the chord fires only once every header task has returned, so chunks still
+    open in chunk_log are the ones whose task did not run to its end)."""
+    from celery.result import AsyncResult
+    from celery import states
+
+    metadata = get_engine(current_settings().metadata)
     log.error("run %s: chord error %r", run_id, exc)
-    finalize_run_record(get_engine(current_settings().metadata), run_id,
-                        unfinished_chunks=ChunkStatus.FAILED,
-                        reason=f"chord failed: {type(exc).__name__}")
+    if store.get_run(metadata, run_id).launches != launch:
+        log.info("run %s: errback of an earlier launch (%s); ignored", run_id, launch)
+        return
+    open_chunks = [c for c in store.get_chunks(metadata, run_id) if not c.status.is_terminal]
+    revoked = [c for c in open_chunks
+               if AsyncResult(c.task_id, app=app).state == states.REVOKED]
+    for chunk in revoked:
+        store.finish_chunk(metadata, run_id, chunk.chunk_no, ChunkStatus.REVOKED,
+                           "its task was revoked")
+    finalize_run_record(metadata, run_id, unfinished_chunks=ChunkStatus.FAILED, launch=launch,
+                        reason=f"chord failed: {exc}")
+
+
+@app.task(name="chordload.reconcile")
+def reconcile() -> list[dict]:
+    """Periodic (beat): finalize or fail runs that would otherwise stay RUNNING forever."""
+    from dataclasses import asdict
+
+    from shared.reconcile import reconcile as reconcile_runs
+
+    actions = reconcile_runs(current_settings())
+    for action in actions:
+        log.warning("reconcile: run %s (%s) %s -> %s", action.run_id, action.mapref,
+                    action.action, action.status)
+    return [asdict(a) for a in actions]

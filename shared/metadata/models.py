@@ -47,6 +47,7 @@ class ProcessLog(Base):
     plan_note: Mapped[str | None] = mapped_column(Text)
     message: Mapped[str | None] = mapped_column(Text)
     mapping: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    launches: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
 
     __table_args__ = (
         Index("ix_process_log_mapref_created", "mapref", "created_at"),
@@ -123,3 +124,21 @@ class ErrorRow(Base):
     row_data: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     message: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class ScheduleSlot(Base):
+    """One claimed slot (cron fire time) of a mapping's schedule. The primary key
+    ``(mapref, scheduled_for)`` is the unique constraint that makes every slot start at most
+    once, however many beat processes or redelivered dispatches see it. ``status``: CLAIMED
+    (being launched), LAUNCHED (``run_id`` set), SKIPPED or FAILED (``reason`` says why)."""
+
+    __tablename__ = "schedule_slot"
+
+    mapref: Mapped[str] = mapped_column(String(200), primary_key=True)
+    scheduled_for: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    claimed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    claimed_by: Mapped[str] = mapped_column(String(200), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    run_id: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

@@ -8,12 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.errors import NotFoundError, RunRefusedError
-from shared.metadata.models import Checkpoint, ChunkLog, ProcessLog
+from shared.retry import retry_transient
+from shared.metadata.models import Checkpoint, ChunkLog, ProcessLog, StopRequest
 from shared.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
 from shared.timeutil import utcnow
 
@@ -38,6 +39,7 @@ def active_run(engine: Engine, mapref: str) -> ProcessLog | None:
             ProcessLog.status.in_([st.value for st in ACTIVE_RUN_STATUSES]))).first()
 
 
+@retry_transient()
 def create_run(engine: Engine, run: ProcessLog, chunks: list[ChunkLog]) -> None:
     """Insert the run (QUEUED) and its chunks (PENDING) in one transaction.
 
@@ -57,6 +59,7 @@ def create_run(engine: Engine, run: ProcessLog, chunks: list[ChunkLog]) -> None:
             f"wait for it (chordload status {active_id}) or stop it", active_id) from None
 
 
+@retry_transient()
 def set_run_status(engine: Engine, run_id: str, status: RunStatus, *, only_from: set[RunStatus],
                    message: str | None = None) -> bool:
     values: dict[str, Any] = {"status": status}
@@ -104,40 +107,65 @@ def get_chunks(engine: Engine, run_id: str) -> list[ChunkLog]:
                               .order_by(ChunkLog.chunk_no)))
 
 
-def start_chunk(engine: Engine, run_id: str, chunk_no: int, worker: str) -> None:
-    """Mark the chunk RUNNING for a new attempt; counters restart (re-applied batches are
-    idempotent and are counted again as unchanged)."""
+_COUNTERS = ("rows_read", "rows_inserted", "rows_changed", "rows_unchanged", "rows_errored")
+
+
+@retry_transient()
+def start_chunk(engine: Engine, run_id: str, chunk_no: int, worker: str) -> bool:
+    """Claim the chunk for a new attempt (PENDING, or RUNNING on redelivery); False when it is
+    already terminal (done, revoked, stopped), so a late or duplicate delivery does nothing.
+
+    Counters restart for the attempt (re-applied batches are idempotent and are counted again
+    as unchanged); the previous attempt's counts are taken off the run's live totals.
+    """
     now = utcnow()
+    claimable = [ChunkStatus.PENDING.value, ChunkStatus.RUNNING.value]
     with engine.begin() as conn:
+        # Lock order everywhere: process_log row, then chunk_log rows (finalize does the same).
+        conn.execute(select(ProcessLog.run_id).where(ProcessLog.run_id == run_id).with_for_update())
+        prev = conn.execute(select(*(getattr(ChunkLog, c) for c in _COUNTERS)).where(
+            ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no,
+            ChunkLog.status.in_(claimable)).with_for_update()).first()
+        if prev is None:
+            return False
         conn.execute(update(ChunkLog).where(ChunkLog.run_id == run_id,
                                             ChunkLog.chunk_no == chunk_no).values(
             status=ChunkStatus.RUNNING, attempts=ChunkLog.attempts + 1, worker=worker,
-            started_at=now, heartbeat_at=now, ended_at=None, message=None, rows_read=0,
-            rows_inserted=0, rows_changed=0, rows_unchanged=0, rows_errored=0, batches_done=0))
+            started_at=now, heartbeat_at=now, ended_at=None, message=None, batches_done=0,
+            **{c: 0 for c in _COUNTERS}))
+        if any(prev):
+            conn.execute(update(ProcessLog).where(ProcessLog.run_id == run_id).values(
+                **{c: getattr(ProcessLog, c) - v for c, v in zip(_COUNTERS, prev)}))
+    return True
 
 
+@retry_transient()
 def record_batch(engine: Engine, run_id: str, chunk_no: int, progress: BatchProgress,
                  max_checkpoint: dict[str, Any] | None) -> None:
-    """One small UPDATE per batch: counters, heartbeat and the chunk's checkpoint maximum."""
-    values: dict[str, Any] = dict(
-        rows_read=ChunkLog.rows_read + progress.rows_read,
-        rows_inserted=ChunkLog.rows_inserted + progress.inserted,
-        rows_changed=ChunkLog.rows_changed + progress.changed,
-        rows_unchanged=ChunkLog.rows_unchanged + progress.unchanged,
-        rows_errored=ChunkLog.rows_errored + progress.errored,
-        batches_done=ChunkLog.batches_done + 1, heartbeat_at=utcnow())
+    """Per batch, one short transaction: the chunk's counters, heartbeat and checkpoint
+    maximum, and the run's live totals (what `watch` reads)."""
+    deltas = dict(zip(_COUNTERS, (progress.rows_read, progress.inserted, progress.changed,
+                                  progress.unchanged, progress.errored)))
+    values: dict[str, Any] = {c: getattr(ChunkLog, c) + v for c, v in deltas.items()}
+    values.update(batches_done=ChunkLog.batches_done + 1, heartbeat_at=utcnow())
     if max_checkpoint is not None:
         values["max_checkpoint"] = max_checkpoint
     with engine.begin() as conn:
+        conn.execute(update(ProcessLog).where(ProcessLog.run_id == run_id).values(
+            **{c: getattr(ProcessLog, c) + v for c, v in deltas.items()}))
         conn.execute(update(ChunkLog).where(ChunkLog.run_id == run_id,
                                             ChunkLog.chunk_no == chunk_no).values(**values))
 
 
+@retry_transient()
 def finish_chunk(engine: Engine, run_id: str, chunk_no: int, status: ChunkStatus,
                  message: str | None = None) -> None:
+    """End the chunk's attempt; a chunk already made terminal elsewhere (revoked by stop,
+    failed by reconcile) keeps that status."""
     with engine.begin() as conn:
-        conn.execute(update(ChunkLog).where(ChunkLog.run_id == run_id,
-                                            ChunkLog.chunk_no == chunk_no).values(
+        conn.execute(update(ChunkLog).where(
+            ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no,
+            ChunkLog.status.in_([ChunkStatus.PENDING.value, ChunkStatus.RUNNING.value])).values(
             status=status, ended_at=utcnow(), message=message))
 
 
@@ -150,21 +178,15 @@ def get_chunk(engine: Engine, run_id: str, chunk_no: int) -> ChunkLog:
 
 
 def progress_totals(engine: Engine, run_id: str) -> dict[str, int]:
-    """Live totals of a run, summed over its chunks (one query)."""
+    """Live totals of a run: its row counters and its chunks by status (two small queries)."""
     with engine.connect() as conn:
-        row = conn.execute(select(
-            func.coalesce(func.sum(ChunkLog.rows_read), 0),
-            func.coalesce(func.sum(ChunkLog.rows_inserted), 0),
-            func.coalesce(func.sum(ChunkLog.rows_changed), 0),
-            func.coalesce(func.sum(ChunkLog.rows_unchanged), 0),
-            func.coalesce(func.sum(ChunkLog.rows_errored), 0),
-        ).where(ChunkLog.run_id == run_id)).one()
+        row = conn.execute(select(*(getattr(ProcessLog, c) for c in _COUNTERS)).where(
+            ProcessLog.run_id == run_id)).one()
         statuses = conn.execute(select(ChunkLog.status, func.count()).where(
             ChunkLog.run_id == run_id).group_by(ChunkLog.status)).all()
     by_status = {ChunkStatus(s).value: n for s, n in statuses}
     return {
-        "rows_read": int(row[0]), "rows_inserted": int(row[1]), "rows_changed": int(row[2]),
-        "rows_unchanged": int(row[3]), "rows_errored": int(row[4]),
+        **{c: int(v) for c, v in zip(_COUNTERS, row)},
         "chunks_done": by_status.get("SUCCESS", 0),
         "chunks_failed": sum(by_status.get(s, 0) for s in ("FAILED", "STOPPED", "REVOKED")),
         "chunks_total": sum(by_status.values()),
@@ -174,3 +196,81 @@ def progress_totals(engine: Engine, run_id: str) -> dict[str, int]:
 def get_checkpoint(engine: Engine, mapref: str) -> Checkpoint | None:
     with session(engine) as s:
         return s.get(Checkpoint, mapref)
+
+
+# -- stop requests -----------------------------------------------------------------------
+@retry_transient()
+def request_stop(engine: Engine, run_id: str, requested_by: str, reason: str | None) -> bool:
+    """Write the stop request (the source of truth for stopping); False if one exists."""
+    try:
+        with session(engine) as s, s.begin():
+            s.add(StopRequest(run_id=run_id, requested_at=utcnow(), requested_by=requested_by,
+                              reason=reason))
+    except IntegrityError:
+        return False
+    return True
+
+
+def stop_requested(engine: Engine, run_id: str) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(select(StopRequest.run_id).where(
+            StopRequest.run_id == run_id)).first() is not None
+
+
+@retry_transient()
+def revoke_pending_chunks(engine: Engine, run_id: str, reason: str) -> list[str]:
+    """Mark the run's PENDING chunks REVOKED; returns their task ids (to revoke in Celery)."""
+    with engine.begin() as conn:
+        conn.execute(select(ProcessLog.run_id).where(ProcessLog.run_id == run_id).with_for_update())
+        task_ids = list(conn.execute(select(ChunkLog.task_id).where(
+            ChunkLog.run_id == run_id, ChunkLog.status == ChunkStatus.PENDING)
+            .with_for_update()).scalars())
+        conn.execute(update(ChunkLog).where(ChunkLog.run_id == run_id,
+                                            ChunkLog.status == ChunkStatus.PENDING).values(
+            status=ChunkStatus.REVOKED, ended_at=utcnow(), message=reason))
+    return task_ids
+
+
+def active_runs(engine: Engine) -> list[ProcessLog]:
+    with session(engine) as s:
+        return list(s.scalars(select(ProcessLog).where(
+            ProcessLog.status.in_([st.value for st in ACTIVE_RUN_STATUSES]))))
+
+
+@retry_transient()
+def reopen_for_resume(engine: Engine, run_id: str) -> tuple[ProcessLog, list[ChunkLog]]:
+    """Put a FAILED or STOPPED run back to RUNNING with its unsuccessful chunks PENDING under
+    fresh task ids; returns the run and the chunks to launch. The one-active-run index refuses
+    this while another run of the mapping is active."""
+    with session(engine) as s:
+        try:
+            with s.begin():
+                run = s.scalars(select(ProcessLog).where(ProcessLog.run_id == run_id)
+                                .with_for_update()).first()
+                if run is None:
+                    raise NotFoundError(f"no run with id '{run_id}' in the metadata database")
+                if run.status not in (RunStatus.FAILED, RunStatus.STOPPED):
+                    raise RunRefusedError(
+                        f"run {run_id} is {run.status.value}; only a FAILED or STOPPED run can "
+                        f"be resumed", run_id if run.status in ACTIVE_RUN_STATUSES else None)
+                s.execute(delete(StopRequest).where(StopRequest.run_id == run_id))
+                run.launches += 1
+                run.status = RunStatus.RUNNING
+                run.ended_at = None
+                run.message = None
+                chunks = list(s.scalars(select(ChunkLog).where(
+                    ChunkLog.run_id == run_id, ChunkLog.status != ChunkStatus.SUCCESS)
+                    .order_by(ChunkLog.chunk_no)))
+                for chunk in chunks:
+                    chunk.status = ChunkStatus.PENDING
+                    chunk.task_id = f"{run_id}.{chunk.chunk_no}.r{run.launches - 1}"
+                    chunk.ended_at = None
+                    chunk.message = None
+                s.flush()
+        except IntegrityError:
+            active = active_run(engine, get_run(engine, run_id).mapref)
+            raise RunRefusedError(
+                f"cannot resume run {run_id}: mapping already has an active run "
+                f"{active.run_id if active else '(just finished)'}",
+                active.run_id if active else None) from None
+    return run, chunks

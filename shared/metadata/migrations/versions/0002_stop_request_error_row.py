@@ -1,4 +1,4 @@
-"""stop_request and error_row
+"""stop_request, error_row, process_log.launches
 
 Revision ID: 0002
 Revises: 0001
@@ -14,6 +14,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # How many chords this run has had (1 + resumes): resumed chunks get fresh task ids, since
+    # workers remember revoked ids and would drop a resumed task that reused one.
+    op.add_column("process_log", sa.Column("launches", sa.Integer, nullable=False,
+                                           server_default="1"))
     op.create_table(
         "stop_request",
         sa.Column("run_id", sa.String(32), sa.ForeignKey("process_log.run_id", ondelete="CASCADE"),
@@ -41,3 +45,5 @@ def downgrade() -> None:
     op.drop_index("ix_error_row_run", table_name="error_row")
     op.drop_table("error_row")
     op.drop_table("stop_request")
+    with op.batch_alter_table("process_log") as batch:
+        batch.drop_column("launches")

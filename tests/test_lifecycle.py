@@ -1,0 +1,247 @@
+"""Run lifecycle with real workers: stop that revokes, resume, the paths that make every run
+reach a terminal status, and the watch display."""
+from __future__ import annotations
+
+import os
+import pty
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+from sqlalchemy import text
+
+from coordinator.api import launch, wait
+from coordinator.lifecycle import resume, stop
+from shared.db import get_engine
+from shared.metadata import store
+from shared.reconcile import reconcile
+from shared.statuses import ChunkStatus, RunStatus
+from tests.conftest import REDIS_URL, REPO, TOKEN
+from tests.pgdata import BUSINESS_COLUMNS, create_customers, scd2_mapping
+from tests.worker_process import WorkerProcess
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_until(condition, timeout_s: float = 60, interval_s: float = 0.05, what: str = ""):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what or condition}")
+
+
+def _target_matches_source(wh, schema: str) -> None:
+    target, source = f'"{schema}"."dim_customer"', f'"{schema}"."customers"'
+    with wh.connect() as conn:
+        diff = conn.execute(text(
+            f"SELECT count(*) FROM ((SELECT {BUSINESS_COLUMNS} FROM {target} WHERE is_current "
+            f"EXCEPT ALL SELECT {BUSINESS_COLUMNS} FROM {source}) UNION ALL (SELECT "
+            f"{BUSINESS_COLUMNS} FROM {source} EXCEPT ALL SELECT {BUSINESS_COLUMNS} FROM {target} "
+            f"WHERE is_current)) d")).scalar_one()
+        versions = conn.execute(text(f"SELECT count(*) FROM {target}")).scalar_one()
+        rows = conn.execute(text(f"SELECT count(*) FROM {source}")).scalar_one()
+    assert diff == 0
+    assert versions == rows, "a clean initial run writes exactly one version per key"
+
+
+def test_stop_mid_run_then_resume(workers, make_settings, wh, schema):
+    create_customers(wh, schema, 200_000)
+    mapping = scd2_mapping(schema, batch_rows=2_000,
+                           chunking={"rows_per_chunk": 10_000, "min_rows_for_parallel": 1})
+    settings = make_settings({schema: mapping})
+    metadata = get_engine(settings.metadata)
+    run_id = launch(schema, settings=settings)
+    wait_until(lambda: store.progress_totals(metadata, run_id)["chunks_done"] >= 2,
+               what="two chunks done")
+
+    outcome = stop(run_id, settings=settings, reason="test")
+    stopped_at = time.monotonic()
+    assert outcome.new_request and outcome.revoked_task_ids
+    again = stop(run_id, settings=settings)  # stopping twice is harmless
+    assert not again.new_request and not again.revoked_task_ids
+    run = wait(run_id, settings=settings, timeout_s=60, poll_s=0.05)
+    assert time.monotonic() - stopped_at < 10, "STOPPED within about a batch's time"
+    assert run.status is RunStatus.STOPPED
+    assert run.checkpoint_to is None
+    assert store.get_checkpoint(metadata, schema) is None, "a stopped run never moves it"
+    chunks = store.get_chunks(metadata, run_id)
+    by_status = {s: [c for c in chunks if c.status is s] for s in ChunkStatus}
+    assert len(by_status[ChunkStatus.REVOKED]) == len(outcome.revoked_task_ids) >= 10
+    assert all(c.attempts == 0 for c in by_status[ChunkStatus.REVOKED]), "none started after stop"
+    assert not by_status[ChunkStatus.PENDING] and not by_status[ChunkStatus.RUNNING]
+    assert len(by_status[ChunkStatus.SUCCESS]) >= 2
+    # only whole committed batches: every chunk's rows are a whole number of batches unless
+    # the chunk finished, and the target holds exactly what the chunks counted
+    for c in by_status[ChunkStatus.STOPPED]:
+        assert c.rows_read == c.batches_done * 2_000
+    with wh.connect() as conn:
+        in_target = conn.execute(text(f'SELECT count(*) FROM "{schema}".dim_customer')).scalar_one()
+    assert in_target == sum(c.rows_inserted for c in chunks) == run.rows_inserted
+
+    assert stop(run_id, settings=settings).status is RunStatus.STOPPED  # still harmless
+
+    assert resume(run_id, settings=settings) == run_id
+    run = wait(run_id, settings=settings, timeout_s=120)
+    assert run.status is RunStatus.SUCCESS, run.message
+    _target_matches_source(wh, schema)
+    with wh.connect() as conn:
+        max_ts = conn.execute(text(f'SELECT max(updated_at) FROM "{schema}".customers')).scalar_one()
+    assert store.get_checkpoint(metadata, schema).value["value"] == max_ts.isoformat()
+    assert all(c.status is ChunkStatus.SUCCESS for c in store.get_chunks(metadata, run_id))
+
+
+def test_revoked_header_task_finalizes_run(workers, make_settings, wh, schema):
+    """A header task revoked behind chordload's back: Celery skips the chord body, the
+    errback finalizes the run, and resume finishes it."""
+    from workers.app import app
+
+    create_customers(wh, schema, 60_000)
+    mapping = scd2_mapping(schema, batch_rows=2_000,
+                           chunking={"rows_per_chunk": 6_000, "min_rows_for_parallel": 1})
+    settings = make_settings({schema: mapping})
+    metadata = get_engine(settings.metadata)
+    run_id = launch(schema, settings=settings)
+    last = store.get_chunks(metadata, run_id)[-1]
+    app.control.revoke(last.task_id)
+    run = wait(run_id, settings=settings, timeout_s=60)
+    assert run.status in (RunStatus.STOPPED, RunStatus.FAILED)
+    assert store.get_chunk(metadata, run_id, last.chunk_no).status is ChunkStatus.REVOKED
+    assert store.get_checkpoint(metadata, schema) is None
+    resume(run_id, settings=settings)
+    assert wait(run_id, settings=settings, timeout_s=60).status is RunStatus.SUCCESS
+    _target_matches_source(wh, schema)
+
+
+def test_lost_chord_callback_is_finalized_by_reconcile(workers, make_settings, wh, schema):
+    """The chord's size key vanishes from Redis: the body never fires; reconcile finalizes."""
+    create_customers(wh, schema, 40_000)
+    mapping = scd2_mapping(schema, batch_rows=1_000,
+                           chunking={"rows_per_chunk": 5_000, "min_rows_for_parallel": 1})
+    settings = make_settings({schema: mapping})
+    metadata = get_engine(settings.metadata)
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = settings.celery.broker_transport_options["global_keyprefix"]
+    before = set(client.scan_iter(match=f"{prefix}celery-taskset-meta-*.s"))
+    run_id = launch(schema, settings=settings)
+    keys = wait_until(lambda: set(client.scan_iter(match=f"{prefix}celery-taskset-meta-*.s")) - before,
+                      what="the chord's size key")
+    client.delete(*keys)
+    wait_until(lambda: all(c.status.is_terminal for c in store.get_chunks(metadata, run_id)),
+               what="all chunks terminal")
+    time.sleep(1.0)  # give a (wrongly) surviving chord body time to show itself
+    assert store.get_run(metadata, run_id).status is RunStatus.RUNNING, "body must not have run"
+    actions = reconcile(settings)
+    assert [(a.run_id, a.action, a.status) for a in actions] == [(run_id, "finalized", "SUCCESS")]
+    assert store.get_run(metadata, run_id).status is RunStatus.SUCCESS
+    assert store.get_checkpoint(metadata, schema) is not None
+    assert reconcile(settings) == [], "idempotent"
+    _target_matches_source(wh, schema)
+
+
+def test_worker_killed_during_last_chunk(session_settings, config_path, make_settings, wh, schema,
+                                         tmp_path, workers):
+    """Kill the only worker of a queue while its chunk runs: heartbeats stop, reconcile fails
+    the run after visibility timeout + grace, and resume on live workers completes it."""
+    create_customers(wh, schema, 60_000)
+    kill_queue = f"cl-{TOKEN}-kill"
+    mapping = scd2_mapping(schema, batch_rows=500, chunking={"min_rows_for_parallel": 10**9})
+    settings = make_settings({schema: mapping})
+    doomed_settings = settings.model_copy(update={"celery": settings.celery.model_copy(update={
+        "queue": kill_queue, "visibility_timeout_s": 2, "heartbeat_grace_s": 1})})
+    worker = WorkerProcess(config_path, queue=kill_queue, name=f"doomed-{TOKEN}", concurrency=1,
+                           log_path=tmp_path / "doomed.log")
+    worker.start()
+    metadata = get_engine(settings.metadata)
+    try:
+        run_id = launch(schema, settings=doomed_settings)
+        wait_until(lambda: store.get_chunk(metadata, run_id, 0).batches_done >= 3,
+                   what="the chunk to be mid-way")
+        os.killpg(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait(10)
+    finally:
+        worker.stop()
+    assert store.get_run(metadata, run_id).status is RunStatus.RUNNING
+    actions = wait_until(lambda: reconcile(doomed_settings), timeout_s=30, interval_s=0.5,
+                         what="reconcile to act")
+    assert [(a.run_id, a.action, a.status) for a in actions] == [(run_id, "failed", "FAILED")]
+    run = store.get_run(metadata, run_id)
+    assert "stopped heart-beating" in run.message
+    assert store.get_checkpoint(metadata, schema) is None
+    resume(run_id, settings=settings)
+    assert wait(run_id, settings=settings, timeout_s=60).status is RunStatus.SUCCESS
+    _target_matches_source(wh, schema)
+
+
+def _cli(config_path, *args, env=None):
+    return subprocess.run([sys.executable, "-m", "coordinator.cli", "--config", str(config_path),
+                           *args], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def dim_config(config_path, base_config, schema, tmp_path):
+    import yaml
+
+    mapping = scd2_mapping(schema, batch_rows=1_000,
+                           chunking={"rows_per_chunk": 10_000, "min_rows_for_parallel": 1})
+    path = tmp_path / "chordload.yaml"
+    path.write_text(yaml.safe_dump({**base_config, "mappings": {schema: mapping}}))
+    return path
+
+
+def test_stop_cli_errors(workers, dim_config, wh, schema):
+    create_customers(wh, schema, 5_000)
+    unknown = _cli(dim_config, "stop", "nosuchrun")
+    assert unknown.returncode == 2 and "neither a run id nor a mapping" in unknown.stderr
+    no_active = _cli(dim_config, "stop", schema)
+    assert no_active.returncode == 2 and "no active run" in no_active.stderr
+    done = _cli(dim_config, "run", schema, "--wait", "--json")
+    assert done.returncode == 0, done.stderr
+    run_id = re.search(r'"run_id": "(\w+)"', done.stdout).group(1)
+    finished = _cli(dim_config, "stop", run_id)
+    assert finished.returncode == 2 and "already finished: SUCCESS" in finished.stderr
+    refused = _cli(dim_config, "resume", run_id)
+    assert refused.returncode == 4 and "only a FAILED or STOPPED run" in refused.stderr
+
+
+def test_watch_plain_and_terminal(workers, dim_config, wh, schema):
+    create_customers(wh, schema, 100_000)
+    started = _cli(dim_config, "run", schema)
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.strip()
+    plain = _cli(dim_config, "watch", run_id, env={"CHORDLOAD_PROGRESS_INTERVAL_S": "0.2"})
+    assert plain.returncode == 0, plain.stderr
+    lines = [line for line in plain.stdout.splitlines() if line.startswith(run_id)]
+    assert len(lines) >= 2, plain.stdout
+    assert re.search(rf"{run_id} SUCCESS rows 100,000/100,000 chunks 10/10", plain.stdout)
+    assert "\x1b[" not in plain.stdout, "no terminal control codes when piped"
+    assert "100,000 read: 100,000 inserted" in plain.stdout
+
+    # terminal mode: a real pseudo-terminal, as a user at a shell would see it
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "--config", str(dim_config),
+                             "watch", run_id], cwd=REPO, stdout=slave, stderr=slave,
+                            env={**os.environ, "COLUMNS": "120"})
+    os.close(slave)
+    output = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        output += data
+    assert proc.wait(30) == 0
+    os.close(master)
+    screen = output.decode(errors="replace")
+    assert "\x1b[" in screen, "the live display redraws with control codes"
+    assert "━" in screen and "100,000/100,000 rows" in screen
+    assert "SUCCESS" in screen
