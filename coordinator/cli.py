@@ -5,37 +5,171 @@ Exit codes: 0 SUCCESS, 1 FAILED, 2 bad input or config, 3 STOPPED, 4 refused.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from shared.errors import ChordloadError
-from shared.settings import Settings, load_settings, use_settings
+from shared.settings import Settings, load_settings, resolve_config_path, use_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_REFUSED = 0, 1, 2, 3, 4
 
 
+_config_file: Path | None = None  # the file this command's settings came from
+
+
 def _settings(args: argparse.Namespace) -> Settings:
+    global _config_file
     settings = load_settings(getattr(args, "config", None))
     use_settings(settings)
+    _config_file = resolve_config_path(getattr(args, "config", None)).resolve()
     return settings
+
+
+def _metadata(settings: Settings):  # noqa: ANN202 - sqlalchemy Engine
+    """The metadata engine, checked: reachable (else exit 2 naming it) and migrated (else
+    exit 2 telling the user to run `chordload db upgrade`)."""
+    from sqlalchemy.exc import DBAPIError
+
+    from shared.db import get_engine, mask_url
+    from shared.errors import SourceUnavailableError, describe_db_error
+    from shared.metadata.schema import require_current
+
+    engine = get_engine(settings.metadata)
+    try:
+        require_current(engine)
+    except DBAPIError as exc:
+        raise SourceUnavailableError(f"cannot reach the metadata database "
+                                     f"{mask_url(settings.metadata)}: {describe_db_error(exc)}"
+                                     ) from None
+    return engine
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return number
+
+
+def _table(*headers: str) -> Table:
+    """A table that never truncates a value with '…' on a narrow or piped console: run ids
+    stay whole (they are copied into other commands), long values fold onto more lines."""
+    table = Table()
+    for header in headers:
+        if header in ("run_id", "status", "chunk"):
+            table.add_column(header, no_wrap=True, min_width=12 if header == "run_id" else None)
+        else:
+            table.add_column(header, overflow="fold")
+    return table
 
 
 def _console(args: argparse.Namespace) -> Console:
     return Console(stderr=bool(getattr(args, "json", False)))
 
 
+def _with_celery(settings: Settings) -> None:
+    """Point the Celery app at this config's broker before sending or revoking tasks."""
+    if "workers.app" not in sys.modules and _config_file is not None:
+        # workers.app configures itself on import from $CHORDLOAD_CONFIG, ./chordload.yaml or
+        # the environment alone; make that the file this command already loaded (--config)
+        saved = os.environ.get("CHORDLOAD_CONFIG")
+        os.environ["CHORDLOAD_CONFIG"] = str(_config_file)
+        try:
+            import workers.app  # noqa: F401
+        finally:
+            if saved is None:
+                os.environ.pop("CHORDLOAD_CONFIG", None)
+            else:
+                os.environ["CHORDLOAD_CONFIG"] = saved
+    from workers.app import app, configure
+
+    configure(app, settings)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from coordinator.api import launch
 
     settings = _settings(args)
-    from workers.app import app, configure
-
-    configure(app, settings)
+    _metadata(settings)
+    _with_celery(settings)
     run_id = launch(args.mapref, settings=settings, chunks_override=args.chunks)
     return _report(args, settings, run_id)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from coordinator.lifecycle import resume
+
+    settings = _settings(args)
+    _metadata(settings)
+    _with_celery(settings)
+    run_id = resume(args.run_id, settings=settings)
+    return _report(args, settings, run_id)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from shared.metadata import store
+
+    settings = _settings(args)
+    store.get_run(_metadata(settings), args.run_id)
+    args.wait = True
+    return _report(args, settings, args.run_id)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from coordinator.lifecycle import stop
+
+    settings = _settings(args)
+    _metadata(settings)
+    _with_celery(settings)
+    outcome = stop(args.target, settings=settings, reason=args.reason)
+    again = "" if outcome.new_request else " (it had already been asked to stop)"
+    print(f"stop requested for run {outcome.run_id}{again}: {len(outcome.revoked_task_ids)} "
+          f"pending chunks revoked; run is {outcome.status.value}"
+          + ("" if outcome.status.is_terminal else
+             "; running chunks stop at their next batch (chordload watch "
+             f"{outcome.run_id})"))
+    return EXIT_OK
+
+
+def cmd_errors(args: argparse.Namespace) -> int:
+    from coordinator.progress import print_json
+    from shared.metadata import store
+
+    settings = _settings(args)
+    metadata = _metadata(settings)
+    run = store.get_run(metadata, args.run_id)
+    rows = store.error_rows(metadata, run.run_id, args.limit)
+    if args.json:
+        print_json([{"chunk_no": r.chunk_no, "key": r.row_key, "row": r.row_data,
+                     "message": r.message} for r in rows])
+        return EXIT_OK
+    console = Console()
+    console.print(f"run {run.run_id} ({run.mapref}, {run.status.value}): {run.rows_errored:,} "
+                  f"error rows" + (f", showing {len(rows)}" if len(rows) < run.rows_errored else ""),
+                  highlight=False)
+    table = Table("chunk", "key", "message", "row")
+    for r in rows:
+        table.add_row(str(r.chunk_no), str(r.row_key), r.message, str(r.row_data))
+    console.print(table)
+    return EXIT_OK
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from shared.reconcile import reconcile
+
+    settings = _settings(args)
+    _metadata(settings)
+    actions = reconcile(settings)
+    for a in actions:
+        print(f"{a.run_id} ({a.mapref}): {a.action} -> {a.status}")
+    if not actions:
+        print("nothing to reconcile")
+    return EXIT_OK
 
 
 def _report(args: argparse.Namespace, settings: Settings, run_id: str) -> int:
@@ -61,20 +195,19 @@ def _report(args: argparse.Namespace, settings: Settings, run_id: str) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from coordinator.progress import print_json, print_summary, run_summary
-    from shared.db import get_engine
     from shared.errors import NotFoundError
     from shared.metadata import store
 
     settings = _settings(args)
-    metadata = get_engine(settings.metadata)
+    metadata = _metadata(settings)
     console = Console()
     if args.target is None:
         runs = store.recent_runs(metadata, args.limit)
         if args.json:
             print_json([run_summary(r) for r in runs])
             return EXIT_OK
-        table = Table("run_id", "mapref", "status", "started", "duration_s", "rows read",
-                      "checkpoint")
+        table = _table("run_id", "mapref", "status", "started", "duration_s", "rows read",
+                       "checkpoint")
         for r in runs:
             s = run_summary(r)
             table.add_row(r.run_id, r.mapref, r.status.value, (s["started_at"] or "-")[:19],
@@ -100,8 +233,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print_json(summary)
         return EXIT_OK
     print_summary(run, console)
-    table = Table("chunk", "status", "lower (excl)", "upper (incl)", "rows read", "inserted",
-                  "changed", "unchanged", "attempts", "worker", "message")
+    table = _table("chunk", "status", "lower (excl)", "upper (incl)", "rows read", "inserted",
+                   "changed", "unchanged", "attempts", "worker", "message")
     for c in chunks:
         table.add_row(str(c.chunk_no), c.status.value,
                       str(c.lower_bound["value"]) if c.lower_bound else "-",
@@ -131,6 +264,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not names:
         print("config is valid; it defines no mappings")
     return EXIT_BAD_INPUT if bad else EXIT_OK
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from coordinator.progress import print_json
+    from coordinator.scheduler import overview
+
+    settings = _settings(args)
+    _metadata(settings)
+    rows = overview(settings)
+    if args.json:
+        print_json([r.to_json() for r in rows])
+        return EXIT_OK
+    table = Table("mapref", "schedule (UTC)", "enabled", "next due", "last slot", "last run")
+    for r in rows:
+        slot = r.last_slot
+        slot_text = "-" if slot is None else f"{str(slot.scheduled_for)[:16]} {slot.status}"
+        if slot is not None and slot.reason:
+            slot_text += f": {slot.reason}"
+        run_text = "-" if r.last_run is None else (
+            f"{r.last_run.run_id} {r.last_run.status.value} {str(r.last_run.created_at)[:19]}")
+        table.add_row(r.mapref, r.schedule or "-", "yes" if r.enabled else "no",
+                      r.next_due.strftime("%Y-%m-%d %H:%M") if r.next_due else "-",
+                      slot_text, run_text)
+    Console().print(table)
+    return EXIT_OK
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -163,16 +321,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mapref")
     p.add_argument("--wait", action="store_true", help="show progress and wait for the end")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--chunks", type=int, default=None, metavar="N",
+    p.add_argument("--chunks", type=_positive_int, default=None, metavar="N",
                    help="override the planned chunk count")
     p.add_argument("--timeout-s", type=float, default=None, help="give up waiting after this")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("stop", parents=[common],
+                       help="stop a run (RUN_ID, or MAPREF for its active run)")
+    p.add_argument("target", metavar="RUN_ID|MAPREF")
+    p.add_argument("--reason", default=None)
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("watch", parents=[common], help="live progress of a run until it ends")
+    p.add_argument("run_id")
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.add_argument("--timeout-s", type=float, default=None, help="give up waiting after this")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("resume", parents=[common],
+                       help="re-launch the unfinished chunks of a FAILED or STOPPED run")
+    p.add_argument("run_id")
+    p.add_argument("--wait", action="store_true", help="show progress and wait for the end")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--timeout-s", type=float, default=None, help="give up waiting after this")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("errors", parents=[common], help="the rows a run could not load")
+    p.add_argument("run_id")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=int, default=None, help="show at most this many")
+    p.set_defaults(func=cmd_errors)
+
+    p = sub.add_parser("reconcile", parents=[common],
+                       help="finalize or fail runs whose chord was lost (beat runs this)")
+    p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("status", parents=[common], help="recent runs, or one run and its chunks")
     p.add_argument("target", nargs="?", metavar="RUN_ID|MAPREF")
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", type=int, default=20, help="how many recent runs to list")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("schedule", parents=[common],
+                       help="mappings with their cron schedule, next due time and last run")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_schedule)
 
     p = sub.add_parser("validate", parents=[common],
                        help="check the config and each mapping against its source")

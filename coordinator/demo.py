@@ -49,10 +49,16 @@ def create_source(path: Path, rows: int, seed: int = 7) -> None:
 
 
 def change_source(path: Path, rows: int, new_rows: int) -> tuple[int, int]:
-    """Change every row with id % 10 == 3 (10%) and append ``new_rows`` rows."""
-    stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    """Change every row with id % 10 == 3 (10%) and append ``new_rows`` rows, stamped after
+    every existing row (the generated stamps run past the wall clock for large sources), so
+    the incremental run's window holds them."""
     rng = random.Random(11)
     with sqlite3.connect(path) as conn:
+        latest = conn.execute("SELECT max(updated_at) FROM customers").fetchone()[0]
+        stamp_at = dt.datetime.now().replace(microsecond=0)
+        if latest is not None:
+            stamp_at = max(stamp_at, dt.datetime.fromisoformat(latest) + dt.timedelta(seconds=1))
+        stamp = stamp_at.strftime("%Y-%m-%d %H:%M:%S")
         changed = conn.execute("UPDATE customers SET city = 'Reykjavik', balance = balance + 1, "
                                "updated_at = ? WHERE id % 10 = 3", (stamp,)).rowcount
         conn.executemany("INSERT INTO customers VALUES (?,?,?,?,?,?,?)",

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from shared.db import READ_ONLY, get_engine, mask_url
 from shared.dialects import adapter_for
@@ -50,25 +50,37 @@ def check_columns(mapref: str, spec: MappingSpec, columns: list[str]) -> None:
     named = [("keys", k) for k in spec.keys]
     if spec.checkpoint_column:
         named.append(("checkpoint.column", spec.checkpoint_column))
-    named.append(("chunking.column" if spec.chunking.column else "chunking.column (default: "
-                  "first key)", spec.split_column))
+    if spec.chunking.column:  # the default split column is the first key, checked above
+        named.append(("chunking.column", spec.chunking.column))
     for role, name in spec.scd.audit_names().items():
         if name in available:
             raise ConfigError(
                 f"mapping '{mapref}': the source returns a column '{name}', which is also the "
                 f"SCD{spec.scd.type} audit column for {role}; rename the audit column "
                 f"(scd.audit_columns.{role}: dw_{name}) or alias the source column")
+    problems = []
     for field, column in named:
         if column not in available:
             near = [c for c in columns if c.lower() == column.lower()]
             hint = f" (did you mean '{near[0]}'? names are case-sensitive)" if near else ""
-            raise ConfigError(f"mapping '{mapref}': {field} '{column}' is not a column of the "
-                              f"source query; it returns: {', '.join(columns)}{hint}")
+            problems.append(f"{field} '{column}' is not a column of the source query{hint}")
+    if problems:
+        raise ConfigError(f"mapping '{mapref}': {'; '.join(problems)}; the query returns: "
+                          f"{', '.join(columns)}")
 
 
 def _connect_error(mapref: str, role: str, url: str, exc: Exception) -> SourceUnavailableError:
     return SourceUnavailableError(f"mapping '{mapref}': cannot reach the {role} database "
                                   f"{mask_url(url)}: {describe_db_error(exc)}")
+
+
+def _source_connection(adapter: DialectAdapter, mapref: str, url: str) -> Connection:
+    """A read-only source connection; failing to connect is 'cannot reach', while an error
+    once connected is the query's (SQLite reports both as OperationalError)."""
+    try:
+        return adapter.engine.connect().execution_options(**READ_ONLY)
+    except DBAPIError as exc:
+        raise _connect_error(mapref, "source", url, exc) from None
 
 
 def read_source_columns(settings: Settings, mapref: str) -> tuple[DialectAdapter, list[SourceColumn]]:
@@ -77,11 +89,11 @@ def read_source_columns(settings: Settings, mapref: str) -> tuple[DialectAdapter
     engine = get_engine(url)
     adapter = adapter_for(engine)
     try:
-        with engine.connect().execution_options(**READ_ONLY) as conn:
+        with _source_connection(adapter, mapref, url) as conn:
             columns = adapter.source_columns(conn, spec.source.query)
-    except OperationalError as exc:
-        raise _connect_error(mapref, "source", url, exc) from None
     except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise _connect_error(mapref, "source", url, exc) from None
         raise ConfigError(f"mapping '{mapref}': the source query fails: "
                           f"{describe_db_error(exc)}") from None
     check_columns(mapref, spec, [c.name for c in columns])
@@ -116,7 +128,7 @@ def plan_run(settings: Settings, mapref: str, metadata_engine, *,
     stored = store.get_checkpoint(metadata_engine, mapref)
     url = settings.connection_url(spec.source.connection)
     try:
-        with adapter.engine.connect().execution_options(**READ_ONLY) as conn:
+        with _source_connection(adapter, mapref, url) as conn:
             hwm = None
             if spec.checkpoint_column:
                 hwm = adapter.max_value(conn, spec.source.query, spec.checkpoint_column)
@@ -127,8 +139,12 @@ def plan_run(settings: Settings, mapref: str, metadata_engine, *,
                                              spec.chunking.exact_count)
             parts, note = chunk_count(spec, estimate, chunks_override)
             bounds = _boundaries(adapter, conn, spec, where, params, parts)
-    except OperationalError as exc:
-        raise _connect_error(mapref, "source", url, exc) from None
+    except DBAPIError as exc:  # e.g. max() or ORDER BY on a type that has none
+        if exc.connection_invalidated:
+            raise _connect_error(mapref, "source", url, exc) from None
+        raise ConfigError(f"mapping '{mapref}': the source query fails while planning (window "
+                          f"on {spec.checkpoint_column or '-'}, chunks on {spec.split_column}): "
+                          f"{describe_db_error(exc)}") from None
     ensure_target(settings, mapref, spec, source_columns)
     ranges = ranges_from_bounds(bounds)
     if parts > 1 and len(ranges) < parts:
@@ -142,15 +158,27 @@ def ensure_target(settings: Settings, mapref: str, spec: MappingSpec,
     engine = get_engine(url)
     adapter = adapter_for(engine)
     try:
-        with engine.begin() as conn:
+        connection = engine.connect()
+    except DBAPIError as exc:
+        raise _connect_error(mapref, "target", url, exc) from None
+    try:
+        with connection as conn, conn.begin():
             if adapter.target_exists(conn, spec.target):
                 adapter.check_target(conn, spec.target, [c.name for c in source_columns],
                                      spec.scd.type, list(spec.scd.audit_names().values()))
             else:
                 adapter.create_target(conn, spec.target, source_columns, spec.keys, spec.scd.type,
                                       spec.scd.audit_columns)
-    except OperationalError as exc:
-        raise _connect_error(mapref, "target", url, exc) from None
+    except ConfigError as err:  # an existing target that does not fit: name the mapping
+        raise ConfigError(f"mapping '{mapref}': {err}") from None
     except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise _connect_error(mapref, "target", url, exc) from None
+        # Two coordinators may race to create it: if it exists now, the other one won.
+        with engine.begin() as conn:
+            if adapter.target_exists(conn, spec.target):
+                adapter.check_target(conn, spec.target, [c.name for c in source_columns],
+                                     spec.scd.type, list(spec.scd.audit_names().values()))
+                return
         raise ConfigError(f"mapping '{mapref}': cannot create target table "
                           f"{spec.target.table}: {describe_db_error(exc)}") from None

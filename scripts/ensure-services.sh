@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Make sure the services the test suite talks to are up: PostgreSQL and Redis (MariaDB and
-# RabbitMQ are not needed yet). Starts them where they are installed but down; fails loudly
+# Make sure the services the test suite talks to are up: PostgreSQL, MariaDB and Redis
+# (RabbitMQ is not needed yet). Starts them where they are installed but down; fails loudly
 # otherwise, because a skipped integration test is a failed one.
 set -u
 
@@ -16,6 +16,7 @@ wait_for() {  # wait_for NAME CHECK-COMMAND...
 
 pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q; }
 redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG; }
+mariadb_up() { mariadb-admin --protocol=tcp -h 127.0.0.1 -P 3306 -u root ping >/dev/null 2>&1; }
 
 status=0
 if ! pg_up; then
@@ -26,6 +27,16 @@ if ! pg_up; then
   wait_for PostgreSQL pg_up || status=1
 else
   echo "ok: PostgreSQL is up"
+fi
+if ! mariadb_up; then
+  if [ -x /usr/sbin/mariadbd ] && command -v start-stop-daemon >/dev/null 2>&1; then
+    echo "starting MariaDB"
+    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null || true
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+  fi
+  wait_for MariaDB mariadb_up || status=1
+else
+  echo "ok: MariaDB is up"
 fi
 if ! redis_up; then
   if command -v redis-server >/dev/null 2>&1; then

@@ -19,6 +19,7 @@ _lock = threading.Lock()
 _engines: dict[tuple[int, str], Engine] = {}
 
 SQLITE_BUSY_TIMEOUT_S = 120
+POOL_SIZE = 5  # per database per process; a chunk holds at most 2 (source + target) at once
 READ_ONLY = {"chordload_read_only": True}
 
 
@@ -50,13 +51,37 @@ def _install_sqlite_hooks(engine: Engine) -> None:
 
 def _new_engine(url: str) -> Engine:
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S,
                                                   "check_same_thread": False})
         _install_sqlite_hooks(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
-                         pool_recycle=1800)
+    pooled = {"pool_pre_ping": True, "pool_size": POOL_SIZE, "max_overflow": 0,
+              "pool_timeout": 60, "pool_recycle": 1800}
+    if backend in ("mysql", "mariadb"):
+        # UTC sessions and UTC binding of aware datetimes (see shared/dialects/mysql.py);
+        # READ COMMITTED: chunks own disjoint key ranges, and InnoDB's gap locks under
+        # REPEATABLE READ would only make concurrent chunks on one target deadlock.
+        from shared.dialects.mysql import install_engine_hooks
+
+        engine = create_engine(url, isolation_level="READ COMMITTED", **pooled)
+        install_engine_hooks(engine)
+        return engine
+    if backend == "oracle":
+        from shared.dialects.oracle import install_engine_hooks as install_oracle_hooks
+
+        engine = create_engine(url, **pooled)
+        install_oracle_hooks(engine)  # UTC session, fixed NLS formats for the row hash
+        return engine
+    if backend == "mssql" and parsed.get_driver_name() == "pyodbc":
+        return create_engine(url, fast_executemany=True, **pooled)
+    if backend == "postgresql":
+        # Engines are made per process (see get_engine), so the pid names this process's
+        # pool in pg_stat_activity.
+        return create_engine(url, connect_args={"application_name": f"chordload/{os.getpid()}"},
+                             **pooled)
+    return create_engine(url, **pooled)
 
 
 def get_engine(url: str) -> Engine:

@@ -71,28 +71,37 @@ _TRANSIENT_SQLSTATES = {
 }
 
 
+_TRANSIENT_MYSQL_ERRNOS = {1040, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055}
+_TRANSIENT_MARKERS = ("database is locked", "connection", "server closed", "timeout",
+                      "deadlock", "gone away", "restart", "terminating")
+
+
 def is_transient_db_error(exc: BaseException) -> bool:
-    """Classify a driver/SQLAlchemy error: True when retrying the same work may succeed."""
+    """Classify a driver/SQLAlchemy error: True when retrying the same work may succeed.
+
+    Works on SQLAlchemy-wrapped errors and on raw driver errors (COPY bypasses SQLAlchemy).
+    """
     from sqlalchemy import exc as sa_exc
 
     if isinstance(exc, ChordloadError):
         return exc.transient
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
-    if isinstance(exc, (sa_exc.OperationalError, sa_exc.TimeoutError)):
-        orig = getattr(exc, "orig", None)
-        pgcode = getattr(orig, "pgcode", None)
-        if pgcode is not None:
-            return pgcode in _TRANSIENT_SQLSTATES or pgcode.startswith("08")
-        message = str(orig or exc).lower()
-        return any(
-            marker in message
-            for marker in ("database is locked", "connection", "server closed", "timeout",
-                           "deadlock", "gone away", "lost connection", "restart")
-        )
-    orig = getattr(exc, "orig", None)
+    if isinstance(exc, sa_exc.TimeoutError):  # connection pool exhausted for a while
+        return True
+    orig = getattr(exc, "orig", None) or exc
     pgcode = getattr(orig, "pgcode", None)
-    return pgcode in _TRANSIENT_SQLSTATES if pgcode else False
+    if pgcode:
+        return pgcode in _TRANSIENT_SQLSTATES or pgcode.startswith("08")
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):  # pymysql: (errno, message)
+        return args[0] in _TRANSIENT_MYSQL_ERRNOS
+    if type(orig).__name__ in ("OperationalError", "InterfaceError"):
+        # psycopg2 raises these without a code when the server went away; sqlite3 for locks
+        message = str(orig).lower()
+        return type(orig).__module__.startswith("psycopg2") or any(
+            marker in message for marker in _TRANSIENT_MARKERS)
+    return False
 
 
 def describe_db_error(exc: BaseException) -> str:
@@ -104,3 +113,24 @@ def describe_db_error(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
     text = str(orig if orig is not None else exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+_MYSQL_DATA_ERRNOS = {1048, 1264, 1265, 1292, 1366, 1406, 3819, 4025}
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """A row's values were rejected (too long, out of range, NOT NULL, CHECK, bad format):
+    the rows can be bisected to find the bad ones. Unique violations are not data errors."""
+    from sqlalchemy import exc as sa_exc
+
+    orig = getattr(exc, "orig", None) or exc
+    pgcode = getattr(orig, "pgcode", None)
+    if pgcode:
+        return pgcode.startswith("22") or pgcode in ("23502", "23514")
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):  # pymysql: (errno, message)
+        return args[0] in _MYSQL_DATA_ERRNOS
+    if isinstance(exc, sa_exc.IntegrityError):
+        message = str(orig or exc)
+        return "NOT NULL" in message or "CHECK" in message
+    return isinstance(exc, sa_exc.DataError)

@@ -26,7 +26,7 @@ class FinalizeOutcome:
     changed: bool  # False when another caller had already finalized the run
 
 
-def _decide(chunks: list[ChunkLog]) -> tuple[RunStatus, str | None]:
+def _decide(chunks: list[ChunkLog], max_error_rows: int) -> tuple[RunStatus, str | None]:
     failed = [c for c in chunks if c.status is ChunkStatus.FAILED]
     if failed:
         first = failed[0]
@@ -38,6 +38,10 @@ def _decide(chunks: list[ChunkLog]) -> tuple[RunStatus, str | None]:
     unfinished = [c for c in chunks if not c.status.is_terminal]
     if unfinished:
         return RunStatus.FAILED, f"{len(unfinished)} chunks never finished"
+    errored = sum(c.rows_errored for c in chunks)
+    if errored > max_error_rows:
+        return RunStatus.FAILED, (f"{errored} error rows exceed errors.max_rows={max_error_rows}; "
+                                  f"see `chordload errors {chunks[0].run_id}`")
     return RunStatus.SUCCESS, None
 
 
@@ -68,7 +72,7 @@ def finalize_run(engine: Engine, run_id: str, *, unfinished_chunks: ChunkStatus 
                     chunk.status = unfinished_chunks
                     chunk.ended_at = now
                     chunk.message = reason
-        status, message = _decide(chunks)
+        status, message = _decide(chunks, run.mapping["spec"].get("errors", {}).get("max_rows", 0))
         if reason and status is not RunStatus.SUCCESS:
             message = f"{reason}; {message}" if message else reason
         now = utcnow()

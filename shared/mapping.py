@@ -106,6 +106,21 @@ class ChunkingSpec(_Strict):
     exact_count: bool = False
 
 
+class RetrySpec(_Strict):
+    """Transient errors (lost connection, deadlock, timeout) retry the chunk as a Celery retry
+    of the same task id, with exponential backoff and full jitter."""
+
+    max: int = Field(default=3, ge=0, le=100)
+    backoff_s: float = Field(default=1.0, ge=0)
+    backoff_max_s: float = Field(default=60.0, ge=0)
+
+
+class ErrorsSpec(_Strict):
+    """Row quarantine: a run with more error rows than ``max_rows`` is FAILED."""
+
+    max_rows: int = Field(default=0, ge=0)
+
+
 class MappingSpec(_Strict):
     source: SourceSpec
     target: TargetSpec
@@ -115,6 +130,8 @@ class MappingSpec(_Strict):
     chunking: ChunkingSpec = ChunkingSpec()
     batch_rows: int = Field(default=10_000, ge=1, le=1_000_000)
     run_timeout_s: int = Field(default=6 * 3600, ge=1, description="reconcile fails runs past it")
+    retries: RetrySpec = RetrySpec()
+    errors: ErrorsSpec = ErrorsSpec()
     schedule: str | None = Field(default=None, description="cron, UTC: minute hour day-of-month "
                                  "month day-of-week; beat launches the mapping at these times")
     enabled: bool = Field(default=True, description="false: beat does not launch this mapping")

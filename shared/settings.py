@@ -32,15 +32,21 @@ _PLACEHOLDER = re.compile(r"__chordload_var_(\d+)__")
 
 
 def _database_url(url: str) -> str:
-    """A SQLAlchemy URL (parsed only: no driver is loaded, nothing is connected)."""
+    """A SQLAlchemy URL of a known dialect+driver (nothing is connected; the message never
+    repeats the URL, which may hold a password)."""
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
     try:
-        make_url(url)
+        parsed = make_url(url)
     except ArgumentError:
         raise ValueError("not a valid database URL (expected the SQLAlchemy form "
                          "dialect+driver://user:password@host:port/database)") from None
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        raise ValueError(f"unknown database dialect/driver '{parsed.drivername}' "
+                         "(e.g. postgresql+psycopg2, sqlite)") from None
     return url
 
 

@@ -1,9 +1,10 @@
 """Test fixtures against real services.
 
 Each test session gets its own Postgres databases (``cl_<token>_wh`` for sources and targets,
-``cl_<token>_meta`` for metadata), its own Redis key prefix and Celery queue, and drops them
-all at the end, so concurrent runs never collide. Services must be up (``make test`` starts
-them); a missing service is an error, not a skip.
+``cl_<token>_meta`` for metadata), a MariaDB database ``cl_<token>_wh`` and a SQLite file
+(connections ``mdb`` and ``lite``, for sources and targets), its own Redis key prefix and
+Celery queue, and drops them all at the end, so concurrent runs never collide. Services must
+be up (``make test`` starts them); a missing service is an error, not a skip.
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ from tests.worker_process import WorkerProcess
 TOKEN = uuid.uuid4().hex[:8]
 PG_HOST = os.environ.get("CHORDLOAD_TEST_PG", "postgresql+psycopg2://root@127.0.0.1:5432")
 REDIS_URL = os.environ.get("CHORDLOAD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+MARIADB_HOST = os.environ.get("CHORDLOAD_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306")
 REPO = Path(__file__).resolve().parent.parent
+SECRET_PASSWORD = "Sup3r-S3cret-pw-" + TOKEN
 
 
 def _admin_engine():
@@ -35,7 +38,7 @@ def _admin_engine():
 
 @pytest.fixture(scope="session")
 def pg_urls() -> Iterator[dict[str, str]]:
-    names = {"wh": f"cl_{TOKEN}_wh", "meta": f"cl_{TOKEN}_meta"}
+    names = {"wh": f"cl_{TOKEN}_wh", "meta": f"cl_{TOKEN}_meta", "aux": f"cl_{TOKEN}_aux"}
     admin = _admin_engine()
     try:
         with admin.connect() as conn:
@@ -49,6 +52,29 @@ def pg_urls() -> Iterator[dict[str, str]]:
         for name in names.values():
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> Iterator[str]:
+    """A per-session MariaDB database ``cl_<token>_wh`` (sources and targets), dropped at the end."""
+    name = f"cl_{TOKEN}_wh"
+    admin = create_engine(f"{MARIADB_HOST}/", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"MariaDB at {MARIADB_HOST} is not usable ({exc}); run `make services`")
+    yield f"{MARIADB_HOST}/{name}?charset=utf8mb4"
+    dispose_all()
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory) -> str:
+    """A per-session SQLite file for sources and targets (an absolute path: workers use it)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'wh.db'}"
 
 
 @pytest.fixture(scope="session")
@@ -66,13 +92,17 @@ def redis_prefix() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def base_config(pg_urls, redis_prefix) -> dict[str, Any]:
+def base_config(pg_urls, mariadb_url, sqlite_url, redis_prefix) -> dict[str, Any]:
     """The session's config as a dict: connections, broker, backend, queue; no mappings."""
     return {
         "metadata": pg_urls["meta"],
         "broker": REDIS_URL,
         "result_backend": REDIS_URL,
-        "connections": {"wh": pg_urls["wh"]},
+        "connections": {"wh": pg_urls["wh"], "mdb": mariadb_url, "lite": sqlite_url,
+                        # a second Postgres database for fault tests that cut it off
+                        "aux": pg_urls["aux"],
+                        # trust auth ignores the password: it is there to be kept secret
+                        "secretwh": pg_urls["wh"].replace("root@", f"root:{SECRET_PASSWORD}@")},
         "celery": {
             "queue": f"cl-{TOKEN}",
             "broker_transport_options": {"global_keyprefix": redis_prefix},

@@ -119,8 +119,14 @@ def test_revoked_header_task_finalizes_run(workers, make_settings, wh, schema):
     _target_matches_source(wh, schema)
 
 
-def test_lost_chord_callback_is_finalized_by_reconcile(workers, make_settings, wh, schema):
-    """The chord's size key vanishes from Redis: the body never fires; reconcile finalizes."""
+def test_lost_chord_callback_still_finishes_the_run(workers, make_settings, wh, schema):
+    """The chord's size key vanishes from Redis, so the chord body never fires: the last
+    chunk to end finalizes the run itself, and reconcile has nothing left to do."""
+    from celery import states
+    from celery.result import AsyncResult
+
+    from workers.app import app
+
     create_customers(wh, schema, 40_000)
     mapping = scd2_mapping(schema, batch_rows=1_000,
                            chunking={"rows_per_chunk": 5_000, "min_rows_for_parallel": 1})
@@ -130,19 +136,43 @@ def test_lost_chord_callback_is_finalized_by_reconcile(workers, make_settings, w
     prefix = settings.celery.broker_transport_options["global_keyprefix"]
     before = set(client.scan_iter(match=f"{prefix}celery-taskset-meta-*.s"))
     run_id = launch(schema, settings=settings)
-    keys = wait_until(lambda: set(client.scan_iter(match=f"{prefix}celery-taskset-meta-*.s")) - before,
-                      what="the chord's size key")
+    keys = wait_until(lambda: set(client.scan_iter(match=f"{prefix}celery-taskset-meta-*.s"))
+                      - before, what="the chord's size key")
     client.delete(*keys)
-    wait_until(lambda: all(c.status.is_terminal for c in store.get_chunks(metadata, run_id)),
-               what="all chunks terminal")
-    time.sleep(1.0)  # give a (wrongly) surviving chord body time to show itself
-    assert store.get_run(metadata, run_id).status is RunStatus.RUNNING, "body must not have run"
-    actions = reconcile(settings)
-    assert [(a.run_id, a.action, a.status) for a in actions] == [(run_id, "finalized", "SUCCESS")]
-    assert store.get_run(metadata, run_id).status is RunStatus.SUCCESS
+    run = wait(run_id, settings=settings, timeout_s=60)
+    assert run.status is RunStatus.SUCCESS, run.message
+    body = AsyncResult(f"{run_id}.0.finalize", app=app)
+    assert body.state == states.PENDING, "the chord body never ran"
     assert store.get_checkpoint(metadata, schema) is not None
-    assert reconcile(settings) == [], "idempotent"
+    assert [a for a in reconcile(settings) if a.run_id == run_id] == []
     _target_matches_source(wh, schema)
+
+
+def test_reconcile_finalizes_a_run_nobody_finalized(make_settings, session_settings):
+    """All chunks ended but the run is still RUNNING (its finalizer died between the two
+    writes): reconcile finalizes it, once."""
+    import uuid
+
+    from shared.metadata.models import ChunkLog, ProcessLog
+    from shared.timeutil import utcnow
+
+    metadata = get_engine(session_settings.metadata)
+    run_id, mapref = uuid.uuid4().hex[:12], "orphan_" + uuid.uuid4().hex[:6]
+    store.create_run(metadata, ProcessLog(
+        run_id=run_id, mapref=mapref, status=RunStatus.RUNNING, created_at=utcnow(),
+        started_at=utcnow(), load_kind="initial", chunks_total=2, chunks_done=0, chunks_failed=0,
+        rows_read=0, rows_inserted=0, rows_changed=0, rows_unchanged=0, rows_errored=0,
+        mapping={"spec": {"checkpoint": {"strategy": "KEY"}}, "columns": []}), [
+        ChunkLog(run_id=run_id, chunk_no=n, includes_nulls=n == 0, task_id=f"{run_id}.{n}",
+                 status=ChunkStatus.SUCCESS, rows_read=10, rows_inserted=10, rows_changed=0,
+                 rows_unchanged=0, rows_errored=0, batches_done=1, attempts=1,
+                 max_checkpoint={"type": "int", "value": 100 + n}) for n in range(2)])
+    actions = [a for a in reconcile(session_settings) if a.run_id == run_id]
+    assert [(a.action, a.status) for a in actions] == [("finalized", "SUCCESS")]
+    run = store.get_run(metadata, run_id)
+    assert (run.rows_read, run.chunks_done) == (20, 2)
+    assert store.get_checkpoint(metadata, mapref).value == {"type": "int", "value": 101}
+    assert [a for a in reconcile(session_settings) if a.run_id == run_id] == []
 
 
 def test_worker_killed_during_last_chunk(session_settings, config_path, make_settings, wh, schema,

@@ -13,13 +13,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 class WorkerProcess:
     def __init__(self, config_path: Path, *, queue: str, name: str, concurrency: int = 2,
-                 log_path: Path, extra_env: dict[str, str] | None = None):
+                 log_path: Path, extra_env: dict[str, str] | None = None,
+                 broker_url: str | None = None):
         self.config_path = config_path
         self.queue = queue
         self.name = name
         self.concurrency = concurrency
         self.log_path = log_path
         self.extra_env = extra_env or {}
+        self.broker_url = broker_url
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -39,6 +41,11 @@ class WorkerProcess:
 
     def wait_ready(self, timeout_s: float) -> None:
         from workers.app import app
+
+        if self.broker_url is not None:  # a worker on another broker: ask that broker
+            from celery import Celery
+
+            app = Celery("probe", broker=self.broker_url)
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -38,6 +38,9 @@ def configure(app: Celery, settings: Settings) -> None:
         result_expires=RESULT_EXPIRES_S,
         result_extended=False,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a restarted Redis: reconnect, however long
+        result_backend_always_retry=True,    # results and chord counters survive a blip
+        result_backend_max_retries=30,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 
 from shared.db import get_engine
+from shared.errors import is_transient_db_error
 from shared.finalize import finalize_run as finalize_run_record
 from shared.metadata import store
+from shared.retry import backoff_s
 from shared.settings import current_settings
 from shared.statuses import ChunkStatus
 from shared.window import ChunkRange
@@ -16,21 +18,37 @@ from workers.chunk_loader import load_chunk as load_chunk_range
 log = logging.getLogger("chordload.tasks")
 
 
-@app.task(name="chordload.load_chunk", bind=True)
+METADATA_RETRY_MAX = 5
+
+
+@app.task(name="chordload.load_chunk", bind=True, max_retries=None)
 def load_chunk(self, run_id: str, chunk_no: int, bounds: dict) -> dict:
-    """Header task of a run's chord: load one key range. Never raises."""
+    """Header task of a run's chord: load one key range.
+
+    Transient failures retry as a Celery retry of this same task id (the chord counts the
+    chunk once); everything else ends the chunk with a status, not an exception. Only a
+    metadata database that stays unreachable past its retries makes the task raise, and then
+    the chord's errback or reconcile finalizes the run.
+    """
     chunk = ChunkRange.from_message(bounds)
-    result = load_chunk_range(current_settings(), run_id, chunk, self.request.hostname or "worker",
-                              task_id=self.request.id)
+    try:
+        result = load_chunk_range(current_settings(), run_id, chunk,
+                                  self.request.hostname or "worker", task_id=self.request.id,
+                                  retries_done=self.request.retries)
+    except Exception as exc:
+        if is_transient_db_error(exc) and self.request.retries < METADATA_RETRY_MAX:
+            raise self.retry(countdown=backoff_s(self.request.retries, 1.0, 30.0)) from exc
+        raise
+    if result.retry_in_s is not None:
+        raise self.retry(countdown=result.retry_in_s)
     return result.to_json()
 
 
 @app.task(name="chordload.finalize_run")
 def finalize_run(run_id: str, launch: int = 1) -> dict:
-    """Chord body: every header task returned, so every chunk is terminal."""
-    outcome = finalize_run_record(get_engine(current_settings().metadata), run_id,
-                                  unfinished_chunks=ChunkStatus.FAILED, launch=launch,
-                                  reason="the chord completed while this chunk was unfinished")
+    """Chord body. Normally every chunk is terminal by now; if one is not (a duplicate
+    delivery counted twice by the chord), finalizing is left to that chunk's own end."""
+    outcome = finalize_run_record(get_engine(current_settings().metadata), run_id, launch=launch)
     status = outcome.status.value if outcome else None
     log.info("run %s finalized: %s", run_id, status)
     return {"run_id": run_id, "status": status}

@@ -6,9 +6,13 @@ from sqlalchemy import Engine
 from shared.dialects.base import DialectAdapter
 from shared.errors import ConfigError
 
+SUPPORTED = ("postgresql", "mysql/mariadb (mysql+pymysql://)", "sqlite",
+             "oracle (untested)", "mssql (untested)")
+
 
 def adapter_for(engine: Engine) -> DialectAdapter:
     name = engine.dialect.name
+    driver = engine.dialect.driver
     if name == "postgresql":
         from shared.dialects.postgres import PostgresAdapter
 
@@ -17,4 +21,20 @@ def adapter_for(engine: Engine) -> DialectAdapter:
         from shared.dialects.sqlite import SqliteAdapter
 
         return SqliteAdapter(engine)
-    raise ConfigError(f"database '{name}' is not supported yet (supported: postgresql, sqlite)")
+    if name in ("mysql", "mariadb"):
+        if driver != "pymysql":
+            raise ConfigError(f"MariaDB/MySQL connections must use the PyMySQL driver "
+                              f"(mysql+pymysql://...), not '{name}+{driver}'")
+        from shared.dialects.mysql import MysqlAdapter
+
+        return MysqlAdapter(engine)
+    if name == "oracle":
+        from shared.dialects.oracle import OracleAdapter
+
+        return OracleAdapter(engine)
+    if name == "mssql":
+        from shared.dialects.mssql import MssqlAdapter
+
+        return MssqlAdapter(engine)
+    raise ConfigError(f"database '{name}' (driver '{driver}') is not supported; supported: "
+                      f"{', '.join(SUPPORTED)}")

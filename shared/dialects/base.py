@@ -92,11 +92,20 @@ class DialectAdapter:
     def ddl_type(self, column_type: ColumnType) -> str:
         raise NotImplementedError
 
+    def key_ddl_type(self, column_type: ColumnType) -> str:
+        """The DDL type of a business-key column (it is indexed); databases whose unbounded
+        text type cannot be indexed override this."""
+        return self.ddl_type(column_type)
+
     def surrogate_key_ddl(self) -> str:
         raise NotImplementedError
 
     def timestamp_ddl(self) -> str:
         return self.ddl_type(ColumnType(TypeKind.TIMESTAMPTZ))
+
+    def bool_value(self, value: bool) -> Any:
+        """How a boolean is bound (databases without a boolean type bind 1/0)."""
+        return value
 
     def target_exists(self, conn: Connection, target: TargetSpec) -> bool:
         return inspect(conn).has_table(target.table_name, schema=target.schema_name)
@@ -105,37 +114,52 @@ class DialectAdapter:
         return [c["name"] for c in inspect(conn).get_columns(target.table_name,
                                                             schema=target.schema_name)]
 
-    def create_target(self, conn: Connection, target: TargetSpec, columns: list[SourceColumn],
-                      keys: Sequence[str], scd_type: int, audit: AuditColumns) -> None:
-        """Create the target from the source's column types, with the SCD contract's columns
-        and indexes (SCD2: one current row per key, enforced by a unique partial index)."""
-        table = self.table_ref(target)
-        business = [f"{self.q(c.name)} {self.ddl_type(c.type)}" for c in columns]
+    def target_columns_ddl(self, columns: Sequence[SourceColumn], keys: Sequence[str],
+                           scd_type: int, audit: AuditColumns) -> list[str]:
+        """Column definitions of a new target: business columns from the source's types plus
+        the SCD contract's audit columns."""
+        business = [f"{self.q(c.name)} "
+                    f"{self.key_ddl_type(c.type) if c.name in keys else self.ddl_type(c.type)}"
+                    for c in columns]
         ts = self.timestamp_ddl()
         hash_ddl = self.ddl_type(ColumnType(TypeKind.TEXT, length=32))
         run_ddl = self.ddl_type(ColumnType(TypeKind.TEXT, length=32))
+        if scd_type == 1:
+            return [*business, f"{self.q(audit.row_hash)} {hash_ddl} NOT NULL",
+                    f"{self.q(audit.inserted_at)} {ts} NOT NULL",
+                    f"{self.q(audit.updated_at)} {ts} NOT NULL",
+                    f"{self.q(audit.run_id)} {run_ddl} NOT NULL"]
+        return [f"{self.q(audit.sk)} {self.surrogate_key_ddl()}", *business,
+                f"{self.q(audit.row_hash)} {hash_ddl} NOT NULL",
+                f"{self.q(audit.valid_from)} {ts} NOT NULL", f"{self.q(audit.valid_to)} {ts}",
+                f"{self.q(audit.is_current)} {self.ddl_type(ColumnType(TypeKind.BOOLEAN))} "
+                f"NOT NULL", f"{self.q(audit.run_id)} {run_ddl} NOT NULL"]
+
+    def create_table_sql(self, table: str, columns_ddl: Sequence[str]) -> str:
+        return f"CREATE TABLE {table} ({', '.join(columns_ddl)})"
+
+    def target_index_sql(self, table: str, target: TargetSpec, columns: Sequence[SourceColumn],
+                         keys: Sequence[str], scd_type: int, audit: AuditColumns) -> list[str]:
+        """SCD1: a unique index on the keys. SCD2: one current row per key, enforced by a
+        unique partial index, plus a plain index on the keys."""
         key_cols = ", ".join(self.q(k) for k in keys)
         name = target.table_name
         if scd_type == 1:
-            ddl = [*business, f"{self.q(audit.row_hash)} {hash_ddl} NOT NULL",
-                   f"{self.q(audit.inserted_at)} {ts} NOT NULL",
-                   f"{self.q(audit.updated_at)} {ts} NOT NULL",
-                   f"{self.q(audit.run_id)} {run_ddl} NOT NULL"]
-            conn.execute(text(f"CREATE TABLE {table} ({', '.join(ddl)})"))
-            conn.execute(text(f"CREATE UNIQUE INDEX {self.q(self.index_name(name, 'key'))} "
-                              f"ON {table} ({key_cols})"))
-        else:
-            ddl = [f"{self.q(audit.sk)} {self.surrogate_key_ddl()}", *business,
-                   f"{self.q(audit.row_hash)} {hash_ddl} NOT NULL",
-                   f"{self.q(audit.valid_from)} {ts} NOT NULL", f"{self.q(audit.valid_to)} {ts}",
-                   f"{self.q(audit.is_current)} {self.ddl_type(ColumnType(TypeKind.BOOLEAN))} "
-                   f"NOT NULL", f"{self.q(audit.run_id)} {run_ddl} NOT NULL"]
-            conn.execute(text(f"CREATE TABLE {table} ({', '.join(ddl)})"))
-            conn.execute(text(
-                f"CREATE UNIQUE INDEX {self.q(self.index_name(name, 'current'))} ON {table} "
-                f"({key_cols}) WHERE {self.q(audit.is_current)}"))
-            conn.execute(text(f"CREATE INDEX {self.q(self.index_name(name, 'key'))} "
-                              f"ON {table} ({key_cols})"))
+            return [f"CREATE UNIQUE INDEX {self.q(self.index_name(name, 'key'))} "
+                    f"ON {table} ({key_cols})"]
+        return [f"CREATE UNIQUE INDEX {self.q(self.index_name(name, 'current'))} ON {table} "
+                f"({key_cols}) WHERE {self.q(audit.is_current)}",
+                f"CREATE INDEX {self.q(self.index_name(name, 'key'))} ON {table} ({key_cols})"]
+
+    def create_target(self, conn: Connection, target: TargetSpec, columns: list[SourceColumn],
+                      keys: Sequence[str], scd_type: int, audit: AuditColumns) -> None:
+        """Create the target from the source's column types, with the SCD contract's columns
+        and indexes (SCD2: one current row per key)."""
+        table = self.table_ref(target)
+        conn.execute(text(self.create_table_sql(
+            table, self.target_columns_ddl(columns, keys, scd_type, audit))))
+        for statement in self.target_index_sql(table, target, columns, keys, scd_type, audit):
+            conn.execute(text(statement))
 
     def check_target(self, conn: Connection, target: TargetSpec, business: Sequence[str],
                      scd_type: int, audit_names: Sequence[str]) -> None:
@@ -152,7 +176,9 @@ class DialectAdapter:
         raise NotImplementedError
 
     def clear_stage(self, conn: Connection, stage: str) -> None:
-        """Empty the stage at the start of a batch transaction."""
+        """Empty the stage inside the batch transaction (the quarantine bisection loads
+        several slices of one batch in one transaction, each in its own savepoint)."""
+        conn.execute(text(f"DELETE FROM {stage}"))
 
     def drop_stage(self, conn: Connection, stage: str) -> None:
         conn.execute(text(f"DROP TABLE IF EXISTS {stage}"))
@@ -188,25 +214,31 @@ class DialectAdapter:
             passes.append((safe, f"({any_null})"))
         return passes
 
+    def update_from_sql(self, table: str, hashed: str, match: str,
+                        sets: Sequence[tuple[str, str]], where: str) -> str:
+        """UPDATE the target rows ``t`` that join the hashed stage ``s`` on ``match`` and
+        satisfy ``where``; ``sets`` are (target column, expression) pairs."""
+        assignments = ", ".join(f"{self.q(column)} = {expr}" for column, expr in sets)
+        return f"UPDATE {table} AS t SET {assignments} FROM {hashed} s WHERE {match} AND {where}"
+
     def apply_scd1(self, conn: Connection, stage: str, target: TargetSpec,
                    columns: Sequence[str], keys: Sequence[str], audit: AuditColumns,
                    run_id: str, now: Any, staged_rows: int,
                    has_null_keys: bool = False) -> ApplyCounts:
         """Update changed rows in place, insert new keys; equal hashes are not written."""
         table = self.table_ref(target)
-        sets = ", ".join(f"{self.q(c)} = s.{self.q(c)}" for c in columns if c not in keys)
-        sets = (sets + ", " if sets else "") + (
-            f"{self.q(audit.row_hash)} = s.cl_hash, {self.q(audit.updated_at)} = :now, "
-            f"{self.q(audit.run_id)} = :run_id")
+        sets = [(c, f"s.{self.q(c)}") for c in columns if c not in keys]
+        sets += [(audit.row_hash, "s.cl_hash"), (audit.updated_at, ":now"),
+                 (audit.run_id, ":run_id")]
         cols = ", ".join(self.q(c) for c in columns)
         s_cols = ", ".join(f"s.{self.q(c)}" for c in columns)
         params = {"now": now, "run_id": run_id}
         changed = inserted = 0
         for match, only in self._passes(keys, has_null_keys):
             hashed = self._hashed_stage(stage, columns, only)
-            changed += conn.execute(text(
-                f"UPDATE {table} AS t SET {sets} FROM {hashed} s WHERE {match} "
-                f"AND t.{self.q(audit.row_hash)} <> s.cl_hash"), params).rowcount
+            changed += conn.execute(text(self.update_from_sql(
+                table, hashed, match, sets, f"t.{self.q(audit.row_hash)} <> s.cl_hash")),
+                params).rowcount
             inserted += conn.execute(text(
                 f"INSERT INTO {table} ({cols}, {self.q(audit.row_hash)}, {self.q(audit.inserted_at)}, "
                 f"{self.q(audit.updated_at)}, {self.q(audit.run_id)}) SELECT {s_cols}, s.cl_hash, :now, "
@@ -223,17 +255,19 @@ class DialectAdapter:
         staged key that has none (new keys and the ones just expired). Re-applying the same
         batch finds equal hashes and writes nothing, which makes redelivery harmless."""
         table = self.table_ref(target)
-        current = self.q("is_current")
+        current = self.q(audit.is_current)
         cols = ", ".join(self.q(c) for c in columns)
         s_cols = ", ".join(f"s.{self.q(c)}" for c in columns)
-        params = {"valid_from": valid_from, "true_": True, "false_": False, "run_id": run_id}
+        params = {"valid_from": valid_from, "true_": self.bool_value(True),
+                  "false_": self.bool_value(False), "run_id": run_id}
+        expire = [(audit.valid_to, ":valid_from"), (audit.is_current, ":false_")]
         changed = written = 0
         for match, only in self._passes(keys, has_null_keys):
             hashed = self._hashed_stage(stage, columns, only)
-            changed += conn.execute(text(
-                f"UPDATE {table} AS t SET {self.q(audit.valid_to)} = :valid_from, {current} = :false_ "
-                f"FROM {hashed} s WHERE {match} AND t.{current} = :true_ "
-                f"AND t.{self.q(audit.row_hash)} <> s.cl_hash"), params).rowcount
+            changed += conn.execute(text(self.update_from_sql(
+                table, hashed, match, expire,
+                f"t.{current} = :true_ AND t.{self.q(audit.row_hash)} <> s.cl_hash")),
+                params).rowcount
             written += conn.execute(text(
                 f"INSERT INTO {table} ({cols}, {self.q(audit.row_hash)}, {self.q(audit.valid_from)}, "
                 f"{self.q(audit.valid_to)}, {current}, {self.q(audit.run_id)}) SELECT {s_cols}, s.cl_hash, "
@@ -241,3 +275,35 @@ class DialectAdapter:
                 f"FROM {table} t WHERE {match} AND t.{current} = :true_)"), params).rowcount
         return ApplyCounts(inserted=written - changed, changed=changed,
                            unchanged=staged_rows - written)
+
+    def count_applied_by_run(self, conn: Connection, stage: str, target: TargetSpec,
+                             columns: Sequence[str], keys: Sequence[str], audit: AuditColumns,
+                             scd_type: int, run_id: str, valid_from: Any,
+                             has_null_keys: bool = False) -> ApplyCounts:
+        """Among staged rows the apply found unchanged, those that this same run had already
+        written (an earlier attempt of a retried or redelivered chunk, or the launch before a
+        resume), split into inserted and changed. Run only on replays, so counts stay exact
+        without costing the first attempt anything."""
+        table = self.table_ref(target)
+        if scd_type == 1:
+            changed_expr = (f"CASE WHEN t.{self.q(audit.inserted_at)} < "
+                            f"t.{self.q(audit.updated_at)} THEN 1 ELSE 0 END")
+            current = "1 = 1"
+        else:
+            current = f"t.{self.q(audit.is_current)} = :true_"
+            changed_expr = (f"CASE WHEN EXISTS (SELECT 1 FROM {table} o WHERE "
+                            f"{{match_o}} AND o.{self.q(audit.is_current)} = :false_ AND "
+                            f"o.{self.q(audit.valid_to)} = :valid_from) THEN 1 ELSE 0 END")
+        params = {"run_id": run_id, "valid_from": valid_from, "true_": self.bool_value(True),
+                  "false_": self.bool_value(False)}
+        total = changed = 0
+        for match, only in self._passes(keys, has_null_keys):
+            match_o = match.replace("t.", "o.")
+            hashed = self._hashed_stage(stage, columns, only)
+            row = conn.execute(text(
+                f"SELECT count(*), sum({changed_expr.format(match_o=match_o)}) FROM {hashed} s "
+                f"JOIN {table} t ON {match} AND {current} WHERE t.{self.q(audit.run_id)} = "
+                f":run_id AND t.{self.q(audit.row_hash)} = s.cl_hash"), params).one()
+            total += int(row[0] or 0)
+            changed += int(row[1] or 0)
+        return ApplyCounts(inserted=total - changed, changed=changed, unchanged=-total)

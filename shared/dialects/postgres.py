@@ -1,12 +1,27 @@
 """PostgreSQL: planner estimates from EXPLAIN, server-side cursors, COPY into a temp stage,
-md5 of the row for change detection."""
+md5 of the row for change detection.
+
+Three things here are about speed (docs/benchmarks.md has the numbers):
+
+* the source is streamed from a psycopg2 server-side cursor directly: batches are the
+  driver's own lists of tuples, without a SQLAlchemy Row per row and a copy back to tuples;
+* the COPY text is built a column at a time: one look at a column's value types picks a
+  formatter, so the common types go through ``str`` in C loops instead of a Python call per
+  value, and text columns are escaped only when they hold a character that needs it;
+* the SCD apply probes the target's key index for each staged row. Left to itself the
+  planner often chose a hash (or merge) join that reads the whole target for every batch,
+  because a target that grows during the load has stale statistics and the temp stage has
+  none: the per-batch cost then grew with the target and a 1M-row initial load became
+  quadratic. With an index on the first key the apply's joins are nested loops over the
+  stage, so a batch costs what its rows cost.
+"""
 from __future__ import annotations
 
 import datetime as dt
 import io
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -25,6 +40,15 @@ _OID_KINDS = {
 }
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_NULL = "\\N"
+_NONE_TYPE = type(None)
+# types whose str() is already valid COPY text input (bool is not: str(True) is 'True', and it
+# is handled by copy_text_value like everything else not listed here)
+_STR_TYPES = frozenset({int, float, Decimal, uuid.UUID, dt.date, dt.datetime, dt.time})
+_KEY_INDEX_SQL = (
+    "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+    "AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass(:table) AND i.indisvalid "
+    "AND a.attname = :key)")
 
 
 def copy_text_value(value: Any) -> str:
@@ -44,6 +68,33 @@ def copy_text_value(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value).translate(_ESCAPES)
     return str(value).translate(_ESCAPES)
+
+
+def copy_text_column(values: Sequence[Any]) -> list[str]:
+    """One column of a batch in COPY's text format, the same text ``copy_text_value`` gives
+    value by value (except ``str()`` for date/times: a space, not 'T', before the time)."""
+    kinds = set(map(type, values))
+    has_null = _NONE_TYPE in kinds
+    kinds.discard(_NONE_TYPE)
+    if kinds <= _STR_TYPES:
+        if not has_null:
+            return list(map(str, values))
+        return [_NULL if v is None else str(v) for v in values]
+    if kinds == {str}:
+        present = [v for v in values if v is not None] if has_null else values
+        blob = "".join(present)
+        if "\\" in blob or "\t" in blob or "\n" in blob or "\r" in blob:
+            return [_NULL if v is None else v.translate(_ESCAPES) for v in values]
+        return [_NULL if v is None else v for v in values] if has_null else list(values)
+    return [copy_text_value(v) for v in values]
+
+
+def copy_text(rows: Sequence[tuple]) -> str:
+    """A batch of rows as the body of ``COPY ... FROM STDIN`` (text format)."""
+    if not rows:
+        return ""
+    columns = [copy_text_column(values) for values in zip(*rows)]
+    return "\n".join(map("\t".join, zip(*columns))) + "\n"
 
 
 class PostgresAdapter(DialectAdapter):
@@ -73,6 +124,25 @@ class PostgresAdapter(DialectAdapter):
         if isinstance(plan, str):
             plan = json.loads(plan)
         return int(plan[0]["Plan"]["Plan Rows"])
+
+    def stream(self, conn: Connection, sql: str, params: dict[str, Any],
+               batch_rows: int) -> Iterator[Sequence[tuple]]:
+        """Batches from a named (server-side) cursor, read with FETCH FORWARD batch_rows; an
+        abandoned stream just closes the cursor, nothing more is read."""
+        compiled = text(sql).compile(dialect=conn.dialect)  # :name -> %(name)s, % doubled
+        cursor = conn.connection.dbapi_connection.cursor(name=f"cl_stream_{uuid.uuid4().hex[:12]}")
+        try:
+            cursor.execute(compiled.string, compiled.construct_params(params))
+            while True:
+                rows = cursor.fetchmany(batch_rows)
+                if not rows:
+                    return
+                yield rows
+        finally:
+            try:
+                cursor.close()
+            except Exception:  # noqa: BLE001 - a broken connection is discarded anyway
+                pass
 
     def ddl_type(self, column_type: ColumnType) -> str:
         kind = column_type.kind
@@ -104,18 +174,49 @@ class PostgresAdapter(DialectAdapter):
 
     def load_stage(self, conn: Connection, stage: str, columns: Sequence[str],
                    rows: Sequence[tuple]) -> None:
-        buffer = io.StringIO()
-        write = buffer.write
-        for row in rows:
-            write("\t".join([copy_text_value(v) for v in row]))
-            write("\n")
-        buffer.seek(0)
+        buffer = io.StringIO(copy_text(rows))
         cols = ", ".join(self.q(c) for c in columns)
         cursor = conn.connection.dbapi_connection.cursor()
         try:
-            cursor.copy_expert(f"COPY {stage} ({cols}) FROM STDIN", buffer)
+            cursor.copy_expert(f"COPY {stage} ({cols}) FROM STDIN", buffer, size=1 << 16)
         finally:
             cursor.close()
+
+    # -- SCD apply: probe the key index ---------------------------------------------------
+    def _key_indexed(self, conn: Connection, target, keys: Sequence[str]) -> bool:  # noqa: ANN001
+        """Whether the target has a valid index led by the first key (chordload creates two);
+        asked once per adapter, i.e. once per chunk."""
+        cache = self.__dict__.setdefault("_key_index_cache", {})
+        table = self.table_ref(target)
+        if table not in cache:
+            cache[table] = bool(conn.execute(text(_KEY_INDEX_SQL),
+                                             {"table": table, "key": keys[0]}).scalar())
+        return cache[table]
+
+    def _by_key_index(self, conn: Connection, target, keys: Sequence[str], apply):  # noqa: ANN001
+        """Run ``apply()`` with hash and merge joins off for this transaction only, when an
+        index can serve the key lookups (without one, the planner's choice stands). On an
+        error the batch's savepoint rollback also undoes the settings."""
+        if not self._key_indexed(conn, target, keys):
+            return apply()
+        hash_join, merge_join = conn.execute(text(
+            "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin')")).one()
+        conn.execute(text("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"))
+        counts = apply()
+        conn.execute(text("SELECT set_config('enable_hashjoin', :h, true), "
+                          "set_config('enable_mergejoin', :m, true)"),
+                     {"h": hash_join, "m": merge_join})
+        return counts
+
+    def apply_scd1(self, conn: Connection, stage: str, target, columns: Sequence[str],  # noqa: ANN001
+                   keys: Sequence[str], *args: Any, **kwargs: Any):
+        return self._by_key_index(conn, target, keys, lambda: super(PostgresAdapter, self)
+                                  .apply_scd1(conn, stage, target, columns, keys, *args, **kwargs))
+
+    def apply_scd2(self, conn: Connection, stage: str, target, columns: Sequence[str],  # noqa: ANN001
+                   keys: Sequence[str], *args: Any, **kwargs: Any):
+        return self._by_key_index(conn, target, keys, lambda: super(PostgresAdapter, self)
+                                  .apply_scd2(conn, stage, target, columns, keys, *args, **kwargs))
 
     def row_hash_expr(self, qualified_columns: Sequence[str]) -> str:
         return f"md5(ROW({', '.join(qualified_columns)})::text)"

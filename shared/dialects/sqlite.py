@@ -2,6 +2,7 @@
 (see shared/db.py). Used by the demo and for small local loads."""
 from __future__ import annotations
 
+import re
 import sqlite3
 import uuid
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ def kind_from_declared(declared: str) -> TypeKind | None:
         return TypeKind.BIGINT
     if "BOOL" in name:
         return TypeKind.BOOLEAN
+    if "TIMESTAMPTZ" in name or "WITH TIME ZONE" in name:
+        return TypeKind.TIMESTAMPTZ
     if "TIMESTAMP" in name or "DATETIME" in name:
         return TypeKind.TIMESTAMP
     if "DATE" in name:
@@ -40,6 +43,23 @@ def kind_from_declared(declared: str) -> TypeKind | None:
     return TypeKind.NUMERIC
 
 
+_TYPE_ARGS = re.compile(r"\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)")
+
+
+def column_type_from_declared(declared: str) -> ColumnType | None:
+    """The declared type with its arguments: NUMERIC(12, 2) keeps precision and scale,
+    VARCHAR(40) its length, so a target created from it elsewhere is typed the same."""
+    kind = kind_from_declared(declared)
+    if kind is None:
+        return None
+    args = _TYPE_ARGS.search(declared)
+    if args and kind is TypeKind.NUMERIC:
+        return ColumnType(kind, int(args.group(1)), int(args.group(2) or 0))
+    if args and kind is TypeKind.TEXT:
+        return ColumnType(kind, length=int(args.group(1)))
+    return ColumnType(kind)
+
+
 class SqliteAdapter(DialectAdapter):
     name = "sqlite"
 
@@ -51,18 +71,24 @@ class SqliteAdapter(DialectAdapter):
             columns = []
             for row in info:
                 name, declared = row[1], row[2] or ""
-                kind = kind_from_declared(declared)
-                if kind is None:  # an expression: look at a value
+                column_type = column_type_from_declared(declared)
+                if column_type is None:  # an expression: look at a value
                     runtime = conn.execute(text(
                         f"SELECT typeof({self.q(name)}) FROM {view} WHERE {self.q(name)} "
                         f"IS NOT NULL LIMIT 1")).scalar()
-                    kind = _RUNTIME_KINDS.get(runtime or "text", TypeKind.TEXT)
-                columns.append(SourceColumn(name, ColumnType(kind)))
+                    column_type = ColumnType(_RUNTIME_KINDS.get(runtime or "text", TypeKind.TEXT))
+                columns.append(SourceColumn(name, column_type))
             return columns
         finally:
             conn.execute(text(f"DROP VIEW IF EXISTS temp.{view}"))
 
     def ddl_type(self, column_type: ColumnType) -> str:
+        # the declared names keep what SQLite itself does not (scale, time zone) for reading
+        # the table back as a source; the affinity is the same as plain NUMERIC/TIMESTAMP
+        if column_type.kind is TypeKind.NUMERIC and column_type.precision:
+            return f"NUMERIC({column_type.precision}, {column_type.scale or 0})"
+        if column_type.kind is TypeKind.TIMESTAMPTZ:
+            return "TIMESTAMPTZ"
         return {
             TypeKind.SMALLINT: "INTEGER", TypeKind.INTEGER: "INTEGER", TypeKind.BIGINT: "INTEGER",
             TypeKind.NUMERIC: "NUMERIC", TypeKind.FLOAT: "REAL", TypeKind.TEXT: "TEXT",
@@ -70,6 +96,9 @@ class SqliteAdapter(DialectAdapter):
             TypeKind.TIMESTAMP: "TIMESTAMP", TypeKind.TIMESTAMPTZ: "TIMESTAMP",
             TypeKind.BYTES: "BLOB", TypeKind.JSON: "TEXT", TypeKind.UUID: "TEXT",
         }[column_type.kind]
+
+    def timestamp_ddl(self) -> str:
+        return "TIMESTAMP"
 
     def surrogate_key_ddl(self) -> str:
         return "INTEGER PRIMARY KEY AUTOINCREMENT"

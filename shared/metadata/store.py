@@ -8,13 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.errors import NotFoundError, RunRefusedError
 from shared.retry import retry_transient
-from shared.metadata.models import Checkpoint, ChunkLog, ProcessLog, StopRequest
+from shared.metadata.models import Checkpoint, ChunkLog, ErrorRow, ProcessLog, StopRequest
 from shared.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
 from shared.timeutil import utcnow
 
@@ -136,14 +136,18 @@ def start_chunk(engine: Engine, run_id: str, chunk_no: int, worker: str) -> bool
         if any(prev):
             conn.execute(update(ProcessLog).where(ProcessLog.run_id == run_id).values(
                 **{c: getattr(ProcessLog, c) - v for c, v in zip(_COUNTERS, prev)}))
+        # The attempt re-reads the whole range and finds its bad rows again: exact counts.
+        conn.execute(delete(ErrorRow).where(ErrorRow.run_id == run_id,
+                                            ErrorRow.chunk_no == chunk_no))
     return True
 
 
 @retry_transient()
 def record_batch(engine: Engine, run_id: str, chunk_no: int, progress: BatchProgress,
-                 max_checkpoint: dict[str, Any] | None) -> None:
+                 max_checkpoint: dict[str, Any] | None,
+                 error_rows: list[dict[str, Any]] | None = None) -> None:
     """Per batch, one short transaction: the chunk's counters, heartbeat and checkpoint
-    maximum, and the run's live totals (what `watch` reads)."""
+    maximum, the run's live totals (what `watch` reads) and the batch's quarantined rows."""
     deltas = dict(zip(_COUNTERS, (progress.rows_read, progress.inserted, progress.changed,
                                   progress.unchanged, progress.errored)))
     values: dict[str, Any] = {c: getattr(ChunkLog, c) + v for c, v in deltas.items()}
@@ -155,6 +159,12 @@ def record_batch(engine: Engine, run_id: str, chunk_no: int, progress: BatchProg
             **{c: getattr(ProcessLog, c) + v for c, v in deltas.items()}))
         conn.execute(update(ChunkLog).where(ChunkLog.run_id == run_id,
                                             ChunkLog.chunk_no == chunk_no).values(**values))
+        if error_rows:
+            now = utcnow()
+            conn.execute(insert(ErrorRow), [
+                {"run_id": run_id, "chunk_no": chunk_no, "row_key": e["key"],
+                 "row_data": e["row"], "message": e["message"], "created_at": now}
+                for e in error_rows])
 
 
 @retry_transient()
@@ -167,6 +177,23 @@ def finish_chunk(engine: Engine, run_id: str, chunk_no: int, status: ChunkStatus
             ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no,
             ChunkLog.status.in_([ChunkStatus.PENDING.value, ChunkStatus.RUNNING.value])).values(
             status=status, ended_at=utcnow(), message=message))
+
+
+@retry_transient()
+def retry_chunk(engine: Engine, run_id: str, chunk_no: int, message: str) -> None:
+    """Back to PENDING while a Celery retry of the same task waits out its backoff."""
+    with engine.begin() as conn:
+        conn.execute(update(ChunkLog).where(
+            ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no,
+            ChunkLog.status == ChunkStatus.RUNNING).values(status=ChunkStatus.PENDING,
+                                                          message=message))
+
+
+def error_rows(engine: Engine, run_id: str, limit: int | None = None) -> list[ErrorRow]:
+    with session(engine) as s:
+        query = select(ErrorRow).where(ErrorRow.run_id == run_id).order_by(ErrorRow.chunk_no,
+                                                                          ErrorRow.id)
+        return list(s.scalars(query.limit(limit) if limit else query))
 
 
 def get_chunk(engine: Engine, run_id: str, chunk_no: int) -> ChunkLog:

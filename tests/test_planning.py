@@ -1,0 +1,181 @@
+"""Planning with real runs on real workers: balanced chunks on skewed keys, NULL split values
+(loaded by chunk 0, matched null-safe), one chunk below min_rows_for_parallel on the same
+chord path, the ``--chunks`` override and ``exact_count``."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from celery.result import AsyncResult
+from sqlalchemy import text
+
+from coordinator.api import launch, wait
+from coordinator.planner import plan_run
+from shared.db import get_engine
+from shared.metadata import store
+from shared.statuses import ChunkStatus, RunStatus
+from tests.cliutil import clean_cli_env, run_cli, write_config  # noqa: F401
+from tests.pgdata import BASE_TS, create_customers, scd2_mapping
+
+pytestmark = pytest.mark.e2e
+
+
+def _scalar(wh, sql: str, **params):
+    with wh.connect() as conn:
+        return conn.execute(text(sql), params).scalar_one()
+
+
+def _diff_count(wh, left: str, right: str) -> int:
+    """Rows in one set and not the other, both ways (EXCEPT ALL treats NULLs as equal)."""
+    return _scalar(wh, f"SELECT (SELECT count(*) FROM ({left} EXCEPT ALL {right}) a) + "
+                       f"(SELECT count(*) FROM ({right} EXCEPT ALL {left}) b)")
+
+
+def _run(settings, mapref: str, **kwargs):
+    run_id = launch(mapref, settings=settings, **kwargs)
+    run = wait(run_id, settings=settings, timeout_s=120, poll_s=0.2)
+    assert run.status is RunStatus.SUCCESS, run.message
+    return run, store.get_chunks(get_engine(settings.metadata), run_id)
+
+
+def _mapping(schema: str, table: str, columns: str, target: str, **overrides) -> dict:
+    mapping = scd2_mapping(schema, target=target, **overrides)
+    mapping["source"]["query"] = f'SELECT {columns} FROM "{schema}"."{table}"'
+    return mapping
+
+
+def test_skewed_keys_give_balanced_chunks(workers, make_settings, wh, schema):
+    """90% of the ids are 1..90000, the rest spread up to 10^9: quantile boundaries still
+    give chunks within 2x of each other (equal-width ranges would put 90% in one chunk)."""
+    table = f'"{schema}"."skewed"'
+    with wh.begin() as conn:
+        conn.execute(text(f"CREATE TABLE {table} (id bigint PRIMARY KEY, name text, "
+                          f"updated_at timestamp NOT NULL)"))
+        conn.execute(text(f"INSERT INTO {table} SELECT g, 'dense ' || g, TIMESTAMP '{BASE_TS}' "
+                          f"+ g * INTERVAL '1 second' FROM generate_series(1, 90000) g"))
+        conn.execute(text(f"INSERT INTO {table} SELECT 100000 + g::bigint * 99990, 'sparse ' || g, "
+                          f"TIMESTAMP '{BASE_TS}' + g * INTERVAL '1 second' "
+                          f"FROM generate_series(1, 10000) g"))
+        conn.execute(text(f"ANALYZE {table}"))
+    assert _scalar(wh, f"SELECT max(id) FROM {table}") == 1_000_000_000
+    mapping = _mapping(schema, "skewed", "id, name, updated_at", "dim_skewed",
+                       chunking={"rows_per_chunk": 12_500, "min_rows_for_parallel": 50_000,
+                                 "exact_count": True})
+    settings = make_settings({"skewed": mapping})
+
+    run, chunks = _run(settings, "skewed")
+    assert run.chunks_total == len(chunks) == 8
+    sizes = [c.rows_read for c in chunks]
+    assert sum(sizes) == run.rows_read == 100_000
+    assert min(sizes) > 0 and max(sizes) <= 2 * min(sizes), sizes
+    # the planner's boundaries, counted in SQL, agree with what the chunks read
+    for chunk in chunks:
+        lower = chunk.lower_bound["value"] if chunk.lower_bound else None
+        upper = chunk.upper_bound["value"] if chunk.upper_bound else None
+        counted = _scalar(wh, f"SELECT count(*) FROM {table} WHERE (CAST(:lo AS bigint) IS NULL "
+                              f"OR id > :lo) AND (CAST(:hi AS bigint) IS NULL OR id <= :hi)",
+                          lo=lower, hi=upper)
+        assert counted == chunk.rows_read, (chunk.chunk_no, lower, upper)
+    assert _diff_count(wh, f'SELECT id, name, updated_at FROM "{schema}"."dim_skewed" '
+                           f"WHERE is_current", f"SELECT id, name, updated_at FROM {table}") == 0
+
+
+def test_null_split_values_are_loaded_by_chunk_0(workers, make_settings, wh, schema):
+    """Keys (id, part), split on id: rows whose id is NULL are loaded by chunk 0, and a NULL
+    key is one key (a re-run matches them null-safe: nothing inserted or changed)."""
+    table = f'"{schema}"."with_nulls"'
+    with wh.begin() as conn:
+        conn.execute(text(f"CREATE TABLE {table} (id bigint, part text, name text, "
+                          f"updated_at timestamp)"))
+        conn.execute(text(f"INSERT INTO {table} SELECT g, 'a', 'n' || g, TIMESTAMP '{BASE_TS}' "
+                          f"FROM generate_series(1, 40000) g"))
+        conn.execute(text(f"INSERT INTO {table} VALUES (NULL, 'x', 'null x', NULL), "
+                          f"(NULL, 'y', 'null y', TIMESTAMP '{BASE_TS}'), "
+                          f"(NULL, NULL, 'null null', NULL), (7, NULL, 'seven null', NULL)"))
+        conn.execute(text(f"ANALYZE {table}"))
+    mapping = _mapping(schema, "with_nulls", "id, part, name, updated_at", "dim_nulls",
+                       keys=["id", "part"], checkpoint={"strategy": "NONE", "column": None},
+                       chunking={"rows_per_chunk": 10_000, "min_rows_for_parallel": 1_000})
+    settings = make_settings({"nulls": mapping})
+    target = f'"{schema}"."dim_nulls"'
+    current = f"SELECT id, part, name, updated_at FROM {target} WHERE is_current"
+    source = f"SELECT id, part, name, updated_at FROM {table}"
+
+    first, chunks = _run(settings, "nulls")
+    assert len(chunks) >= 4
+    assert [c.includes_nulls for c in chunks] == [True] + [False] * (len(chunks) - 1)
+    upper0 = chunks[0].upper_bound["value"]
+    assert chunks[0].rows_read == _scalar(
+        wh, f"SELECT count(*) FROM {table} WHERE id <= :u OR id IS NULL", u=upper0)
+    assert first.rows_read == first.rows_inserted == 40_004
+    assert _diff_count(wh, current, source) == 0
+
+    second, _ = _run(settings, "nulls")
+    assert (second.rows_inserted, second.rows_changed, second.rows_unchanged) == (0, 0, 40_004)
+    assert _scalar(wh, f"SELECT count(*) FROM {target}") == 40_004
+
+    with wh.begin() as conn:
+        conn.execute(text(f"UPDATE {table} SET name = name || ' v2' WHERE id IS NULL "
+                          f"AND part IS DISTINCT FROM 'y'"))
+    third, _ = _run(settings, "nulls")
+    assert (third.rows_inserted, third.rows_changed) == (0, 2)
+    assert _diff_count(wh, current, source) == 0
+    assert _scalar(wh, f"SELECT count(*) FROM (SELECT id, part FROM {target} WHERE is_current "
+                       f"GROUP BY id, part HAVING count(*) > 1) d") == 0
+    with wh.connect() as conn:
+        versions = conn.execute(text(f"SELECT name, is_current FROM {target} WHERE id IS NULL "
+                                     f"AND part IS NULL ORDER BY sk")).all()
+    assert [tuple(v) for v in versions] == [("null null", False), ("null null v2", True)]
+
+
+def test_one_chunk_below_min_rows_uses_the_same_chord(workers, make_settings, wh, schema):
+    source = create_customers(wh, schema, 5_000)
+    settings = make_settings({"small": scd2_mapping(schema, target="dim_small")})
+    run, chunks = _run(settings, "small")
+    assert run.chunks_total == 1 and "below min_rows_for_parallel (100000)" in run.plan_note
+    [chunk] = chunks
+    assert (chunk.chunk_no, chunk.lower_bound, chunk.upper_bound, chunk.includes_nulls) == (
+        0, None, None, True)
+    assert chunk.task_id == f"{run.run_id}.0" and chunk.status is ChunkStatus.SUCCESS
+    assert run.rows_inserted == 5_000
+    # the chunk ran as the chord's header task <run_id>.0, its JSON result in the backend
+    from workers.app import app
+
+    header = AsyncResult(f"{run.run_id}.0", app=app).get(timeout=10)
+    assert (header["chunk_no"], header["status"], header["counts"]["rows_read"]) == (
+        0, "SUCCESS", 5_000)
+    assert _scalar(wh, f'SELECT count(*) FROM "{schema}"."dim_small" WHERE is_current') == 5_000
+    assert _scalar(wh, f"SELECT count(*) FROM {source}") == 5_000
+
+
+def test_chunks_override_on_the_command_line(workers, clean_cli_env, base_config, wh, schema,
+                                             tmp_path, capsys):
+    create_customers(wh, schema, 5_000)
+    path = write_config(tmp_path / "chordload.yaml", base_config,
+                        {"over": scd2_mapping(schema, target="dim_over")})
+    result = run_cli(capsys, "run", "over", "--chunks", "3", "--wait", "--json",
+                     "--timeout-s", "120", "--config", path)
+    assert result.code == 0, result
+    summary = json.loads(result.out)
+    assert (summary["status"], summary["chunks"], summary["rows_read"]) == ("SUCCESS", 3, 5_000)
+    assert summary["plan"].startswith("3 chunks requested")
+    chunks = store.get_chunks(get_engine(base_config["metadata"]), summary["run_id"])
+    assert len(chunks) == 3 and all(c.rows_read > 1_000 for c in chunks), chunks
+
+
+def test_exact_count(make_settings, wh, schema):
+    """Postgres estimates ``id % 2 = 0`` at 0.5% of the rows; exact_count counts them."""
+    table = create_customers(wh, schema, 20_000)
+    mapping = scd2_mapping(schema, target="dim_exact",
+                           chunking={"rows_per_chunk": 2_500, "min_rows_for_parallel": 5_000})
+    mapping["source"]["query"] = f"SELECT id, name, updated_at FROM {table} WHERE id % 2 = 0"
+    exact = dict(mapping, chunking={**mapping["chunking"], "exact_count": True})
+    settings = make_settings({"estimated": mapping, "exact": exact})
+    metadata = get_engine(settings.metadata)
+
+    counted = plan_run(settings, "exact", metadata)
+    assert counted.estimated_rows == 10_000
+    assert len(counted.ranges) == 4
+    estimated = plan_run(settings, "estimated", metadata)
+    assert estimated.estimated_rows < 5_000  # the planner's guess, far from the truth
+    assert len(estimated.ranges) == 1
