@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 class WorkerProcess:
     def __init__(self, config_path: Path, *, queue: str, name: str, concurrency: int = 2,
                  log_path: Path, extra_env: dict[str, str] | None = None,
-                 broker_url: str | None = None):
+                 broker_url: str | None = None, command_prefix: list[str] | None = None):
         self.config_path = config_path
         self.queue = queue
         self.name = name
@@ -22,6 +22,7 @@ class WorkerProcess:
         self.log_path = log_path
         self.extra_env = extra_env or {}
         self.broker_url = broker_url
+        self.command_prefix = command_prefix or []  # e.g. ["ip", "netns", "exec", "hostA"]
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -30,7 +31,7 @@ class WorkerProcess:
 
     def start(self, ready_timeout_s: float = 60) -> None:
         env = {**os.environ, "CHORDLOAD_CONFIG": str(self.config_path), **self.extra_env}
-        cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "prefork",
+        cmd = [*self.command_prefix, sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "prefork",
                "--concurrency", str(self.concurrency), "--queues", self.queue,
                "--hostname", self.hostname, "--loglevel", "INFO", "--without-mingle",
                "--without-gossip"]
