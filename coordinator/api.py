@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass
 
 from celery import chord
+from celery._state import _set_task_join_will_block, task_join_will_block
 
 from shared.db import get_engine
 from shared.errors import ChordloadError, ConfigError, RunRefusedError
@@ -36,14 +37,15 @@ def _rows_for(plan: Plan) -> tuple[ProcessLog, list[ChunkLog]]:
         run_id=plan.run_id, mapref=plan.mapref, status=RunStatus.QUEUED, created_at=utcnow(),
         load_kind=plan.load_kind, estimated_rows=plan.estimated_rows,
         chunks_total=len(plan.ranges), chunks_done=0, chunks_failed=0, rows_read=0,
-        rows_inserted=0, rows_changed=0, rows_unchanged=0, rows_errored=0,
-        checkpoint_from=encode_value(plan.window.lower), hwm=encode_value(plan.window.upper),
-        plan_note=plan.note, mapping=PlannedRun.mapping_document(plan.spec, plan.columns))
+        rows_inserted=0, rows_changed=0, rows_unchanged=0, rows_errored=0, rows_duplicate=0,
+        rows_deleted=0, checkpoint_from=encode_value(plan.checkpoint_from),
+        hwm=encode_value(plan.window.upper), plan_note=plan.note,
+        mapping=PlannedRun.mapping_document(plan.spec, plan.columns, plan.run_document()))
     chunks = [ChunkLog(run_id=plan.run_id, chunk_no=r.chunk_no, lower_bound=encode_value(r.lower),
                        upper_bound=encode_value(r.upper), includes_nulls=r.includes_nulls,
                        task_id=task_id_for(plan.run_id, r.chunk_no), status=ChunkStatus.PENDING,
                        rows_read=0, rows_inserted=0, rows_changed=0, rows_unchanged=0,
-                       rows_errored=0, batches_done=0, attempts=0)
+                       rows_errored=0, rows_duplicate=0, batches_done=0, attempts=0)
               for r in plan.ranges]
     return run, chunks
 
@@ -53,13 +55,21 @@ def send_chord(settings: Settings, run_id: str, chunks: list[ChunkLog], launch: 
     errback ``on_run_error``. A one-chunk run takes the same path."""
     from workers.tasks import finalize_run, load_chunk, on_run_error
 
+    # The coordinator never waits on Celery results (chunk_log is the truth), so it must not
+    # subscribe to every task's result channel, as Celery's Redis backend does for each sent
+    # task (200 subscriptions for a 200-chunk chord, then unsubscribe noise at exit).
     queue = settings.celery.queue
     header = [load_chunk.si(run_id, c.chunk_no, chunk_range(c).to_message()).set(
         task_id=c.task_id, queue=queue) for c in chunks]
     body = finalize_run.si(run_id, launch).set(task_id=f"{chunks[0].task_id}.finalize",
                                                queue=queue)
     body = body.on_error(on_run_error.s(run_id, launch).set(queue=queue))
-    chord(header, body).apply_async()
+    joining_was_blocked = task_join_will_block()
+    _set_task_join_will_block(True)
+    try:
+        chord(header, body).apply_async()
+    finally:
+        _set_task_join_will_block(joining_was_blocked)
 
 
 def chunk_range(chunk: ChunkLog) -> ChunkRange:
@@ -80,10 +90,14 @@ def start_chord(settings: Settings, run_id: str, chunks: list[ChunkLog], launch:
 
 
 def launch(mapref: str, *, settings: Settings | None = None,
-           chunks_override: int | None = None) -> str:
+           chunks_override: int | None = None, full: bool = False,
+           window_from: str | None = None, window_to: str | None = None) -> str:
     """Plan and launch one run of ``mapref``; returns its run id.
 
-    Refused (RunRefusedError) while another run of the mapping is QUEUED or RUNNING.
+    ``full``: ignore the stored checkpoint (a full reload; the new checkpoint is still set on
+    success). ``window_from``/``window_to``: a backfill of that checkpoint window, which never
+    moves the stored checkpoint. Refused (RunRefusedError) while another run of the mapping is
+    QUEUED or RUNNING.
     """
     settings = settings or current_settings()
     metadata = get_engine(settings.metadata)
@@ -94,7 +108,8 @@ def launch(mapref: str, *, settings: Settings | None = None,
         raise RunRefusedError(f"mapping '{mapref}' already has an active run {active.run_id}; "
                               f"wait for it (chordload status {active.run_id}) or stop it",
                               active.run_id)
-    plan = plan_run(settings, mapref, metadata, chunks_override=chunks_override)
+    plan = plan_run(settings, mapref, metadata, chunks_override=chunks_override, full=full,
+                    window_from=window_from, window_to=window_to)
     run, chunks = _rows_for(plan)
     store.create_run(metadata, run, chunks)
     store.set_run_status(metadata, plan.run_id, RunStatus.RUNNING, only_from={RunStatus.QUEUED})

@@ -84,8 +84,11 @@ def reconcile() -> list[dict]:
 
     from shared.reconcile import reconcile as reconcile_runs
 
+    from shared.logging_context import bind_run_context
+
     actions = reconcile_runs(current_settings())
     for action in actions:
-        log.warning("reconcile: run %s (%s) %s -> %s", action.run_id, action.mapref,
-                    action.action, action.status)
+        with bind_run_context(run_id=action.run_id, mapref=action.mapref):
+            log.warning("reconcile: run %s %s -> %s", action.run_id, action.action,
+                        action.status)
     return [asdict(a) for a in actions]

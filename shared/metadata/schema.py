@@ -1,6 +1,7 @@
 """Migrating the metadata database (``chordload db upgrade``) and checking it is migrated."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -34,6 +35,9 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
+    # Alembic logs its dialect choice at INFO on every configure; a revision check runs on
+    # every launch, so keep it quiet.
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
