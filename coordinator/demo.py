@@ -131,26 +131,22 @@ def run_demo(rows: int = 200_000, workdir: str | None = None, chunks: int = 8,
     use_settings(settings)
     upgrade(get_engine(settings.metadata))
 
+    def load(title: str):  # noqa: ANN202 - one demo run, shown live, then summarised
+        console.rule(title)
+        run_id = launch("dim_customer", settings=settings)
+        with ProgressDisplay(console, interval_s=1.0) as display:
+            run = wait(run_id, settings=settings, timeout_s=600, poll_s=0.2,
+                       on_progress=display)
+        print_summary(run, console)
+        return run.status
+
     statuses = []
     try:
         with in_process_worker(settings):
-            console.rule("1. initial load")
-            run_id = launch("dim_customer", settings=settings)
-            with ProgressDisplay(console, interval_s=1.0) as display:
-                run = wait(run_id, settings=settings, timeout_s=600, poll_s=0.2,
-                           on_progress=display)
-            print_summary(run, console)
-            statuses.append(run.status)
-
+            statuses.append(load("1. initial load"))
             changed, added = change_source(folder / "source.db", rows, max(1, rows // 20))
-            console.rule("2. incremental load")
             console.print(f"changed {changed:,} rows (10%) and added {added:,} new rows")
-            run_id = launch("dim_customer", settings=settings)
-            with ProgressDisplay(console, interval_s=1.0) as display:
-                run = wait(run_id, settings=settings, timeout_s=600, poll_s=0.2,
-                           on_progress=display)
-            print_summary(run, console)
-            statuses.append(run.status)
+            statuses.append(load("2. incremental load"))
     finally:
         dispose_all()
         use_settings(None)
