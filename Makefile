@@ -1,4 +1,5 @@
-# chordload: `make demo` runs a real load on SQLite; `make test` runs the whole suite.
+# chordload: `make demo` runs a real load on SQLite; `make test` runs the whole suite;
+# `make bench` runs the benchmark (docs/benchmarks.md; BENCH_ARGS='--rows 100000' to change it).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -22,6 +23,9 @@ services:
 
 test: $(STAMP) services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) services
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache

@@ -97,7 +97,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _metadata(settings)
     _with_celery(settings)
-    run_id = launch(args.mapref, settings=settings, chunks_override=args.chunks)
+    run_id = launch(args.mapref, settings=settings, chunks_override=args.chunks,
+                    full=args.full, window_from=args.window_from, window_to=args.window_to)
     return _report(args, settings, run_id)
 
 
@@ -197,6 +198,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from coordinator.progress import print_json, print_summary, run_summary
     from shared.errors import NotFoundError
     from shared.metadata import store
+    from shared.values import display_value
 
     settings = _settings(args)
     metadata = _metadata(settings)
@@ -228,19 +230,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         summary["chunk_list"] = [
             {"chunk_no": c.chunk_no, "status": c.status.value, "rows_read": c.rows_read,
              "rows_inserted": c.rows_inserted, "rows_changed": c.rows_changed,
-             "rows_unchanged": c.rows_unchanged, "attempts": c.attempts, "worker": c.worker,
+             "rows_unchanged": c.rows_unchanged, "rows_errored": c.rows_errored,
+             "rows_duplicate": c.rows_duplicate, "attempts": c.attempts, "worker": c.worker,
              "message": c.message} for c in chunks]
         print_json(summary)
         return EXIT_OK
     print_summary(run, console)
     table = _table("chunk", "status", "lower (excl)", "upper (incl)", "rows read", "inserted",
-                   "changed", "unchanged", "attempts", "worker", "message")
+                   "changed", "unchanged", "duplicate", "attempts", "worker", "message")
     for c in chunks:
-        table.add_row(str(c.chunk_no), c.status.value,
-                      str(c.lower_bound["value"]) if c.lower_bound else "-",
-                      str(c.upper_bound["value"]) if c.upper_bound else "-",
+        table.add_row(str(c.chunk_no), c.status.value, display_value(c.lower_bound),
+                      display_value(c.upper_bound),
                       f"{c.rows_read:,}", f"{c.rows_inserted:,}", f"{c.rows_changed:,}",
-                      f"{c.rows_unchanged:,}", str(c.attempts), c.worker or "-", c.message or "")
+                      f"{c.rows_unchanged:,}", f"{c.rows_duplicate:,}", str(c.attempts),
+                      c.worker or "-", c.message or "")
     console.print(table)
     return EXIT_OK
 
@@ -323,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--chunks", type=_positive_int, default=None, metavar="N",
                    help="override the planned chunk count")
+    p.add_argument("--full", action="store_true",
+                   help="ignore the stored checkpoint: reload everything (the new checkpoint "
+                        "is still set on success)")
+    p.add_argument("--from", dest="window_from", default=None, metavar="X",
+                   help="backfill the checkpoint window X <= value <= Y (Y: --to, default the "
+                        "source's current maximum); the stored checkpoint does not move. "
+                        "Several checkpoint columns: comma-separated values")
+    p.add_argument("--to", dest="window_to", default=None, metavar="Y",
+                   help="upper end of a --from backfill (inclusive)")
     p.add_argument("--timeout-s", type=float, default=None, help="give up waiting after this")
     p.set_defaults(func=cmd_run)
 
@@ -392,6 +404,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChordloadError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except TimeoutError as err:  # --timeout-s passed: the run itself goes on
+        print(f"error: {err}; it goes on: `chordload watch` or `chordload stop` it",
+              file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted; the run (if any) goes on: see `chordload status`", file=sys.stderr)
         return 130

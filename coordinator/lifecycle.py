@@ -66,7 +66,7 @@ def stop(run_or_mapref: str, *, settings: Settings | None = None, reason: str | 
 
         app.control.revoke(task_ids)
     # Nothing running any more (all chunks were pending, or already done): finish it now.
-    outcome = finalize_run(metadata, run.run_id)
+    outcome = finalize_run(metadata, run.run_id, settings=settings)
     status = outcome.status if outcome else store.get_run(metadata, run.run_id).status
     return StopOutcome(run.run_id, new_request, task_ids, status)
 
@@ -79,7 +79,7 @@ def resume(run_id: str, *, settings: Settings | None = None) -> str:
     metadata = get_engine(settings.metadata)
     run, chunks = store.reopen_for_resume(metadata, run_id)
     if not chunks:  # every chunk had succeeded (e.g. only finalize failed): finalize again
-        finalize_run(metadata, run_id)
+        finalize_run(metadata, run_id, settings=settings)
         return run_id
     start_chord(settings, run_id, chunks, run.launches)
     return run_id

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from shared.metadata.models import ProcessLog
 from shared.timeutil import as_utc, utcnow
-from shared.values import display_value
+from shared.values import display_value, plain_value
 
 PLAIN_INTERVAL_S = float(os.environ.get("CHORDLOAD_PROGRESS_INTERVAL_S", "5"))
 
@@ -32,9 +32,10 @@ def run_summary(run: ProcessLog) -> dict[str, Any]:
         "estimated_rows": run.estimated_rows, "rows_read": run.rows_read,
         "rows_inserted": run.rows_inserted, "rows_changed": run.rows_changed,
         "rows_unchanged": run.rows_unchanged, "rows_errored": run.rows_errored,
-        "checkpoint_from": run.checkpoint_from["value"] if run.checkpoint_from else None,
-        "checkpoint_to": run.checkpoint_to["value"] if run.checkpoint_to else None,
-        "hwm": run.hwm["value"] if run.hwm else None,
+        "rows_duplicate": run.rows_duplicate or 0, "rows_deleted": run.rows_deleted or 0,
+        "checkpoint_from": plain_value(run.checkpoint_from),
+        "checkpoint_to": plain_value(run.checkpoint_to),
+        "hwm": plain_value(run.hwm),
         "started_at": started.isoformat() if started else None,
         "ended_at": ended.isoformat() if ended else None,
         "duration_s": duration_s, "plan": run.plan_note, "message": run.message,
@@ -51,9 +52,14 @@ def print_summary(run: ProcessLog, console: Console) -> None:
     table.add_row("status", f"[{colour}]{s['status']}[/{colour}]")
     table.add_row("chunks", f"{s['chunks_done']} done, {s['chunks_failed']} failed, "
                             f"{s['chunks']} total")
-    table.add_row("rows", f"{s['rows_read']:,} read: {s['rows_inserted']:,} inserted, "
-                          f"{s['rows_changed']:,} changed, {s['rows_unchanged']:,} unchanged, "
-                          f"{s['rows_errored']:,} errored")
+    rows = (f"{s['rows_read']:,} read: {s['rows_inserted']:,} inserted, "
+            f"{s['rows_changed']:,} changed, {s['rows_unchanged']:,} unchanged, "
+            f"{s['rows_errored']:,} errored")
+    if s["rows_duplicate"]:
+        rows += f", {s['rows_duplicate']:,} duplicate"
+    if s["rows_deleted"]:
+        rows += f"; {s['rows_deleted']:,} deleted keys retired"
+    table.add_row("rows", rows)
     table.add_row("checkpoint", f"{display_value(run.checkpoint_from)} -> "
                                 f"{display_value(run.checkpoint_to)}  (hwm {display_value(run.hwm)})")
     if s["duration_s"] is not None:

@@ -1,4 +1,5 @@
-"""Finalizing a run: aggregate the chunks, decide the status, move the checkpoint.
+"""Finalizing a run: aggregate the chunks, decide the status, run the hard-delete pass of a
+full load (scd.deletes), move the checkpoint.
 
 Idempotent and guarded by the RUNNING -> terminal transition in one transaction: the chord
 body, the errback, stop and reconcile may all call it, and only the first one that finds the
@@ -7,16 +8,19 @@ so every caller computes the same outcome.
 """
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
 
+from shared.errors import describe_db_error
 from shared.metadata.models import Checkpoint, ChunkLog, ProcessLog
 from shared.metadata.store import session
 from shared.retry import retry_transient
+from shared.settings import Settings, current_settings
 from shared.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
-from shared.timeutil import utcnow
-from shared.values import decode_value, encode_value, max_value, value_type_name
+from shared.timeutil import as_utc, utcnow
+from shared.values import decode_value, encode_value, max_value, same_shape, value_type_name
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,9 @@ def _decide(chunks: list[ChunkLog], max_error_rows: int) -> tuple[RunStatus, str
     return RunStatus.SUCCESS, None
 
 
-@retry_transient(attempts=8, max_s=10.0)
 def finalize_run(engine: Engine, run_id: str, *, unfinished_chunks: ChunkStatus | None = None,
-                 reason: str | None = None, launch: int | None = None) -> FinalizeOutcome | None:
+                 reason: str | None = None, launch: int | None = None,
+                 settings: Settings | None = None) -> FinalizeOutcome | None:
     """Finalize ``run_id`` if it is still active.
 
     By default a run with chunks still PENDING/RUNNING is left alone (returns None): the chord
@@ -55,7 +59,49 @@ def finalize_run(engine: Engine, run_id: str, *, unfinished_chunks: ChunkStatus 
     finish (errback, stop, reconcile) pass ``unfinished_chunks`` to close them with that status.
     A chord body or errback passes its ``launch``: a late callback of an earlier chord of a
     resumed run must not finalize the new launch.
+
+    A run whose mapping retires hard deletes (``scd.deletes``) and whose chunks all succeeded
+    first runs the hard-delete pass on the target, outside the metadata transaction: the
+    caller claims it (``deletes_started_at``), commits, runs the pass, and finalizes in a
+    second transaction. Callers meanwhile get None; a claim older than the broker's visibility
+    timeout plus the heartbeat grace (its finalizer died) is taken over by the next caller,
+    e.g. reconcile. ``settings`` name the connections (default: the process's settings).
     """
+    outcome = _finalize(engine, run_id, unfinished_chunks, reason, launch, None)
+    if not isinstance(outcome, _DeletePass):
+        return outcome
+    from shared.deletes import retire_deleted_keys
+    from shared.planned_run import PlannedRun
+
+    try:
+        deleted: int | str = _retire(retire_deleted_keys, settings or current_settings(),
+                                     PlannedRun.from_row(outcome.run))
+    except Exception as exc:  # noqa: BLE001 - the run ends FAILED with the reason
+        deleted = f"the hard-delete pass failed: {describe_db_error(exc)}"
+    return _finalize(engine, run_id, None, None, None, deleted)
+
+
+@retry_transient(attempts=5, max_s=10.0)
+def _retire(function, settings: Settings, planned) -> int:  # noqa: ANN001
+    return function(settings, planned)
+
+
+@dataclass(frozen=True)
+class _DeletePass:
+    run: ProcessLog  # claimed: run the hard-delete pass, then finalize again
+
+
+def _needs_delete_pass(run: ProcessLog) -> bool:
+    scd = run.mapping.get("spec", {}).get("scd") or {}
+    return scd.get("deletes", "ignore") != "ignore"
+
+
+@retry_transient(attempts=8, max_s=10.0)
+def _finalize(engine: Engine, run_id: str, unfinished_chunks: ChunkStatus | None,
+              reason: str | None, launch: int | None,
+              deleted: int | str | None) -> FinalizeOutcome | _DeletePass | None:
+    """One metadata transaction. ``deleted``: the hard-delete pass's outcome (rows retired,
+    or the error that fails the run) when it has run; None before."""
     with session(engine) as s, s.begin():
         run = s.scalars(select(ProcessLog).where(ProcessLog.run_id == run_id)
                         .with_for_update()).one()
@@ -73,9 +119,20 @@ def finalize_run(engine: Engine, run_id: str, *, unfinished_chunks: ChunkStatus 
                     chunk.ended_at = now
                     chunk.message = reason
         status, message = _decide(chunks, run.mapping["spec"].get("errors", {}).get("max_rows", 0))
+        now = utcnow()
+        if status is RunStatus.SUCCESS and _needs_delete_pass(run):
+            if deleted is None:
+                claimed = as_utc(run.deletes_started_at)
+                if claimed is not None and now - claimed < _claim_lease():
+                    return None  # another finalizer is running the pass
+                run.deletes_started_at = now
+                return _DeletePass(run)
+            if isinstance(deleted, str):
+                status, message = RunStatus.FAILED, deleted
+            else:
+                run.rows_deleted = deleted
         if reason and status is not RunStatus.SUCCESS:
             message = f"{reason}; {message}" if message else reason
-        now = utcnow()
         run.status = status
         run.ended_at = now
         run.message = message
@@ -86,18 +143,38 @@ def finalize_run(engine: Engine, run_id: str, *, unfinished_chunks: ChunkStatus 
         run.rows_changed = sum(c.rows_changed for c in chunks)
         run.rows_unchanged = sum(c.rows_unchanged for c in chunks)
         run.rows_errored = sum(c.rows_errored for c in chunks)
+        run.rows_duplicate = sum(c.rows_duplicate or 0 for c in chunks)
         if status is RunStatus.SUCCESS:
             _advance_checkpoint(s, run, chunks, now)
         return FinalizeOutcome(run_id, status, changed=True)
 
 
+def _claim_lease() -> dt.timedelta:
+    try:
+        settings = current_settings()
+        return dt.timedelta(seconds=settings.visibility_timeout_s
+                            + settings.celery.heartbeat_grace_s)
+    except Exception:  # noqa: BLE001 - no settings in this process: the defaults
+        return dt.timedelta(seconds=4 * 3600 + 300)
+
+
 def _advance_checkpoint(s, run: ProcessLog, chunks: list[ChunkLog], now) -> None:  # noqa: ANN001
-    """New checkpoint = max of the chunks' maxima; never moves backwards, never to NULL."""
-    if run.mapping["spec"]["checkpoint"]["strategy"] != "KEY":
+    """New checkpoint = max of the chunks' maxima; never moves backwards, never to NULL.
+    A backfill never moves it; a full reload replaces a stored value of another shape (the
+    checkpoint columns changed)."""
+    doc = run.mapping.get("run") or {}
+    mode = doc.get("mode", "incremental")
+    strategy = run.mapping["spec"]["checkpoint"]["strategy"]
+    if strategy == "AUTO":
+        checkpoint = run.mapping["spec"]["checkpoint"]
+        strategy = "KEY" if checkpoint.get("column") or checkpoint.get("columns") else "NONE"
+    if strategy not in ("KEY", "PYTHON") or mode == "backfill":
         return
     chunk_max = max_value([decode_value(c.max_checkpoint) for c in chunks])
     stored = s.get(Checkpoint, run.mapref)
     previous = decode_value(stored.value) if stored else None
+    if previous is not None and chunk_max is not None and not same_shape(previous, chunk_max):
+        previous = None  # only a --full run gets here (the planner refuses the others)
     new = max_value([chunk_max, previous])
     run.checkpoint_to = encode_value(new)
     if new is None:
@@ -110,4 +187,3 @@ def _advance_checkpoint(s, run: ProcessLog, chunks: list[ChunkLog], now) -> None
         stored.value_type = value_type_name(new)
         stored.run_id = run.run_id
         stored.updated_at = now
-

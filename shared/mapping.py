@@ -5,6 +5,7 @@ run uses the same definition even if the config file changes mid-run.
 """
 from __future__ import annotations
 
+import datetime as dt
 from enum import Enum
 from typing import Literal
 
@@ -18,6 +19,23 @@ class _Strict(BaseModel):
 class CheckpointStrategy(str, Enum):
     NONE = "NONE"
     KEY = "KEY"
+    PYTHON = "PYTHON"
+    AUTO = "AUTO"
+
+
+class DeletesMode(str, Enum):
+    """What a full load does with keys that are current in the target and absent from the
+    source: nothing, retire them, or retire them and add a 'deleted' version (SCD2)."""
+
+    IGNORE = "ignore"
+    INVALIDATE = "invalidate"
+    NEW_RECORD = "new_record"
+
+
+class ChunkStrategy(str, Enum):
+    QUANTILE = "quantile"
+    RANGE = "range"
+    OFFSET = "offset"
 
 
 class SourceSpec(_Strict):
@@ -60,20 +78,58 @@ class AuditColumns(_Strict):
     valid_from: str = "valid_from"
     valid_to: str = "valid_to"
     is_current: str = "is_current"
+    is_deleted: str = "is_deleted"  # SCD2 with deletes: new_record only
 
 
 SCD1_AUDIT = ("row_hash", "inserted_at", "updated_at", "run_id")
 SCD2_AUDIT = ("sk", "row_hash", "valid_from", "valid_to", "is_current", "run_id")
 
 
+def parse_timestamp_text(value: str) -> dt.date | dt.datetime:
+    """An ISO date (``9999-12-31``) or timestamp (``9999-12-31 23:59:59``) from the config."""
+    text = value.strip()
+    if len(text) == 10:
+        return dt.date.fromisoformat(text)
+    return dt.datetime.fromisoformat(text)
+
+
 class ScdSpec(_Strict):
     type: Literal[1, 2] = 2
     audit_columns: AuditColumns = AuditColumns()
+    valid_from: str | None = Field(default=None, description="SCD2: source column whose value "
+                                   "starts a version (default: the run's start time)")
+    current_valid_to: str | None = Field(default=None, description="SCD2: valid_to of current "
+                                         "versions, e.g. '9999-12-31' (default: NULL)")
+    tracked: list[str] | None = Field(default=None, min_length=1, description="SCD2: columns "
+                                      "whose change makes a new version; the others are "
+                                      "updated in place on the current version")
+    deletes: DeletesMode = DeletesMode.IGNORE
 
     def audit_names(self) -> dict[str, str]:
-        """Audit role -> column name, for the roles this SCD type uses."""
+        """Audit role -> column name, for the roles this SCD type (and deletes mode) uses."""
         roles = SCD1_AUDIT if self.type == 1 else SCD2_AUDIT
+        if self.type == 2 and self.deletes is DeletesMode.NEW_RECORD:
+            roles = (*roles, "is_deleted")
         return {role: getattr(self.audit_columns, role) for role in roles}
+
+    @field_validator("current_valid_to")
+    @classmethod
+    def _sentinel_is_a_timestamp(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parse_timestamp_text(value)
+        except ValueError:
+            raise ValueError(f"'{value}' is not an ISO date or timestamp "
+                             f"(e.g. '9999-12-31' or '9999-12-31 23:59:59')") from None
+        return value.strip()
+
+    @field_validator("tracked")
+    @classmethod
+    def _unique_tracked(cls, tracked: list[str] | None) -> list[str] | None:
+        if tracked is not None and len(set(tracked)) != len(tracked):
+            raise ValueError("columns are listed twice")
+        return tracked
 
     @model_validator(mode="after")
     def _distinct_audit_names(self) -> "ScdSpec":
@@ -82,23 +138,80 @@ class ScdSpec(_Strict):
             raise ValueError(f"audit_columns must be distinct names, got {names}")
         return self
 
+    @model_validator(mode="after")
+    def _type2_options(self) -> "ScdSpec":
+        if self.type == 1:
+            used = [name for name in ("valid_from", "current_valid_to", "tracked")
+                    if getattr(self, name) is not None]
+            if used:
+                raise ValueError(f"{', '.join(used)} only apply to SCD type 2 (a type 1 target "
+                                 f"keeps no versions)")
+            if self.deletes is DeletesMode.NEW_RECORD:
+                raise ValueError("deletes: new_record needs SCD type 2 (a 'deleted' version); "
+                                 "on type 1 use deletes: invalidate, which deletes the row")
+        return self
+
 
 class CheckpointSpec(_Strict):
     strategy: CheckpointStrategy = CheckpointStrategy.NONE
     column: str | None = None
+    columns: list[str] | None = Field(default=None, min_length=1, description="several "
+                                      "columns, compared as a row value (c1, c2) >= (v1, v2)")
+    function: str | None = Field(default=None, description="PYTHON: 'package.module:function', "
+                                 "called with each row as a dict; returns its checkpoint value")
+    lag: int | float = Field(default=0, ge=0, description="re-read this far below the stored "
+                             "checkpoint: seconds (timestamps), days (dates), units (numbers)")
+
+    @property
+    def column_list(self) -> list[str]:
+        if self.columns:
+            return list(self.columns)
+        return [self.column] if self.column else []
+
+    @property
+    def resolved(self) -> CheckpointStrategy:
+        """AUTO is KEY when a column is given, else NONE."""
+        if self.strategy is CheckpointStrategy.AUTO:
+            return CheckpointStrategy.KEY if self.column_list else CheckpointStrategy.NONE
+        return self.strategy
 
     @model_validator(mode="after")
     def _column_matches_strategy(self) -> "CheckpointSpec":
-        if self.strategy is CheckpointStrategy.KEY and not self.column:
+        if self.column and self.columns:
+            raise ValueError("give either 'column' or 'columns', not both")
+        if self.columns and len(set(self.columns)) != len(self.columns):
+            raise ValueError("'columns' lists a column twice")
+        strategy = self.resolved
+        if strategy is CheckpointStrategy.KEY and not self.column_list:
             raise ValueError("strategy KEY needs 'column': the source column that only grows "
-                             "(e.g. updated_at)")
-        if self.strategy is CheckpointStrategy.NONE and self.column:
+                             "(e.g. updated_at), or 'columns' for several")
+        if strategy is CheckpointStrategy.NONE and self.column_list:
             raise ValueError("strategy NONE takes no 'column'; use strategy KEY to load "
                              "incrementally on it")
+        if strategy is CheckpointStrategy.PYTHON:
+            if self.column_list:
+                raise ValueError("strategy PYTHON takes no 'column': its 'function' computes "
+                                 "each row's checkpoint value")
+            if not self.function:
+                raise ValueError("strategy PYTHON needs 'function': "
+                                 "\"package.module:function\"")
+        if self.function is not None:
+            if strategy is not CheckpointStrategy.PYTHON:
+                raise ValueError("'function' is only used by strategy PYTHON")
+            module, _, name = self.function.partition(":")
+            if not module or not name or not all(
+                    part.isidentifier() for part in [*module.split("."), name]):
+                raise ValueError(f"function '{self.function}' must look like "
+                                 f"\"package.module:function\"")
+        if self.lag and strategy is CheckpointStrategy.NONE:
+            raise ValueError("lag needs a checkpoint (strategy KEY or PYTHON)")
         return self
 
 
 class ChunkingSpec(_Strict):
+    strategy: ChunkStrategy = Field(default=ChunkStrategy.QUANTILE, description="quantile: "
+                                    "balanced boundaries; range: equal strides between min and "
+                                    "max; offset: every n-th key in key order")
     column: str | None = Field(default=None, description="split column; default: first key")
     rows_per_chunk: int = Field(default=50_000, ge=1)
     min_rows_for_parallel: int = Field(default=100_000, ge=0)
@@ -158,8 +271,41 @@ class MappingSpec(_Strict):
         return self.chunking.column or self.keys[0]
 
     @property
+    def split_columns(self) -> list[str]:
+        """The columns chunk ranges compare: the split column, and for ``offset`` the rest of
+        the business key after it (so a chunk boundary never falls inside one key)."""
+        if self.chunking.strategy is ChunkStrategy.OFFSET:
+            return [self.split_column, *(k for k in self.keys if k != self.split_column)]
+        return [self.split_column]
+
+    @property
+    def checkpoint_strategy(self) -> CheckpointStrategy:
+        """NONE, KEY or PYTHON (AUTO resolved)."""
+        return self.checkpoint.resolved
+
+    @property
+    def checkpoint_columns(self) -> list[str]:
+        """The KEY checkpoint's columns (empty for NONE and PYTHON)."""
+        if self.checkpoint_strategy is CheckpointStrategy.KEY:
+            return self.checkpoint.column_list
+        return []
+
+    @property
     def checkpoint_column(self) -> str | None:
-        return self.checkpoint.column if self.checkpoint.strategy is CheckpointStrategy.KEY else None
+        """The first (usually only) KEY checkpoint column."""
+        columns = self.checkpoint_columns
+        return columns[0] if columns else None
+
+    @model_validator(mode="after")
+    def _deletes_need_full_loads(self) -> "MappingSpec":
+        if self.scd.deletes is not DeletesMode.IGNORE and \
+                self.checkpoint_strategy is not CheckpointStrategy.NONE:
+            raise ValueError(
+                f"scd.deletes: {self.scd.deletes.value} needs full loads (checkpoint strategy "
+                f"NONE): an incremental {self.checkpoint_strategy.value} load reads only rows "
+                f"that changed, so a key missing from it has not been deleted; use "
+                f"checkpoint strategy NONE, or scd.deletes: ignore")
+        return self
 
     @model_validator(mode="after")
     def _split_column_is_a_key(self) -> "MappingSpec":

@@ -41,7 +41,7 @@ def reconcile(settings: Settings, now: dt.datetime | None = None) -> list[Reconc
         chunks = store.get_chunks(metadata, run.run_id)
         unfinished_reason = None
         if all(c.status.is_terminal for c in chunks):
-            outcome = finalize_run(metadata, run.run_id)
+            outcome = finalize_run(metadata, run.run_id, settings=settings)
             if outcome and outcome.changed:
                 actions.append(ReconcileAction(run.run_id, run.mapref, "finalized",
                                                outcome.status.value))
@@ -60,7 +60,8 @@ def reconcile(settings: Settings, now: dt.datetime | None = None) -> list[Reconc
                     f"worker is presumed dead")
         if unfinished_reason:
             store.request_stop(metadata, run.run_id, "reconcile", unfinished_reason)
-            outcome = finalize_run(metadata, run.run_id, unfinished_chunks=ChunkStatus.FAILED,
+            outcome = finalize_run(metadata, run.run_id, settings=settings,
+                                   unfinished_chunks=ChunkStatus.FAILED,
                                    reason=unfinished_reason)
             if outcome and outcome.changed:
                 actions.append(ReconcileAction(run.run_id, run.mapref, "failed",

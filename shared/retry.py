@@ -20,8 +20,11 @@ log = logging.getLogger("chordload.retry")
 
 
 def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
-    """Exponential backoff with full jitter: uniform(0, min(max, base * 2**attempt))."""
-    return random.uniform(0, min(max_s, base_s * (2 ** attempt)))
+    """Exponential backoff with "equal jitter": half of min(max, base * 2**attempt) fixed,
+    half random. Retriers still spread out, and a run of retries is guaranteed to wait at
+    least half the nominal total (full jitter can retry several times within milliseconds)."""
+    cap = min(max_s, base_s * (2 ** attempt))
+    return cap / 2 + random.uniform(0, cap / 2)
 
 
 def retry_transient(attempts: int = 6, base_s: float = 0.05, max_s: float = 5.0):

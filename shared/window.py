@@ -2,55 +2,119 @@
 
 The window is ``checkpoint <= col <= hwm``: the lower boundary is re-read on purpose (the SCD
 apply is idempotent, so boundary rows cause no duplicates and ties are never lost). A first
-run (no stored checkpoint) also takes rows whose checkpoint column is NULL. A chunk covers
-``lower < split <= upper``; chunk 0 has no lower bound and also takes NULL split values.
+run (no stored checkpoint) and a full reload also take rows whose checkpoint column is NULL;
+a backfill (``run --from X --to Y``) takes exactly ``X <= col <= Y``. With several checkpoint
+columns the comparisons are row values, ``(c1, c2) >= (v1, v2)``, and "NULL" means any of them.
+
+A chunk covers ``lower < split <= upper``; chunk 0 has no lower bound and also takes NULL
+split values. With ``chunking.strategy: offset`` the split is the whole business key (its
+bounds are rows) and chunk 0 takes every row with a NULL key part.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from shared.dialects.base import DialectAdapter
-from shared.values import ScalarValue, decode_value, encode_value
+from shared.values import Value, decode_value, encode_value
+
+
+def column_tuple(columns: str | Sequence[str] | None) -> tuple[str, ...]:
+    if columns is None:
+        return ()
+    if isinstance(columns, str):
+        return (columns,)
+    return tuple(columns)
+
+
+def compare(adapter: DialectAdapter, refs: Sequence[str], op: str, value: Value,
+            name: str) -> tuple[str, dict[str, Any]]:
+    """``refs op value`` with ``value`` bound: a scalar for one column, a row for several."""
+    if len(refs) == 1:
+        if isinstance(value, tuple):
+            raise ValueError(f"a row value {value!r} for the single column {refs[0]}")
+        return f"{refs[0]} {op} :{name}", {name: value}
+    parts = value if isinstance(value, tuple) else (None,) * len(refs)
+    if len(parts) != len(refs):
+        raise ValueError(f"a row of {len(parts)} values for {len(refs)} columns")
+    names = [f"{name}_{i}" for i in range(len(refs))]
+    return (adapter.row_compare(list(refs), op, [f":{n}" for n in names]),
+            dict(zip(names, parts)))
+
+
+def _any_null(refs: Sequence[str]) -> str:
+    return " OR ".join(f"{r} IS NULL" for r in refs)
 
 
 @dataclass(frozen=True)
 class Window:
-    checkpoint_column: str | None = None
-    lower: ScalarValue = None
-    upper: ScalarValue = None
+    checkpoint_column: str | tuple[str, ...] | None = None
+    lower: Value = None  # inclusive; None = unbounded
+    upper: Value = None  # inclusive (the frozen high-water mark)
+    include_nulls: bool | None = None  # rows with a NULL checkpoint; default: lower is None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return column_tuple(self.checkpoint_column)
+
+    @property
+    def takes_nulls(self) -> bool:
+        return self.lower is None if self.include_nulls is None else self.include_nulls
 
     def predicate(self, adapter: DialectAdapter) -> tuple[str, dict[str, Any]]:
-        if self.checkpoint_column is None:
+        columns = self.columns
+        if not columns:
             return "1 = 1", {}
-        col = f"src.{adapter.q(self.checkpoint_column)}"
-        if self.lower is None:
-            return f"({col} <= :cl_hwm OR {col} IS NULL)", {"cl_hwm": self.upper}
-        return f"{col} >= :cl_from AND {col} <= :cl_hwm", {"cl_from": self.lower,
-                                                          "cl_hwm": self.upper}
+        refs = [f"src.{adapter.q(c)}" for c in columns]
+        parts, params = [], {}
+        if self.lower is not None:
+            sql, p = compare(adapter, refs, ">=", self.lower, "cl_from")
+            parts.append(sql)
+            params.update(p)
+        sql, p = compare(adapter, refs, "<=", self.upper, "cl_hwm")
+        parts.append(sql)
+        params.update(p)
+        clause = " AND ".join(parts)
+        if self.takes_nulls:
+            clause = f"({clause} OR {_any_null(refs)})"
+        return clause, params
+
+    def to_document(self) -> dict[str, Any]:
+        return {"columns": list(self.columns), "lower": encode_value(self.lower),
+                "upper": encode_value(self.upper), "include_nulls": self.takes_nulls}
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> "Window":
+        columns = tuple(doc["columns"])
+        return cls(columns[0] if len(columns) == 1 else (columns or None),
+                   decode_value(doc["lower"]), decode_value(doc["upper"]), doc["include_nulls"])
 
 
 @dataclass(frozen=True)
 class ChunkRange:
     chunk_no: int
-    lower: ScalarValue = None  # exclusive; None = unbounded
-    upper: ScalarValue = None  # inclusive; None = unbounded
+    lower: Value = None  # exclusive; None = unbounded
+    upper: Value = None  # inclusive; None = unbounded
     includes_nulls: bool = True
 
-    def predicate(self, adapter: DialectAdapter, split_column: str) -> tuple[str, dict[str, Any]]:
-        col = f"src.{adapter.q(split_column)}"
+    def predicate(self, adapter: DialectAdapter,
+                  split_columns: str | Sequence[str]) -> tuple[str, dict[str, Any]]:
+        refs = [f"src.{adapter.q(c)}" for c in column_tuple(split_columns)]
         parts, params = [], {}
         if self.lower is not None:
-            parts.append(f"{col} > :cl_lo")
-            params["cl_lo"] = self.lower
+            sql, p = compare(adapter, refs, ">", self.lower, "cl_lo")
+            parts.append(sql)
+            params.update(p)
         if self.upper is not None:
-            parts.append(f"{col} <= :cl_hi")
-            params["cl_hi"] = self.upper
+            sql, p = compare(adapter, refs, "<=", self.upper, "cl_hi")
+            parts.append(sql)
+            params.update(p)
         if not parts:
             return "1 = 1", params
         clause = " AND ".join(parts)
         if self.includes_nulls:
-            clause = f"({clause} OR {col} IS NULL)"
+            clause = f"({clause} OR {_any_null(refs)})"
         return clause, params
 
     def to_message(self) -> dict[str, Any]:
@@ -63,16 +127,16 @@ class ChunkRange:
                    decode_value(message["upper"]), message["includes_nulls"])
 
 
-def ranges_from_bounds(bounds: list[ScalarValue]) -> list[ChunkRange]:
+def ranges_from_bounds(bounds: list[Value]) -> list[ChunkRange]:
     """n sorted, distinct upper bounds -> n + 1 ranges covering everything (NULLs in chunk 0)."""
-    edges: list[ScalarValue] = [None, *bounds, None]
+    edges: list[Value] = [None, *bounds, None]
     return [ChunkRange(i, edges[i], edges[i + 1], includes_nulls=(i == 0))
             for i in range(len(edges) - 1)]
 
 
 def chunk_select(adapter: DialectAdapter, query: str, columns: list[str], window: Window,
-                 split_column: str, chunk: ChunkRange) -> tuple[str, dict[str, Any]]:
+                 split_columns: str | Sequence[str], chunk: ChunkRange) -> tuple[str, dict[str, Any]]:
     window_sql, params = window.predicate(adapter)
-    range_sql, range_params = chunk.predicate(adapter, split_column)
+    range_sql, range_params = chunk.predicate(adapter, split_columns)
     return (f"{adapter.wrap_query(query, columns)} WHERE {window_sql} AND {range_sql}",
             {**params, **range_params})

@@ -1,11 +1,20 @@
 """Loading one chunk: stream its key range from the source in batches and apply each batch
 to the target set-based, one transaction per batch.
 
-Per batch: empty the stage, bulk-load the rows into it (COPY on Postgres), apply the SCD SQL,
-commit; then record progress in chunk_log. Memory is one batch, whatever the chunk's size.
+Per batch: keep the rows in the window (a PYTHON checkpoint is computed here), resolve
+duplicate business keys, empty the stage, bulk-load the rows into it (COPY on Postgres),
+apply the SCD SQL, commit; then record progress in chunk_log. Memory is one batch plus one
+small entry per distinct key of the chunk (to recognise duplicates across batches).
 A batch rejected for its data (a value too long, out of range, NOT NULL, CHECK) is bisected
 in savepoints until the bad rows are isolated: the rest is loaded and each bad row is kept
 in error_row. Transient errors ask the task for a retry; the loader itself never raises.
+
+Duplicate business keys in one extract: the row with the highest checkpoint value wins
+(NULL lowest; with no checkpoint every row ties), then the last in source order; every other
+row of the key is counted in ``rows_duplicate``. All rows of a key are in one chunk (chunks
+split on key columns), but they can arrive in different batches: a later winner then
+overwrites, in place, the version this run wrote for the key (SCD2 keeps one version per key
+per run), and a later loser is not written.
 """
 from __future__ import annotations
 
@@ -27,11 +36,12 @@ from shared.finalize import finalize_run
 from shared.metadata import store
 from shared.metadata.store import BatchProgress
 from shared.planned_run import PlannedRun
+from shared.python_checkpoint import load_function
 from shared.retry import backoff_s
 from shared.settings import Settings
 from shared.statuses import ChunkStatus
 from shared.timeutil import utcnow
-from shared.values import ScalarValue, encode_value, max_value
+from shared.values import Value, encode_value, max_value, rank
 from shared.window import ChunkRange, chunk_select
 
 log = logging.getLogger("chordload.chunk")
@@ -44,6 +54,10 @@ class ChunkCounts:
     changed: int = 0
     unchanged: int = 0
     errored: int = 0
+    duplicate: int = 0
+
+
+_ERRORED = object()  # a key whose winning row was rejected: the next row of it starts over
 
 
 @dataclass
@@ -51,7 +65,7 @@ class ChunkResult:
     chunk_no: int
     status: ChunkStatus
     counts: ChunkCounts = field(default_factory=ChunkCounts)
-    max_checkpoint: ScalarValue = None
+    max_checkpoint: Value = None
     error: str | None = None
     retry_in_s: float | None = None  # set: the task should retry itself after this delay
 
@@ -76,7 +90,7 @@ def load_chunk(settings: Settings, run_id: str, chunk: ChunkRange, worker: str,
     if store.stop_requested(metadata, run_id):
         store.finish_chunk(metadata, run_id, chunk.chunk_no, ChunkStatus.STOPPED,
                            "stopped by request before it started")
-        finalize_run(metadata, run_id)
+        finalize_run(metadata, run_id, settings=settings)
         return ChunkResult(chunk.chunk_no, ChunkStatus.STOPPED, error="stop requested")
     if not store.start_chunk(metadata, run_id, chunk.chunk_no, f"{worker}/{os.getpid()}"):
         current = store.get_chunk(metadata, run_id, chunk.chunk_no)
@@ -115,9 +129,12 @@ def load_chunk(settings: Settings, run_id: str, chunk: ChunkRange, worker: str,
     else:
         result.status = ChunkStatus.SUCCESS
     store.finish_chunk(metadata, run_id, chunk.chunk_no, result.status, result.error)
-    # The last chunk to end finalizes the run (a no-op while others are open): a stop ends
-    # the run at once, and a chord callback that fires early or never is not needed.
-    finalize_run(metadata, run_id)
+    # The last chunk to end finalizes the run: a stop ends the run at once, and a chord
+    # callback that fires early or never is not needed. Every chunk commits its own end
+    # before counting, so the last one always sees zero; the cheap count keeps the other
+    # chunks from loading the whole run.
+    if store.open_chunk_count(metadata, run_id) == 0:
+        finalize_run(metadata, run_id, settings=settings)
     return result
 
 
@@ -138,14 +155,19 @@ class ChunkLoad:
         self.source_adapter: DialectAdapter = adapter_for(self.source)
         self.target_adapter: DialectAdapter = adapter_for(self.target)
         self.key_positions = [planned.columns.index(k) for k in spec.keys]
-        cp = spec.checkpoint_column
-        self.checkpoint_position = planned.columns.index(cp) if cp else None
+        self.checkpoint_positions = [planned.columns.index(c) for c in spec.checkpoint_columns]
+        self.python_filter = planned.python_filter
+        self.python_function = (load_function(planned.python_filter.function_path)
+                                if planned.python_filter else None)
+        self.scd2 = planned.scd2_options() if spec.scd.type == 2 else None
+        # key -> rank of the checkpoint value of the row that wins it so far in this attempt
+        self.winners: dict[Any, Any] = {}
         self.stage = ""
 
     def run(self) -> None:
         spec = self.planned.spec
         sql, params = chunk_select(self.source_adapter, spec.source.query, self.planned.columns,
-                                   self.planned.window, spec.split_column, self.chunk)
+                                   self.planned.window, self.planned.split_columns, self.chunk)
         with self.target.connect() as tconn:
             with tconn.begin():
                 self.stage = self.target_adapter.create_stage(tconn, spec.target,
@@ -163,11 +185,17 @@ class ChunkLoad:
                     self.target_adapter.drop_stage(tconn, self.stage)
 
     def _load_batch(self, tconn: Connection, rows: list[tuple]) -> None:
+        rows, values = self._in_window(rows)
+        fresh, repeat, dropped = self._resolve_duplicates(rows, values)
         with tconn.begin():
-            counts, bad = self._apply_slice(tconn, rows)
+            counts, bad = self._apply_slice(tconn, fresh) if fresh else (ApplyCounts(), [])
+            repeat_bad = self._apply_slice(tconn, repeat, repeat=True)[1] if repeat else []
+        bad += repeat_bad
+        for row, _ in bad:
+            self.winners[self._key(row)] = _ERRORED
         bad_ids = {id(row) for row, _ in bad}
-        good_max = max_value([row[self.checkpoint_position] for row in rows
-                              if id(row) not in bad_ids]) if self.checkpoint_position is not None else None
+        good_max = max_value([v for row, v in zip(rows, values) if id(row) not in bad_ids])
+        duplicate = dropped + len(repeat) - len(repeat_bad)
         result = self.result
         result.max_checkpoint = max_value([result.max_checkpoint, good_max])
         result.counts.rows_read += len(rows)
@@ -175,19 +203,90 @@ class ChunkLoad:
         result.counts.changed += counts.changed
         result.counts.unchanged += counts.unchanged
         result.counts.errored += len(bad)
+        result.counts.duplicate += duplicate
         store.record_batch(
             self.metadata, self.planned.run_id, self.chunk.chunk_no,
-            BatchProgress(len(rows), counts.inserted, counts.changed, counts.unchanged, len(bad)),
+            BatchProgress(len(rows), counts.inserted, counts.changed, counts.unchanged, len(bad),
+                          duplicate),
             encode_value(result.max_checkpoint), [self._error_row(row, msg) for row, msg in bad])
 
-    def _apply_slice(self, tconn: Connection, rows: list[tuple]) -> tuple[ApplyCounts, list]:
+    def _in_window(self, rows: list[tuple]) -> tuple[list[tuple], list[Value]]:
+        """The batch's rows in the run's window and each one's checkpoint value: the KEY
+        column(s), or for PYTHON the function's value (rows it puts outside the window are
+        skipped here, as SQL skips them for KEY)."""
+        if self.python_function is not None:
+            columns, function, keep = self.planned.columns, self.python_function, \
+                self.python_filter.keeps
+            kept, values = [], []
+            for row in rows:
+                value = function(dict(zip(columns, row)))
+                if keep(value):
+                    kept.append(row)
+                    values.append(value)
+            return kept, values
+        positions = self.checkpoint_positions
+        if not positions:
+            return rows, [None] * len(rows)
+        if len(positions) == 1:
+            p = positions[0]
+            return rows, [row[p] for row in rows]
+        return rows, [tuple(row[p] for p in positions) for row in rows]
+
+    def _key(self, row: tuple) -> Any:
+        positions = self.key_positions
+        key = row[positions[0]] if len(positions) == 1 else tuple(row[p] for p in positions)
+        try:
+            hash(key)
+        except TypeError:  # e.g. a JSON key: compare its text
+            key = repr(key)
+        return key
+
+    def _resolve_duplicates(self, rows: list[tuple], values: list[Value]
+                            ) -> tuple[list[tuple], list[tuple], int]:
+        """One row per business key: the highest checkpoint value wins, then the last in
+        source order. Returns the winners whose key is new to this attempt, the winners of keys
+        an earlier batch already wrote (they overwrite that write), and how many rows lost."""
+        winners = self.winners
+        best: dict[Any, int] = {}  # key -> index of its winning row in this batch
+        repeated: set[Any] = set()
+        dropped = 0
+        for i, row in enumerate(rows):
+            key = self._key(row)
+            ranked = rank(values[i])
+            previous = winners.get(key)
+            if previous is None or previous is _ERRORED:
+                winners[key] = ranked
+                best[key] = i
+                continue
+            if key not in best:  # first row of the key in this batch: an earlier batch had it
+                repeated.add(key)
+            try:
+                loses = ranked < previous
+            except TypeError:  # values that do not compare: source order decides
+                loses = False
+            if loses:
+                dropped += 1
+                continue
+            winners[key] = ranked
+            if key in best:
+                dropped += 1  # the earlier row of this batch is displaced
+            best[key] = i
+        if not repeated and len(best) == len(rows):
+            return rows, [], 0
+        fresh, repeat = [], []
+        for key, i in sorted(best.items(), key=lambda item: item[1]):
+            (repeat if key in repeated else fresh).append(rows[i])
+        return fresh, repeat, dropped
+
+    def _apply_slice(self, tconn: Connection, rows: list[tuple],
+                     repeat: bool = False) -> tuple[ApplyCounts, list]:
         """Stage and apply ``rows`` in a savepoint; on a data error, bisect. Returns the
         counts of what was applied and the (row, message) pairs that were rejected."""
         savepoint = tconn.begin_nested()
         try:
             self.target_adapter.clear_stage(tconn, self.stage)
             self.target_adapter.load_stage(tconn, self.stage, self.planned.columns, rows)
-            counts = self._apply(tconn, len(rows), self._has_null_keys(rows))
+            counts = self._apply(tconn, len(rows), self._has_null_keys(rows), repeat)
             savepoint.commit()
             return counts, []
         except Exception as exc:
@@ -197,28 +296,44 @@ class ChunkLoad:
             if len(rows) == 1:
                 return ApplyCounts(), [(rows[0], describe_db_error(exc))]
             middle = len(rows) // 2
-            left, left_bad = self._apply_slice(tconn, rows[:middle])
-            right, right_bad = self._apply_slice(tconn, rows[middle:])
+            left, left_bad = self._apply_slice(tconn, rows[:middle], repeat)
+            right, right_bad = self._apply_slice(tconn, rows[middle:], repeat)
             return (ApplyCounts(left.inserted + right.inserted, left.changed + right.changed,
                                 left.unchanged + right.unchanged), left_bad + right_bad)
 
     def _has_null_keys(self, rows: list[tuple]) -> bool:
         return any(row[i] is None for row in rows for i in self.key_positions)
 
-    def _apply(self, conn: Connection, staged_rows: int, has_null_keys: bool) -> ApplyCounts:
+    def _apply(self, conn: Connection, staged_rows: int, has_null_keys: bool,
+               repeat: bool = False) -> ApplyCounts:
+        """Apply the staged rows. ``repeat``: rows of keys that an earlier batch of this
+        attempt wrote (later duplicates that won); they overwrite what this run wrote and are
+        counted as duplicates by the caller. On a replay (retry, redelivery, resume) versions
+        this run wrote earlier are overwritten the same way, then counted as the earlier
+        attempt counted them."""
         spec, planned, adapter = self.planned.spec, self.planned, self.target_adapter
+        now = utcnow()
+        if repeat or self.replay:
+            adapter.replace_own_versions(conn, self.stage, spec.target, planned.columns,
+                                         spec.keys, spec.scd.audit_columns, planned.run_id,
+                                         has_null_keys, options=self.scd2,
+                                         scd_type=spec.scd.type, now=now)
         if spec.scd.type == 1:
             counts = adapter.apply_scd1(conn, self.stage, spec.target, planned.columns,
                                         spec.keys, spec.scd.audit_columns, planned.run_id,
-                                        utcnow(), staged_rows, has_null_keys)
+                                        now, staged_rows, has_null_keys)
         else:
             counts = adapter.apply_scd2(conn, self.stage, spec.target, planned.columns,
                                         spec.keys, spec.scd.audit_columns, planned.run_id,
-                                        planned.valid_from, staged_rows, has_null_keys)
+                                        planned.valid_from, staged_rows, has_null_keys,
+                                        options=self.scd2)
+        if repeat:
+            return ApplyCounts()
         if self.replay and counts.unchanged:
             earlier = adapter.count_applied_by_run(
                 conn, self.stage, spec.target, planned.columns, spec.keys, spec.scd.audit_columns,
-                spec.scd.type, planned.run_id, planned.valid_from, has_null_keys)
+                spec.scd.type, planned.run_id, planned.valid_from, has_null_keys,
+                options=self.scd2)
             counts = ApplyCounts(counts.inserted + earlier.inserted,
                                  counts.changed + earlier.changed,
                                  counts.unchanged + earlier.unchanged)

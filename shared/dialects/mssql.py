@@ -143,3 +143,16 @@ class MssqlAdapter(DialectAdapter):
         assignments = ", ".join(f"{self.q(column)} = {expr}" for column, expr in sets)
         return (f"UPDATE t SET {assignments} FROM {table} AS t JOIN {hashed} s ON {match} "
                 f"WHERE {where}")
+
+    def update_where_sql(self, table: str, sets: Sequence[tuple[str, str]], where: str) -> str:
+        assignments = ", ".join(f"{self.q(column)} = {expr}" for column, expr in sets)
+        return f"UPDATE t SET {assignments} FROM {table} AS t WHERE {where}"
+
+    def delete_where_sql(self, table: str, where: str) -> str:
+        return f"DELETE t FROM {table} AS t WHERE {where}"
+
+    def row_compare(self, left: Sequence[str], op: str, right: Sequence[str]) -> str:
+        return self.expanded_row_compare(left, op, right)  # no row-value comparisons
+
+    def limit_sql(self, sql: str, limit: int, offset: int = 0) -> str:
+        return f"{sql} OFFSET {int(offset)} ROWS FETCH NEXT {int(limit)} ROWS ONLY"

@@ -17,7 +17,8 @@ What differs from the generic SQL, and how this adapter handles it:
   SCD1 uses ``cl_key_hash`` = md5 of the key, UNIQUE. Hashing makes one fixed-width column
   for any number and type of key columns, and a NULL business key counts as one key, the
   same as the loader's null-safe key pass.
-- No ``UPDATE ... FROM``: ``UPDATE t JOIN (stage) s ON ... SET t.c = ...``; null-safe
+- No ``UPDATE ... FROM``: ``UPDATE t JOIN (stage) s ON ... SET t.c = ...`` (and
+  ``UPDATE t SET ... WHERE`` / ``DELETE t FROM ...`` for the hard-delete pass); null-safe
   equality is ``<=>``.
 - Staging: a ``TEMPORARY`` table per connection, filled by multi-row ``INSERT`` statements
   (PyMySQL's executemany packs rows into ~1 MB statements). ``LOAD DATA LOCAL INFILE`` is
@@ -343,21 +344,22 @@ class MysqlAdapter(DialectAdapter):
         return "utf8mb4_0900_bin" if version >= (8,) else "utf8mb4_bin"
 
     def create_target(self, conn: Connection, target: TargetSpec, columns: list[SourceColumn],
-                      keys: Sequence[str], scd_type: int, audit: AuditColumns) -> None:
+                      keys: Sequence[str], scd_type: int, audit: AuditColumns,
+                      **options: Any) -> None:
         clash = {CURRENT_KEY_COLUMN, KEY_HASH_COLUMN} & {c.name for c in columns}
         if clash:
             raise ConfigError(f"the source returns a column named {', '.join(sorted(clash))}, "
                               f"which chordload uses on MariaDB/MySQL targets; alias it")
         self._collation = self._binary_collation(conn)
-        super().create_target(conn, target, columns, keys, scd_type, audit)
+        super().create_target(conn, target, columns, keys, scd_type, audit, **options)
 
     def create_table_sql(self, table: str, columns_ddl: Sequence[str]) -> str:
         return (f"CREATE TABLE {table} ({', '.join(columns_ddl)}) ENGINE=InnoDB "
                 f"DEFAULT CHARSET=utf8mb4 COLLATE={self._collation}")
 
     def target_columns_ddl(self, columns: Sequence[SourceColumn], keys: Sequence[str],
-                           scd_type: int, audit: AuditColumns) -> list[str]:
-        ddl = super().target_columns_ddl(columns, keys, scd_type, audit)
+                           scd_type: int, audit: AuditColumns, **options: Any) -> list[str]:
+        ddl = super().target_columns_ddl(columns, keys, scd_type, audit, **options)
         key_hash = self.row_hash_expr([self.q(k) for k in keys])
         if scd_type == 1:
             ddl.append(f"{self.q(KEY_HASH_COLUMN)} CHAR(32) AS ({key_hash}) STORED")
@@ -421,6 +423,16 @@ class MysqlAdapter(DialectAdapter):
         conn.execute(text(f"DROP TEMPORARY TABLE IF EXISTS {stage}"))
         self._stage_datetimes.pop(stage, None)
         self._stage_tz_columns.pop(stage, None)
+
+    def index_stage(self, conn: Connection, stage: str, columns: Sequence[str]) -> None:
+        """Text and blob columns are indexed by a prefix (InnoDB cannot index them whole)."""
+        types = {row[0]: str(row[1]).lower() for row in conn.execute(text(
+            f"SHOW COLUMNS FROM {stage}"))}
+        long_types = ("text", "blob", "json")
+        parts = [f"{self.q(c)}({INDEX_PREFIX_CHARS})"
+                 if any(t in types.get(c, "") for t in long_types) else self.q(c)
+                 for c in columns]
+        conn.execute(text(f"CREATE INDEX cl_stage_keys ON {stage} ({', '.join(parts)})"))
 
     def _coerce_datetimes(self, stage: str, rows: Sequence[tuple]) -> Sequence[tuple]:
         """DATETIME columns: aware values and ISO strings with an offset (e.g. from SQLite)
@@ -516,3 +528,10 @@ class MysqlAdapter(DialectAdapter):
                         sets: Sequence[tuple[str, str]], where: str) -> str:
         assignments = ", ".join(f"t.{self.q(column)} = {expr}" for column, expr in sets)
         return f"UPDATE {table} t JOIN {hashed} s ON {match} SET {assignments} WHERE {where}"
+
+    def update_where_sql(self, table: str, sets: Sequence[tuple[str, str]], where: str) -> str:
+        assignments = ", ".join(f"t.{self.q(column)} = {expr}" for column, expr in sets)
+        return f"UPDATE {table} t SET {assignments} WHERE {where}"
+
+    def delete_where_sql(self, table: str, where: str) -> str:
+        return f"DELETE t FROM {table} t WHERE {where}"

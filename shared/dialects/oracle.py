@@ -167,6 +167,9 @@ class OracleAdapter(DialectAdapter):
     def drop_stage(self, conn: Connection, stage: str) -> None:
         """The global temporary table stays (other sessions may be using it)."""
 
+    def index_stage(self, conn: Connection, stage: str, columns: Sequence[str]) -> None:
+        """No DDL on a global temporary table other sessions may be using."""
+
     def load_stage(self, conn: Connection, stage: str, columns: Sequence[str],
                    rows: Sequence[tuple]) -> None:
         if not rows:
@@ -190,6 +193,19 @@ class OracleAdapter(DialectAdapter):
         assignments = ", ".join(f"t.{self.q(column)} = {expr}" for column, expr in sets)
         return (f"MERGE INTO {table} t USING {hashed} s ON ({match}) "
                 f"WHEN MATCHED THEN UPDATE SET {assignments} WHERE {where}")
+
+    def update_where_sql(self, table: str, sets: Sequence[tuple[str, str]], where: str) -> str:
+        assignments = ", ".join(f"t.{self.q(column)} = {expr}" for column, expr in sets)
+        return f"UPDATE {table} t SET {assignments} WHERE {where}"
+
+    def delete_where_sql(self, table: str, where: str) -> str:
+        return f"DELETE FROM {table} t WHERE {where}"
+
+    def row_compare(self, left: Sequence[str], op: str, right: Sequence[str]) -> str:
+        return self.expanded_row_compare(left, op, right)  # no (a, b) < (x, y) in Oracle
+
+    def limit_sql(self, sql: str, limit: int, offset: int = 0) -> str:
+        return f"{sql} OFFSET {int(offset)} ROWS FETCH NEXT {int(limit)} ROWS ONLY"
 
 
 def _bind(value: Any) -> Any:

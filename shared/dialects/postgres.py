@@ -6,8 +6,8 @@ Three things here are about speed (docs/benchmarks.md has the numbers):
 * the source is streamed from a psycopg2 server-side cursor directly: batches are the
   driver's own lists of tuples, without a SQLAlchemy Row per row and a copy back to tuples;
 * the COPY text is built a column at a time: one look at a column's value types picks a
-  formatter, so the common types go through ``str`` in C loops instead of a Python call per
-  value, and text columns are escaped only when they hold a character that needs it;
+  formatter, so the common types are formatted by ``map`` over a C function instead of a
+  Python call per value, and text columns are escaped only when one of their values needs it;
 * the SCD apply probes the target's key index for each staged row. Left to itself the
   planner often chose a hash (or merge) join that reads the whole target for every batch,
   because a target that grows during the load has stale statistics and the temp stage has
@@ -29,6 +29,7 @@ from sqlalchemy import Connection, text
 
 from shared.dialects.base import STAGE_TABLE, DialectAdapter
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
+from shared.mapping import TargetSpec
 
 _OID_KINDS = {
     16: TypeKind.BOOLEAN, 20: TypeKind.BIGINT, 21: TypeKind.SMALLINT, 23: TypeKind.INTEGER,
@@ -42,9 +43,6 @@ _OID_KINDS = {
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _NULL = "\\N"
 _NONE_TYPE = type(None)
-# types whose str() is already valid COPY text input (bool is not: str(True) is 'True', and it
-# is handled by copy_text_value like everything else not listed here)
-_STR_TYPES = frozenset({int, float, Decimal, uuid.UUID, dt.date, dt.datetime, dt.time})
 _KEY_INDEX_SQL = (
     "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
     "AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass(:table) AND i.indisvalid "
@@ -70,16 +68,23 @@ def copy_text_value(value: Any) -> str:
     return str(value).translate(_ESCAPES)
 
 
+# per exact type: the C function that gives its COPY text (the same as copy_text_value)
+_FORMATTERS = {int: int.__repr__, float: float.__repr__, Decimal: Decimal.__str__,
+               uuid.UUID: uuid.UUID.__str__, dt.datetime: dt.datetime.isoformat,
+               dt.date: dt.date.isoformat, dt.time: dt.time.isoformat}
+
+
 def copy_text_column(values: Sequence[Any]) -> list[str]:
     """One column of a batch in COPY's text format, the same text ``copy_text_value`` gives
-    value by value (except ``str()`` for date/times: a space, not 'T', before the time)."""
+    value by value: one look at the column's value types picks one formatter for all of it."""
     kinds = set(map(type, values))
     has_null = _NONE_TYPE in kinds
     kinds.discard(_NONE_TYPE)
-    if kinds <= _STR_TYPES:
+    if len(kinds) == 1 and (kind := next(iter(kinds))) in _FORMATTERS:
+        fmt = _FORMATTERS[kind]
         if not has_null:
-            return list(map(str, values))
-        return [_NULL if v is None else str(v) for v in values]
+            return list(map(fmt, values))
+        return [_NULL if v is None else fmt(v) for v in values]
     if kinds == {str}:
         present = [v for v in values if v is not None] if has_null else values
         blob = "".join(present)
@@ -99,6 +104,7 @@ def copy_text(rows: Sequence[tuple]) -> str:
 
 class PostgresAdapter(DialectAdapter):
     name = "postgresql"
+    _key_index_cache: dict[str, bool] | None = None  # per adapter, i.e. per chunk
 
     def source_columns(self, conn: Connection, query: str) -> list[SourceColumn]:
         result = conn.execute(text(f"SELECT * FROM ({query}) src LIMIT 0"))
@@ -183,40 +189,48 @@ class PostgresAdapter(DialectAdapter):
             cursor.close()
 
     # -- SCD apply: probe the key index ---------------------------------------------------
-    def _key_indexed(self, conn: Connection, target, keys: Sequence[str]) -> bool:  # noqa: ANN001
+    def _key_indexed(self, conn: Connection, target: TargetSpec, keys: Sequence[str]) -> bool:
         """Whether the target has a valid index led by the first key (chordload creates two);
         asked once per adapter, i.e. once per chunk."""
-        cache = self.__dict__.setdefault("_key_index_cache", {})
+        if self._key_index_cache is None:
+            self._key_index_cache = {}
+        cache = self._key_index_cache
         table = self.table_ref(target)
         if table not in cache:
             cache[table] = bool(conn.execute(text(_KEY_INDEX_SQL),
                                              {"table": table, "key": keys[0]}).scalar())
         return cache[table]
 
-    def _by_key_index(self, conn: Connection, target, keys: Sequence[str], apply):  # noqa: ANN001
-        """Run ``apply()`` with hash and merge joins off for this transaction only, when an
-        index can serve the key lookups (without one, the planner's choice stands). On an
-        error the batch's savepoint rollback also undoes the settings."""
-        if not self._key_indexed(conn, target, keys):
-            return apply()
-        hash_join, merge_join = conn.execute(text(
-            "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin')")).one()
-        conn.execute(text("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"))
-        counts = apply()
-        conn.execute(text("SELECT set_config('enable_hashjoin', :h, true), "
-                          "set_config('enable_mergejoin', :m, true)"),
-                     {"h": hash_join, "m": merge_join})
-        return counts
+    def _join_by_key_index(self, conn: Connection, target: TargetSpec,
+                           keys: Sequence[str]) -> None:
+        """Hash and merge joins off for the rest of the batch transaction (``SET LOCAL``),
+        when an index can serve the key lookups; without one the planner's choice stands.
+        What follows the apply in that transaction is more of the same key lookups, and a
+        rolled-back savepoint undoes the settings with the rest of its slice."""
+        if self._key_indexed(conn, target, keys):
+            conn.execute(text("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"))
 
-    def apply_scd1(self, conn: Connection, stage: str, target, columns: Sequence[str],  # noqa: ANN001
-                   keys: Sequence[str], *args: Any, **kwargs: Any):
-        return self._by_key_index(conn, target, keys, lambda: super(PostgresAdapter, self)
-                                  .apply_scd1(conn, stage, target, columns, keys, *args, **kwargs))
+    def apply_scd1(self, conn: Connection, stage: str, target: TargetSpec,
+                   columns: Sequence[str], keys: Sequence[str], *args: Any, **kwargs: Any) -> Any:
+        self._join_by_key_index(conn, target, keys)
+        return super().apply_scd1(conn, stage, target, columns, keys, *args, **kwargs)
 
-    def apply_scd2(self, conn: Connection, stage: str, target, columns: Sequence[str],  # noqa: ANN001
-                   keys: Sequence[str], *args: Any, **kwargs: Any):
-        return self._by_key_index(conn, target, keys, lambda: super(PostgresAdapter, self)
-                                  .apply_scd2(conn, stage, target, columns, keys, *args, **kwargs))
+    def apply_scd2(self, conn: Connection, stage: str, target: TargetSpec,
+                   columns: Sequence[str], keys: Sequence[str], *args: Any, **kwargs: Any) -> Any:
+        self._join_by_key_index(conn, target, keys)
+        return super().apply_scd2(conn, stage, target, columns, keys, *args, **kwargs)
+
+    def replace_own_versions(self, conn: Connection, stage: str, target: TargetSpec,
+                             columns: Sequence[str], keys: Sequence[str], *args: Any,
+                             **kwargs: Any) -> Any:
+        self._join_by_key_index(conn, target, keys)
+        return super().replace_own_versions(conn, stage, target, columns, keys, *args, **kwargs)
+
+    def count_applied_by_run(self, conn: Connection, stage: str, target: TargetSpec,
+                             columns: Sequence[str], keys: Sequence[str], *args: Any,
+                             **kwargs: Any) -> Any:
+        self._join_by_key_index(conn, target, keys)
+        return super().count_applied_by_run(conn, stage, target, columns, keys, *args, **kwargs)
 
     def row_hash_expr(self, qualified_columns: Sequence[str]) -> str:
         return f"md5(ROW({', '.join(qualified_columns)})::text)"

@@ -114,6 +114,10 @@ class SqliteAdapter(DialectAdapter):
     def clear_stage(self, conn: Connection, stage: str) -> None:
         conn.execute(text(f"DELETE FROM {stage}"))
 
+    def index_stage(self, conn: Connection, stage: str, columns: Sequence[str]) -> None:
+        conn.execute(text(f"CREATE INDEX temp.cl_stage_keys ON {STAGE_TABLE} "
+                          f"({', '.join(self.q(c) for c in columns)})"))
+
     def load_stage(self, conn: Connection, stage: str, columns: Sequence[str],
                    rows: Sequence[tuple]) -> None:
         cols = ", ".join(self.q(c) for c in columns)

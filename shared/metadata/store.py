@@ -26,6 +26,7 @@ class BatchProgress:
     changed: int
     unchanged: int
     errored: int = 0
+    duplicate: int = 0
 
 
 def session(engine: Engine) -> Session:
@@ -107,7 +108,8 @@ def get_chunks(engine: Engine, run_id: str) -> list[ChunkLog]:
                               .order_by(ChunkLog.chunk_no)))
 
 
-_COUNTERS = ("rows_read", "rows_inserted", "rows_changed", "rows_unchanged", "rows_errored")
+_COUNTERS = ("rows_read", "rows_inserted", "rows_changed", "rows_unchanged", "rows_errored",
+             "rows_duplicate")
 
 
 @retry_transient()
@@ -149,7 +151,7 @@ def record_batch(engine: Engine, run_id: str, chunk_no: int, progress: BatchProg
     """Per batch, one short transaction: the chunk's counters, heartbeat and checkpoint
     maximum, the run's live totals (what `watch` reads) and the batch's quarantined rows."""
     deltas = dict(zip(_COUNTERS, (progress.rows_read, progress.inserted, progress.changed,
-                                  progress.unchanged, progress.errored)))
+                                  progress.unchanged, progress.errored, progress.duplicate)))
     values: dict[str, Any] = {c: getattr(ChunkLog, c) + v for c, v in deltas.items()}
     values.update(batches_done=ChunkLog.batches_done + 1, heartbeat_at=utcnow())
     if max_checkpoint is not None:
@@ -220,6 +222,15 @@ def progress_totals(engine: Engine, run_id: str) -> dict[str, int]:
     }
 
 
+def open_chunk_count(engine: Engine, run_id: str) -> int:
+    """Chunks of the run still PENDING or RUNNING (one indexed count)."""
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).where(
+            ChunkLog.run_id == run_id,
+            ChunkLog.status.in_([ChunkStatus.PENDING.value, ChunkStatus.RUNNING.value]))
+        ).scalar_one()
+
+
 def get_checkpoint(engine: Engine, mapref: str) -> Checkpoint | None:
     with session(engine) as s:
         return s.get(Checkpoint, mapref)
@@ -285,6 +296,8 @@ def reopen_for_resume(engine: Engine, run_id: str) -> tuple[ProcessLog, list[Chu
                 run.status = RunStatus.RUNNING
                 run.ended_at = None
                 run.message = None
+                run.deletes_started_at = None
+                run.rows_deleted = 0
                 chunks = list(s.scalars(select(ChunkLog).where(
                     ChunkLog.run_id == run_id, ChunkLog.status != ChunkStatus.SUCCESS)
                     .order_by(ChunkLog.chunk_no)))
