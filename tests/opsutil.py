@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from tests.worker_process import stop_process_group
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -91,13 +92,7 @@ class CeleryProcess:
     def stop(self, timeout_s: float = 20) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout_s)
+        stop_process_group(self.proc, timeout_s)
         self._log.close()
         self.proc = None
 

@@ -66,12 +66,18 @@ class WorkerProcess:
     def stop(self, timeout_s: float = 30) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout_s)
+        stop_process_group(self.proc, timeout_s)
         self._log.close()
         self.proc = None
+
+
+def stop_process_group(proc: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM the process's group (a warm shutdown), SIGKILL it if it does not exit."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout_s)
