@@ -14,7 +14,6 @@ import sqlite3
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from shared.db import dispose_all, get_engine
 from shared.metadata.schema import upgrade
@@ -108,8 +107,8 @@ def in_process_worker(settings: Settings, concurrency: int = 4):  # noqa: ANN201
 
 def _history(workdir: Path, key: int) -> list[tuple]:
     with sqlite3.connect(workdir / "warehouse.db") as conn:
-        return conn.execute("SELECT sk, id, city, balance, valid_from, valid_to, is_current, "
-                            "run_id FROM dim_customer WHERE id = ? ORDER BY sk", (key,)).fetchall()
+        return conn.execute("SELECT city, balance, valid_from, valid_to, is_current, run_id "
+                            "FROM dim_customer WHERE id = ? ORDER BY sk", (key,)).fetchall()
 
 
 def run_demo(rows: int = 200_000, workdir: str | None = None, chunks: int = 8,
@@ -152,10 +151,12 @@ def run_demo(rows: int = 200_000, workdir: str | None = None, chunks: int = 8,
         use_settings(None)
 
     console.rule(f"3. history of customer id={CHANGED_KEY}")
-    table = Table("sk", "id", "city", "balance", "valid_from", "valid_to", "is_current", "run_id")
-    for row in _history(folder, CHANGED_KEY):
-        table.add_row(*[str(v)[:19] if v is not None else "-" for v in row])
-    console.print(table)
+    console.print("  city        balance  valid_from           valid_to             run_id",
+                  highlight=False)
+    for city, balance, valid_from, valid_to, _current, run in _history(folder, CHANGED_KEY):
+        until = str(valid_to)[:19] if valid_to else "(current)"
+        console.print(f"  {city:<10} {balance:>8}  {str(valid_from)[:19]}  {until:<19}  {run}",
+                      highlight=False)
     console.print(f"databases kept in {folder}; run `chordload demo` again to start over")
     ok = all(s.value == "SUCCESS" for s in statuses)
     return 0 if ok else 1
