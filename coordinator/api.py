@@ -8,7 +8,7 @@ from celery import chord
 from celery._state import _set_task_join_will_block, task_join_will_block
 
 from shared.db import get_engine
-from shared.errors import ChordloadError, ConfigError, RunRefusedError
+from shared.errors import ChordloadError, RunRefusedError
 from shared.metadata import store
 from shared.metadata.models import ChunkLog, ProcessLog
 from shared.metadata.schema import require_current
@@ -148,13 +148,3 @@ def validate_mapping(settings: Settings, mapref: str) -> list[str]:
     """Check a mapping against its source (columns exist, query runs); returns its columns."""
     _adapter, columns = read_source_columns(settings, mapref)
     return [c.name for c in columns]
-
-
-def validate_all(settings: Settings) -> dict[str, list[str] | str]:
-    results: dict[str, list[str] | str] = {}
-    for mapref in settings.mappings:
-        try:
-            results[mapref] = validate_mapping(settings, mapref)
-        except ConfigError as err:
-            results[mapref] = str(err)
-    return results

@@ -47,12 +47,6 @@ class LoadError(ChordloadError):
     """A load step failed permanently (bad SQL, missing column, data error)."""
 
 
-class TransientLoadError(LoadError):
-    """A load step failed for a reason that may go away: connection lost, deadlock, timeout."""
-
-    transient = True
-
-
 class SourceUnavailableError(ChordloadError):
     """The source (or target) database could not be reached while planning. CLI exit 2."""
 

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, inspect, text
 
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
-from shared.errors import ConfigError, LoadError
+from shared.errors import ConfigError
 from shared.mapping import AuditColumns, TargetSpec
 
 STAGE_TABLE = "cl_stage"
@@ -299,9 +299,6 @@ class DialectAdapter:
 
     def row_hash_expr(self, qualified_columns: Sequence[str]) -> str:
         raise NotImplementedError
-
-    def stage_max(self, conn: Connection, stage: str, column: str) -> Any:
-        return conn.execute(text(f"SELECT max({self.q(column)}) FROM {stage}")).scalar_one()
 
     # -- SCD apply ---------------------------------------------------------------------
     def null_safe_eq(self, left: str, right: str) -> str:

@@ -6,8 +6,7 @@ What differs from the generic SQL, and how this adapter handles it:
   converted to UTC (``install_engine_hooks``, called by ``shared.db``). A source ``TIMESTAMP``
   column is read as TIMESTAMPTZ (values come back as aware UTC datetimes); ``DATETIME`` is a
   naive timestamp. Targets store both as ``DATETIME(6)`` (``TIMESTAMP`` ends in 2038); a
-  column that was a timestamp *with* time zone carries the comment ``chordload:timestamptz``
-  (``stage_max`` returns its values as aware UTC again).
+  column that was a timestamp *with* time zone carries the comment ``chordload:timestamptz``.
 - Text: targets are ``utf8mb4`` with a binary, no-pad collation, so business keys compare
   exactly (the server default collation is case-insensitive and ignores trailing spaces).
   Unbounded text is ``LONGTEXT``; the key lookup index uses a prefix where a key is long.
@@ -253,7 +252,6 @@ class MysqlAdapter(DialectAdapter):
         self._collation = "utf8mb4_bin"
         # per stage: positions of DATETIME/TIMESTAMP columns, and columns marked timestamptz
         self._stage_datetimes: dict[str, list[int]] = {}
-        self._stage_tz_columns: dict[str, set[str]] = {}
 
     # -- source ------------------------------------------------------------------------
     def source_columns(self, conn: Connection, query: str) -> list[SourceColumn]:
@@ -409,11 +407,6 @@ class MysqlAdapter(DialectAdapter):
         result.close()
         self._stage_datetimes[stage] = [i for i, code in enumerate(codes)
                                         if code in _DATETIME_CODES]
-        self._stage_tz_columns[stage] = set(conn.execute(text(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = "
-            "COALESCE(:schema, DATABASE()) AND table_name = :table AND column_comment = :c"),
-            {"schema": target.schema_name, "table": target.table_name, "c": TZ_COMMENT}
-        ).scalars())
         return stage
 
     def clear_stage(self, conn: Connection, stage: str) -> None:
@@ -422,7 +415,6 @@ class MysqlAdapter(DialectAdapter):
     def drop_stage(self, conn: Connection, stage: str) -> None:
         conn.execute(text(f"DROP TEMPORARY TABLE IF EXISTS {stage}"))
         self._stage_datetimes.pop(stage, None)
-        self._stage_tz_columns.pop(stage, None)
 
     def index_stage(self, conn: Connection, stage: str, columns: Sequence[str]) -> None:
         """Text and blob columns are indexed by a prefix (InnoDB cannot index them whole)."""
@@ -506,12 +498,6 @@ class MysqlAdapter(DialectAdapter):
             return True
         finally:
             os.unlink(path)
-
-    def stage_max(self, conn: Connection, stage: str, column: str) -> Any:
-        value = super().stage_max(conn, stage, column)
-        if column in self._stage_tz_columns.get(stage, ()):
-            value = _to_utc(value)
-        return value
 
     # -- SCD apply ---------------------------------------------------------------------
     def null_safe_eq(self, left: str, right: str) -> str:
