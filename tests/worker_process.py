@@ -37,7 +37,8 @@ class WorkerProcess:
                "--without-gossip"]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
         self.wait_ready(ready_timeout_s)
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -69,6 +70,14 @@ class WorkerProcess:
         stop_process_group(self.proc, timeout_s)
         self._log.close()
         self.proc = None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the test process dies, so a killed or
+    timed-out pytest leaves no workers behind (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def stop_process_group(proc: subprocess.Popen, timeout_s: float) -> None:
