@@ -67,3 +67,16 @@ def scd2_mapping(schema: str, table: str = "customers", target: str = "dim_custo
         else:
             mapping[key] = value
     return mapping
+
+
+def scalar(wh: Engine, sql: str, **params):
+    """One value from the warehouse."""
+    with wh.connect() as conn:
+        return conn.execute(text(sql), params).scalar_one()
+
+
+def diff_count(wh: Engine, left: str, right: str) -> int:
+    """Rows in one query's result and not the other's, both ways (0 = equal as multisets;
+    EXCEPT ALL treats NULLs as equal)."""
+    return scalar(wh, f"SELECT (SELECT count(*) FROM ({left} EXCEPT ALL {right}) a) + "
+                      f"(SELECT count(*) FROM ({right} EXCEPT ALL {left}) b)")

@@ -9,21 +9,10 @@ from coordinator.api import launch, wait
 from shared.db import get_engine
 from shared.metadata import store
 from shared.statuses import ChunkStatus, RunStatus
-from tests.pgdata import (BUSINESS_COLUMNS, add_customers, change_every_tenth, create_customers,
+from tests.pgdata import (diff_count, scalar, BUSINESS_COLUMNS, add_customers, change_every_tenth, create_customers,
                           scd2_mapping)
 
 pytestmark = pytest.mark.e2e
-
-
-def _scalar(wh, sql: str, **params):
-    with wh.connect() as conn:
-        return conn.execute(text(sql), params).scalar_one()
-
-
-def _diff_count(wh, left: str, right: str) -> int:
-    """Rows in one set and not the other, both ways (0 = equal as sets)."""
-    return _scalar(wh, f"SELECT (SELECT count(*) FROM ({left} EXCEPT ALL {right}) a) + "
-                       f"(SELECT count(*) FROM ({right} EXCEPT ALL {left}) b)")
 
 
 def _run(settings, mapref: str):
@@ -45,17 +34,17 @@ def test_scd2_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     assert all(c.status is ChunkStatus.SUCCESS for c in chunks)
     assert len({c.worker for c in chunks}) == 2, "both worker processes took chunks"
     assert first.rows_read == first.rows_inserted == 300_000
-    assert _diff_count(wh, current, src) == 0
-    assert _scalar(wh, f"SELECT count(*) FROM {target}") == 300_000
-    assert _scalar(wh, f"SELECT count(*) FROM (SELECT id FROM {target} WHERE is_current "
+    assert diff_count(wh, current, src) == 0
+    assert scalar(wh, f"SELECT count(*) FROM {target}") == 300_000
+    assert scalar(wh, f"SELECT count(*) FROM (SELECT id FROM {target} WHERE is_current "
                        f"GROUP BY id HAVING count(*) > 1) d") == 0
-    max_source = _scalar(wh, f"SELECT max(updated_at) FROM {source}")
+    max_source = scalar(wh, f"SELECT max(updated_at) FROM {source}")
     stored = store.get_checkpoint(get_engine(settings.metadata), schema)
     assert stored.value == {"type": "datetime", "value": max_source.isoformat()}
 
     changed = change_every_tenth(wh, source)
     add_customers(wh, source, 300_001, 5_000)
-    in_window = _scalar(wh, f"SELECT count(*) FROM {source} WHERE updated_at >= :cp",
+    in_window = scalar(wh, f"SELECT count(*) FROM {source} WHERE updated_at >= :cp",
                         cp=max_source)
     second = _run(settings, schema)
     assert second.status is RunStatus.SUCCESS, second.message
@@ -65,7 +54,7 @@ def test_scd2_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     assert second.rows_changed == changed == 30_000
     assert second.rows_inserted == 5_000
     assert second.rows_unchanged == 0
-    assert _diff_count(wh, current, src) == 0
+    assert diff_count(wh, current, src) == 0
     # a changed key: the old version expired exactly at the new version's valid_from
     versions = []
     with wh.connect() as conn:
@@ -78,13 +67,13 @@ def test_scd2_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     assert old.valid_to == new.valid_from and new.valid_to is None
     assert (old.run_id, new.run_id) == (first.run_id, second.run_id)
     # unchanged keys untouched: one version, written by the first run
-    assert _scalar(wh, f"SELECT count(*) FROM {target} WHERE id % 10 <> 0 AND id <= 300000 "
+    assert scalar(wh, f"SELECT count(*) FROM {target} WHERE id % 10 <> 0 AND id <= 300000 "
                        f"AND (run_id <> :r OR NOT is_current)", r=first.run_id) == 0
 
     third = _run(settings, schema)
     assert third.status is RunStatus.SUCCESS
     assert (third.rows_inserted, third.rows_changed) == (0, 0)
-    assert _scalar(wh, f"SELECT count(*) FROM {target}") == 300_000 + 30_000 + 5_000
+    assert scalar(wh, f"SELECT count(*) FROM {target}") == 300_000 + 30_000 + 5_000
 
 
 def test_scd1_initial_incremental_and_rerun(workers, make_settings, wh, schema):
@@ -100,23 +89,23 @@ def test_scd1_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     assert first.status is RunStatus.SUCCESS, first.message
     assert first.chunks_total >= 4
     assert first.rows_inserted == 120_000
-    assert _diff_count(wh, tgt, src) == 0
+    assert diff_count(wh, tgt, src) == 0
 
-    max_before = _scalar(wh, f"SELECT max(updated_at) FROM {source}")
+    max_before = scalar(wh, f"SELECT max(updated_at) FROM {source}")
     changed = change_every_tenth(wh, source)
     add_customers(wh, source, 120_001, 2_000)
     second = _run(settings, schema)
     assert second.status is RunStatus.SUCCESS, second.message
     assert second.rows_changed == changed == 12_000
     assert second.rows_inserted == 2_000
-    assert second.rows_read == _scalar(wh, f"SELECT count(*) FROM {source} WHERE updated_at >= :c",
+    assert second.rows_read == scalar(wh, f"SELECT count(*) FROM {source} WHERE updated_at >= :c",
                                        c=max_before)
-    assert _diff_count(wh, tgt, src) == 0
+    assert diff_count(wh, tgt, src) == 0
     with wh.connect() as conn:
         row = conn.execute(text(f"SELECT city, run_id, inserted_at < dw_updated_at AS moved "
                                 f"FROM {target} WHERE id = 10")).one()
     assert (row.city, row.run_id, row.moved) == ("Reykjavik", second.run_id, True)
-    assert _scalar(wh, f"SELECT count(*) FROM {target} WHERE id % 10 <> 0 AND id <= 120000 "
+    assert scalar(wh, f"SELECT count(*) FROM {target} WHERE id % 10 <> 0 AND id <= 120000 "
                        f"AND run_id <> :r", r=first.run_id) == 0
 
     third = _run(settings, schema)

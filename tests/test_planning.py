@@ -15,20 +15,9 @@ from shared.db import get_engine
 from shared.metadata import store
 from shared.statuses import ChunkStatus, RunStatus
 from tests.cliutil import clean_cli_env, run_cli, write_config  # noqa: F401
-from tests.pgdata import BASE_TS, create_customers, scd2_mapping
+from tests.pgdata import diff_count, scalar, BASE_TS, create_customers, scd2_mapping
 
 pytestmark = pytest.mark.e2e
-
-
-def _scalar(wh, sql: str, **params):
-    with wh.connect() as conn:
-        return conn.execute(text(sql), params).scalar_one()
-
-
-def _diff_count(wh, left: str, right: str) -> int:
-    """Rows in one set and not the other, both ways (EXCEPT ALL treats NULLs as equal)."""
-    return _scalar(wh, f"SELECT (SELECT count(*) FROM ({left} EXCEPT ALL {right}) a) + "
-                       f"(SELECT count(*) FROM ({right} EXCEPT ALL {left}) b)")
 
 
 def _run(settings, mapref: str, **kwargs):
@@ -57,7 +46,7 @@ def test_skewed_keys_give_balanced_chunks(workers, make_settings, wh, schema):
                           f"TIMESTAMP '{BASE_TS}' + g * INTERVAL '1 second' "
                           f"FROM generate_series(1, 10000) g"))
         conn.execute(text(f"ANALYZE {table}"))
-    assert _scalar(wh, f"SELECT max(id) FROM {table}") == 1_000_000_000
+    assert scalar(wh, f"SELECT max(id) FROM {table}") == 1_000_000_000
     mapping = _mapping(schema, "skewed", "id, name, updated_at", "dim_skewed",
                        chunking={"rows_per_chunk": 12_500, "min_rows_for_parallel": 50_000,
                                  "exact_count": True})
@@ -72,11 +61,11 @@ def test_skewed_keys_give_balanced_chunks(workers, make_settings, wh, schema):
     for chunk in chunks:
         lower = chunk.lower_bound["value"] if chunk.lower_bound else None
         upper = chunk.upper_bound["value"] if chunk.upper_bound else None
-        counted = _scalar(wh, f"SELECT count(*) FROM {table} WHERE (CAST(:lo AS bigint) IS NULL "
+        counted = scalar(wh, f"SELECT count(*) FROM {table} WHERE (CAST(:lo AS bigint) IS NULL "
                               f"OR id > :lo) AND (CAST(:hi AS bigint) IS NULL OR id <= :hi)",
                           lo=lower, hi=upper)
         assert counted == chunk.rows_read, (chunk.chunk_no, lower, upper)
-    assert _diff_count(wh, f'SELECT id, name, updated_at FROM "{schema}"."dim_skewed" '
+    assert diff_count(wh, f'SELECT id, name, updated_at FROM "{schema}"."dim_skewed" '
                            f"WHERE is_current", f"SELECT id, name, updated_at FROM {table}") == 0
 
 
@@ -105,22 +94,22 @@ def test_null_split_values_are_loaded_by_chunk_0(workers, make_settings, wh, sch
     assert len(chunks) >= 4
     assert [c.includes_nulls for c in chunks] == [True] + [False] * (len(chunks) - 1)
     upper0 = chunks[0].upper_bound["value"]
-    assert chunks[0].rows_read == _scalar(
+    assert chunks[0].rows_read == scalar(
         wh, f"SELECT count(*) FROM {table} WHERE id <= :u OR id IS NULL", u=upper0)
     assert first.rows_read == first.rows_inserted == 40_004
-    assert _diff_count(wh, current, source) == 0
+    assert diff_count(wh, current, source) == 0
 
     second, _ = _run(settings, "nulls")
     assert (second.rows_inserted, second.rows_changed, second.rows_unchanged) == (0, 0, 40_004)
-    assert _scalar(wh, f"SELECT count(*) FROM {target}") == 40_004
+    assert scalar(wh, f"SELECT count(*) FROM {target}") == 40_004
 
     with wh.begin() as conn:
         conn.execute(text(f"UPDATE {table} SET name = name || ' v2' WHERE id IS NULL "
                           f"AND part IS DISTINCT FROM 'y'"))
     third, _ = _run(settings, "nulls")
     assert (third.rows_inserted, third.rows_changed) == (0, 2)
-    assert _diff_count(wh, current, source) == 0
-    assert _scalar(wh, f"SELECT count(*) FROM (SELECT id, part FROM {target} WHERE is_current "
+    assert diff_count(wh, current, source) == 0
+    assert scalar(wh, f"SELECT count(*) FROM (SELECT id, part FROM {target} WHERE is_current "
                        f"GROUP BY id, part HAVING count(*) > 1) d") == 0
     with wh.connect() as conn:
         versions = conn.execute(text(f"SELECT name, is_current FROM {target} WHERE id IS NULL "
@@ -144,8 +133,8 @@ def test_one_chunk_below_min_rows_uses_the_same_chord(workers, make_settings, wh
     header = AsyncResult(f"{run.run_id}.0", app=app).get(timeout=10)
     assert (header["chunk_no"], header["status"], header["counts"]["rows_read"]) == (
         0, "SUCCESS", 5_000)
-    assert _scalar(wh, f'SELECT count(*) FROM "{schema}"."dim_small" WHERE is_current') == 5_000
-    assert _scalar(wh, f"SELECT count(*) FROM {source}") == 5_000
+    assert scalar(wh, f'SELECT count(*) FROM "{schema}"."dim_small" WHERE is_current') == 5_000
+    assert scalar(wh, f"SELECT count(*) FROM {source}") == 5_000
 
 
 def test_chunks_override_on_the_command_line(workers, clean_cli_env, base_config, wh, schema,
