@@ -9,8 +9,8 @@ from coordinator.api import launch, wait
 from shared.db import get_engine
 from shared.metadata import store
 from shared.statuses import ChunkStatus, RunStatus
-from tests.pgdata import (diff_count, scalar, BUSINESS_COLUMNS, add_customers, change_every_tenth, create_customers,
-                          scd2_mapping)
+from tests.pgdata import (BUSINESS_COLUMNS, add_customers, change_every_tenth, create_customers,
+                          diff_count, scalar, scd2_mapping)
 
 pytestmark = pytest.mark.e2e
 

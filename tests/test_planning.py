@@ -15,7 +15,7 @@ from shared.db import get_engine
 from shared.metadata import store
 from shared.statuses import ChunkStatus, RunStatus
 from tests.cliutil import clean_cli_env, run_cli, write_config  # noqa: F401
-from tests.pgdata import diff_count, scalar, BASE_TS, create_customers, scd2_mapping
+from tests.pgdata import BASE_TS, create_customers, diff_count, scalar, scd2_mapping
 
 pytestmark = pytest.mark.e2e
 
