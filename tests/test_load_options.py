@@ -743,3 +743,11 @@ def test_duplicate_resolution_order():
     load.winners[5] = _ERRORED
     fresh, repeat, dropped = load._resolve_duplicates([(5, "b", 0)], [0])
     assert (fresh, repeat, dropped) == ([(5, "b", 0)], [], 0)
+    # a key that fills whole batches is carried from batch to batch, losers and all
+    for batch in ([(5, "c", -1)], [(5, "d", 9)]):
+        fresh, repeat, dropped = load._resolve_duplicates(batch, [batch[0][2]])
+    assert (fresh, repeat, dropped) == ([], [(5, "d", 9)], 0)
+    # rows arrive in key order, so only the latest batch's keys are remembered: memory
+    # follows batch_rows, not the chunk's size
+    fresh, repeat, dropped = load._resolve_duplicates([(6, "a", 1)], [1])
+    assert load.winners == {6: load.winners[6]}

@@ -3,18 +3,20 @@ to the target set-based, one transaction per batch.
 
 Per batch: keep the rows in the window (a PYTHON checkpoint is computed here), resolve
 duplicate business keys, empty the stage, bulk-load the rows into it (COPY on Postgres),
-apply the SCD SQL, commit; then record progress in chunk_log. Memory is one batch plus one
-small entry per distinct key of the chunk (to recognise duplicates across batches).
-A batch rejected for its data (a value too long, out of range, NOT NULL, CHECK) is bisected
-in savepoints until the bad rows are isolated: the rest is loaded and each bad row is kept
-in error_row. Transient errors ask the task for a retry; the loader itself never raises.
+apply the SCD SQL, commit; then record progress in chunk_log. The chunk is read in business
+key order, so memory is one batch plus the keys of the previous batch, whatever the size of
+the chunk (``rows_per_chunk``). A batch rejected for its data (a value too long, out of range,
+NOT NULL, CHECK) is bisected in savepoints until the bad rows are isolated: the rest is
+loaded and each bad row is kept in error_row. Transient errors ask the task for a retry; the
+loader itself never raises.
 
 Duplicate business keys in one extract: the row with the highest checkpoint value wins
 (NULL lowest; with no checkpoint every row ties), then the last in source order; every other
 row of the key is counted in ``rows_duplicate``. All rows of a key are in one chunk (chunks
-split on key columns), but they can arrive in different batches: a later winner then
-overwrites, in place, the version this run wrote for the key (SCD2 keeps one version per key
-per run), and a later loser is not written.
+split on key columns) and arrive together (key order), but they can straddle a batch
+boundary: a later winner then overwrites, in place, the version this run wrote for the key
+(SCD2 keeps one version per key per run), and a later loser is not written. "Last in source
+order" is the last in the order the source returns equal keys.
 """
 from __future__ import annotations
 
@@ -160,14 +162,16 @@ class ChunkLoad:
         self.python_function = (load_function(planned.python_filter.function_path)
                                 if planned.python_filter else None)
         self.scd2 = planned.scd2_options() if spec.scd.type == 2 else None
-        # key -> rank of the checkpoint value of the row that wins it so far in this attempt
+        # key -> rank of the checkpoint value of the row that wins it so far, for the keys of
+        # the latest batch only: rows arrive in key order, so no older key can come back
         self.winners: dict[Any, Any] = {}
         self.stage = ""
 
     def run(self) -> None:
         spec = self.planned.spec
         sql, params = chunk_select(self.source_adapter, spec.source.query, self.planned.columns,
-                                   self.planned.window, self.planned.split_columns, self.chunk)
+                                   self.planned.window, self.planned.split_columns, self.chunk,
+                                   order_by=spec.keys, as_text=self._text_read_columns())
         with self.target.connect() as tconn:
             with tconn.begin():
                 self.stage = self.target_adapter.create_stage(tconn, spec.target,
@@ -183,6 +187,20 @@ class ChunkLoad:
                     tconn.rollback()
                 with tconn.begin():
                     self.target_adapter.drop_stage(tconn, self.stage)
+
+    def _text_read_columns(self) -> set[str]:
+        """Columns the source hands over as text, not as Python objects: where the target
+        parses the source's own text form (PostgreSQL to PostgreSQL), parsing values into
+        objects only to print them again was most of a chunk's CPU. The loader compares only
+        the key and checkpoint columns, which stay typed; a PYTHON checkpoint function sees
+        every column, so then nothing is read as text."""
+        kinds = self.planned.column_kinds
+        if not kinds or self.python_function is not None:
+            return set()
+        readable = self.source_adapter.text_read_kinds(self.target_adapter)
+        compared = {*self.planned.spec.keys, *self.planned.spec.checkpoint_columns}
+        return {c for c, kind in zip(self.planned.columns, kinds)
+                if kind in readable and c not in compared}
 
     def _load_batch(self, tconn: Connection, rows: list[tuple]) -> None:
         rows, values = self._in_window(rows)
@@ -246,20 +264,22 @@ class ChunkLoad:
         """One row per business key: the highest checkpoint value wins, then the last in
         source order. Returns the winners whose key is new to this attempt, the winners of keys
         an earlier batch already wrote (they overwrite that write), and how many rows lost."""
-        winners = self.winners
+        earlier, current = self.winners, {}  # the previous batch's keys, this batch's
         best: dict[Any, int] = {}  # key -> index of its winning row in this batch
         repeated: set[Any] = set()
         dropped = 0
         for i, row in enumerate(rows):
             key = self._key(row)
             ranked = rank(values[i])
-            previous = winners.get(key)
-            if previous is None or previous is _ERRORED:
-                winners[key] = ranked
-                best[key] = i
-                continue
-            if key not in best:  # first row of the key in this batch: an earlier batch had it
-                repeated.add(key)
+            previous = current.get(key)
+            if previous is None:  # the key's first row in this batch
+                previous = earlier.get(key)
+                if previous is None or previous is _ERRORED:
+                    current[key] = ranked
+                    best[key] = i
+                    continue
+                repeated.add(key)  # the previous batch wrote (or dropped a loser of) the key
+                current[key] = previous
             try:
                 loses = ranked < previous
             except TypeError:  # values that do not compare: source order decides
@@ -267,10 +287,11 @@ class ChunkLoad:
             if loses:
                 dropped += 1
                 continue
-            winners[key] = ranked
+            current[key] = ranked
             if key in best:
                 dropped += 1  # the earlier row of this batch is displaced
             best[key] = i
+        self.winners = current
         if not repeated and len(best) == len(rows):
             return rows, [], 0
         fresh, repeat = [], []

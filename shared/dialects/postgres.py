@@ -5,6 +5,10 @@ Three things here are about speed (docs/benchmarks.md has the numbers):
 
 * the source is streamed from a psycopg2 server-side cursor directly: batches are the
   driver's own lists of tuples, without a SQLAlchemy Row per row and a copy back to tuples;
+* between two PostgreSQL databases, the columns whose values are costly to parse into Python
+  objects and print again (numeric, timestamps, dates, JSON, uuid, bytea) are read as their
+  text (``CAST(col AS text)``), which is what COPY reads anyway; only the business key and
+  checkpoint columns, which the loader compares, are read as typed values;
 * the COPY text is built a column at a time: one look at a column's value types picks a
   formatter, so the common types are formatted by ``map`` over a C function instead of a
   Python call per value, and text columns are escaped only when one of their values needs it;
@@ -102,9 +106,20 @@ def copy_text(rows: Sequence[tuple]) -> str:
     return "\n".join(map("\t".join, zip(*columns))) + "\n"
 
 
+# Read as text between two PostgreSQL databases: the types whose Python objects are costly to
+# make and to print again (Decimal, datetime, JSON documents), and whose text form the COPY
+# into the stage reads back to the same value. Not char(n) (its cast to text drops the
+# padding), not floats (exact text only from PostgreSQL 12 on), not ints (cheap either way).
+_TEXT_READ_KINDS = frozenset({TypeKind.NUMERIC, TypeKind.DATE, TypeKind.TIME, TypeKind.TIMESTAMP,
+                              TypeKind.TIMESTAMPTZ, TypeKind.JSON, TypeKind.UUID, TypeKind.BYTES})
+
+
 class PostgresAdapter(DialectAdapter):
     name = "postgresql"
     _key_index_cache: dict[str, bool] | None = None  # per adapter, i.e. per chunk
+
+    def text_read_kinds(self, target: DialectAdapter) -> frozenset[TypeKind]:
+        return _TEXT_READ_KINDS if isinstance(target, PostgresAdapter) else frozenset()
 
     def source_columns(self, conn: Connection, query: str) -> list[SourceColumn]:
         result = conn.execute(text(f"SELECT * FROM ({query}) src LIMIT 0"))
