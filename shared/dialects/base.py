@@ -297,6 +297,15 @@ class DialectAdapter:
     def drop_stage(self, conn: Connection, stage: str) -> None:
         conn.execute(text(f"DROP TABLE IF EXISTS {stage}"))
 
+    def chunk_stage(self, conn: Connection, target: TargetSpec, columns: Sequence[str]) -> str:
+        """The stage a chunk loads its batches through; given back with ``release_stage``.
+        By default a new one per chunk; databases where making one costs a catalog write
+        keep one per connection."""
+        return self.create_stage(conn, target, columns)
+
+    def release_stage(self, conn: Connection, stage: str) -> None:
+        self.drop_stage(conn, stage)
+
     def index_stage(self, conn: Connection, stage: str, columns: Sequence[str]) -> None:
         """Index the stage on ``columns`` (the hard-delete pass probes it once per target
         key); dropped with the stage."""

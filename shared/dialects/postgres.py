@@ -22,8 +22,10 @@ Three things here are about speed (docs/benchmarks.md has the numbers):
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
@@ -47,6 +49,10 @@ _OID_KINDS = {
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _NULL = "\\N"
 _NONE_TYPE = type(None)
+KEY_INDEX_TTL_S = 60
+_COLUMN_TYPES_SQL = (
+    "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+    "WHERE attrelid = to_regclass(:table) AND attnum > 0 AND NOT attisdropped")
 _KEY_INDEX_SQL = (
     "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
     "AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass(:table) AND i.indisvalid "
@@ -116,7 +122,6 @@ _TEXT_READ_KINDS = frozenset({TypeKind.NUMERIC, TypeKind.DATE, TypeKind.TIME, Ty
 
 class PostgresAdapter(DialectAdapter):
     name = "postgresql"
-    _key_index_cache: dict[str, bool] | None = None  # per adapter, i.e. per chunk
 
     def text_read_kinds(self, target: DialectAdapter) -> frozenset[TypeKind]:
         return _TEXT_READ_KINDS if isinstance(target, PostgresAdapter) else frozenset()
@@ -193,6 +198,23 @@ class PostgresAdapter(DialectAdapter):
                           f"SELECT {cols} FROM {self.table_ref(target)} WHERE false"))
         return stage
 
+    def chunk_stage(self, conn: Connection, target: TargetSpec, columns: Sequence[str]) -> str:
+        """A temp stage kept for the life of the connection: creating and dropping one per
+        chunk wrote the catalog twice per chunk, a fixed cost that made many small chunks
+        slow. Its name hashes the target, the columns and their current types, so a changed
+        target gets a new stage; ON COMMIT DELETE ROWS empties it after every batch."""
+        table = self.table_ref(target)
+        types = dict(conn.execute(text(_COLUMN_TYPES_SQL), {"table": table}).all())
+        signature = "\x1f".join([table, *(f"{c}\x1e{types.get(c)}" for c in columns)])
+        name = f"cl_stage_{hashlib.md5(signature.encode()).hexdigest()[:16]}"
+        cols = ", ".join(self.q(c) for c in columns)
+        conn.execute(text(f"CREATE TEMP TABLE IF NOT EXISTS {name} ON COMMIT DELETE ROWS AS "
+                          f"SELECT {cols} FROM {table} WHERE false"))
+        return f"pg_temp.{name}"
+
+    def release_stage(self, conn: Connection, stage: str) -> None:
+        """Kept for the connection's next chunk (see chunk_stage); already empty."""
+
     def load_stage(self, conn: Connection, stage: str, columns: Sequence[str],
                    rows: Sequence[tuple]) -> None:
         buffer = io.StringIO(copy_text(rows))
@@ -205,16 +227,17 @@ class PostgresAdapter(DialectAdapter):
 
     # -- SCD apply: probe the key index ---------------------------------------------------
     def _key_indexed(self, conn: Connection, target: TargetSpec, keys: Sequence[str]) -> bool:
-        """Whether the target has a valid index led by the first key (chordload creates two);
-        asked once per adapter, i.e. once per chunk."""
-        if self._key_index_cache is None:
-            self._key_index_cache = {}
-        cache = self._key_index_cache
+        """Whether the target has a valid index led by the first key (chordload creates two).
+        Remembered on the connection for a minute: asked once per chunk, it was a round trip
+        of every small chunk, and an index dropped or added is noticed soon enough."""
+        cache = conn.info.setdefault("chordload_key_index", {})
         table = self.table_ref(target)
-        if table not in cache:
-            cache[table] = bool(conn.execute(text(_KEY_INDEX_SQL),
-                                             {"table": table, "key": keys[0]}).scalar())
-        return cache[table]
+        known = cache.get((table, keys[0]))
+        if known is None or known[1] < time.monotonic():
+            indexed = bool(conn.execute(text(_KEY_INDEX_SQL),
+                                        {"table": table, "key": keys[0]}).scalar())
+            known = cache[(table, keys[0])] = (indexed, time.monotonic() + KEY_INDEX_TTL_S)
+        return known[0]
 
     def _join_by_key_index(self, conn: Connection, target: TargetSpec,
                            keys: Sequence[str]) -> None:
