@@ -125,7 +125,9 @@ class RunSnapshot:
 
 def snapshot(settings: Settings, run_id: str) -> RunSnapshot:
     metadata = get_engine(settings.metadata)
-    return RunSnapshot(store.get_run(metadata, run_id), store.progress_totals(metadata, run_id))
+    totals = store.progress_totals(metadata, run_id)
+    return RunSnapshot(store.with_live_totals(metadata, store.get_run(metadata, run_id), totals),
+                       totals)
 
 
 def wait(run_id: str, *, settings: Settings | None = None, timeout_s: float | None = None,

@@ -204,7 +204,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     metadata = _metadata(settings)
     console = Console()
     if args.target is None:
-        runs = store.recent_runs(metadata, args.limit)
+        runs = [store.with_live_totals(metadata, r) for r in store.recent_runs(metadata, args.limit)]
         if args.json:
             print_json([run_summary(r) for r in runs])
             return EXIT_OK
@@ -224,6 +224,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             raise NotFoundError(f"mapping '{args.target}' has no runs yet")
     if run is None:
         raise NotFoundError(f"'{args.target}' is neither a run id nor a mapping in the config")
+    run = store.with_live_totals(metadata, run)
     chunks = store.get_chunks(metadata, run.run_id)
     if args.json:
         summary = run_summary(run)

@@ -47,6 +47,12 @@ class LoadError(ChordloadError):
     """A load step failed permanently (bad SQL, missing column, data error)."""
 
 
+class RaceError(ChordloadError):
+    """A metadata write kept losing a race with a concurrent change; trying again is safe."""
+
+    transient = True
+
+
 class SourceUnavailableError(ChordloadError):
     """The source (or target) database could not be reached while planning. CLI exit 2."""
 

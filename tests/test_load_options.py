@@ -647,7 +647,7 @@ def test_cli_full_backfill_and_summary_counters(workers, clean_cli_env, base_con
 
 
 # -- the metadata migration ------------------------------------------------------------------------
-def test_migration_0004_adds_and_removes_the_counters(tmp_path):
+def test_migrations_0004_0005_add_and_remove_counters_and_index(tmp_path):
     from alembic import command
     from sqlalchemy import inspect
 
@@ -655,21 +655,30 @@ def test_migration_0004_adds_and_removes_the_counters(tmp_path):
 
     engine = get_engine(f"sqlite:///{tmp_path / 'meta.db'}")
     upgrade(engine)
-    assert current_revision(engine) == "0004"
+    assert current_revision(engine) == "0005"
 
     def columns(table: str) -> set[str]:
         with engine.connect() as conn:
             return {c["name"] for c in inspect(conn).get_columns(table)}
 
+    def indexes(table: str) -> set[str]:
+        with engine.connect() as conn:
+            return {i["name"] for i in inspect(conn).get_indexes(table)}
+
     new = {"rows_deleted", "rows_duplicate", "deletes_started_at"}
     assert new <= columns("process_log") and "rows_duplicate" in columns("chunk_log")
+    assert "ix_error_row_run_chunk" in indexes("error_row")
     cfg = _alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0004")
+    assert "ix_error_row_run_chunk" not in indexes("error_row")
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0003")
     assert not new & columns("process_log") and "rows_duplicate" not in columns("chunk_log")
     upgrade(engine)
-    assert new <= columns("process_log")
+    assert new <= columns("process_log") and "ix_error_row_run_chunk" in indexes("error_row")
 
 
 # -- the pieces, without servers ------------------------------------------------------------------

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 
 from shared.db import READ_ONLY, get_engine
 from shared.dialects import adapter_for
@@ -36,7 +36,7 @@ from shared.dialects.base import ApplyCounts, DialectAdapter
 from shared.errors import describe_db_error, is_data_error, is_transient_db_error
 from shared.finalize import finalize_run
 from shared.metadata import store
-from shared.metadata.store import BatchProgress
+from shared.metadata.store import BatchProgress, ChunkStartOutcome
 from shared.planned_run import PlannedRun
 from shared.python_checkpoint import load_function
 from shared.retry import backoff_s
@@ -85,23 +85,22 @@ class StopRequested(Exception):
 def load_chunk(settings: Settings, run_id: str, chunk: ChunkRange, worker: str,
                task_id: str | None = None, retries_done: int = 0) -> ChunkResult:
     metadata = get_engine(settings.metadata)
-    if task_id is not None and store.get_chunk(metadata, run_id, chunk.chunk_no).task_id != task_id:
+    start = store.begin_chunk(metadata, run_id, chunk.chunk_no, f"{worker}/{os.getpid()}",
+                              task_id)
+    if start.outcome is ChunkStartOutcome.SUPERSEDED:
         log.info("run %s chunk %s: task %s belongs to an earlier launch; nothing to do", run_id,
                  chunk.chunk_no, task_id)
         return ChunkResult(chunk.chunk_no, ChunkStatus.REVOKED, error="superseded by a resume")
-    if store.stop_requested(metadata, run_id):
-        store.finish_chunk(metadata, run_id, chunk.chunk_no, ChunkStatus.STOPPED,
-                           "stopped by request before it started")
-        finalize_run(metadata, run_id, settings=settings)
-        return ChunkResult(chunk.chunk_no, ChunkStatus.STOPPED, error="stop requested")
-    if not store.start_chunk(metadata, run_id, chunk.chunk_no, f"{worker}/{os.getpid()}"):
-        current = store.get_chunk(metadata, run_id, chunk.chunk_no)
+    if start.outcome is ChunkStartOutcome.ENDED:
         log.info("run %s chunk %s is already %s; this delivery does nothing", run_id,
-                 chunk.chunk_no, current.status.value)
-        return ChunkResult(chunk.chunk_no, current.status, error=current.message)
-    run = store.get_run(metadata, run_id)
-    planned = PlannedRun.from_row(run)
-    replay = run.launches > 1 or store.get_chunk(metadata, run_id, chunk.chunk_no).attempts > 1
+                 chunk.chunk_no, start.status.value)
+        return ChunkResult(chunk.chunk_no, start.status, error=start.message)
+    if start.outcome is ChunkStartOutcome.STOPPED:
+        if store.open_chunk_count(metadata, run_id) == 0:
+            finalize_run(metadata, run_id, settings=settings)
+        return ChunkResult(chunk.chunk_no, ChunkStatus.STOPPED, error="stop requested")
+    planned = planned_run(metadata, run_id, start.launches)
+    replay = start.launches > 1 or start.attempts > 1
     result = ChunkResult(chunk.chunk_no, ChunkStatus.RUNNING)
     try:
         ChunkLoad(settings, planned, chunk, result, replay).run()
@@ -130,14 +129,28 @@ def load_chunk(settings: Settings, run_id: str, chunk: ChunkRange, worker: str,
         log.warning("run %s chunk %s failed: %s", run_id, chunk.chunk_no, result.error)
     else:
         result.status = ChunkStatus.SUCCESS
-    store.finish_chunk(metadata, run_id, chunk.chunk_no, result.status, result.error)
     # The last chunk to end finalizes the run: a stop ends the run at once, and a chord
-    # callback that fires early or never is not needed. Every chunk commits its own end
-    # before counting, so the last one always sees zero; the cheap count keeps the other
+    # callback that fires early or never is not needed. Chunks ending together take turns on
+    # the run's row, so the last one always counts zero open chunks; the count keeps the other
     # chunks from loading the whole run.
-    if store.open_chunk_count(metadata, run_id) == 0:
+    if store.finish_chunk(metadata, run_id, chunk.chunk_no, result.status, result.error) == 0:
         finalize_run(metadata, run_id, settings=settings)
     return result
+
+
+_planned_cache: dict[tuple[str, int], PlannedRun] = {}
+
+
+def planned_run(metadata: Engine, run_id: str, launch: int) -> PlannedRun:
+    """The run as planned, read and rebuilt once per process and launch: reading the run's
+    row and validating its mapping is the same work for each of its chunks."""
+    key = (run_id, launch)
+    planned = _planned_cache.get(key)
+    if planned is None:
+        if len(_planned_cache) >= 32:
+            _planned_cache.clear()
+        planned = _planned_cache[key] = PlannedRun.from_row(store.get_run(metadata, run_id))
+    return planned
 
 
 class ChunkLoad:
@@ -174,19 +187,20 @@ class ChunkLoad:
                                    order_by=spec.keys, as_text=self._text_read_columns())
         with self.target.connect() as tconn:
             with tconn.begin():
-                self.stage = self.target_adapter.create_stage(tconn, spec.target,
+                self.stage = self.target_adapter.chunk_stage(tconn, spec.target,
                                                               self.planned.columns)
             try:
                 with self.source.connect().execution_options(**READ_ONLY) as sconn:
+                    stop = False  # begin_chunk has just checked
                     for rows in self.source_adapter.stream(sconn, sql, params, spec.batch_rows):
-                        if store.stop_requested(self.metadata, self.planned.run_id):
+                        if stop:
                             raise StopRequested()
-                        self._load_batch(tconn, rows)
+                        stop = self._load_batch(tconn, rows)
             finally:
                 if tconn.in_transaction():
                     tconn.rollback()
                 with tconn.begin():
-                    self.target_adapter.drop_stage(tconn, self.stage)
+                    self.target_adapter.release_stage(tconn, self.stage)
 
     def _text_read_columns(self) -> set[str]:
         """Columns the source hands over as text, not as Python objects: where the target
@@ -202,7 +216,8 @@ class ChunkLoad:
         return {c for c, kind in zip(self.planned.columns, kinds)
                 if kind in readable and c not in compared}
 
-    def _load_batch(self, tconn: Connection, rows: list[tuple]) -> None:
+    def _load_batch(self, tconn: Connection, rows: list[tuple]) -> bool:
+        """Load one batch and record it; returns whether the run has a stop request."""
         rows, values = self._in_window(rows)
         fresh, repeat, dropped = self._resolve_duplicates(rows, values)
         with tconn.begin():
@@ -222,7 +237,7 @@ class ChunkLoad:
         result.counts.unchanged += counts.unchanged
         result.counts.errored += len(bad)
         result.counts.duplicate += duplicate
-        store.record_batch(
+        return store.record_batch(
             self.metadata, self.planned.run_id, self.chunk.chunk_no,
             BatchProgress(len(rows), counts.inserted, counts.changed, counts.unchanged, len(bad),
                           duplicate),

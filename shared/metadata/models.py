@@ -119,6 +119,7 @@ class ErrorRow(Base):
     """One source row that could not be loaded, with its key and the database's message."""
 
     __tablename__ = "error_row"
+    __table_args__ = (Index("ix_error_row_run_chunk", "run_id", "chunk_no"),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
                                     autoincrement=True)

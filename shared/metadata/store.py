@@ -6,13 +6,14 @@ the coordinator once per plan. Nothing here holds a transaction open across a ba
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.errors import NotFoundError, RunRefusedError
+from shared.errors import NotFoundError, RaceError, RunRefusedError
 from shared.retry import retry_transient
 from shared.metadata.models import Checkpoint, ChunkLog, ErrorRow, ProcessLog, StopRequest
 from shared.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
@@ -112,73 +113,127 @@ _COUNTERS = ("rows_read", "rows_inserted", "rows_changed", "rows_unchanged", "ro
              "rows_duplicate")
 
 
-@retry_transient()
-def start_chunk(engine: Engine, run_id: str, chunk_no: int, worker: str) -> bool:
-    """Claim the chunk for a new attempt (PENDING, or RUNNING on redelivery); False when it is
-    already terminal (done, revoked, stopped), so a late or duplicate delivery does nothing.
+class ChunkStartOutcome(str, Enum):
+    STARTED = "STARTED"  # claimed for a new attempt: load it
+    SUPERSEDED = "SUPERSEDED"  # the task belongs to an earlier launch of a resumed run
+    STOPPED = "STOPPED"  # the run has a stop request: the chunk is now STOPPED
+    ENDED = "ENDED"  # already terminal (done, revoked, stopped): a late or duplicate delivery
 
-    Counters restart for the attempt (re-applied batches are idempotent and are counted again
-    as unchanged); the previous attempt's counts are taken off the run's live totals.
+
+@dataclass(frozen=True)
+class ChunkStart:
+    outcome: ChunkStartOutcome
+    status: ChunkStatus
+    launches: int = 1  # the run's launch (resume) number: which planned run to use
+    attempts: int = 0
+    message: str | None = None
+
+
+_OPEN = (ChunkStatus.PENDING.value, ChunkStatus.RUNNING.value)
+
+
+@retry_transient()
+def begin_chunk(engine: Engine, run_id: str, chunk_no: int, worker: str,
+                task_id: str | None = None) -> ChunkStart:
+    """Claim the chunk for a new attempt, if it is still open, still this task's (a resume
+    gives chunks new task ids) and its run has no stop request: one UPDATE in the common
+    case, as it runs once per chunk and its round trips are part of a chunk's fixed cost.
+    Otherwise a second look says why not; a stop request marks the chunk STOPPED.
+
+    A claim starts a new attempt: counters restart (re-applied batches are idempotent and
+    are counted again) and the previous attempt's quarantined rows are deleted (the attempt
+    re-reads the range and finds them again). Only the chunk's row is locked: the run's row
+    is every chunk's, and a lock on it here would make chunks wait for each other.
     """
     now = utcnow()
-    claimable = [ChunkStatus.PENDING.value, ChunkStatus.RUNNING.value]
+    chunk_where = (ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no)
+    stop_requested = select(StopRequest.run_id).where(StopRequest.run_id == run_id).exists()
+    launches = select(ProcessLog.launches).where(ProcessLog.run_id == run_id).scalar_subquery()
+    claim = update(ChunkLog).where(*chunk_where, ChunkLog.status.in_(_OPEN), ~stop_requested)
+    if task_id is not None:
+        claim = claim.where(ChunkLog.task_id == task_id)
+    claim = claim.values(
+        status=ChunkStatus.RUNNING, attempts=ChunkLog.attempts + 1, worker=worker,
+        started_at=now, heartbeat_at=now, ended_at=None, message=None, batches_done=0,
+        **{c: 0 for c in _COUNTERS}).returning(ChunkLog.attempts, launches)
     with engine.begin() as conn:
-        # Lock order everywhere: process_log row, then chunk_log rows (finalize does the same).
-        conn.execute(select(ProcessLog.run_id).where(ProcessLog.run_id == run_id).with_for_update())
-        prev = conn.execute(select(*(getattr(ChunkLog, c) for c in _COUNTERS)).where(
-            ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no,
-            ChunkLog.status.in_(claimable)).with_for_update()).first()
-        if prev is None:
-            return False
-        conn.execute(update(ChunkLog).where(ChunkLog.run_id == run_id,
-                                            ChunkLog.chunk_no == chunk_no).values(
-            status=ChunkStatus.RUNNING, attempts=ChunkLog.attempts + 1, worker=worker,
-            started_at=now, heartbeat_at=now, ended_at=None, message=None, batches_done=0,
-            **{c: 0 for c in _COUNTERS}))
-        if any(prev):
-            conn.execute(update(ProcessLog).where(ProcessLog.run_id == run_id).values(
-                **{c: getattr(ProcessLog, c) - v for c, v in zip(_COUNTERS, prev)}))
-        # The attempt re-reads the whole range and finds its bad rows again: exact counts.
-        conn.execute(delete(ErrorRow).where(ErrorRow.run_id == run_id,
-                                            ErrorRow.chunk_no == chunk_no))
-    return True
+        for _ in range(3):  # a stop request withdrawn by a resume in between: claim again
+            claimed = conn.execute(claim).first()
+            if claimed is not None:
+                break
+            chunk = conn.execute(select(ChunkLog.task_id, ChunkLog.status, ChunkLog.attempts,
+                                        ChunkLog.message, launches, stop_requested)
+                                 .where(*chunk_where).with_for_update()).first()
+            if chunk is None:
+                raise NotFoundError(f"run '{run_id}' has no chunk {chunk_no}")
+            status, launch = ChunkStatus(chunk.status), chunk[4]
+            if task_id is not None and chunk.task_id != task_id:
+                return ChunkStart(ChunkStartOutcome.SUPERSEDED, status, launch)
+            if status.is_terminal:
+                return ChunkStart(ChunkStartOutcome.ENDED, status, launch, chunk.attempts,
+                                  chunk.message)
+            if chunk[5]:
+                message = "stopped by request before it started"
+                conn.execute(update(ChunkLog).where(*chunk_where).values(
+                    status=ChunkStatus.STOPPED, ended_at=now, message=message))
+                return ChunkStart(ChunkStartOutcome.STOPPED, ChunkStatus.STOPPED, launch,
+                                  chunk.attempts, message)
+        if claimed is not None:
+            if claimed.attempts > 1:
+                conn.execute(delete(ErrorRow).where(ErrorRow.run_id == run_id,
+                                                    ErrorRow.chunk_no == chunk_no))
+            return ChunkStart(ChunkStartOutcome.STARTED, ChunkStatus.RUNNING, claimed[1],
+                              claimed.attempts)
+    raise RaceError(f"run {run_id} chunk {chunk_no}: the claim kept racing with a "
+                         f"change of the chunk; retrying")
 
 
 @retry_transient()
 def record_batch(engine: Engine, run_id: str, chunk_no: int, progress: BatchProgress,
                  max_checkpoint: dict[str, Any] | None,
-                 error_rows: list[dict[str, Any]] | None = None) -> None:
+                 error_rows: list[dict[str, Any]] | None = None) -> bool:
     """Per batch, one short transaction: the chunk's counters, heartbeat and checkpoint
-    maximum, the run's live totals (what `watch` reads) and the batch's quarantined rows."""
+    maximum and the batch's quarantined rows. Returns whether the run has a stop request, so
+    the chunk stops before its next batch without another round trip. The run's live totals
+    are the sums over its chunks (``progress_totals``): a per-batch update of the run's row
+    would make every chunk of the run queue on that one row."""
     deltas = dict(zip(_COUNTERS, (progress.rows_read, progress.inserted, progress.changed,
                                   progress.unchanged, progress.errored, progress.duplicate)))
     values: dict[str, Any] = {c: getattr(ChunkLog, c) + v for c, v in deltas.items()}
     values.update(batches_done=ChunkLog.batches_done + 1, heartbeat_at=utcnow())
     if max_checkpoint is not None:
         values["max_checkpoint"] = max_checkpoint
+    stop_requested = select(StopRequest.run_id).where(StopRequest.run_id == run_id).exists()
     with engine.begin() as conn:
-        conn.execute(update(ProcessLog).where(ProcessLog.run_id == run_id).values(
-            **{c: getattr(ProcessLog, c) + v for c, v in deltas.items()}))
-        conn.execute(update(ChunkLog).where(ChunkLog.run_id == run_id,
-                                            ChunkLog.chunk_no == chunk_no).values(**values))
+        stop = conn.execute(update(ChunkLog).where(
+            ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no).values(**values)
+            .returning(stop_requested)).scalar_one()
         if error_rows:
             now = utcnow()
             conn.execute(insert(ErrorRow), [
                 {"run_id": run_id, "chunk_no": chunk_no, "row_key": e["key"],
                  "row_data": e["row"], "message": e["message"], "created_at": now}
                 for e in error_rows])
+    return bool(stop)
 
 
 @retry_transient()
 def finish_chunk(engine: Engine, run_id: str, chunk_no: int, status: ChunkStatus,
-                 message: str | None = None) -> None:
+                 message: str | None = None) -> int:
     """End the chunk's attempt; a chunk already made terminal elsewhere (revoked by stop,
-    failed by reconcile) keeps that status."""
+    failed by reconcile) keeps that status. Returns how many chunks of the run are still
+    open: the chunk that sees 0 finalizes the run. The run's row is locked first, so chunks
+    ending at the same moment take turns and the last one always counts the others' ends."""
     with engine.begin() as conn:
+        conn.execute(select(ProcessLog.run_id).where(ProcessLog.run_id == run_id).with_for_update())
         conn.execute(update(ChunkLog).where(
             ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no,
             ChunkLog.status.in_([ChunkStatus.PENDING.value, ChunkStatus.RUNNING.value])).values(
             status=status, ended_at=utcnow(), message=message))
+        return conn.execute(select(func.count()).where(
+            ChunkLog.run_id == run_id,
+            ChunkLog.status.in_([ChunkStatus.PENDING.value, ChunkStatus.RUNNING.value]))
+        ).scalar_one()
 
 
 @retry_transient()
@@ -207,19 +262,30 @@ def get_chunk(engine: Engine, run_id: str, chunk_no: int) -> ChunkLog:
 
 
 def progress_totals(engine: Engine, run_id: str) -> dict[str, int]:
-    """Live totals of a run: its row counters and its chunks by status (two small queries)."""
+    """Live totals of a run, summed over its chunks: row counters and chunks by status."""
     with engine.connect() as conn:
-        row = conn.execute(select(*(getattr(ProcessLog, c) for c in _COUNTERS)).where(
-            ProcessLog.run_id == run_id)).one()
-        statuses = conn.execute(select(ChunkLog.status, func.count()).where(
-            ChunkLog.run_id == run_id).group_by(ChunkLog.status)).all()
-    by_status = {ChunkStatus(s).value: n for s, n in statuses}
+        groups = conn.execute(select(ChunkLog.status, func.count(),
+                                     *(func.sum(getattr(ChunkLog, c)) for c in _COUNTERS))
+                              .where(ChunkLog.run_id == run_id)
+                              .group_by(ChunkLog.status)).all()
+    by_status = {ChunkStatus(g[0]).value: g[1] for g in groups}
     return {
-        **{c: int(v) for c, v in zip(_COUNTERS, row)},
+        **{c: sum(int(g[2 + i] or 0) for g in groups) for i, c in enumerate(_COUNTERS)},
         "chunks_done": by_status.get("SUCCESS", 0),
         "chunks_failed": sum(by_status.get(s, 0) for s in ("FAILED", "STOPPED", "REVOKED")),
         "chunks_total": sum(by_status.values()),
     }
+
+
+def with_live_totals(engine: Engine, run: ProcessLog,
+                     totals: dict[str, int] | None = None) -> ProcessLog:
+    """An active run with its row and chunk counters filled in from its chunks (the run's
+    row gets them when it is finalized), for display; not written back."""
+    if run.status in ACTIVE_RUN_STATUSES:
+        totals = totals or progress_totals(engine, run.run_id)
+        for name in (*_COUNTERS, "chunks_done", "chunks_failed"):
+            setattr(run, name, totals[name])
+    return run
 
 
 def open_chunk_count(engine: Engine, run_id: str) -> int:
