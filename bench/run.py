@@ -103,7 +103,7 @@ class Report:
 
 # -- chordload scenarios ---------------------------------------------------------------------
 def mapping(target: str, rows_per_chunk: int, min_rows_for_parallel: int,
-            batch_rows: int) -> dict[str, Any]:
+            batch_rows: int, parallelism: int) -> dict[str, Any]:
     return {
         "source": {"connection": "src", "query": SOURCE_QUERY},
         "target": {"connection": "wh", "table": f"public.{target}"},
@@ -111,7 +111,8 @@ def mapping(target: str, rows_per_chunk: int, min_rows_for_parallel: int,
         "scd": {"type": 2},
         "checkpoint": {"strategy": "KEY", "column": "updated_at"},
         "chunking": {"column": "id", "rows_per_chunk": rows_per_chunk,
-                     "min_rows_for_parallel": min_rows_for_parallel},
+                     "min_rows_for_parallel": min_rows_for_parallel,
+                     "parallelism": parallelism},
         "batch_rows": batch_rows,
     }
 
@@ -397,10 +398,12 @@ def run_benchmark(args: argparse.Namespace, log=print) -> Report:  # noqa: ANN00
                         "platform": platform.platform()})
     services = BenchServices(pg_base=args.pg, redis_url=args.redis)
     work = Path(tempfile.mkdtemp(prefix="chordload-bench-"))
-    mappings = {"plan_probe": mapping("dim_initial_r0", rpc, rpc, args.batch_rows)}
+    mappings = {"plan_probe": mapping("dim_initial_r0", rpc, rpc, args.batch_rows,
+                                      args.concurrency)}
     for r in range(args.repeat):
         for kind in ("initial", "few", "many"):
-            mappings[f"{kind}_r{r}"] = mapping(f"dim_{kind}_r{r}", rpc, rpc, args.batch_rows)
+            mappings[f"{kind}_r{r}"] = mapping(f"dim_{kind}_r{r}", rpc, rpc, args.batch_rows,
+                                               args.concurrency)
     worker: BenchWorker | None = None
     began = time.perf_counter()
     log(f"[bench] databases clbench_{services.token}_{{src,wh,meta}}, queue {services.queue}")

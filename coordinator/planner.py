@@ -133,10 +133,21 @@ def chunk_count(spec: MappingSpec, estimated_rows: int, override: int | None) ->
     if estimated_rows < spec.chunking.min_rows_for_parallel:
         return 1, (f"1 chunk: ~{estimated_rows} rows is below min_rows_for_parallel "
                    f"({spec.chunking.min_rows_for_parallel})")
-    wanted = math.ceil(estimated_rows / spec.chunking.rows_per_chunk)
-    n = max(1, min(wanted, spec.chunking.max_chunks))
-    capped = " (capped by max_chunks)" if wanted > n else ""
-    return n, f"{n} chunks of ~{spec.chunking.rows_per_chunk} rows for ~{estimated_rows} rows{capped}"
+    chunking = spec.chunking
+    wanted = math.ceil(estimated_rows / chunking.rows_per_chunk)
+    # Chunks run in rounds of `parallelism`; 3 chunks on 2 slots leave one slot idle for the
+    # whole last third, 4 smaller ones do not.
+    slots = chunking.parallelism
+    rounded = math.ceil(wanted / slots) * slots if wanted > 1 else wanted
+    n = max(1, min(rounded, chunking.max_chunks))
+    if n == 1:
+        return 1, f"1 chunk for ~{estimated_rows} rows"
+    note = f"{n} chunks of ~{math.ceil(estimated_rows / n)} rows for ~{estimated_rows} rows"
+    if rounded > n:
+        note += " (capped by max_chunks)"
+    elif rounded > wanted:
+        note += f" (rounded up to a multiple of parallelism {slots})"
+    return n, note
 
 
 def _boundaries(adapter: DialectAdapter, conn: Connection, mapref: str, spec: MappingSpec,

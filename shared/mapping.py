@@ -216,6 +216,9 @@ class ChunkingSpec(_Strict):
     rows_per_chunk: int = Field(default=50_000, ge=1)
     min_rows_for_parallel: int = Field(default=100_000, ge=0)
     max_chunks: int = Field(default=256, ge=1, le=10_000)
+    parallelism: int = Field(default=1, ge=1, le=10_000, description="worker slots (pool "
+                             "processes over all workers) this mapping's chunks run on; the "
+                             "chunk count is rounded up to a multiple of it")
     exact_count: bool = False
 
 

@@ -1,6 +1,6 @@
 """Planning with real runs on real workers: balanced chunks on skewed keys, NULL split values
 (loaded by chunk 0, matched null-safe), one chunk below min_rows_for_parallel on the same
-chord path, the ``--chunks`` override and ``exact_count``."""
+chord path, the ``--chunks`` override, ``exact_count`` and ``parallelism``."""
 from __future__ import annotations
 
 import json
@@ -168,3 +168,26 @@ def test_exact_count(make_settings, wh, schema):
     estimated = plan_run(settings, "estimated", metadata)
     assert estimated.estimated_rows < 5_000  # the planner's guess, far from the truth
     assert len(estimated.ranges) == 1
+
+
+def test_parallelism_rounds_the_chunk_count_up(make_settings, wh, schema):
+    """10,500 rows at 2,500 a chunk want 5 chunks; on 2 worker slots that leaves one slot idle
+    for the last round, so parallelism 2 plans 6 (the note says why), max_chunks still caps,
+    and one chunk stays one."""
+    table = create_customers(wh, schema, 10_500)
+
+    def chunking(**extra) -> dict:
+        mapping = scd2_mapping(schema, target="dim_par", chunking={
+            "rows_per_chunk": 2_500, "min_rows_for_parallel": 0, "exact_count": True, **extra})
+        mapping["source"]["query"] = f"SELECT id, name, updated_at FROM {table}"
+        return mapping
+
+    settings = make_settings({"plain": chunking(), "two": chunking(parallelism=2),
+                              "capped": chunking(parallelism=4, max_chunks=7),
+                              "small": chunking(parallelism=4, rows_per_chunk=20_000)})
+    metadata = get_engine(settings.metadata)
+    plans = {name: plan_run(settings, name, metadata) for name in settings.mappings}
+    counts = {name: len(plan.ranges) for name, plan in plans.items()}
+    assert counts == {"plain": 5, "two": 6, "capped": 7, "small": 1}, counts
+    assert "rounded up to a multiple of parallelism 2" in plans["two"].note
+    assert "capped by max_chunks" in plans["capped"].note
