@@ -42,7 +42,6 @@ class Plan:
     checkpoint_from: Value = None  # the stored checkpoint when the run was planned
     python_filter: PythonFilter | None = None
     validity_kind: str | None = None
-    column_kinds: list[str] | None = None  # the source columns' TypeKind values, in order
 
     @property
     def load_kind(self) -> str:
@@ -56,7 +55,7 @@ class Plan:
         """What workers and finalize need beyond the spec (process_log.mapping["run"])."""
         return {"mode": self.mode, "window": self.window.to_document(),
                 "python": self.python_filter.to_document() if self.python_filter else None,
-                "validity_kind": self.validity_kind, "column_kinds": self.column_kinds}
+                "validity_kind": self.validity_kind}
 
 
 def new_run_id() -> str:
@@ -308,8 +307,7 @@ def plan_run(settings: Settings, mapref: str, metadata_engine, *,
     if notes:
         note += "; " + "; ".join(notes)
     return Plan(new_run_id(), mapref, spec, columns, window, estimate, ranges, note, mode,
-                stored_value, python_filter, validity_kind,
-                [c.type.kind.value for c in source_columns])
+                stored_value, python_filter, validity_kind)
 
 
 def _target_options(spec: MappingSpec, source_columns: list[SourceColumn]) -> dict:

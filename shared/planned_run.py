@@ -48,7 +48,6 @@ class PlannedRun:
     mode: str = "incremental"  # incremental | full | backfill
     python_filter: PythonFilter | None = None
     validity_kind: str | None = None  # type of the valid_from source column, if any
-    column_kinds: tuple[str, ...] | None = None  # each source column's TypeKind value
 
     @staticmethod
     def mapping_document(spec: MappingSpec, columns: list[str],
@@ -70,8 +69,7 @@ class PlannedRun:
         python = PythonFilter.from_document(doc["python"]) if doc.get("python") else None
         return cls(run.run_id, run.mapref, spec, list(run.mapping["columns"]),
                    Window.from_document(doc["window"]), as_utc(run.created_at), doc["mode"],
-                   python, doc.get("validity_kind"),
-                   tuple(doc["column_kinds"]) if doc.get("column_kinds") else None)
+                   python, doc.get("validity_kind"))
 
     @property
     def split_columns(self) -> list[str]:

@@ -12,7 +12,7 @@ bounds are rows) and chunk 0 takes every row with a NULL key part.
 """
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,14 +136,12 @@ def ranges_from_bounds(bounds: list[Value]) -> list[ChunkRange]:
 
 def chunk_select(adapter: DialectAdapter, query: str, columns: list[str], window: Window,
                  split_columns: str | Sequence[str], chunk: ChunkRange,
-                 order_by: Sequence[str] = (), as_text: Collection[str] = ()
-                 ) -> tuple[str, dict[str, Any]]:
+                 order_by: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
     """The chunk's rows of the window; ``order_by`` (the business key) makes every key's
-    rows arrive together, so the loader recognises duplicate keys with one batch of memory;
-    ``as_text``: columns read as text (DialectAdapter.wrap_query)."""
+    rows arrive together, so the loader recognises duplicate keys with one batch of memory."""
     window_sql, params = window.predicate(adapter)
     range_sql, range_params = chunk.predicate(adapter, split_columns)
-    sql = f"{adapter.wrap_query(query, columns, as_text)} WHERE {window_sql} AND {range_sql}"
+    sql = f"{adapter.wrap_query(query, columns)} WHERE {window_sql} AND {range_sql}"
     if order_by:
         sql += " ORDER BY " + ", ".join(f"src.{adapter.q(c)}" for c in order_by)
     return sql, {**params, **range_params}

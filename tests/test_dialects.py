@@ -300,11 +300,11 @@ def _comparable(value: Any) -> Any:
 
 
 @pytest.mark.e2e
-def test_pg_to_pg_text_read_columns_load_the_same_values(dbs, workers, make_settings):
-    """Between two PostgreSQL databases numeric, date, time, timestamp(tz), json(b), uuid and
-    bytea columns are read as text and COPYed as such: the target holds exactly the source's
-    values (NaN, 30 digits, microseconds, odd offsets, escapes in JSON and bytea, char(n)
-    padding, which is not read as text), and a reload finds every row unchanged."""
+def test_pg_to_pg_relay_loads_the_same_values(dbs, workers, make_settings):
+    """Between two PostgreSQL databases chunks relay COPY text without parsing it in Python
+    (shared/dialects/pg_relay.py): the target holds exactly the source's values (NaN, 30
+    digits, microseconds, odd offsets, escapes in JSON and bytea, char(n) padding, float
+    edge cases), and a reload finds every row unchanged."""
     pg = dbs["pg"]
     src, tgt = f"odd_{uuid.uuid4().hex[:8]}", f"odd_dim_{uuid.uuid4().hex[:8]}"
     pg.tables.append(src)

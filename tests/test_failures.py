@@ -27,7 +27,7 @@ from shared.reconcile import reconcile
 from shared.statuses import ChunkStatus, RunStatus
 from shared.timeutil import utcnow
 from tests.conftest import PG_HOST, REPO, SECRET_PASSWORD, TOKEN
-from tests.pgdata import (BUSINESS_COLUMNS, change_every_tenth, create_customers,
+from tests.pgdata import (BUSINESS_COLUMNS, change_every_tenth, create_customers, diff_count,
                           scd2_mapping)
 from tests.test_lifecycle import wait_until
 from tests.worker_process import WorkerProcess
@@ -202,6 +202,34 @@ def test_bad_rows_are_quarantined_exactly(workers, make_settings, wh, schema, co
     assert out.returncode == 0, out.stderr
     listed = yaml.safe_load(out.stdout)
     assert sorted(e["key"]["id"] for e in listed) == sorted(BAD_IDS)
+
+
+def test_bad_row_in_a_later_relayed_batch_restarts_the_chunk_typed(workers, make_settings, wh,
+                                                                   schema):
+    """PostgreSQL to PostgreSQL, chunks relay COPY text; a row the target refuses in the
+    second batch of a chunk sends that chunk back to the typed path, which bisects it. The
+    batch relayed before is loaded again as a replay: counts are those of one clean pass."""
+    create_customers(wh, schema, 8_000)
+    with wh.begin() as conn:
+        conn.execute(text(f'UPDATE "{schema}".customers SET name = repeat(\'x\', 40) '
+                          f'WHERE id = 3500'))
+    _strict_target(wh, schema)
+    mapping = scd2_mapping(schema, batch_rows=2_000, errors={"max_rows": 5},
+                           chunking={"rows_per_chunk": 4_000, "min_rows_for_parallel": 1,
+                                     "exact_count": True})
+    settings = make_settings({schema: mapping})
+    metadata = get_engine(settings.metadata)
+    run = wait(launch(schema, settings=settings), settings=settings, timeout_s=60)
+    assert run.status is RunStatus.SUCCESS, run.message
+    assert (run.rows_read, run.rows_inserted, run.rows_changed, run.rows_unchanged,
+            run.rows_errored) == (8_000, 7_999, 0, 0, 1)
+    chunks = store.get_chunks(metadata, run.run_id)
+    assert [c.rows_read for c in chunks] == [4_000, 4_000]
+    assert [c.attempts for c in chunks] == [1, 1]
+    assert [e.row_key["id"] for e in store.error_rows(metadata, run.run_id)] == [3_500]
+    assert diff_count(
+        wh, f'SELECT {BUSINESS_COLUMNS} FROM "{schema}".customers WHERE id <> 3500',
+        f'SELECT {BUSINESS_COLUMNS} FROM "{schema}".dim_customer WHERE is_current') == 0
 
 
 # -- redelivery ------------------------------------------------------------------------------

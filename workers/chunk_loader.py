@@ -82,6 +82,10 @@ class StopRequested(Exception):
     """Raised between batches when the run has a stop request; ends the chunk STOPPED."""
 
 
+class RelayRefused(Exception):
+    """A relayed batch was refused for its data; the chunk starts over typed."""
+
+
 def load_chunk(settings: Settings, run_id: str, chunk: ChunkRange, worker: str,
                task_id: str | None = None, retries_done: int = 0) -> ChunkResult:
     metadata = get_engine(settings.metadata)
@@ -182,39 +186,110 @@ class ChunkLoad:
 
     def run(self) -> None:
         spec = self.planned.spec
-        sql, params = chunk_select(self.source_adapter, spec.source.query, self.planned.columns,
-                                   self.planned.window, self.planned.split_columns, self.chunk,
-                                   order_by=spec.keys, as_text=self._text_read_columns())
         with self.target.connect() as tconn:
             with tconn.begin():
                 self.stage = self.target_adapter.chunk_stage(tconn, spec.target,
                                                               self.planned.columns)
             try:
-                with self.source.connect().execution_options(**READ_ONLY) as sconn:
-                    stop = False  # begin_chunk has just checked
-                    for rows in self.source_adapter.stream(sconn, sql, params, spec.batch_rows):
-                        if stop:
-                            raise StopRequested()
-                        stop = self._load_batch(tconn, rows)
+                if self._relays():
+                    try:
+                        if self._run_relayed(tconn):
+                            return
+                    except RelayRefused as exc:
+                        log.info("run %s chunk %s: %s; loading it again typed, to isolate the "
+                                 "bad rows", self.planned.run_id, self.chunk.chunk_no, exc)
+                        self._restart_typed()
+                self._run_typed(tconn)
             finally:
                 if tconn.in_transaction():
                     tconn.rollback()
                 with tconn.begin():
                     self.target_adapter.release_stage(tconn, self.stage)
 
-    def _text_read_columns(self) -> set[str]:
-        """Columns the source hands over as text, not as Python objects: where the target
-        parses the source's own text form (PostgreSQL to PostgreSQL), parsing values into
-        objects only to print them again was most of a chunk's CPU. The loader compares only
-        the key and checkpoint columns, which stay typed; a PYTHON checkpoint function sees
-        every column, so then nothing is read as text."""
-        kinds = self.planned.column_kinds
-        if not kinds or self.python_function is not None:
-            return set()
-        readable = self.source_adapter.text_read_kinds(self.target_adapter)
-        compared = {*self.planned.spec.keys, *self.planned.spec.checkpoint_columns}
-        return {c for c, kind in zip(self.planned.columns, kinds)
-                if kind in readable and c not in compared}
+    def _run_typed(self, tconn: Connection) -> None:
+        """Read the chunk as Python rows and load them batch by batch."""
+        spec = self.planned.spec
+        sql, params = chunk_select(self.source_adapter, spec.source.query, self.planned.columns,
+                                   self.planned.window, self.planned.split_columns, self.chunk,
+                                   order_by=spec.keys)
+        with self.source.connect().execution_options(**READ_ONLY) as sconn:
+            stop = False  # begin_chunk has just checked
+            for rows in self.source_adapter.stream(sconn, sql, params, spec.batch_rows):
+                if stop:
+                    raise StopRequested()
+                stop = self._load_batch(tconn, rows)
+
+    # -- relayed: PostgreSQL to PostgreSQL as COPY text (shared/dialects/pg_relay.py) ----------
+    def _relays(self) -> bool:
+        """Whether the chunk's rows can go from source to stage as COPY text, never parsed in
+        Python: PostgreSQL to PostgreSQL, and the loader needs no value of a row in Python
+        (no PYTHON checkpoint function; one checkpoint column at most, whose maximum SQL
+        takes). Batches that need a closer look (NULL or duplicate keys, a key continued
+        from the previous batch) are read back from the stage as rows; bad data restarts the
+        chunk typed."""
+        return (self.python_function is None and len(self.planned.spec.checkpoint_columns) <= 1
+                and self.source_adapter.relays_to(self.target_adapter))
+
+    def _run_relayed(self, tconn: Connection) -> bool:
+        """Load the chunk as relayed batches; False if the two connections' text encodings
+        differ (then nothing was read and the typed path loads the chunk)."""
+        spec, planned = self.planned.spec, self.planned
+        sql, params = chunk_select(self.source_adapter, spec.source.query, planned.columns,
+                                   planned.window, planned.split_columns, self.chunk,
+                                   order_by=spec.keys)
+        with tconn.begin():
+            stage = self.target_adapter.relay_stage(tconn, spec.target, planned.columns)
+        with self.source.connect().execution_options(**READ_ONLY) as sconn:
+            source_encoding = sconn.connection.dbapi_connection.encoding
+            if source_encoding != tconn.connection.dbapi_connection.encoding:
+                return False
+            relay = self.source_adapter.relay(sconn, sql, params, spec.batch_rows)
+            try:
+                stop = False  # begin_chunk has just checked
+                for lines in relay:
+                    if stop:
+                        raise StopRequested()
+                    stop = self._load_relayed(tconn, stage, lines)
+            finally:
+                if not relay.finished:
+                    relay.close()
+                    sconn.invalidate()  # its COPY was cut short
+        return True
+
+    def _load_relayed(self, tconn: Connection, stage: str, lines: bytes) -> bool:
+        """COPY one batch of lines into the relay stage and apply it, if it is the common
+        case: no NULL key, no key twice, its first key not continued from the previous batch.
+        Otherwise read it back as rows and load those like a typed batch."""
+        spec, planned, adapter = self.planned.spec, self.planned, self.target_adapter
+        checkpoint = spec.checkpoint_columns[0] if spec.checkpoint_columns else None
+        rows: list[tuple] | None = None
+        try:
+            with tconn.begin():
+                adapter.load_relayed(tconn, stage, planned.columns, lines)
+                shape = adapter.relayed_shape(tconn, stage, spec.keys, checkpoint)
+                continued = self._key_of(shape.first_key) in self.winners
+                if shape.null_keys or shape.distinct_keys < shape.rows or continued:
+                    rows = adapter.relayed_rows(tconn, stage, planned.columns)
+                else:
+                    counts = self._apply(tconn, shape.rows, has_null_keys=False, stage=stage)
+        except Exception as exc:
+            if is_data_error(exc):
+                raise RelayRefused(describe_db_error(exc)) from exc
+            raise
+        if rows is not None:
+            return self._load_batch(tconn, rows)
+        self.winners = {self._key_of(shape.last_key): rank(shape.last_checkpoint)}
+        return self._record(shape.rows, counts, [], 0, shape.max_checkpoint)
+
+    def _restart_typed(self) -> None:
+        """Start the chunk over on the typed path, which can bisect a batch to isolate bad
+        rows. The batches relayed so far are this run's writes: loaded again as a replay,
+        they are found unchanged and counted as the relay counted them."""
+        self.result.counts = ChunkCounts()
+        self.result.max_checkpoint = None
+        self.winners = {}
+        self.replay = True
+        store.restart_chunk(self.metadata, self.planned.run_id, self.chunk.chunk_no)
 
     def _load_batch(self, tconn: Connection, rows: list[tuple]) -> bool:
         """Load one batch and record it; returns whether the run has a stop request."""
@@ -228,10 +303,16 @@ class ChunkLoad:
             self.winners[self._key(row)] = _ERRORED
         bad_ids = {id(row) for row, _ in bad}
         good_max = max_value([v for row, v in zip(rows, values) if id(row) not in bad_ids])
-        duplicate = dropped + len(repeat) - len(repeat_bad)
+        return self._record(len(rows), counts, bad, dropped + len(repeat) - len(repeat_bad),
+                            good_max)
+
+    def _record(self, rows_read: int, counts: ApplyCounts, bad: list, duplicate: int,
+                batch_max: Value) -> bool:
+        """Add a committed batch to the chunk's result and record it in chunk_log; returns
+        whether the run has a stop request."""
         result = self.result
-        result.max_checkpoint = max_value([result.max_checkpoint, good_max])
-        result.counts.rows_read += len(rows)
+        result.max_checkpoint = max_value([result.max_checkpoint, batch_max])
+        result.counts.rows_read += rows_read
         result.counts.inserted += counts.inserted
         result.counts.changed += counts.changed
         result.counts.unchanged += counts.unchanged
@@ -239,7 +320,7 @@ class ChunkLoad:
         result.counts.duplicate += duplicate
         return store.record_batch(
             self.metadata, self.planned.run_id, self.chunk.chunk_no,
-            BatchProgress(len(rows), counts.inserted, counts.changed, counts.unchanged, len(bad),
+            BatchProgress(rows_read, counts.inserted, counts.changed, counts.unchanged, len(bad),
                           duplicate),
             encode_value(result.max_checkpoint), [self._error_row(row, msg) for row, msg in bad])
 
@@ -266,8 +347,12 @@ class ChunkLoad:
         return rows, [tuple(row[p] for p in positions) for row in rows]
 
     def _key(self, row: tuple) -> Any:
-        positions = self.key_positions
-        key = row[positions[0]] if len(positions) == 1 else tuple(row[p] for p in positions)
+        return self._key_of(tuple(row[p] for p in self.key_positions))
+
+    @staticmethod
+    def _key_of(parts: tuple) -> Any:
+        """A business key as a dict key: the value of a one-column key, else the tuple."""
+        key = parts[0] if len(parts) == 1 else parts
         try:
             hash(key)
         except TypeError:  # e.g. a JSON key: compare its text
@@ -341,25 +426,26 @@ class ChunkLoad:
         return any(row[i] is None for row in rows for i in self.key_positions)
 
     def _apply(self, conn: Connection, staged_rows: int, has_null_keys: bool,
-               repeat: bool = False) -> ApplyCounts:
+               repeat: bool = False, stage: str | None = None) -> ApplyCounts:
         """Apply the staged rows. ``repeat``: rows of keys that an earlier batch of this
         attempt wrote (later duplicates that won); they overwrite what this run wrote and are
         counted as duplicates by the caller. On a replay (retry, redelivery, resume) versions
         this run wrote earlier are overwritten the same way, then counted as the earlier
         attempt counted them."""
         spec, planned, adapter = self.planned.spec, self.planned, self.target_adapter
+        stage = stage or self.stage
         now = utcnow()
         if repeat or self.replay:
-            adapter.replace_own_versions(conn, self.stage, spec.target, planned.columns,
+            adapter.replace_own_versions(conn, stage, spec.target, planned.columns,
                                          spec.keys, spec.scd.audit_columns, planned.run_id,
                                          has_null_keys, options=self.scd2,
                                          scd_type=spec.scd.type, now=now)
         if spec.scd.type == 1:
-            counts = adapter.apply_scd1(conn, self.stage, spec.target, planned.columns,
+            counts = adapter.apply_scd1(conn, stage, spec.target, planned.columns,
                                         spec.keys, spec.scd.audit_columns, planned.run_id,
                                         now, staged_rows, has_null_keys)
         else:
-            counts = adapter.apply_scd2(conn, self.stage, spec.target, planned.columns,
+            counts = adapter.apply_scd2(conn, stage, spec.target, planned.columns,
                                         spec.keys, spec.scd.audit_columns, planned.run_id,
                                         planned.valid_from, staged_rows, has_null_keys,
                                         options=self.scd2)
@@ -367,7 +453,7 @@ class ChunkLoad:
             return ApplyCounts()
         if self.replay and counts.unchanged:
             earlier = adapter.count_applied_by_run(
-                conn, self.stage, spec.target, planned.columns, spec.keys, spec.scd.audit_columns,
+                conn, stage, spec.target, planned.columns, spec.keys, spec.scd.audit_columns,
                 spec.scd.type, planned.run_id, planned.valid_from, has_null_keys,
                 options=self.scd2)
             counts = ApplyCounts(counts.inserted + earlier.inserted,

@@ -8,7 +8,7 @@ written once here from those pieces.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,19 +82,14 @@ class DialectAdapter:
     def source_columns(self, conn: Connection, query: str) -> list[SourceColumn]:
         raise NotImplementedError
 
-    def wrap_query(self, query: str, columns: Sequence[str],
-                   as_text: Collection[str] = ()) -> str:
-        """``SELECT columns FROM (query) src``; the columns in ``as_text`` are read as the
-        database's text form of their values (see ``text_read_kinds``)."""
-        cols = ", ".join(f"CAST(src.{self.q(c)} AS text) AS {self.q(c)}" if c in as_text
-                         else f"src.{self.q(c)}" for c in columns)
+    def wrap_query(self, query: str, columns: Sequence[str]) -> str:
+        cols = ", ".join(f"src.{self.q(c)}" for c in columns)
         return f"SELECT {cols} FROM ({query}) src"
 
-    def text_read_kinds(self, target: "DialectAdapter") -> frozenset[TypeKind]:
-        """Column types this source may hand to ``target`` as their text form instead of as
-        Python objects: only where the target's bulk load parses exactly the text this
-        database prints (PostgreSQL to PostgreSQL). None by default."""
-        return frozenset()
+    def relays_to(self, target: "DialectAdapter") -> bool:
+        """Whether a chunk can move rows from this source to ``target`` as the databases'
+        own bulk text, without parsing values in Python (PostgreSQL to PostgreSQL)."""
+        return False
 
     def estimate_rows(self, conn: Connection, query: str, where: str, params: dict[str, Any],
                       exact: bool) -> int:

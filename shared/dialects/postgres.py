@@ -5,10 +5,8 @@ Three things here are about speed (docs/benchmarks.md has the numbers):
 
 * the source is streamed from a psycopg2 server-side cursor directly: batches are the
   driver's own lists of tuples, without a SQLAlchemy Row per row and a copy back to tuples;
-* between two PostgreSQL databases, the columns whose values are costly to parse into Python
-  objects and print again (numeric, timestamps, dates, JSON, uuid, bytea) are read as their
-  text (``CAST(col AS text)``), which is what COPY reads anyway; only the business key and
-  checkpoint columns, which the loader compares, are read as typed values;
+* between two PostgreSQL databases a chunk relays ``COPY ... TO STDOUT`` text straight into
+  ``COPY stage FROM STDIN`` (shared/dialects/pg_relay.py): no value becomes a Python object;
 * the COPY text is built a column at a time: one look at a column's value types picks a
   formatter, so the common types are formatted by ``map`` over a C function instead of a
   Python call per value, and text columns are escaped only when one of their values needs it;
@@ -28,12 +26,15 @@ import json
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import psycopg2.extensions
 from sqlalchemy import Connection, text
 
 from shared.dialects.base import STAGE_TABLE, DialectAdapter
+from shared.dialects.pg_relay import CopyRelay
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 from shared.mapping import TargetSpec
 
@@ -45,6 +46,17 @@ _OID_KINDS = {
     1184: TypeKind.TIMESTAMPTZ, 17: TypeKind.BYTES, 114: TypeKind.JSON, 3802: TypeKind.JSON,
     2950: TypeKind.UUID,
 }
+
+@dataclass(frozen=True)
+class RelayedShape:
+    rows: int
+    null_keys: int
+    distinct_keys: int
+    max_checkpoint: Any
+    last_checkpoint: Any  # of the last row (the last key's, when the batch has no duplicates)
+    first_key: tuple
+    last_key: tuple
+
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _NULL = "\\N"
@@ -112,19 +124,82 @@ def copy_text(rows: Sequence[tuple]) -> str:
     return "\n".join(map("\t".join, zip(*columns))) + "\n"
 
 
-# Read as text between two PostgreSQL databases: the types whose Python objects are costly to
-# make and to print again (Decimal, datetime, JSON documents), and whose text form the COPY
-# into the stage reads back to the same value. Not char(n) (its cast to text drops the
-# padding), not floats (exact text only from PostgreSQL 12 on), not ints (cheap either way).
-_TEXT_READ_KINDS = frozenset({TypeKind.NUMERIC, TypeKind.DATE, TypeKind.TIME, TypeKind.TIMESTAMP,
-                              TypeKind.TIMESTAMPTZ, TypeKind.JSON, TypeKind.UUID, TypeKind.BYTES})
-
-
 class PostgresAdapter(DialectAdapter):
     name = "postgresql"
 
-    def text_read_kinds(self, target: DialectAdapter) -> frozenset[TypeKind]:
-        return _TEXT_READ_KINDS if isinstance(target, PostgresAdapter) else frozenset()
+    # -- relay: COPY text from a PostgreSQL source straight into the stage (pg_relay) -------
+    def relays_to(self, target: DialectAdapter) -> bool:
+        return isinstance(target, PostgresAdapter)
+
+    def relay(self, conn: Connection, sql: str, params: dict[str, Any],
+              batch_rows: int) -> CopyRelay:
+        """The rows of ``sql`` as COPY text in batches. COPY takes no bind parameters, so the
+        values are inlined by the driver's own quoting. Floats are printed exactly (the
+        default only since PostgreSQL 12)."""
+        compiled = text(sql).compile(dialect=conn.dialect)
+        dbapi = conn.connection.dbapi_connection
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute("SET LOCAL extra_float_digits = 3")
+            query = cursor.mogrify(compiled.string, compiled.construct_params(params)).decode(
+                psycopg2.extensions.encodings[dbapi.encoding])
+        finally:
+            cursor.close()
+        return CopyRelay(dbapi, f"COPY ({query}) TO STDOUT", batch_rows)
+
+    def relay_stage(self, conn: Connection, target: TargetSpec, columns: Sequence[str]) -> str:
+        """A chunk stage (see chunk_stage) with ``cl_seq``, the line number of each relayed
+        row, so the batch's first and last rows and the source order of duplicates are known
+        without reading the lines in Python."""
+        table = self.table_ref(target)
+        types = dict(conn.execute(text(_COLUMN_TYPES_SQL), {"table": table}).all())
+        signature = "\x1f".join(["relay", table, *(f"{c}\x1e{types.get(c)}" for c in columns)])
+        name = f"cl_relay_{hashlib.md5(signature.encode()).hexdigest()[:16]}"
+        cols = ", ".join(self.q(c) for c in columns)
+        exists = conn.execute(text("SELECT to_regclass(:name) IS NOT NULL"),
+                              {"name": f"pg_temp.{name}"}).scalar()
+        if not exists:
+            conn.execute(text(f"CREATE TEMP TABLE {name} ON COMMIT DELETE ROWS AS "
+                              f"SELECT {cols} FROM {table} WHERE false"))
+            conn.execute(text(f"ALTER TABLE {name} ADD COLUMN cl_seq bigint "
+                              f"GENERATED ALWAYS AS IDENTITY"))
+        return f"pg_temp.{name}"
+
+    def load_relayed(self, conn: Connection, stage: str, columns: Sequence[str],
+                     lines: bytes) -> None:
+        cols = ", ".join(self.q(c) for c in columns)
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.copy_expert(f"COPY {stage} ({cols}) FROM STDIN", io.BytesIO(lines),
+                               size=1 << 16)
+        finally:
+            cursor.close()
+
+    def relayed_shape(self, conn: Connection, stage: str, keys: Sequence[str],
+                      checkpoint: str | None) -> RelayedShape:
+        """What the loader must know of a relayed batch, in one query: its rows, whether any
+        key is NULL or occurs twice, its checkpoint maximum, and its first and last keys (the
+        rows arrive in key order: a key may continue from the previous batch)."""
+        k = [self.q(c) for c in keys]
+        key_row = f"({', '.join(k)})" if len(k) > 1 else k[0]
+        first = [f"(SELECT {c} FROM {stage} ORDER BY cl_seq LIMIT 1)" for c in k]
+        last = [f"(SELECT {c} FROM {stage} ORDER BY cl_seq DESC LIMIT 1)" for c in k]
+        cp = self.q(checkpoint) if checkpoint else None
+        row = conn.execute(text(
+            f"SELECT count(*), count(*) FILTER (WHERE {' OR '.join(f'{c} IS NULL' for c in k)}), "
+            f"count(DISTINCT {key_row}), {f'max({cp})' if cp else 'NULL'}, "
+            f"{f'(SELECT {cp} FROM {stage} ORDER BY cl_seq DESC LIMIT 1)' if cp else 'NULL'}, "
+            f"{', '.join(first + last)} FROM {stage}")).one()
+        n = len(keys)
+        return RelayedShape(rows=row[0], null_keys=row[1], distinct_keys=row[2],
+                            max_checkpoint=row[3], last_checkpoint=row[4],
+                            first_key=tuple(row[5:5 + n]), last_key=tuple(row[5 + n:5 + 2 * n]))
+
+    def relayed_rows(self, conn: Connection, stage: str, columns: Sequence[str]) -> list[tuple]:
+        """The relayed batch as typed rows, in source order (for the loader's slow path)."""
+        cols = ", ".join(self.q(c) for c in columns)
+        return [tuple(r) for r in conn.execute(text(f"SELECT {cols} FROM {stage} "
+                                                    f"ORDER BY cl_seq"))]
 
     def source_columns(self, conn: Connection, query: str) -> list[SourceColumn]:
         result = conn.execute(text(f"SELECT * FROM ({query}) src LIMIT 0"))

@@ -218,6 +218,19 @@ def record_batch(engine: Engine, run_id: str, chunk_no: int, progress: BatchProg
 
 
 @retry_transient()
+def restart_chunk(engine: Engine, run_id: str, chunk_no: int) -> None:
+    """Count a running chunk from zero again within its attempt (the loader starts it over
+    on another path); its quarantined rows go with the counts."""
+    with engine.begin() as conn:
+        conn.execute(update(ChunkLog).where(ChunkLog.run_id == run_id,
+                                            ChunkLog.chunk_no == chunk_no).values(
+            batches_done=0, max_checkpoint=None, heartbeat_at=utcnow(),
+            **{c: 0 for c in _COUNTERS}))
+        conn.execute(delete(ErrorRow).where(ErrorRow.run_id == run_id,
+                                            ErrorRow.chunk_no == chunk_no))
+
+
+@retry_transient()
 def finish_chunk(engine: Engine, run_id: str, chunk_no: int, status: ChunkStatus,
                  message: str | None = None) -> int:
     """End the chunk's attempt; a chunk already made terminal elsewhere (revoked by stop,

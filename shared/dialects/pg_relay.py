@@ -1,0 +1,109 @@
+"""Relaying a query's rows from one PostgreSQL database to another as COPY text.
+
+Between two PostgreSQL databases the text ``COPY (query) TO STDOUT`` prints is exactly what
+``COPY stage FROM STDIN`` parses, so a chunk can move its rows without making a Python
+object of any value: parsing values and printing them again was most of a worker's CPU.
+The source's COPY runs in a thread that cuts its output into batches of whole lines (text
+format is one row a line: newlines inside values are escaped); the chunk loader takes the
+batches one at a time, so memory stays at a couple of batches and the loader keeps its
+one-transaction-per-batch rhythm.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+_END = object()
+PUT_POLL_S = 0.1  # how often a producer blocked on a full queue checks for abandonment
+JOIN_TIMEOUT_S = 30
+
+
+class _Abandoned(Exception):
+    """Raised inside the producer when the consumer stopped reading."""
+
+
+class CopyRelay:
+    """``COPY (sql) TO STDOUT`` on ``dbapi_conn`` (psycopg2), in a thread, handed out as
+    batches of about ``batch_rows`` lines (bytes). Iterate it, then ``close()`` it; a relay
+    closed early cancels the COPY, and its connection should then be discarded."""
+
+    def __init__(self, dbapi_conn: Any, sql: str, batch_rows: int, queued_batches: int = 2):
+        self._conn = dbapi_conn
+        self._sql = sql
+        self._batch_rows = batch_rows
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queued_batches)
+        self._abandoned = threading.Event()
+        self._parts: list[bytes] = []
+        self.finished = False  # the whole output was read
+        self._thread = threading.Thread(target=self._produce, name="chordload-copy-relay",
+                                        daemon=True)
+
+    # -- consumer ---------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[bytes]:
+        self._thread.start()
+        while True:
+            try:
+                item = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise RuntimeError("the COPY relay thread ended without a result") from None
+                continue
+            if item is _END:
+                self.finished = True
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop the producer if it is still running (cancelling the COPY on the server)."""
+        if not self._thread.is_alive():
+            return
+        self._abandoned.set()
+        try:
+            self._conn.cancel()
+        except Exception:  # noqa: BLE001 - a broken connection is discarded anyway
+            pass
+        self._thread.join(JOIN_TIMEOUT_S)
+
+    # -- producer (the thread) ----------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        """psycopg2 calls this once per row of the COPY output."""
+        if self._abandoned.is_set():
+            raise _Abandoned()
+        parts = self._parts
+        parts.append(data)
+        if len(parts) >= self._batch_rows:
+            self._parts = []
+            self._put(b"".join(parts))
+
+    def _put(self, item: Any) -> None:
+        while True:
+            try:
+                self._queue.put(item, timeout=PUT_POLL_S)
+                return
+            except queue.Full:
+                if self._abandoned.is_set():
+                    raise _Abandoned() from None
+
+    def _produce(self) -> None:
+        try:
+            cursor = self._conn.cursor()
+            try:
+                cursor.copy_expert(self._sql, self)
+            finally:
+                cursor.close()
+            if self._parts:
+                self._put(b"".join(self._parts))
+            self._put(_END)
+        except _Abandoned:
+            return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            if self._abandoned.is_set():
+                return
+            try:
+                self._put(exc)
+            except _Abandoned:
+                return
