@@ -16,7 +16,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 _lock = threading.Lock()
-_engines: dict[tuple[int, str], Engine] = {}
+_engines: dict[tuple[int, str, bool], Engine] = {}
 
 SQLITE_BUSY_TIMEOUT_S = 120
 POOL_SIZE = 5  # per database per process; a chunk holds at most 2 (source + target) at once
@@ -49,7 +49,7 @@ def _install_sqlite_hooks(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _new_engine(url: str) -> Engine:
+def _new_engine(url: str, pre_ping: bool) -> Engine:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
@@ -57,7 +57,7 @@ def _new_engine(url: str) -> Engine:
                                                   "check_same_thread": False})
         _install_sqlite_hooks(engine)
         return engine
-    pooled = {"pool_pre_ping": True, "pool_size": POOL_SIZE, "max_overflow": 0,
+    pooled = {"pool_pre_ping": pre_ping, "pool_size": POOL_SIZE, "max_overflow": 0,
               "pool_timeout": 60, "pool_recycle": 1800}
     if backend in ("mysql", "mariadb"):
         # UTC sessions and UTC binding of aware datetimes (see shared/dialects/mysql.py);
@@ -84,20 +84,24 @@ def _new_engine(url: str) -> Engine:
     return create_engine(url, **pooled)
 
 
-def get_engine(url: str) -> Engine:
-    key = (os.getpid(), url)
+def get_engine(url: str, pre_ping: bool = True) -> Engine:
+    """The process's pooled engine for ``url``. ``pre_ping=False`` skips the liveness round
+    trip at every checkout, for callers that retry transient errors anyway (the chunk
+    loader's metadata writes, several per chunk): a connection found dead fails once, the
+    pool drops its connections, and the retry gets a fresh one."""
+    key = (os.getpid(), url, pre_ping)
     engine = _engines.get(key)
     if engine is None:
         with _lock:
             engine = _engines.get(key)
             if engine is None:
-                engine = _engines[key] = _new_engine(url)
+                engine = _engines[key] = _new_engine(url, pre_ping)
     return engine
 
 
 def dispose_all() -> None:
     with _lock:
-        for (pid, _url), engine in list(_engines.items()):
+        for (pid, _url, _ping), engine in list(_engines.items()):
             if pid == os.getpid():
                 engine.dispose()
         _engines.clear()

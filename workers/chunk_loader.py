@@ -88,7 +88,7 @@ class RelayRefused(Exception):
 
 def load_chunk(settings: Settings, run_id: str, chunk: ChunkRange, worker: str,
                task_id: str | None = None, retries_done: int = 0) -> ChunkResult:
-    metadata = get_engine(settings.metadata)
+    metadata = get_engine(settings.metadata, pre_ping=False)
     start = store.begin_chunk(metadata, run_id, chunk.chunk_no, f"{worker}/{os.getpid()}",
                               task_id)
     if start.outcome is ChunkStartOutcome.SUPERSEDED:
@@ -168,7 +168,7 @@ class ChunkLoad:
         self.planned = planned
         self.chunk = chunk
         self.result = result
-        self.metadata = get_engine(settings.metadata)
+        self.metadata = get_engine(settings.metadata, pre_ping=False)
         self.source = get_engine(settings.connection_url(spec.source.connection))
         self.target = get_engine(settings.connection_url(spec.target.connection))
         self.source_adapter: DialectAdapter = adapter_for(self.source)
@@ -185,11 +185,7 @@ class ChunkLoad:
         self.stage = ""
 
     def run(self) -> None:
-        spec = self.planned.spec
         with self.target.connect() as tconn:
-            with tconn.begin():
-                self.stage = self.target_adapter.chunk_stage(tconn, spec.target,
-                                                              self.planned.columns)
             try:
                 if self._relays():
                     try:
@@ -203,11 +199,21 @@ class ChunkLoad:
             finally:
                 if tconn.in_transaction():
                     tconn.rollback()
-                with tconn.begin():
-                    self.target_adapter.release_stage(tconn, self.stage)
+                if self.stage:
+                    with tconn.begin():
+                        self.target_adapter.release_stage(tconn, self.stage)
+
+    def _ensure_stage(self, tconn: Connection) -> None:
+        """The stage typed batches load through, made on first use (a relayed chunk may
+        never need it)."""
+        if not self.stage:
+            with tconn.begin():
+                self.stage = self.target_adapter.chunk_stage(tconn, self.planned.spec.target,
+                                                              self.planned.columns)
 
     def _run_typed(self, tconn: Connection) -> None:
         """Read the chunk as Python rows and load them batch by batch."""
+        self._ensure_stage(tconn)
         spec = self.planned.spec
         sql, params = chunk_select(self.source_adapter, spec.source.query, self.planned.columns,
                                    self.planned.window, self.planned.split_columns, self.chunk,
@@ -277,6 +283,7 @@ class ChunkLoad:
                 raise RelayRefused(describe_db_error(exc)) from exc
             raise
         if rows is not None:
+            self._ensure_stage(tconn)
             return self._load_batch(tconn, rows)
         self.winners = {self._key_of(shape.last_key): rank(shape.last_checkpoint)}
         return self._record(shape.rows, counts, [], 0, shape.max_checkpoint)

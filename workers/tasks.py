@@ -48,7 +48,8 @@ def load_chunk(self, run_id: str, chunk_no: int, bounds: dict) -> dict:
 def finalize_run(run_id: str, launch: int = 1) -> dict:
     """Chord body. Normally every chunk is terminal by now; if one is not (a duplicate
     delivery counted twice by the chord), finalizing is left to that chunk's own end."""
-    outcome = finalize_run_record(get_engine(current_settings().metadata), run_id, launch=launch)
+    metadata = get_engine(current_settings().metadata, pre_ping=False)
+    outcome = finalize_run_record(metadata, run_id, launch=launch)
     status = outcome.status.value if outcome else None
     log.info("run %s finalized: %s", run_id, status)
     return {"run_id": run_id, "status": status}
@@ -62,7 +63,7 @@ def on_run_error(request, exc, traceback, run_id: str, launch: int = 1) -> None:
     from celery.result import AsyncResult
     from celery import states
 
-    metadata = get_engine(current_settings().metadata)
+    metadata = get_engine(current_settings().metadata, pre_ping=False)
     log.error("run %s: chord error %r", run_id, exc)
     if store.get_run(metadata, run_id).launches != launch:
         log.info("run %s: errback of an earlier launch (%s); ignored", run_id, launch)

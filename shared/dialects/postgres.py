@@ -150,19 +150,16 @@ class PostgresAdapter(DialectAdapter):
     def relay_stage(self, conn: Connection, target: TargetSpec, columns: Sequence[str]) -> str:
         """A chunk stage (see chunk_stage) with ``cl_seq``, the line number of each relayed
         row, so the batch's first and last rows and the source order of duplicates are known
-        without reading the lines in Python."""
+        without reading the lines in Python. Made, if missing, in one round trip."""
         table = self.table_ref(target)
-        types = dict(conn.execute(text(_COLUMN_TYPES_SQL), {"table": table}).all())
-        signature = "\x1f".join(["relay", table, *(f"{c}\x1e{types.get(c)}" for c in columns)])
-        name = f"cl_relay_{hashlib.md5(signature.encode()).hexdigest()[:16]}"
+        name = self._stage_name(conn, "relay", table, columns)
         cols = ", ".join(self.q(c) for c in columns)
-        exists = conn.execute(text("SELECT to_regclass(:name) IS NOT NULL"),
-                              {"name": f"pg_temp.{name}"}).scalar()
-        if not exists:
-            conn.execute(text(f"CREATE TEMP TABLE {name} ON COMMIT DELETE ROWS AS "
-                              f"SELECT {cols} FROM {table} WHERE false"))
-            conn.execute(text(f"ALTER TABLE {name} ADD COLUMN cl_seq bigint "
-                              f"GENERATED ALWAYS AS IDENTITY"))
+        body = (f"BEGIN IF to_regclass('pg_temp.{name}') IS NULL THEN "
+                f"CREATE TEMP TABLE {name} ON COMMIT DELETE ROWS AS SELECT {cols} FROM {table} "
+                f"WHERE false; ALTER TABLE {name} ADD COLUMN cl_seq bigint GENERATED ALWAYS AS "
+                f"IDENTITY; END IF; END")
+        tag = next(t for t in (f"$cl{i}$" for i in range(len(body) + 1)) if t not in body)
+        conn.execute(text(f"DO {tag}{body}{tag}".replace(":", "\\:")))
         return f"pg_temp.{name}"
 
     def load_relayed(self, conn: Connection, stage: str, columns: Sequence[str],
@@ -279,13 +276,17 @@ class PostgresAdapter(DialectAdapter):
         slow. Its name hashes the target, the columns and their current types, so a changed
         target gets a new stage; ON COMMIT DELETE ROWS empties it after every batch."""
         table = self.table_ref(target)
-        types = dict(conn.execute(text(_COLUMN_TYPES_SQL), {"table": table}).all())
-        signature = "\x1f".join([table, *(f"{c}\x1e{types.get(c)}" for c in columns)])
-        name = f"cl_stage_{hashlib.md5(signature.encode()).hexdigest()[:16]}"
+        name = self._stage_name(conn, "stage", table, columns)
         cols = ", ".join(self.q(c) for c in columns)
         conn.execute(text(f"CREATE TEMP TABLE IF NOT EXISTS {name} ON COMMIT DELETE ROWS AS "
                           f"SELECT {cols} FROM {table} WHERE false"))
         return f"pg_temp.{name}"
+
+    def _stage_name(self, conn: Connection, kind: str, table: str,
+                    columns: Sequence[str]) -> str:
+        types = dict(conn.execute(text(_COLUMN_TYPES_SQL), {"table": table}).all())
+        signature = "\x1f".join([kind, table, *(f"{c}\x1e{types.get(c)}" for c in columns)])
+        return f"cl_{kind}_{hashlib.md5(signature.encode()).hexdigest()[:16]}"
 
     def release_stage(self, conn: Connection, stage: str) -> None:
         """Kept for the connection's next chunk (see chunk_stage); already empty."""

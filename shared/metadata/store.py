@@ -78,6 +78,7 @@ def set_run_status(engine: Engine, run_id: str, status: RunStatus, *, only_from:
         return result.rowcount == 1
 
 
+@retry_transient()
 def get_run(engine: Engine, run_id: str) -> ProcessLog:
     with session(engine) as s:
         run = s.get(ProcessLog, run_id)
@@ -103,6 +104,7 @@ def recent_runs(engine: Engine, limit: int = 20) -> list[ProcessLog]:
                               .limit(limit)))
 
 
+@retry_transient()
 def get_chunks(engine: Engine, run_id: str) -> list[ChunkLog]:
     with session(engine) as s:
         return list(s.scalars(select(ChunkLog).where(ChunkLog.run_id == run_id)
@@ -301,6 +303,7 @@ def with_live_totals(engine: Engine, run: ProcessLog,
     return run
 
 
+@retry_transient()
 def open_chunk_count(engine: Engine, run_id: str) -> int:
     """Chunks of the run still PENDING or RUNNING (one indexed count)."""
     with engine.connect() as conn:
