@@ -36,7 +36,7 @@ from shared.dialects.base import ApplyCounts, DialectAdapter
 from shared.errors import describe_db_error, is_data_error, is_transient_db_error
 from shared.finalize import finalize_run
 from shared.metadata import store
-from shared.metadata.store import BatchProgress, ChunkStartOutcome
+from shared.metadata.store import BatchProgress, ChunkStartOutcome, RecordedBatch
 from shared.planned_run import PlannedRun
 from shared.python_checkpoint import load_function
 from shared.retry import backoff_s
@@ -106,8 +106,10 @@ def load_chunk(settings: Settings, run_id: str, chunk: ChunkRange, worker: str,
     planned = planned_run(metadata, run_id, start.launches)
     replay = start.launches > 1 or start.attempts > 1
     result = ChunkResult(chunk.chunk_no, ChunkStatus.RUNNING)
+    load: ChunkLoad | None = None
     try:
-        ChunkLoad(settings, planned, chunk, result, replay).run()
+        load = ChunkLoad(settings, planned, chunk, result, replay)
+        load.run()
     except StopRequested:
         result.status = ChunkStatus.STOPPED
         result.error = "stopped by request at a batch boundary"
@@ -137,7 +139,9 @@ def load_chunk(settings: Settings, run_id: str, chunk: ChunkRange, worker: str,
     # callback that fires early or never is not needed. Chunks ending together take turns on
     # the run's row, so the last one always counts zero open chunks; the count keeps the other
     # chunks from loading the whole run.
-    if store.finish_chunk(metadata, run_id, chunk.chunk_no, result.status, result.error) == 0:
+    last_batch = load.unrecorded if load is not None else None
+    if store.finish_chunk(metadata, run_id, chunk.chunk_no, result.status, result.error,
+                          last_batch) == 0:
         finalize_run(metadata, run_id, settings=settings)
     return result
 
@@ -183,6 +187,9 @@ class ChunkLoad:
         # the latest batch only: rows arrive in key order, so no older key can come back
         self.winners: dict[Any, Any] = {}
         self.stage = ""
+        # the latest committed batch, recorded when the next one is read (with the stop
+        # check) or, for the chunk's last batch, with the chunk's end
+        self.unrecorded: RecordedBatch | None = None
 
     def run(self) -> None:
         with self.target.connect() as tconn:
@@ -219,11 +226,9 @@ class ChunkLoad:
                                    self.planned.window, self.planned.split_columns, self.chunk,
                                    order_by=spec.keys)
         with self.source.connect().execution_options(**READ_ONLY) as sconn:
-            stop = False  # begin_chunk has just checked
             for rows in self.source_adapter.stream(sconn, sql, params, spec.batch_rows):
-                if stop:
-                    raise StopRequested()
-                stop = self._load_batch(tconn, rows)
+                self._record_previous()
+                self._load_batch(tconn, rows)
 
     # -- relayed: PostgreSQL to PostgreSQL as COPY text (shared/dialects/pg_relay.py) ----------
     def _relays(self) -> bool:
@@ -251,18 +256,16 @@ class ChunkLoad:
                 return False
             relay = self.source_adapter.relay(sconn, sql, params, spec.batch_rows)
             try:
-                stop = False  # begin_chunk has just checked
                 for lines in relay:
-                    if stop:
-                        raise StopRequested()
-                    stop = self._load_relayed(tconn, stage, lines)
+                    self._record_previous()
+                    self._load_relayed(tconn, stage, lines)
             finally:
                 if not relay.finished:
                     relay.close()
                     sconn.invalidate()  # its COPY was cut short
         return True
 
-    def _load_relayed(self, tconn: Connection, stage: str, lines: bytes) -> bool:
+    def _load_relayed(self, tconn: Connection, stage: str, lines: bytes) -> None:
         """COPY one batch of lines into the relay stage and apply it, if it is the common
         case: no NULL key, no key twice, its first key not continued from the previous batch.
         Otherwise read it back as rows and load those like a typed batch."""
@@ -284,9 +287,10 @@ class ChunkLoad:
             raise
         if rows is not None:
             self._ensure_stage(tconn)
-            return self._load_batch(tconn, rows)
+            self._load_batch(tconn, rows)
+            return
         self.winners = {self._key_of(shape.last_key): rank(shape.last_checkpoint)}
-        return self._record(shape.rows, counts, [], 0, shape.max_checkpoint)
+        self._record(shape.rows, counts, [], 0, shape.max_checkpoint)
 
     def _restart_typed(self) -> None:
         """Start the chunk over on the typed path, which can bisect a batch to isolate bad
@@ -296,10 +300,11 @@ class ChunkLoad:
         self.result.max_checkpoint = None
         self.winners = {}
         self.replay = True
+        self.unrecorded = None
         store.restart_chunk(self.metadata, self.planned.run_id, self.chunk.chunk_no)
 
-    def _load_batch(self, tconn: Connection, rows: list[tuple]) -> bool:
-        """Load one batch and record it; returns whether the run has a stop request."""
+    def _load_batch(self, tconn: Connection, rows: list[tuple]) -> None:
+        """Load one batch (typed rows) in one transaction."""
         rows, values = self._in_window(rows)
         fresh, repeat, dropped = self._resolve_duplicates(rows, values)
         with tconn.begin():
@@ -310,13 +315,12 @@ class ChunkLoad:
             self.winners[self._key(row)] = _ERRORED
         bad_ids = {id(row) for row, _ in bad}
         good_max = max_value([v for row, v in zip(rows, values) if id(row) not in bad_ids])
-        return self._record(len(rows), counts, bad, dropped + len(repeat) - len(repeat_bad),
-                            good_max)
+        self._record(len(rows), counts, bad, dropped + len(repeat) - len(repeat_bad), good_max)
 
     def _record(self, rows_read: int, counts: ApplyCounts, bad: list, duplicate: int,
-                batch_max: Value) -> bool:
-        """Add a committed batch to the chunk's result and record it in chunk_log; returns
-        whether the run has a stop request."""
+                batch_max: Value) -> None:
+        """Add a committed batch to the chunk's result; chunk_log gets it from
+        ``_record_previous`` or with the chunk's end (one metadata write fewer per chunk)."""
         result = self.result
         result.max_checkpoint = max_value([result.max_checkpoint, batch_max])
         result.counts.rows_read += rows_read
@@ -325,11 +329,18 @@ class ChunkLoad:
         result.counts.unchanged += counts.unchanged
         result.counts.errored += len(bad)
         result.counts.duplicate += duplicate
-        return store.record_batch(
-            self.metadata, self.planned.run_id, self.chunk.chunk_no,
+        self.unrecorded = RecordedBatch(
             BatchProgress(rows_read, counts.inserted, counts.changed, counts.unchanged, len(bad),
                           duplicate),
             encode_value(result.max_checkpoint), [self._error_row(row, msg) for row, msg in bad])
+
+    def _record_previous(self) -> None:
+        """Before the next batch: record the previous one (progress, heartbeat) and stop
+        here if the run has a stop request (begin_chunk checked before the first batch)."""
+        batch, self.unrecorded = self.unrecorded, None
+        if batch is not None and store.record_batch(self.metadata, self.planned.run_id,
+                                                    self.chunk.chunk_no, batch):
+            raise StopRequested()
 
     def _in_window(self, rows: list[tuple]) -> tuple[list[tuple], list[Value]]:
         """The batch's rows in the run's window and each one's checkpoint value: the KEY

@@ -5,7 +5,7 @@ the coordinator once per plan. Nothing here holds a transaction open across a ba
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -28,6 +28,15 @@ class BatchProgress:
     unchanged: int
     errored: int = 0
     duplicate: int = 0
+
+
+@dataclass(frozen=True)
+class RecordedBatch:
+    """A committed batch as chunk_log records it: its counts, the chunk's checkpoint maximum
+    so far (encoded) and the batch's quarantined rows."""
+    progress: BatchProgress
+    max_checkpoint: dict[str, Any] | None = None
+    error_rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 def session(engine: Engine) -> Session:
@@ -190,32 +199,38 @@ def begin_chunk(engine: Engine, run_id: str, chunk_no: int, worker: str,
                          f"change of the chunk; retrying")
 
 
+def _batch_values(batch: RecordedBatch) -> dict[str, Any]:
+    p = batch.progress
+    deltas = zip(_COUNTERS, (p.rows_read, p.inserted, p.changed, p.unchanged, p.errored,
+                             p.duplicate))
+    values: dict[str, Any] = {c: getattr(ChunkLog, c) + v for c, v in deltas}
+    values.update(batches_done=ChunkLog.batches_done + 1, heartbeat_at=utcnow())
+    if batch.max_checkpoint is not None:
+        values["max_checkpoint"] = batch.max_checkpoint
+    return values
+
+
+def _insert_error_rows(conn: Any, run_id: str, chunk_no: int, batch: RecordedBatch) -> None:
+    if batch.error_rows:
+        now = utcnow()
+        conn.execute(insert(ErrorRow), [
+            {"run_id": run_id, "chunk_no": chunk_no, "row_key": e["key"], "row_data": e["row"],
+             "message": e["message"], "created_at": now} for e in batch.error_rows])
+
+
 @retry_transient()
-def record_batch(engine: Engine, run_id: str, chunk_no: int, progress: BatchProgress,
-                 max_checkpoint: dict[str, Any] | None,
-                 error_rows: list[dict[str, Any]] | None = None) -> bool:
-    """Per batch, one short transaction: the chunk's counters, heartbeat and checkpoint
+def record_batch(engine: Engine, run_id: str, chunk_no: int, batch: RecordedBatch) -> bool:
+    """A batch, in one short transaction: the chunk's counters, heartbeat and checkpoint
     maximum and the batch's quarantined rows. Returns whether the run has a stop request, so
     the chunk stops before its next batch without another round trip. The run's live totals
     are the sums over its chunks (``progress_totals``): a per-batch update of the run's row
     would make every chunk of the run queue on that one row."""
-    deltas = dict(zip(_COUNTERS, (progress.rows_read, progress.inserted, progress.changed,
-                                  progress.unchanged, progress.errored, progress.duplicate)))
-    values: dict[str, Any] = {c: getattr(ChunkLog, c) + v for c, v in deltas.items()}
-    values.update(batches_done=ChunkLog.batches_done + 1, heartbeat_at=utcnow())
-    if max_checkpoint is not None:
-        values["max_checkpoint"] = max_checkpoint
     stop_requested = select(StopRequest.run_id).where(StopRequest.run_id == run_id).exists()
     with engine.begin() as conn:
         stop = conn.execute(update(ChunkLog).where(
-            ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no).values(**values)
-            .returning(stop_requested)).scalar_one()
-        if error_rows:
-            now = utcnow()
-            conn.execute(insert(ErrorRow), [
-                {"run_id": run_id, "chunk_no": chunk_no, "row_key": e["key"],
-                 "row_data": e["row"], "message": e["message"], "created_at": now}
-                for e in error_rows])
+            ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no)
+            .values(**_batch_values(batch)).returning(stop_requested)).scalar_one()
+        _insert_error_rows(conn, run_id, chunk_no, batch)
     return bool(stop)
 
 
@@ -234,21 +249,25 @@ def restart_chunk(engine: Engine, run_id: str, chunk_no: int) -> None:
 
 @retry_transient()
 def finish_chunk(engine: Engine, run_id: str, chunk_no: int, status: ChunkStatus,
-                 message: str | None = None) -> int:
-    """End the chunk's attempt; a chunk already made terminal elsewhere (revoked by stop,
-    failed by reconcile) keeps that status. Returns how many chunks of the run are still
-    open: the chunk that sees 0 finalizes the run. The run's row is locked first, so chunks
-    ending at the same moment take turns and the last one always counts the others' ends."""
+                 message: str | None = None, last_batch: RecordedBatch | None = None) -> int:
+    """End the chunk's attempt, recording its last batch with it (``last_batch``); a chunk
+    already made terminal elsewhere (revoked by stop, failed by reconcile) keeps that status.
+    Returns how many chunks of the run are still open: the chunk that sees 0 finalizes the
+    run. The run's row is locked first, so chunks ending at the same moment take turns and
+    the last one always counts the others' ends."""
+    open_ = [ChunkStatus.PENDING.value, ChunkStatus.RUNNING.value]
+    values: dict[str, Any] = {"status": status, "ended_at": utcnow(), "message": message}
+    if last_batch is not None:
+        values.update(_batch_values(last_batch))
     with engine.begin() as conn:
         conn.execute(select(ProcessLog.run_id).where(ProcessLog.run_id == run_id).with_for_update())
-        conn.execute(update(ChunkLog).where(
+        ended = conn.execute(update(ChunkLog).where(
             ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no,
-            ChunkLog.status.in_([ChunkStatus.PENDING.value, ChunkStatus.RUNNING.value])).values(
-            status=status, ended_at=utcnow(), message=message))
+            ChunkLog.status.in_(open_)).values(**values)).rowcount
+        if ended and last_batch is not None:
+            _insert_error_rows(conn, run_id, chunk_no, last_batch)
         return conn.execute(select(func.count()).where(
-            ChunkLog.run_id == run_id,
-            ChunkLog.status.in_([ChunkStatus.PENDING.value, ChunkStatus.RUNNING.value]))
-        ).scalar_one()
+            ChunkLog.run_id == run_id, ChunkLog.status.in_(open_))).scalar_one()
 
 
 @retry_transient()
