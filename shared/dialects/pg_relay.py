@@ -57,9 +57,14 @@ class CopyRelay:
                 raise item
             yield item
 
+    @property
+    def running(self) -> bool:
+        """Whether the COPY thread is still going."""
+        return self._thread.is_alive()
+
     def close(self) -> None:
         """Stop the producer if it is still running (cancelling the COPY on the server)."""
-        if not self._thread.is_alive():
+        if not self.running:
             return
         self._abandoned.set()
         try:
