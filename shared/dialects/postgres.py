@@ -1,7 +1,7 @@
 """PostgreSQL: planner estimates from EXPLAIN, server-side cursors, COPY into a temp stage,
 md5 of the row for change detection.
 
-Three things here are about speed (docs/benchmarks.md has the numbers):
+What here is about speed (docs/benchmarks.md has the numbers):
 
 * the source is streamed from a psycopg2 server-side cursor directly: batches are the
   driver's own lists of tuples, without a SQLAlchemy Row per row and a copy back to tuples;
@@ -47,8 +47,11 @@ _OID_KINDS = {
     2950: TypeKind.UUID,
 }
 
+
 @dataclass(frozen=True)
 class RelayedShape:
+    """A relayed batch as the loader needs to know it (PostgresAdapter.relayed_shape)."""
+
     rows: int
     null_keys: int
     distinct_keys: int
