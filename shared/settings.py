@@ -51,6 +51,22 @@ def _database_url(url: str) -> str:
 
 
 DatabaseUrl = Annotated[str, AfterValidator(_database_url)]
+METADATA_BACKENDS = ("postgresql", "sqlite")
+
+
+def _metadata_url(url: str) -> str:
+    """The metadata database is PostgreSQL, or SQLite for one machine: its partial unique
+    indexes (one active run per mapping) and UPDATE ... RETURNING need one of the two."""
+    from sqlalchemy.engine import make_url
+
+    backend = make_url(url).get_backend_name()
+    if backend not in METADATA_BACKENDS:
+        raise ValueError(f"the metadata database must be PostgreSQL (or SQLite on one machine), "
+                         f"not {backend}; warehouses on {backend} go under 'connections'")
+    return url
+
+
+MetadataUrl = Annotated[str, AfterValidator(_database_url), AfterValidator(_metadata_url)]
 
 
 class CelerySpec(BaseModel):
@@ -66,7 +82,7 @@ class CelerySpec(BaseModel):
 
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    metadata: DatabaseUrl = Field(min_length=1)
+    metadata: MetadataUrl = Field(min_length=1)
     broker: str = "redis://127.0.0.1:6379/0"
     result_backend: str = "redis://127.0.0.1:6379/1"
     connections: dict[str, DatabaseUrl] = Field(default_factory=dict)

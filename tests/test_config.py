@@ -240,6 +240,13 @@ def test_file_level_errors_exit_2(clean_cli_env, base_config, tmp_path, capsys, 
     run = run_cli(capsys, "run", "m", "--chunks", "0", "--config", tmp_path / "ok.yaml")
     assert run.code == 2 and "--chunks" in run.err, run
 
+    mysql_meta = write_config(tmp_path / "mysql_meta.yaml",
+                              {**base_config, "metadata": "mysql+pymysql://root@127.0.0.1/m"}, {})
+    run = run_cli(capsys, "validate", "--config", mysql_meta)
+    assert run.code == 2, run
+    for fragment in ("metadata", "must be PostgreSQL", "not mysql", "'connections'"):
+        assert fragment in run.err, (fragment, run.err)
+
 
 def test_subprocess_exit_code_for_a_bad_config(base_config, source, tmp_path):
     mapref = f"m_{source}"
