@@ -79,7 +79,7 @@ class BenchServices:
 
     def drop(self, keep_databases: bool = False) -> None:
         """Drop the databases this run created (unless kept) and delete its Redis keys."""
-        from shared.db import dispose_all
+        from shared.engines import dispose_all
 
         dispose_all()
         if not keep_databases:

@@ -169,7 +169,7 @@ class Profiler:
 
 def run_chordload(settings, worker: BenchWorker, profiler: Profiler, mapref: str,  # noqa: ANN001
                   scenario: str, chunks_override: int | None = None, timeout_s: float = 3600):
-    from coordinator.api import launch, wait
+    from coordinator.launch import launch, wait
 
     worker.reset_peaks()
     profiler.start(worker.proc.pid, scenario)
@@ -196,10 +196,10 @@ def run_chordload(settings, worker: BenchWorker, profiler: Profiler, mapref: str
 def measure_planning(settings, mapref: str, parts_override: int | None) -> dict[str, Any]:  # noqa: ANN001
     """The planner's own calls on the full (first-run) window: hwm, estimate, boundaries;
     then ``plan_run`` end to end (columns, checkpoint, all of the above, target check)."""
-    from coordinator.planner import chunk_count, plan_run
-    from shared.db import READ_ONLY, get_engine
+    from coordinator.plan import chunk_count, plan_run
+    from shared.engines import READ_ONLY, get_engine
     from shared.dialects import adapter_for
-    from shared.window import Window
+    from shared.run.window import Window
 
     spec = settings.mapping(mapref)
     engine = get_engine(settings.connection_url(spec.source.connection))
@@ -386,9 +386,9 @@ class Scenarios:
 
 
 def run_benchmark(args: argparse.Namespace, log=print) -> Report:  # noqa: ANN001
-    from shared.db import get_engine
+    from shared.engines import get_engine
     from shared.metadata.schema import upgrade
-    from shared.settings import settings_from_dict, use_settings
+    from shared.config.settings import settings_from_dict, use_settings
 
     n = args.rows
     rpc = args.rows_per_chunk
@@ -578,7 +578,7 @@ def render(report: Report) -> None:
 def isolate_environment() -> None:
     """The benchmark uses only what it creates: drop the variables that would point this
     process or its worker at another config, broker or metadata database."""
-    from shared.settings import ENV_OVERRIDES
+    from shared.config.settings import ENV_OVERRIDES
 
     for name in (*ENV_OVERRIDES.values(), "CHORDLOAD_CONFIG"):
         os.environ.pop(name, None)

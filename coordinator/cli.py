@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.errors import ChordloadError
-from shared.settings import Settings, load_settings, resolve_config_path, use_settings
+from shared.config.settings import Settings, load_settings, resolve_config_path, use_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_REFUSED = 0, 1, 2, 3, 4
 
@@ -35,7 +35,7 @@ def _metadata(settings: Settings):  # noqa: ANN202 - sqlalchemy Engine
     exit 2 telling the user to run `chordload db upgrade`)."""
     from sqlalchemy.exc import DBAPIError
 
-    from shared.db import get_engine, mask_url
+    from shared.engines import get_engine, mask_url
     from shared.errors import SourceUnavailableError, describe_db_error
     from shared.metadata.schema import require_current
 
@@ -92,7 +92,7 @@ def _with_celery(settings: Settings) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from coordinator.api import launch
+    from coordinator.launch import launch
 
     settings = _settings(args)
     _metadata(settings)
@@ -103,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from coordinator.lifecycle import resume
+    from coordinator.stop import resume
 
     settings = _settings(args)
     _metadata(settings)
@@ -122,7 +122,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from coordinator.lifecycle import stop
+    from coordinator.stop import stop
 
     settings = _settings(args)
     _metadata(settings)
@@ -161,7 +161,7 @@ def cmd_errors(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from shared.reconcile import reconcile
+    from shared.lifecycle.reconcile import reconcile
 
     settings = _settings(args)
     _metadata(settings)
@@ -174,7 +174,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace, settings: Settings, run_id: str) -> int:
-    from coordinator.api import snapshot, wait
+    from coordinator.launch import snapshot, wait
     from coordinator.progress import ProgressDisplay, print_json, print_summary, run_summary
 
     console = _console(args)
@@ -198,7 +198,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from coordinator.progress import print_json, print_summary, run_summary
     from shared.errors import NotFoundError
     from shared.metadata import store
-    from shared.values import display_value
+    from shared.run.values import display_value
 
     settings = _settings(args)
     metadata = _metadata(settings)
@@ -250,7 +250,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from coordinator.api import validate_mapping
+    from coordinator.launch import validate_mapping
 
     settings = _settings(args)
     names = [args.mapref] if args.mapref else list(settings.mappings)
@@ -272,7 +272,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_schedule(args: argparse.Namespace) -> int:
     from coordinator.progress import print_json
-    from coordinator.scheduler import overview
+    from coordinator.schedule import overview
 
     settings = _settings(args)
     _metadata(settings)
@@ -296,7 +296,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from shared.db import get_engine, mask_url
+    from shared.engines import get_engine, mask_url
     from shared.metadata.schema import upgrade
 
     settings = _settings(args)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from shared.db import dispose_all, get_engine
+from shared.engines import dispose_all, get_engine
 from shared.metadata.schema import upgrade
-from shared.settings import Settings, settings_from_dict, use_settings
+from shared.config.settings import Settings, settings_from_dict, use_settings
 
 CITIES = ["Berlin", "Lisbon", "Oslo", "Turin", "Gdansk", "Lyon", "Porto", "Ghent", "Cork", "Graz"]
 SEGMENTS = ["retail", "smb", "enterprise", "public"]
@@ -113,7 +113,7 @@ def _history(workdir: Path, key: int) -> list[tuple]:
 
 def run_demo(rows: int = 200_000, workdir: str | None = None, chunks: int = 8,
              console: Console | None = None) -> int:
-    from coordinator.api import launch, wait
+    from coordinator.launch import launch, wait
     from coordinator.progress import ProgressDisplay, print_summary
 
     console = console or Console()

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from shared.metadata.models import ProcessLog
 from shared.timeutil import as_utc, utcnow
-from shared.values import display_value, plain_value
+from shared.run.values import display_value, plain_value
 
 PLAIN_INTERVAL_S = float(os.environ.get("CHORDLOAD_PROGRESS_INTERVAL_S", "5"))
 
@@ -104,7 +104,7 @@ class ProgressDisplay:
         if self._progress is not None:
             self._progress.stop()
 
-    def __call__(self, snap) -> None:  # noqa: ANN001 - coordinator.api.RunSnapshot
+    def __call__(self, snap) -> None:  # noqa: ANN001 - coordinator.launch.RunSnapshot
         run, totals = snap.run, snap.totals
         done = totals["rows_read"]
         total = max(run.estimated_rows or 0, done, 1)

@@ -14,8 +14,8 @@ import yaml
 from sqlalchemy import inspect, text
 
 from coordinator.cli import main
-from shared.db import get_engine
-from shared.settings import ENV_OVERRIDES, use_settings
+from shared.engines import get_engine
+from shared.config.settings import ENV_OVERRIDES, use_settings
 
 CHORDLOAD = Path(sys.executable).parent / "chordload"
 REPO = Path(__file__).resolve().parent.parent

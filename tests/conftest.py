@@ -19,9 +19,9 @@ import redis
 import yaml
 from sqlalchemy import create_engine, text
 
-from shared.db import dispose_all, get_engine
+from shared.engines import dispose_all, get_engine
 from shared.metadata.schema import upgrade
-from shared.settings import Settings, settings_from_dict, use_settings
+from shared.config.settings import Settings, settings_from_dict, use_settings
 from tests.worker_process import WorkerProcess
 
 TOKEN = uuid.uuid4().hex[:8]

@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy import text
 
-from coordinator.api import launch, wait
-from shared.db import get_engine
+from coordinator.launch import launch, wait
+from shared.engines import get_engine
 from shared.dialects import adapter_for
 from shared.metadata import store
 from shared.metadata.models import ProcessLog

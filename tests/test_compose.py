@@ -175,7 +175,7 @@ def test_every_variable_is_documented():
 
 
 def test_the_stack_config_loads(services, monkeypatch):
-    from shared.settings import load_settings
+    from shared.config.settings import load_settings
 
     env = {k: interpolate(v) for k, v in services["worker"]["environment"].items()}
     for key, value in env.items():

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from shared.db import get_engine
+from shared.engines import get_engine
 from shared.errors import ConfigError
-from shared.settings import load_settings
+from shared.config.settings import load_settings
 from tests.cliutil import (clean_cli_env, process_log_count, run_cli, run_subprocess,  # noqa: F401
                            table_exists, write_config)
 from tests.pgdata import create_customers, scd2_mapping

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import text
 
 from coordinator.demo import CHANGED_KEY, change_source, create_source
-from shared.db import get_engine
+from shared.engines import get_engine
 from shared.metadata import store
-from shared.settings import load_settings
+from shared.config.settings import load_settings
 from tests.cliutil import REPO, clean_cli_env, run_cli, write_config  # noqa: F401
 from tests.pgdata import change_every_tenth, create_customers, scd2_mapping
 
@@ -121,7 +121,7 @@ def test_run_json_output(workers, clean_cli_env, base_config, wh, schema, tmp_pa
     started = json.loads(launched.out)
     assert RUN_JSON_FIELDS <= set(started)
     assert started["status"] in ("RUNNING", "SUCCESS")
-    from coordinator.api import wait
+    from coordinator.launch import wait
 
     done = wait(started["run_id"], settings=load_settings(path), timeout_s=60, poll_s=0.2)
     assert done.status.value == "SUCCESS"

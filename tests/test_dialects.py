@@ -15,13 +15,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from coordinator.api import launch, wait
-from shared.db import get_engine
+from coordinator.launch import launch, wait
+from shared.engines import get_engine
 from shared.dialects import adapter_for
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 from shared.errors import LoadError
-from shared.mapping import AuditColumns, TargetSpec
-from shared.statuses import RunStatus
+from shared.config.mapping import AuditColumns, TargetSpec
+from shared.run.statuses import RunStatus
 
 UTC = dt.timezone.utc
 COLUMNS = ["id", "n_small", "n_int", "amount", "name", "code", "day", "at_local", "at_tz",
@@ -302,7 +302,7 @@ def _comparable(value: Any) -> Any:
 @pytest.mark.e2e
 def test_pg_to_pg_relay_loads_the_same_values(dbs, workers, make_settings):
     """Between two PostgreSQL databases chunks relay COPY text without parsing it in Python
-    (shared/dialects/pg_relay.py): the target holds exactly the source's values (NaN, 30
+    (shared/dialects/relay.py): the target holds exactly the source's values (NaN, 30
     digits, microseconds, odd offsets, escapes in JSON and bytea, char(n) padding, float
     edge cases), and a reload finds every row unchanged."""
     pg = dbs["pg"]

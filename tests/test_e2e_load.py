@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from coordinator.api import launch, wait
-from shared.db import get_engine
+from coordinator.launch import launch, wait
+from shared.engines import get_engine
 from shared.metadata import store
-from shared.statuses import ChunkStatus, RunStatus
+from shared.run.statuses import ChunkStatus, RunStatus
 from tests.pgdata import (BUSINESS_COLUMNS, add_customers, change_every_tenth, create_customers,
                           diff_count, scalar, scd2_mapping)
 

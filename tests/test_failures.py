@@ -16,15 +16,15 @@ import redis
 import yaml
 from sqlalchemy import text
 
-from coordinator.api import launch, wait
-from shared.db import POOL_SIZE, get_engine
+from coordinator.launch import launch, wait
+from shared.engines import POOL_SIZE, get_engine
 from shared.errors import RunRefusedError
-from shared.finalize import finalize_run
+from shared.lifecycle.finalize import finalize_run
 from shared.metadata import store
 from shared.metadata.models import ChunkLog, ProcessLog
 from shared.metadata.schema import upgrade
-from shared.reconcile import reconcile
-from shared.statuses import ChunkStatus, RunStatus
+from shared.lifecycle.reconcile import reconcile
+from shared.run.statuses import ChunkStatus, RunStatus
 from shared.timeutil import utcnow
 from tests.conftest import PG_HOST, REPO, SECRET_PASSWORD, TOKEN
 from tests.pgdata import (BUSINESS_COLUMNS, change_every_tenth, create_customers, diff_count,
@@ -109,7 +109,7 @@ def test_retries_exhausted_fail_with_the_reason(workers, make_settings, pg_urls)
     _admin(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
     try:
         # plan first (it needs the database), then cut it off before the chunk starts
-        from coordinator import planner
+        from coordinator import plan as planner
 
         original = planner.ensure_target
 
@@ -306,7 +306,7 @@ def test_killed_worker_redelivers_without_duplicates(kill, session_settings, bas
 
 # -- one active run per mapping ----------------------------------------------------------------
 def _racer(settings_json: str, mapref: str, barrier, results, rounds: int) -> None:
-    from shared.settings import Settings, use_settings
+    from shared.config.settings import Settings, use_settings
     from workers.app import app, configure
 
     settings = Settings.model_validate_json(settings_json)
@@ -452,7 +452,7 @@ def test_redis_restart_mid_run(base_config, metadata_ready, wh, schema, tmp_path
               "celery": {"queue": f"cl-{TOKEN}-redis"}, "mappings": {schema: mapping}}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
-    from shared.settings import settings_from_dict
+    from shared.config.settings import settings_from_dict
 
     settings = settings_from_dict(config)
     worker = WorkerProcess(path, queue=f"cl-{TOKEN}-redis", name=f"redis-{TOKEN}", concurrency=2,

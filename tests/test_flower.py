@@ -7,10 +7,10 @@ import ast
 
 import pytest
 
-from coordinator.api import launch, wait
-from shared.db import get_engine
+from coordinator.launch import launch, wait
+from shared.engines import get_engine
 from shared.metadata import store
-from shared.statuses import RunStatus
+from shared.run.statuses import RunStatus
 from tests.opsutil import (CeleryProcess, free_port, http_get, http_json, listening_addresses,
                            wait_for)
 from tests.pgdata import create_customers, scd2_mapping

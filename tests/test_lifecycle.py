@@ -14,12 +14,12 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from coordinator.api import launch, wait
-from coordinator.lifecycle import resume, stop
-from shared.db import get_engine
+from coordinator.launch import launch, wait
+from coordinator.stop import resume, stop
+from shared.engines import get_engine
 from shared.metadata import store
-from shared.reconcile import reconcile
-from shared.statuses import ChunkStatus, RunStatus
+from shared.lifecycle.reconcile import reconcile
+from shared.run.statuses import ChunkStatus, RunStatus
 from tests.conftest import REDIS_URL, REPO, TOKEN
 from tests.pgdata import BUSINESS_COLUMNS, create_customers, scd2_mapping
 from tests.worker_process import WorkerProcess

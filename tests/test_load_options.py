@@ -15,15 +15,15 @@ import json
 import pytest
 from sqlalchemy import text
 
-from coordinator.planner import plan_run
-from shared.db import get_engine
+from coordinator.plan import plan_run
+from shared.engines import get_engine
 from shared.errors import ConfigError
 from shared.metadata.models import Checkpoint
 from shared.metadata.store import session
-from shared.statuses import RunStatus
+from shared.run.statuses import RunStatus
 from shared.timeutil import utcnow
-from shared.values import decode_value, encode_value
-from shared.window import chunk_select
+from shared.run.values import decode_value, encode_value
+from shared.run.window import chunk_select
 from tests.cliutil import (clean_cli_env, process_log_count, run_cli, table_exists,  # noqa: F401
                            write_config)
 from tests.optdata import (KINDS, T0, Db, checkpoint, chunks, expected, mapping, normal,
@@ -466,11 +466,11 @@ def _replay_chunks(settings, mapref: str) -> None:
     task would (its attempt counts as a replay), and check the counts come out the same."""
     from shared.metadata import store
     from shared.metadata.models import ChunkLog
-    from shared.statuses import ChunkStatus
+    from shared.run.statuses import ChunkStatus
     from sqlalchemy import update
-    from workers.chunk_loader import load_chunk
+    from shared.chunk.load import load_chunk
 
-    from coordinator.api import chunk_range
+    from coordinator.launch import chunk_range
 
     metadata = get_engine(settings.metadata)
     last = store.latest_run(metadata, mapref)
@@ -685,7 +685,7 @@ def test_migrations_0004_0005_add_and_remove_counters_and_index(tmp_path):
 def test_lag_stride_and_command_line_values():
     from decimal import Decimal
 
-    from shared.values import coerce_like, minus_lag, stride_bounds
+    from shared.run.values import coerce_like, minus_lag, stride_bounds
 
     assert minus_lag(dt.datetime(2026, 1, 1, 0, 0, 10), 4) == dt.datetime(2026, 1, 1, 0, 0, 6)
     assert minus_lag(dt.date(2026, 1, 10), 1.5) == dt.date(2026, 1, 8)  # days, rounded up
@@ -737,7 +737,7 @@ def test_duplicate_resolution_order():
     """Highest checkpoint wins, NULL lowest, ties to the later row; across batches a later
     winner is returned as a repeat and a later loser is dropped; a key whose winning row was
     rejected starts over."""
-    from workers.chunk_loader import _ERRORED, ChunkLoad
+    from shared.chunk.load import _ERRORED, ChunkLoad
 
     load = ChunkLoad.__new__(ChunkLoad)
     load.key_positions, load.winners = [0], {}

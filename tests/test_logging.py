@@ -9,12 +9,12 @@ import re
 import pytest
 import yaml
 
-from coordinator.api import launch, wait
-from shared.db import get_engine
+from coordinator.launch import launch, wait
+from shared.engines import get_engine
 from shared.logging_context import bind_run_context, current_run_context, parse_task_id
 from shared.metadata import store
-from shared.settings import settings_from_dict
-from shared.statuses import RunStatus
+from shared.config.settings import settings_from_dict
+from shared.run.statuses import RunStatus
 from tests.opsutil import wait_for
 from tests.pgdata import create_customers, scd2_mapping
 from tests.worker_process import WorkerProcess

@@ -11,12 +11,12 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect, text
 
-from shared.db import get_engine
+from shared.engines import get_engine
 from shared.errors import RunRefusedError
 from shared.metadata import store
 from shared.metadata.models import ProcessLog
 from shared.metadata.schema import _alembic_config, current_revision, head_revision, upgrade
-from shared.statuses import RunStatus
+from shared.run.statuses import RunStatus
 from shared.timeutil import utcnow
 from tests.cliutil import clean_cli_env, process_log_count, run_cli, write_config  # noqa: F401
 from tests.conftest import PG_HOST, TOKEN

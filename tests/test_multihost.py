@@ -17,10 +17,10 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from coordinator.api import launch, wait
-from shared.db import get_engine
+from coordinator.launch import launch, wait
+from shared.engines import get_engine
 from shared.metadata import store
-from shared.statuses import ChunkStatus, RunStatus
+from shared.run.statuses import ChunkStatus, RunStatus
 from tests.conftest import PG_HOST, REDIS_URL, TOKEN
 from tests.pgdata import BUSINESS_COLUMNS, create_customers, scd2_mapping
 from tests.tcp_proxy import TcpProxy

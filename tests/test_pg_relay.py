@@ -1,4 +1,4 @@
-"""The COPY relay on its own (shared/dialects/pg_relay.py), against the real PostgreSQL:
+"""The COPY relay on its own (shared/dialects/relay.py), against the real PostgreSQL:
 batches of whole lines equal to COPY's own output, an error of the source query raised to
 the consumer, and a relay abandoned mid-stream that cancels its COPY promptly."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 import psycopg2
 import pytest
 
-from shared.dialects.pg_relay import CopyRelay
+from shared.dialects.relay import CopyRelay
 
 
 @pytest.fixture

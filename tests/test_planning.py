@@ -9,11 +9,11 @@ import pytest
 from celery.result import AsyncResult
 from sqlalchemy import text
 
-from coordinator.api import launch, wait
-from coordinator.planner import plan_run
-from shared.db import get_engine
+from coordinator.launch import launch, wait
+from coordinator.plan import plan_run
+from shared.engines import get_engine
 from shared.metadata import store
-from shared.statuses import ChunkStatus, RunStatus
+from shared.run.statuses import ChunkStatus, RunStatus
 from tests.cliutil import clean_cli_env, run_cli, write_config  # noqa: F401
 from tests.pgdata import BASE_TS, create_customers, diff_count, scalar, scd2_mapping
 

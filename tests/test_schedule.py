@@ -15,15 +15,15 @@ import yaml
 from sqlalchemy import select, text
 
 from coordinator.cli import main
-from coordinator.scheduler import dispatch_due
-from shared.db import get_engine
+from coordinator.schedule import dispatch_due
+from shared.engines import get_engine
 from shared.errors import ConfigError
 from shared.metadata import slots, store
 from shared.metadata.models import ProcessLog
 from shared.metadata.schema import upgrade
-from shared.scheduling import beat_schedule, latest_slot, next_after, parse_cron
-from shared.settings import settings_from_dict, use_settings
-from shared.statuses import RunStatus
+from shared.config.cron import beat_schedule, latest_slot, next_after, parse_cron
+from shared.config.settings import settings_from_dict, use_settings
+from shared.run.statuses import RunStatus
 from shared.timeutil import as_utc, utcnow
 from tests.conftest import PG_HOST, TOKEN, _admin_engine
 from tests.opsutil import CeleryProcess, wait_for

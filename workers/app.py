@@ -7,8 +7,8 @@ import os
 
 from celery import Celery
 
-from shared.scheduling import beat_schedule
-from shared.settings import ENV_OVERRIDES, Settings, current_settings, resolve_config_path
+from shared.config.cron import beat_schedule
+from shared.config.settings import ENV_OVERRIDES, Settings, current_settings, resolve_config_path
 from workers import logging_setup  # noqa: F401 - structured logs via Celery's signals
 
 RESULT_EXPIRES_S = 7 * 24 * 3600
@@ -54,7 +54,7 @@ def _settings_for_import() -> Settings | None:
     if resolve_config_path().is_file():
         return current_settings()
     if any(os.environ.get(env) for env in ENV_OVERRIDES.values()):
-        from shared.settings import settings_from_dict, use_settings
+        from shared.config.settings import settings_from_dict, use_settings
 
         settings = settings_from_dict({"metadata": os.environ.get("CHORDLOAD_METADATA_URL", "")},
                                       "environment")

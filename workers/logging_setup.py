@@ -100,7 +100,7 @@ def _lookup_mapref(run_id: str) -> str | None:
     from sqlalchemy import select
 
     from shared.metadata.models import ProcessLog
-    from shared.settings import current_settings
+    from shared.config.settings import current_settings
 
     with _lookup_engine(current_settings().metadata).connect() as conn:
         return conn.execute(select(ProcessLog.mapref).where(

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 
-from shared.db import get_engine
+from shared.engines import get_engine
 from shared.errors import is_transient_db_error
-from shared.finalize import finalize_run as finalize_run_record
+from shared.lifecycle.finalize import finalize_run as finalize_run_record
 from shared.metadata import store
 from shared.retry import backoff_s
-from shared.settings import current_settings
-from shared.statuses import ChunkStatus
-from shared.window import ChunkRange
+from shared.config.settings import current_settings
+from shared.run.statuses import ChunkStatus
+from shared.run.window import ChunkRange
 from workers.app import app
-from workers.chunk_loader import load_chunk as load_chunk_range
+from shared.chunk.load import load_chunk as load_chunk_range
 
 log = logging.getLogger("chordload.tasks")
 
@@ -83,7 +83,7 @@ def reconcile() -> list[dict]:
     """Periodic (beat): finalize or fail runs that would otherwise stay RUNNING forever."""
     from dataclasses import asdict
 
-    from shared.reconcile import reconcile as reconcile_runs
+    from shared.lifecycle.reconcile import reconcile as reconcile_runs
 
     from shared.logging_context import bind_run_context
 

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, inspect, text
 
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 from shared.errors import ConfigError
-from shared.mapping import AuditColumns, TargetSpec
+from shared.config.mapping import AuditColumns, TargetSpec
 
 STAGE_TABLE = "cl_stage"
 HASH_COLUMN = "row_hash"

@@ -5,7 +5,7 @@ chordload is tested; see docs/databases.md for what is expected to work and what
   ``(a = b OR (a IS NULL AND b IS NULL))`` (``IS NOT DISTINCT FROM`` needs 2022).
 - One current row per key (SCD2): a filtered unique index ``WHERE is_current = 1``.
 - Staging: a ``#cl_stage`` temporary table made with ``SELECT ... INTO`` (it keeps the target's
-  column types and collations), filled with pyodbc's ``fast_executemany`` (``shared.db``).
+  column types and collations), filled with pyodbc's ``fast_executemany`` (``shared.engines``).
 - Row hash: ``HASHBYTES('MD5', CONCAT(...))``; target timestamps are ``DATETIME2`` /
   ``DATETIMEOFFSET`` so their text form keeps fractional seconds.
 - Text keys are ``NVARCHAR(450)`` when the source gives no length (index keys are limited to
@@ -22,7 +22,7 @@ from sqlalchemy import Connection, text
 
 from shared.dialects.base import DialectAdapter
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
-from shared.mapping import AuditColumns, TargetSpec
+from shared.config.mapping import AuditColumns, TargetSpec
 
 STAGE = "#cl_stage"
 NVARCHAR_MAX_CHARS = 4000

@@ -3,7 +3,7 @@
 What differs from the generic SQL, and how this adapter handles it:
 
 - Time zones: every connection runs with ``time_zone = '+00:00'`` and binds aware datetimes
-  converted to UTC (``install_engine_hooks``, called by ``shared.db``). A source ``TIMESTAMP``
+  converted to UTC (``install_engine_hooks``, called by ``shared.engines``). A source ``TIMESTAMP``
   column is read as TIMESTAMPTZ (values come back as aware UTC datetimes); ``DATETIME`` is a
   naive timestamp. Targets store both as ``DATETIME(6)`` (``TIMESTAMP`` ends in 2038); a
   column that was a timestamp *with* time zone carries the comment ``chordload:timestamptz``.
@@ -47,7 +47,7 @@ from sqlalchemy import Connection, Engine, event, text
 from shared.dialects.base import STAGE_TABLE, DialectAdapter
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 from shared.errors import ConfigError, LoadError
-from shared.mapping import AuditColumns, TargetSpec
+from shared.config.mapping import AuditColumns, TargetSpec
 
 CURRENT_KEY_COLUMN = "cl_current_key"
 KEY_HASH_COLUMN = "cl_key_hash"
@@ -67,7 +67,7 @@ _BLOB_CODES = {FIELD_TYPE.TINY_BLOB, FIELD_TYPE.MEDIUM_BLOB, FIELD_TYPE.LONG_BLO
 _DATETIME_CODES = {FIELD_TYPE.DATETIME, FIELD_TYPE.TIMESTAMP}
 
 
-# -- engine hooks (installed by shared.db for mysql/mariadb URLs) --------------------------
+# -- engine hooks (installed by shared.engines for mysql/mariadb URLs) --------------------------
 def _escape_datetime_utc(value: dt.datetime, mapping=None) -> str:  # noqa: ANN001
     """PyMySQL drops tzinfo when it binds a datetime; convert aware values to UTC first."""
     if value.tzinfo is not None:

@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 
 from shared.dialects.base import DialectAdapter
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
-from shared.mapping import AuditColumns, TargetSpec
+from shared.config.mapping import AuditColumns, TargetSpec
 
 _SESSION = ("ALTER SESSION SET TIME_ZONE = '+00:00' "
             "NLS_DATE_FORMAT = 'YYYY-MM-DD HH24:MI:SS' "

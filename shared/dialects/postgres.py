@@ -6,7 +6,7 @@ What here is about speed (docs/benchmarks.md has the numbers):
 * the source is streamed from a psycopg2 server-side cursor directly: batches are the
   driver's own lists of tuples, without a SQLAlchemy Row per row and a copy back to tuples;
 * between two PostgreSQL databases a chunk relays ``COPY ... TO STDOUT`` text straight into
-  ``COPY stage FROM STDIN`` (shared/dialects/pg_relay.py): no value becomes a Python object;
+  ``COPY stage FROM STDIN`` (shared/dialects/relay.py): no value becomes a Python object;
 * the COPY text is built a column at a time: one look at a column's value types picks a
   formatter, so the common types are formatted by ``map`` over a C function instead of a
   Python call per value, and text columns are escaped only when one of their values needs it;
@@ -34,9 +34,9 @@ import psycopg2.extensions
 from sqlalchemy import Connection, text
 
 from shared.dialects.base import STAGE_TABLE, DialectAdapter
-from shared.dialects.pg_relay import CopyRelay
+from shared.dialects.relay import CopyRelay
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
-from shared.mapping import TargetSpec
+from shared.config.mapping import TargetSpec
 
 _OID_KINDS = {
     16: TypeKind.BOOLEAN, 20: TypeKind.BIGINT, 21: TypeKind.SMALLINT, 23: TypeKind.INTEGER,

@@ -1,5 +1,5 @@
 """SQLite: exact counts, executemany into a temp stage, a registered md5 row-hash function
-(see shared/db.py). Used by the demo and for small local loads."""
+(see shared/engines.py). Used by the demo and for small local loads."""
 from __future__ import annotations
 
 import re

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Enum, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.statuses import ChunkStatus, RunStatus
+from shared.run.statuses import ChunkStatus, RunStatus
 
 
 def _status(enum_cls: type) -> Enum:
@@ -43,7 +43,7 @@ class ProcessLog(Base):
     rows_errored: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     rows_duplicate: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     rows_deleted: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
-    # set while a finalizer runs the hard-delete pass (a claim; see shared/finalize.py)
+    # set while a finalizer runs the hard-delete pass (a claim; see shared/lifecycle/finalize.py)
     deletes_started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     checkpoint_from: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     checkpoint_to: Mapped[dict[str, Any] | None] = mapped_column(JSON)

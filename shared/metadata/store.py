@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from shared.errors import NotFoundError, RaceError, RunRefusedError
 from shared.retry import retry_transient
 from shared.metadata.models import Checkpoint, ChunkLog, ErrorRow, ProcessLog, StopRequest
-from shared.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
+from shared.run.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
 from shared.timeutil import utcnow
 
 

@@ -17,10 +17,10 @@ from shared.errors import describe_db_error
 from shared.metadata.models import Checkpoint, ChunkLog, ProcessLog
 from shared.metadata.store import session
 from shared.retry import retry_transient
-from shared.settings import Settings, current_settings
-from shared.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
+from shared.config.settings import Settings, current_settings
+from shared.run.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
 from shared.timeutil import as_utc, utcnow
-from shared.values import decode_value, encode_value, max_value, same_shape, value_type_name
+from shared.run.values import decode_value, encode_value, max_value, same_shape, value_type_name
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,8 @@ def finalize_run(engine: Engine, run_id: str, *, unfinished_chunks: ChunkStatus 
     outcome = _finalize(engine, run_id, unfinished_chunks, reason, launch, None)
     if not isinstance(outcome, _DeletePass):
         return outcome
-    from shared.deletes import retire_deleted_keys
-    from shared.planned_run import PlannedRun
+    from shared.lifecycle.deletes import retire_deleted_keys
+    from shared.run.plan import PlannedRun
 
     try:
         deleted: int | str = _retire(retire_deleted_keys, settings or current_settings(),

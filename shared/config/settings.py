@@ -19,7 +19,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.errors import ConfigError
-from shared.mapping import MappingSpec
+from shared.config.mapping import MappingSpec
 
 DEFAULT_CONFIG_FILE = "chordload.yaml"
 ENV_OVERRIDES = {

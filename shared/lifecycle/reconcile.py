@@ -15,11 +15,11 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from shared.db import get_engine
-from shared.finalize import finalize_run
+from shared.engines import get_engine
+from shared.lifecycle.finalize import finalize_run
 from shared.metadata import store
-from shared.settings import Settings
-from shared.statuses import ChunkStatus
+from shared.config.settings import Settings
+from shared.run.statuses import ChunkStatus
 from shared.timeutil import as_utc, utcnow
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import ConfigError
-from shared.values import Value, decode_value, encode_value, rank
+from shared.run.values import Value, decode_value, encode_value, rank
 
 
 def load_function(path: str) -> Callable[[dict[str, Any]], Any]:

@@ -11,17 +11,17 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from shared.db import READ_ONLY, get_engine, mask_url
+from shared.engines import READ_ONLY, get_engine, mask_url
 from shared.dialects import adapter_for
 from shared.dialects.base import DialectAdapter
 from shared.dialects.types import SourceColumn, TypeKind
 from shared.errors import ConfigError, SourceUnavailableError, describe_db_error
-from shared.mapping import CheckpointStrategy, ChunkStrategy, DeletesMode, MappingSpec
+from shared.config.mapping import CheckpointStrategy, ChunkStrategy, DeletesMode, MappingSpec
 from shared.metadata import store
-from shared.python_checkpoint import PythonFilter, load_function
-from shared.settings import Settings
-from shared.values import Value, coerce_like, decode_value, minus_lag, stride_bounds
-from shared.window import ChunkRange, Window, ranges_from_bounds
+from shared.checkpoint import PythonFilter, load_function
+from shared.config.settings import Settings
+from shared.run.values import Value, coerce_like, decode_value, minus_lag, stride_bounds
+from shared.run.window import ChunkRange, Window, ranges_from_bounds
 
 
 VALIDITY_KINDS = {TypeKind.DATE: "date", TypeKind.TIMESTAMP: "timestamp",

@@ -12,13 +12,13 @@ import getpass
 import socket
 from dataclasses import dataclass
 
-from shared.db import get_engine
+from shared.engines import get_engine
 from shared.errors import ChordloadError, NotFoundError
-from shared.finalize import finalize_run
+from shared.lifecycle.finalize import finalize_run
 from shared.metadata import store
 from shared.metadata.models import ProcessLog
-from shared.settings import Settings, current_settings
-from shared.statuses import RunStatus
+from shared.config.settings import Settings, current_settings
+from shared.run.statuses import RunStatus
 
 
 class RunFinishedError(ChordloadError):
@@ -73,7 +73,7 @@ def stop(run_or_mapref: str, *, settings: Settings | None = None, reason: str | 
 
 def resume(run_id: str, *, settings: Settings | None = None) -> str:
     """Re-launch the unsuccessful chunks of a FAILED or STOPPED run; returns the run id."""
-    from coordinator.api import start_chord
+    from coordinator.launch import start_chord
 
     settings = settings or current_settings()
     metadata = get_engine(settings.metadata)

@@ -30,21 +30,21 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from shared.db import READ_ONLY, get_engine
+from shared.engines import READ_ONLY, get_engine
 from shared.dialects import adapter_for
 from shared.dialects.base import ApplyCounts, DialectAdapter
 from shared.errors import describe_db_error, is_data_error, is_transient_db_error
-from shared.finalize import finalize_run
+from shared.lifecycle.finalize import finalize_run
 from shared.metadata import store
 from shared.metadata.store import BatchProgress, ChunkStartOutcome, RecordedBatch
-from shared.planned_run import PlannedRun
-from shared.python_checkpoint import load_function
+from shared.run.plan import PlannedRun
+from shared.checkpoint import load_function
 from shared.retry import backoff_s
-from shared.settings import Settings
-from shared.statuses import ChunkStatus
+from shared.config.settings import Settings
+from shared.run.statuses import ChunkStatus
 from shared.timeutil import utcnow
-from shared.values import Value, encode_value, max_value, rank
-from shared.window import ChunkRange, chunk_select
+from shared.run.values import Value, encode_value, max_value, rank
+from shared.run.window import ChunkRange, chunk_select
 
 log = logging.getLogger("chordload.chunk")
 
@@ -230,7 +230,7 @@ class ChunkLoad:
                 self._record_previous()
                 self._load_batch(tconn, rows)
 
-    # -- relayed: PostgreSQL to PostgreSQL as COPY text (shared/dialects/pg_relay.py) ----------
+    # -- relayed: PostgreSQL to PostgreSQL as COPY text (shared/dialects/relay.py) ----------
     def _relays(self) -> bool:
         """Whether the chunk's rows can go from source to stage as COPY text, never parsed in
         Python: PostgreSQL to PostgreSQL, and the loader needs no value of a row in Python

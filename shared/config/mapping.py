@@ -257,7 +257,7 @@ class MappingSpec(_Strict):
     def _valid_cron(cls, schedule: str | None) -> str | None:
         if schedule is None:
             return None
-        from shared.scheduling import parse_cron
+        from shared.config.cron import parse_cron
 
         parse_cron(schedule)  # a ValueError names the fields and what is wrong
         return " ".join(schedule.split())

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.dialects.base import Scd2Options
-from shared.mapping import DeletesMode, MappingSpec, parse_timestamp_text
+from shared.config.mapping import DeletesMode, MappingSpec, parse_timestamp_text
 from shared.metadata.models import ProcessLog
-from shared.python_checkpoint import PythonFilter
+from shared.checkpoint import PythonFilter
 from shared.timeutil import as_utc
-from shared.values import decode_value
-from shared.window import Window
+from shared.run.values import decode_value
+from shared.run.window import Window
 
 UTC = dt.timezone.utc
 

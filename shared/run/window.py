@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.dialects.base import DialectAdapter
-from shared.values import Value, decode_value, encode_value
+from shared.run.values import Value, decode_value, encode_value
 
 
 def column_tuple(columns: str | Sequence[str] | None) -> tuple[str, ...]:

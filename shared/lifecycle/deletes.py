@@ -17,13 +17,13 @@ from collections.abc import Sequence
 
 from sqlalchemy import Connection
 
-from shared.db import READ_ONLY, get_engine
+from shared.engines import READ_ONLY, get_engine
 from shared.dialects import adapter_for
 from shared.dialects.base import DialectAdapter
 from shared.errors import is_data_error
-from shared.planned_run import PlannedRun
-from shared.settings import Settings
-from shared.window import ChunkRange, chunk_select
+from shared.run.plan import PlannedRun
+from shared.config.settings import Settings
+from shared.run.window import ChunkRange, chunk_select
 
 log = logging.getLogger("chordload.deletes")
 

@@ -7,18 +7,18 @@ from dataclasses import dataclass
 from celery import chord
 from celery._state import _set_task_join_will_block, task_join_will_block
 
-from shared.db import get_engine
+from shared.engines import get_engine
 from shared.errors import ChordloadError, RunRefusedError
 from shared.metadata import store
 from shared.metadata.models import ChunkLog, ProcessLog
 from shared.metadata.schema import require_current
-from shared.planned_run import PlannedRun
-from shared.settings import Settings, current_settings
-from shared.statuses import ChunkStatus, RunStatus
+from shared.run.plan import PlannedRun
+from shared.config.settings import Settings, current_settings
+from shared.run.statuses import ChunkStatus, RunStatus
 from shared.timeutil import utcnow
-from shared.values import decode_value, encode_value
-from shared.window import ChunkRange
-from coordinator.planner import Plan, plan_run, read_source_columns
+from shared.run.values import decode_value, encode_value
+from shared.run.window import ChunkRange
+from coordinator.plan import Plan, plan_run, read_source_columns
 
 
 class LaunchError(ChordloadError):

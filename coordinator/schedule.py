@@ -20,14 +20,14 @@ import os
 import socket
 from dataclasses import asdict, dataclass
 
-from shared.db import get_engine
+from shared.engines import get_engine
 from shared.errors import ChordloadError, RunRefusedError, describe_db_error
 from shared.logging_context import bind_run_context
 from shared.metadata import slots, store
 from shared.metadata.models import ProcessLog, ScheduleSlot
 from shared.metadata.slots import SlotStatus
-from shared.scheduling import latest_slot, next_after, parse_cron, schedule_grace_s
-from shared.settings import Settings
+from shared.config.cron import latest_slot, next_after, parse_cron, schedule_grace_s
+from shared.config.settings import Settings
 from shared.timeutil import as_utc, utcnow
 
 log = logging.getLogger("chordload.schedule")
@@ -69,7 +69,7 @@ def dispatch_due(settings: Settings, *, now: dt.datetime | None = None,
 
 def _launch_slot(settings: Settings, mapref: str, slot: dt.datetime,
                  now: dt.datetime) -> SlotOutcome:
-    from coordinator.api import launch
+    from coordinator.launch import launch
 
     metadata = get_engine(settings.metadata)
     run_id = reason = None
