@@ -188,8 +188,10 @@ class BenchWorker:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        from workers.app import app
+        from shared.broker import client_app
+        from shared.config.settings import load_settings
 
+        app = client_app(load_settings(self.config_path))
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -169,7 +169,8 @@ class Profiler:
 
 def run_chordload(settings, worker: BenchWorker, profiler: Profiler, mapref: str,  # noqa: ANN001
                   scenario: str, chunks_override: int | None = None, timeout_s: float = 3600):
-    from coordinator.launch import launch, wait
+    from coordinator.launch import launch
+    from coordinator.watch import wait
 
     worker.reset_peaks()
     profiler.start(worker.proc.pid, scenario)
@@ -226,7 +227,7 @@ def measure_planning(settings, mapref: str, parts_override: int | None) -> dict[
                total_s=t3 - t0, boundaries_200_s=t4 - t3, parts_200=many)
     metadata = get_engine(settings.metadata)
     t5 = time.perf_counter()
-    plan = plan_run(settings, mapref, metadata)
+    plan = plan_run(settings, mapref, spec, metadata)
     out["plan_run_s"] = time.perf_counter() - t5
     out["plan_run_chunks"] = len(plan.ranges)
     return out
@@ -388,7 +389,7 @@ class Scenarios:
 def run_benchmark(args: argparse.Namespace, log=print) -> Report:  # noqa: ANN001
     from shared.engines import get_engine
     from shared.metadata.schema import upgrade
-    from shared.config.settings import settings_from_dict, use_settings
+    from shared.config.settings import settings_from_dict
 
     n = args.rows
     rpc = args.rows_per_chunk
@@ -417,11 +418,7 @@ def run_benchmark(args: argparse.Namespace, log=print) -> Report:  # noqa: ANN00
         config_path = work / "chordload.yaml"
         config_path.write_text(yaml.safe_dump(config))
         os.environ["CHORDLOAD_CONFIG"] = str(config_path)  # this process and the worker's
-        from workers.app import app, configure
-
         settings = settings_from_dict(config, "bench config")
-        use_settings(settings)
-        configure(app, settings)
         upgrade(get_engine(settings.metadata))
         worker = BenchWorker(config_path, services.queue, services.token, work / "worker.log",
                              concurrency=args.concurrency)
@@ -580,7 +577,7 @@ def isolate_environment() -> None:
     process or its worker at another config, broker or metadata database."""
     from shared.config.settings import ENV_OVERRIDES
 
-    for name in (*ENV_OVERRIDES.values(), "CHORDLOAD_CONFIG"):
+    for name in (*ENV_OVERRIDES, "CHORDLOAD_CONFIG"):
         os.environ.pop(name, None)
 
 

@@ -1,8 +1,14 @@
-"""Plan and launch runs: config, row estimation, window and chunk boundaries, the chord.
+"""The coordinator: plans, launches, stops and resumes runs; the ``chordload`` CLI.
 
-Python API: ``coordinator.launch(mapref)`` returns the new run id;
-``coordinator.wait(run_id)`` blocks until the run is terminal; ``coordinator.stop(run_id)``
-and ``coordinator.resume(run_id)`` as the CLI's stop and resume.
+A module per action: ``plan`` (window, estimate, chunk boundaries), ``launch`` (the run's
+rows and its chord), ``watch`` (follow a run), ``stop``, ``resume``, ``schedule`` (beat
+dispatch), ``cli``, ``demo``. The Python API is the same functions the CLI calls, each
+taking the settings explicitly::
+
+    from coordinator.launch import launch
+    from coordinator.watch import wait
+    from shared.config.settings import load_settings
+
+    settings = load_settings("chordload.yaml")
+    run = wait(launch("dim_customer", settings=settings), settings=settings)
 """
-from coordinator.launch import launch, validate_mapping, wait  # noqa: F401
-from coordinator.stop import resume, stop  # noqa: F401

@@ -5,32 +5,33 @@ Exit codes: 0 SUCCESS, 1 FAILED, 2 bad input or config, 3 STOPPED, 4 refused.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from importlib.metadata import PackageNotFoundError, version
 
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import Engine
 
+from shared.config.settings import Settings, load_settings
 from shared.errors import ChordloadError
-from shared.config.settings import Settings, load_settings, resolve_config_path, use_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_REFUSED = 0, 1, 2, 3, 4
 
 
-_config_file: Path | None = None  # the file this command's settings came from
-
-
 def _settings(args: argparse.Namespace) -> Settings:
-    global _config_file
-    settings = load_settings(getattr(args, "config", None))
-    use_settings(settings)
-    _config_file = resolve_config_path(getattr(args, "config", None)).resolve()
-    return settings
+    """The settings of this command, loaded once and passed to whatever needs them."""
+    return load_settings(getattr(args, "config", None))
 
 
-def _metadata(settings: Settings):  # noqa: ANN202 - sqlalchemy Engine
+def chordload_version() -> str:
+    try:
+        return version("chordload")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _metadata(settings: Settings) -> Engine:
     """The metadata engine, checked: reachable (else exit 2 naming it) and migrated (else
     exit 2 telling the user to run `chordload db upgrade`)."""
     from sqlalchemy.exc import DBAPIError
@@ -72,42 +73,21 @@ def _console(args: argparse.Namespace) -> Console:
     return Console(stderr=bool(getattr(args, "json", False)))
 
 
-def _with_celery(settings: Settings) -> None:
-    """Point the Celery app at this config's broker before sending or revoking tasks."""
-    if "workers.app" not in sys.modules and _config_file is not None:
-        # workers.app configures itself on import from $CHORDLOAD_CONFIG, ./chordload.yaml or
-        # the environment alone; make that the file this command already loaded (--config)
-        saved = os.environ.get("CHORDLOAD_CONFIG")
-        os.environ["CHORDLOAD_CONFIG"] = str(_config_file)
-        try:
-            import workers.app  # noqa: F401
-        finally:
-            if saved is None:
-                os.environ.pop("CHORDLOAD_CONFIG", None)
-            else:
-                os.environ["CHORDLOAD_CONFIG"] = saved
-    from workers.app import app, configure
-
-    configure(app, settings)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from coordinator.launch import launch
 
     settings = _settings(args)
     _metadata(settings)
-    _with_celery(settings)
     run_id = launch(args.mapref, settings=settings, chunks_override=args.chunks,
                     full=args.full, window_from=args.window_from, window_to=args.window_to)
     return _report(args, settings, run_id)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from coordinator.stop import resume
+    from coordinator.resume import resume
 
     settings = _settings(args)
     _metadata(settings)
-    _with_celery(settings)
     run_id = resume(args.run_id, settings=settings)
     return _report(args, settings, run_id)
 
@@ -126,7 +106,6 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _metadata(settings)
-    _with_celery(settings)
     outcome = stop(args.target, settings=settings, reason=args.reason)
     again = "" if outcome.new_request else " (it had already been asked to stop)"
     print(f"stop requested for run {outcome.run_id}{again}: {len(outcome.revoked_task_ids)} "
@@ -174,7 +153,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace, settings: Settings, run_id: str) -> int:
-    from coordinator.launch import snapshot, wait
+    from coordinator.watch import snapshot, wait
     from coordinator.progress import ProgressDisplay, print_json, print_summary, run_summary
 
     console = _console(args)
@@ -250,7 +229,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from coordinator.launch import validate_mapping
+    from coordinator.plan import validate_mapping
 
     settings = _settings(args)
     names = [args.mapref] if args.mapref else list(settings.mappings)
@@ -319,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chordload", parents=[common],
         description="Parallel, checkpointed SCD loads as one Celery chord per run.",
         epilog="exit codes: 0 success, 1 failed, 2 bad input/config, 3 stopped, 4 refused")
+    parser.add_argument("--version", action="version",
+                        version=f"chordload {chordload_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", parents=[common], help="plan and launch a run of a mapping")

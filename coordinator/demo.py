@@ -17,7 +17,8 @@ from rich.console import Console
 
 from shared.engines import dispose_all, get_engine
 from shared.metadata.schema import upgrade
-from shared.config.settings import Settings, settings_from_dict, use_settings
+from shared.broker import use_client_app
+from shared.config.settings import Settings, settings_from_dict
 
 CITIES = ["Berlin", "Lisbon", "Oslo", "Turin", "Gdansk", "Lyon", "Porto", "Ghent", "Cork", "Graz"]
 SEGMENTS = ["retail", "smb", "enterprise", "public"]
@@ -93,9 +94,10 @@ def in_process_worker(settings: Settings, concurrency: int = 4):  # noqa: ANN201
     process. Polling every 10 ms keeps a 200-task chord's overhead well under a second."""
     from celery.contrib.testing.worker import start_worker
 
-    from workers.app import app, configure
+    from workers.celery_app import build_app
 
-    configure(app, settings)
+    app = build_app(settings)
+    use_client_app(settings, app)  # its memory broker and result backend live in this app
     app.conf.broker_transport_options = {"polling_interval": 0.01}
     app.conf.result_chord_retry_interval = 0.05
     app.conf.worker_send_task_events = False
@@ -113,8 +115,9 @@ def _history(workdir: Path, key: int) -> list[tuple]:
 
 def run_demo(rows: int = 200_000, workdir: str | None = None, chunks: int = 8,
              console: Console | None = None) -> int:
-    from coordinator.launch import launch, wait
+    from coordinator.launch import launch
     from coordinator.progress import ProgressDisplay, print_summary
+    from coordinator.watch import wait
 
     console = console or Console()
     folder = Path(workdir or ".demo").resolve()
@@ -127,7 +130,6 @@ def run_demo(rows: int = 200_000, workdir: str | None = None, chunks: int = 8,
     console.print(f"generating {rows:,} source rows in {folder / 'source.db'}")
     create_source(folder / "source.db", rows)
     settings = demo_settings(folder, rows, chunks)
-    use_settings(settings)
     upgrade(get_engine(settings.metadata))
 
     def load(title: str):  # noqa: ANN202 - one demo run, shown live, then summarised
@@ -148,7 +150,7 @@ def run_demo(rows: int = 200_000, workdir: str | None = None, chunks: int = 8,
             statuses.append(load("2. incremental load"))
     finally:
         dispose_all()
-        use_settings(None)
+        use_client_app(settings, None)
 
     console.rule(f"3. history of customer id={CHANGED_KEY}")
     console.print("  city        balance  valid_from           valid_to             run_id",

@@ -7,22 +7,26 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from shared.engines import READ_ONLY, get_engine, mask_url
+from shared import checkpoint
+from shared.checkpoint import load_function
+from shared.config.mapping import CheckpointStrategy, ChunkStrategy, DeletesMode, MappingSpec
+from shared.config.settings import Settings
 from shared.dialects import adapter_for
 from shared.dialects.base import DialectAdapter
 from shared.dialects.types import SourceColumn, TypeKind
+from shared.engines import READ_ONLY, get_engine, mask_url
 from shared.errors import ConfigError, SourceUnavailableError, describe_db_error
-from shared.config.mapping import CheckpointStrategy, ChunkStrategy, DeletesMode, MappingSpec
 from shared.metadata import store
-from shared.checkpoint import PythonFilter, load_function
-from shared.config.settings import Settings
-from shared.run.values import Value, coerce_like, decode_value, minus_lag, stride_bounds
-from shared.run.window import ChunkRange, Window, ranges_from_bounds
-
+from shared.run.modes import RunMode
+from shared.run.plan import RunPlan
+from shared.run.values import Value, stride_bounds
+from shared.run.window import ChunkRange, ranges_from_bounds
+from shared.timeutil import utcnow
 
 VALIDITY_KINDS = {TypeKind.DATE: "date", TypeKind.TIMESTAMP: "timestamp",
                   TypeKind.TIMESTAMPTZ: "timestamptz"}
@@ -30,32 +34,13 @@ VALIDITY_KINDS = {TypeKind.DATE: "date", TypeKind.TIMESTAMP: "timestamp",
 
 @dataclass(frozen=True)
 class Plan:
-    run_id: str
-    mapref: str
-    spec: MappingSpec
-    columns: list[str]
-    window: Window
+    """A planned run (stored with it) and what planning found: the row estimate, the chunk
+    ranges and the note that explains them."""
+
+    run: RunPlan
     estimated_rows: int
     ranges: list[ChunkRange]
     note: str
-    mode: str = "incremental"  # incremental | full | backfill
-    checkpoint_from: Value = None  # the stored checkpoint when the run was planned
-    python_filter: PythonFilter | None = None
-    validity_kind: str | None = None
-
-    @property
-    def load_kind(self) -> str:
-        if self.mode == "backfill":
-            return "backfill"
-        if self.mode == "full" or self.spec.checkpoint_strategy is CheckpointStrategy.NONE:
-            return "full"
-        return "initial" if self.checkpoint_from is None else "incremental"
-
-    def run_document(self) -> dict:
-        """What workers and finalize need beyond the spec (process_log.mapping["run"])."""
-        return {"mode": self.mode, "window": self.window.to_document(),
-                "python": self.python_filter.to_document() if self.python_filter else None,
-                "validity_kind": self.validity_kind}
 
 
 def new_run_id() -> str:
@@ -104,8 +89,8 @@ def _source_connection(adapter: DialectAdapter, mapref: str, url: str) -> Connec
         raise _connect_error(mapref, "source", url, exc) from None
 
 
-def read_source_columns(settings: Settings, mapref: str) -> tuple[DialectAdapter, list[SourceColumn]]:
-    spec = settings.mapping(mapref)
+def read_source_columns(settings: Settings, mapref: str,
+                        spec: MappingSpec) -> tuple[DialectAdapter, list[SourceColumn]]:
     url = settings.connection_url(spec.source.connection)
     engine = get_engine(url)
     adapter = adapter_for(engine)
@@ -150,7 +135,7 @@ def chunk_count(spec: MappingSpec, estimated_rows: int, override: int | None) ->
 
 
 def _boundaries(adapter: DialectAdapter, conn: Connection, mapref: str, spec: MappingSpec,
-                where: str, params: dict, parts: int, estimate: int) -> list[Value]:
+                where: str, params: dict[str, Any], parts: int, estimate: int) -> list[Value]:
     if parts <= 1:
         return []
     query, strategy = spec.source.query, spec.chunking.strategy
@@ -171,114 +156,41 @@ def _boundaries(adapter: DialectAdapter, conn: Connection, mapref: str, spec: Ma
     return adapter.split_boundaries(conn, query, where, params, spec.split_column, parts)
 
 
-def _typed(mapref: str, option: str, text: str, example: Value) -> Value:
-    """A --from/--to value read as the checkpoint's type (the source's high-water mark, or
-    the stored checkpoint)."""
-    try:
-        return coerce_like(text, example)
-    except ValueError as err:
-        kind = type(example).__name__ if example is not None else "value"
-        raise ConfigError(f"mapping '{mapref}': {option} '{text}' is not a {kind} like the "
-                          f"checkpoint's values ({err})") from None
-
-
-def _lagged(mapref: str, value: Value, lag: float) -> Value:
-    try:
-        return minus_lag(value, lag)
-    except TypeError as err:
-        raise ConfigError(f"mapping '{mapref}': checkpoint.lag: {err}") from None
-
-
-def _cp_arg(columns: list[str]) -> str | tuple[str, ...] | None:
-    if not columns:
-        return None
-    return columns[0] if len(columns) == 1 else tuple(columns)
-
-
-def plan_run(settings: Settings, mapref: str, metadata_engine, *,
+def plan_run(settings: Settings, mapref: str, spec: MappingSpec, metadata: Engine, *,
              chunks_override: int | None = None, full: bool = False,
              window_from: str | None = None, window_to: str | None = None) -> Plan:
-    """Plan one run. ``full``: ignore the stored checkpoint (a full reload that still sets
-    the new checkpoint). ``window_from``/``window_to``: a backfill of that window (text,
-    read as the checkpoint's type), which never moves the stored checkpoint."""
-    spec = settings.mapping(mapref)
+    """Plan one run of ``spec``. ``full``: ignore the stored checkpoint (a full reload that
+    still sets the new checkpoint). ``window_from``/``window_to``: a backfill of that window
+    (text, read as the checkpoint's type), which never moves the stored checkpoint."""
     strategy = spec.checkpoint_strategy
     backfill = window_from is not None or window_to is not None
     if full and backfill:
         raise ConfigError(f"mapping '{mapref}': --full reloads everything and --from/--to "
                           f"load one window; give one or the other")
-    if backfill and strategy is CheckpointStrategy.NONE:
-        raise ConfigError(f"mapping '{mapref}' has no checkpoint (strategy NONE): a backfill "
-                          f"with --from/--to needs checkpoint strategy KEY or PYTHON")
-    if window_to is not None and window_from is None:
-        raise ConfigError(f"mapping '{mapref}': --to needs --from")
-    adapter, source_columns = read_source_columns(settings, mapref)
+    mode = RunMode.BACKFILL if backfill else (
+        RunMode.FULL if full or strategy is CheckpointStrategy.NONE else RunMode.INCREMENTAL)
+    checkpoint.check_mode(mapref, spec, mode, window_to is not None, window_from is not None)
+    adapter, source_columns = read_source_columns(settings, mapref, spec)
     columns = [c.name for c in source_columns]
     validity_kind = None
     if spec.scd.valid_from:
         validity_kind = next(VALIDITY_KINDS[c.type.kind] for c in source_columns
                              if c.name == spec.scd.valid_from)
     if strategy is CheckpointStrategy.PYTHON:
+        assert spec.checkpoint.function is not None
         load_function(spec.checkpoint.function)  # refuse now what workers could not import
-    stored = store.get_checkpoint(metadata_engine, mapref)
-    stored_value = decode_value(stored.value) if (
-        stored is not None and strategy is not CheckpointStrategy.NONE) else None
-    mode = "backfill" if backfill else (
-        "full" if full or strategy is CheckpointStrategy.NONE else "incremental")
-    cp_columns = spec.checkpoint_columns
-    lag = spec.checkpoint.lag
-    notes: list[str] = []
-    python_filter = None
+    stored_row = store.get_checkpoint(metadata, mapref)
+    stored = checkpoint.stored_value(spec, stored_row.value if stored_row else None)
     url = settings.connection_url(spec.source.connection)
+    query = spec.source.query
     try:
         with _source_connection(adapter, mapref, url) as conn:
-            window = Window()
-            if strategy is CheckpointStrategy.KEY:
-                hwm = adapter.max_row(conn, spec.source.query, cp_columns)
-                if lag and hwm is not None:
-                    _lagged(mapref, hwm, lag)  # refuse a lag the column's values cannot take
-                if mode == "incremental" and stored_value is not None and \
-                        isinstance(stored_value, tuple) != (len(cp_columns) > 1):
-                    raise ConfigError(
-                        f"mapping '{mapref}': the stored checkpoint {stored_value!r} does not "
-                        f"fit checkpoint columns {cp_columns} (did the config change?); run "
-                        f"once with --full to reload and store a new checkpoint")
-                if mode == "incremental":
-                    lower = stored_value
-                    if lower is not None and lag:
-                        lower = _lagged(mapref, lower, lag)
-                        notes.append(f"lag {lag}: window from {lower} (checkpoint "
-                                     f"{stored_value})")
-                    window = Window(_cp_arg(cp_columns), lower, hwm)
-                elif mode == "full":
-                    window = Window(_cp_arg(cp_columns), None, hwm, include_nulls=True)
-                    notes.append("full reload: the stored checkpoint is ignored")
-                else:
-                    example = hwm if hwm is not None else stored_value
-                    lower = _typed(mapref, "--from", window_from, example)
-                    upper = (_typed(mapref, "--to", window_to, example) if window_to is not None
-                             else hwm)
-                    window = Window(_cp_arg(cp_columns), lower, upper, include_nulls=False)
-                    notes.append(f"backfill {lower} .. {upper}: the stored checkpoint does "
-                                 f"not move")
-            elif strategy is CheckpointStrategy.PYTHON:
-                path = spec.checkpoint.function
-                if mode == "incremental":
-                    lower = _lagged(mapref, stored_value, lag) if stored_value is not None else None
-                    python_filter = PythonFilter(path, lower)
-                elif mode == "full":
-                    python_filter = PythonFilter(path)
-                    notes.append("full reload: the stored checkpoint is ignored")
-                else:
-                    python_filter = PythonFilter(
-                        path, _typed(mapref, "--from", window_from, stored_value), True,
-                        _typed(mapref, "--to", window_to, stored_value)
-                        if window_to is not None else None)
-                    notes.append(f"backfill {python_filter.lower} .. "
-                                 f"{python_filter.upper or '-'}: the stored checkpoint does "
-                                 f"not move")
-            where, params = window.predicate(adapter)
-            estimate = adapter.estimate_rows(conn, spec.source.query, where, params,
+            planned = checkpoint.plan_window(
+                mapref, spec, mode, stored,
+                lambda: adapter.max_row(conn, query, spec.checkpoint_columns),
+                window_from, window_to)
+            where, params = planned.window.predicate(adapter)
+            estimate = adapter.estimate_rows(conn, query, where, params,
                                              spec.chunking.exact_count)
             if strategy is CheckpointStrategy.PYTHON:
                 parts = 1
@@ -294,7 +206,7 @@ def plan_run(settings: Settings, mapref: str, metadata_engine, *,
         if exc.connection_invalidated:
             raise _connect_error(mapref, "source", url, exc) from None
         raise ConfigError(f"mapping '{mapref}': the source query fails while planning (window "
-                          f"on {', '.join(cp_columns) or '-'}, chunks on "
+                          f"on {', '.join(spec.checkpoint_columns) or '-'}, chunks on "
                           f"{', '.join(spec.split_columns)}): {describe_db_error(exc)}") from None
     ensure_target(settings, mapref, spec, source_columns)
     ranges = ranges_from_bounds(bounds)
@@ -304,16 +216,23 @@ def plan_run(settings: Settings, mapref: str, metadata_engine, *,
                      f"{', '.join(spec.split_columns)})")
         if len(ranges) < parts:
             note += f"; {len(ranges)} distinct key ranges"
-    if notes:
-        note += "; " + "; ".join(notes)
-    return Plan(new_run_id(), mapref, spec, columns, window, estimate, ranges, note, mode,
-                stored_value, python_filter, validity_kind)
+    if planned.notes:
+        note += "; " + "; ".join(planned.notes)
+    run = RunPlan(new_run_id(), mapref, spec, columns, planned.window, utcnow(), mode,
+                  planned.python_filter, validity_kind, stored)
+    return Plan(run, estimate, ranges, note)
 
 
-def _target_options(spec: MappingSpec, source_columns: list[SourceColumn]) -> dict:
+def validate_mapping(settings: Settings, mapref: str) -> list[str]:
+    """Check a mapping against its source (columns exist, query runs); returns its columns."""
+    _adapter, columns = read_source_columns(settings, mapref, settings.mapping(mapref))
+    return [c.name for c in columns]
+
+
+def _target_options(spec: MappingSpec, source_columns: list[SourceColumn]) -> dict[str, Any]:
     """SCD2 validity columns typed like the valid_from source column; is_deleted for
     deletes: new_record."""
-    options: dict = {}
+    options: dict[str, Any] = {}
     if spec.scd.type == 2 and spec.scd.valid_from:
         options["valid_from_type"] = next(c.type for c in source_columns
                                           if c.name == spec.scd.valid_from)

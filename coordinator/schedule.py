@@ -20,13 +20,14 @@ import os
 import socket
 from dataclasses import asdict, dataclass
 
+from coordinator.launch import launch
 from shared.engines import get_engine
 from shared.errors import ChordloadError, RunRefusedError, describe_db_error
 from shared.logging_context import bind_run_context
 from shared.metadata import slots, store
 from shared.metadata.models import ProcessLog, ScheduleSlot
 from shared.metadata.slots import SlotStatus
-from shared.config.cron import latest_slot, next_after, parse_cron, schedule_grace_s
+from shared.config.cron import latest_slot, next_after, parse_cron
 from shared.config.settings import Settings
 from shared.timeutil import as_utc, utcnow
 
@@ -53,7 +54,7 @@ def dispatch_due(settings: Settings, *, now: dt.datetime | None = None,
                  claimed_by: str | None = None) -> list[SlotOutcome]:
     """Launch every mapping whose current slot is due and not yet claimed."""
     now = now or utcnow()
-    grace_s = schedule_grace_s()
+    grace_s = settings.schedule.grace_s
     claimed_by = claimed_by or default_claimer()
     metadata = get_engine(settings.metadata)
     outcomes = []
@@ -69,8 +70,6 @@ def dispatch_due(settings: Settings, *, now: dt.datetime | None = None,
 
 def _launch_slot(settings: Settings, mapref: str, slot: dt.datetime,
                  now: dt.datetime) -> SlotOutcome:
-    from coordinator.launch import launch
-
     metadata = get_engine(settings.metadata)
     run_id = reason = None
     with bind_run_context(mapref=mapref):

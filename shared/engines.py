@@ -16,7 +16,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 _lock = threading.Lock()
-_engines: dict[tuple[int, str, bool], Engine] = {}
+_engines: dict[tuple[int, str, bool, bool], Engine] = {}
 
 SQLITE_BUSY_TIMEOUT_S = 120
 POOL_SIZE = 5  # per database per process; a chunk holds at most 2 (source + target) at once
@@ -49,9 +49,17 @@ def _install_sqlite_hooks(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _new_engine(url: str, pre_ping: bool) -> Engine:
+QUICK_TIMEOUT_S = 3  # connect and pool timeouts of a quick engine
+
+
+def _new_engine(url: str, pre_ping: bool, quick: bool = False) -> Engine:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
+    if quick and backend != "sqlite":
+        connect_args = ({"connect_timeout": QUICK_TIMEOUT_S}
+                        if backend in ("postgresql", "mysql", "mariadb") else {})
+        return create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True,
+                             pool_timeout=QUICK_TIMEOUT_S, connect_args=connect_args)
     if backend == "sqlite":
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S,
                                                   "check_same_thread": False})
@@ -68,14 +76,6 @@ def _new_engine(url: str, pre_ping: bool) -> Engine:
         engine = create_engine(url, isolation_level="READ COMMITTED", **pooled)
         install_engine_hooks(engine)
         return engine
-    if backend == "oracle":
-        from shared.dialects.oracle import install_engine_hooks as install_oracle_hooks
-
-        engine = create_engine(url, **pooled)
-        install_oracle_hooks(engine)  # UTC session, fixed NLS formats for the row hash
-        return engine
-    if backend == "mssql" and parsed.get_driver_name() == "pyodbc":
-        return create_engine(url, fast_executemany=True, **pooled)
     if backend == "postgresql":
         # Engines are made per process (see get_engine), so the pid names this process's
         # pool in pg_stat_activity.
@@ -84,24 +84,26 @@ def _new_engine(url: str, pre_ping: bool) -> Engine:
     return create_engine(url, **pooled)
 
 
-def get_engine(url: str, pre_ping: bool = True) -> Engine:
+def get_engine(url: str, pre_ping: bool = True, quick: bool = False) -> Engine:
     """The process's pooled engine for ``url``. ``pre_ping=False`` skips the liveness round
     trip at every checkout, for callers that retry transient errors anyway (the chunk
     loader's metadata writes, several per chunk): a connection found dead fails once, the
-    pool drops its connections, and the retry gets a fresh one."""
-    key = (os.getpid(), url, pre_ping)
+    pool drops its connections, and the retry gets a fresh one. ``quick``: one connection
+    that gives up within seconds, for lookups that must never hang (naming a run's mapping
+    in a log line)."""
+    key = (os.getpid(), url, pre_ping, quick)
     engine = _engines.get(key)
     if engine is None:
         with _lock:
             engine = _engines.get(key)
             if engine is None:
-                engine = _engines[key] = _new_engine(url, pre_ping)
+                engine = _engines[key] = _new_engine(url, pre_ping, quick)
     return engine
 
 
 def dispose_all() -> None:
     with _lock:
-        for (pid, _url, _ping), engine in list(_engines.items()):
+        for (pid, *_), engine in list(_engines.items()):
             if pid == os.getpid():
                 engine.dispose()
         _engines.clear()

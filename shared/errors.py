@@ -60,6 +60,27 @@ class SourceUnavailableError(ChordloadError):
     transient = True
 
 
+class LaunchError(ChordloadError):
+    """The chord could not be sent to the broker; the run was marked FAILED (resumable)."""
+
+    transient = True
+
+
+class RunFinishedError(ChordloadError):
+    """The run named is already terminal; nothing to stop. CLI exit 2."""
+
+    exit_code = 2
+
+
+# -- control flow inside a chunk attempt (never leave the chunk loader) ----------------------
+class StopRequested(ChordloadError):
+    """Raised between batches when the run has a stop request; ends the chunk STOPPED."""
+
+
+class RelayRefused(ChordloadError):
+    """A relayed batch was refused for its data; the chunk starts over typed."""
+
+
 _TRANSIENT_SQLSTATES = {
     "40001",  # serialization_failure
     "40P01",  # deadlock_detected

@@ -24,13 +24,14 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+
+from shared.run.task_ids import parse_task_id
 
 FIELDS = ("run_id", "mapref", "chunk_no")
 NONE = "-"
@@ -41,8 +42,6 @@ TEXT_FORMAT = ("[%(asctime)s: %(levelname)s/%(processName)s] %(name)s run_id=%(r
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
     "chordload_run_context", default={})
 
-TASK_ID = re.compile(r"^(?P<run_id>[A-Za-z0-9_-]+)\.(?P<chunk_no>\d+)(?:\.r\d+)?"
-                     r"(?P<finalize>\.finalize)?$")
 
 
 def current_run_context() -> dict[str, Any]:
@@ -70,15 +69,6 @@ def bind_run_context(**fields: Any) -> Iterator[None]:
         yield
     finally:
         _context.reset(token)
-
-
-def parse_task_id(task_id: str | None) -> tuple[str, int | None] | None:
-    """(run_id, chunk_no) from a chordload task id; chunk_no is None for the chord body."""
-    match = TASK_ID.match(task_id or "")
-    if match is None:
-        return None
-    chunk_no = None if match.group("finalize") else int(match.group("chunk_no"))
-    return match.group("run_id"), chunk_no
 
 
 # -- mapref lookup (once per run per process) ----------------------------------------------

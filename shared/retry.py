@@ -1,7 +1,12 @@
-"""Retrying transient database errors (deadlock, serialization failure, lost connection).
+"""One retry policy for transient errors (deadlock, serialization failure, lost connection),
+with every constant stated here.
 
-Used for the short metadata transactions: each either commits whole or not at all, so
-running it again after a transient failure is safe.
+- ``METADATA_WRITE``: the short metadata transactions; each commits whole or not at all, so
+  running it again after a transient failure is safe.
+- ``FINALIZE``: finalizing a run and its hard-delete pass, which must not be lost to a blip.
+- ``TASK_METADATA``: a chunk task whose metadata database is unreachable even after
+  ``METADATA_WRITE`` retries asks Celery to run it again later.
+- A chunk's own transient errors follow the mapping's ``retries`` (``chunk_retry_delay_s``).
 """
 from __future__ import annotations
 
@@ -10,9 +15,13 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from shared.errors import is_transient_db_error
+
+if TYPE_CHECKING:
+    from shared.config.mapping import RetrySpec
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -27,22 +36,49 @@ def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
     return cap / 2 + random.uniform(0, cap / 2)
 
 
-def retry_transient(attempts: int = 6, base_s: float = 0.05, max_s: float = 5.0):
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int
+    base_s: float
+    max_s: float
+
+    def backoff_s(self, attempt: int) -> float:
+        return backoff_s(attempt, self.base_s, self.max_s)
+
+
+METADATA_WRITE = RetryPolicy(attempts=6, base_s=0.05, max_s=5.0)
+FINALIZE = RetryPolicy(attempts=8, base_s=0.05, max_s=10.0)
+TASK_METADATA = RetryPolicy(attempts=5, base_s=1.0, max_s=30.0)
+
+
+def retry_transient(policy: RetryPolicy = METADATA_WRITE
+                    ) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Run the decorated function again on a transient error, as ``policy`` says."""
     def decorate(fn: Callable[P, T]) -> Callable[P, T]:
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            for attempt in range(attempts):
+            for attempt in range(policy.attempts):
                 try:
                     return fn(*args, **kwargs)
                 except Exception as exc:
-                    if attempt == attempts - 1 or not is_transient_db_error(exc):
+                    if attempt == policy.attempts - 1 or not is_transient_db_error(exc):
                         raise
-                    delay = backoff_s(attempt, base_s, max_s)
+                    delay = policy.backoff_s(attempt)
                     log.warning("%s: transient error (%s); retry %d/%d in %.2fs", fn.__name__,
-                                str(exc).splitlines()[0][:200], attempt + 1, attempts - 1, delay)
+                                str(exc).splitlines()[0][:200], attempt + 1,
+                                policy.attempts - 1, delay)
                     time.sleep(delay)
             raise AssertionError("unreachable")
 
         return wrapper
 
     return decorate
+
+
+def chunk_retry_delay_s(retries: RetrySpec, retries_done: int,
+                        visibility_timeout_s: float) -> float:
+    """How long a chunk waits before its next attempt. It stays well inside the broker's
+    visibility timeout, or Redis would redeliver the waiting retry as if its worker had
+    died."""
+    cap_s = min(retries.backoff_max_s, visibility_timeout_s / 2)
+    return backoff_s(retries_done, retries.backoff_s, cap_s)

@@ -15,11 +15,11 @@ from sqlalchemy import inspect, text
 
 from coordinator.cli import main
 from shared.engines import get_engine
-from shared.config.settings import ENV_OVERRIDES, use_settings
+from shared.config.settings import ENV_OVERRIDES
 
 CHORDLOAD = Path(sys.executable).parent / "chordload"
 REPO = Path(__file__).resolve().parent.parent
-CONFIG_ENV = ("CHORDLOAD_CONFIG", *ENV_OVERRIDES.values())
+CONFIG_ENV = ("CHORDLOAD_CONFIG", *ENV_OVERRIDES)
 
 
 class CliResult(NamedTuple):
@@ -60,8 +60,7 @@ def run_subprocess(*argv: str, env: dict[str, str] | None = None, cwd: Path | No
 
 @pytest.fixture
 def clean_cli_env(monkeypatch, session_settings, tmp_path) -> Iterator[Path]:
-    """No config env vars, cwd in an empty tmp dir; the session's settings and Celery config
-    are restored afterwards (the CLI makes the config it loads the process-wide one)."""
+    """No config env vars, cwd in an empty tmp dir."""
     for name in CONFIG_ENV:  # set first so monkeypatch restores the original state
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
@@ -69,10 +68,6 @@ def clean_cli_env(monkeypatch, session_settings, tmp_path) -> Iterator[Path]:
     workdir.mkdir()
     monkeypatch.chdir(workdir)
     yield workdir
-    from workers.app import app, configure
-
-    use_settings(session_settings)
-    configure(app, session_settings)
 
 
 def process_log_count(metadata_url: str, mapref: str) -> int:

@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 
 from shared.engines import dispose_all, get_engine
 from shared.metadata.schema import upgrade
-from shared.config.settings import Settings, settings_from_dict, use_settings
+from shared.config.settings import Settings, settings_from_dict
 from tests.worker_process import WorkerProcess
 
 TOKEN = uuid.uuid4().hex[:8]
@@ -126,12 +126,7 @@ def metadata_ready(base_config) -> str:
 
 @pytest.fixture(scope="session")
 def session_settings(base_config, metadata_ready) -> Settings:
-    from workers.app import app, configure
-
-    settings = settings_from_dict(base_config, "test config")
-    configure(app, settings)
-    use_settings(settings)
-    return settings
+    return settings_from_dict(base_config, "test config")
 
 
 @pytest.fixture
@@ -139,12 +134,9 @@ def make_settings(base_config, session_settings):
     """Settings with the session's services plus the given mappings."""
 
     def build(mappings: dict[str, Any]) -> Settings:
-        settings = settings_from_dict({**base_config, "mappings": mappings}, "test config")
-        use_settings(settings)
-        return settings
+        return settings_from_dict({**base_config, "mappings": mappings}, "test config")
 
-    yield build
-    use_settings(session_settings)
+    return build
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ from typing import Any
 
 from sqlalchemy import text
 
-from coordinator.launch import launch, wait
+from coordinator.launch import launch
+from coordinator.watch import wait
 from shared.engines import get_engine
 from shared.dialects import adapter_for
 from shared.metadata import store

@@ -80,3 +80,12 @@ def diff_count(wh: Engine, left: str, right: str) -> int:
     EXCEPT ALL treats NULLs as equal)."""
     return scalar(wh, f"SELECT (SELECT count(*) FROM ({left} EXCEPT ALL {right}) a) + "
                       f"(SELECT count(*) FROM ({right} EXCEPT ALL {left}) b)")
+
+
+def plan_document(checkpoint_column: str = "id") -> dict:
+    """A stored run-plan document (process_log.mapping) for runs a test writes by hand: a
+    mapping with a KEY checkpoint on ``checkpoint_column``."""
+    return {"spec": {"source": {"connection": "x", "query": f"SELECT 1 AS {checkpoint_column}"},
+                     "target": {"connection": "x", "table": "t"}, "keys": [checkpoint_column],
+                     "checkpoint": {"strategy": "KEY", "column": checkpoint_column}},
+            "columns": [checkpoint_column]}

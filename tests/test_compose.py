@@ -84,10 +84,10 @@ def check_celery(where: str, argv: list[str]) -> None:
     from celery.bin.celery import celery as celery_cli
 
     assert argv[1:3] == ["-A", "workers"], f"{where}: the app is `-A workers`"
-    from workers.app import app as project_app
+    from workers.celery_app import worker_app
 
     app = find_app("workers")
-    assert app is project_app, f"{where}: -A workers resolves to workers.app.app"
+    assert app is worker_app(), f"{where}: -A workers resolves to the workers' app"
     app.loader.import_default_modules()
     assert {"chordload.load_chunk", "chordload.finalize_run", "chordload.dispatch_due",
             "chordload.reconcile"} <= set(app.tasks)
@@ -107,7 +107,8 @@ def check_celery(where: str, argv: list[str]) -> None:
         assert not bad, f"{where}: not Flower options: {bad}"
 
 
-def test_every_command_exists_in_the_project_clis(services):
+def test_every_command_exists_in_the_project_clis(services, config_path, monkeypatch):
+    monkeypatch.setenv("CHORDLOAD_CONFIG", str(config_path))  # what `celery -A workers` reads
     commands = project_commands(services)
     seen = {where.split(".")[0] for where, _ in commands}
     assert PROJECT_SERVICES <= seen

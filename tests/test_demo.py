@@ -121,7 +121,7 @@ def test_run_json_output(workers, clean_cli_env, base_config, wh, schema, tmp_pa
     started = json.loads(launched.out)
     assert RUN_JSON_FIELDS <= set(started)
     assert started["status"] in ("RUNNING", "SUCCESS")
-    from coordinator.launch import wait
+    from coordinator.watch import wait
 
     done = wait(started["run_id"], settings=load_settings(path), timeout_s=60, poll_s=0.2)
     assert done.status.value == "SUCCESS"

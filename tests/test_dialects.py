@@ -15,7 +15,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from coordinator.launch import launch, wait
+from coordinator.launch import launch
+from shared.scd import apply as scd
+from shared.scd.target import ScdTarget
+from coordinator.watch import wait
 from shared.engines import get_engine
 from shared.dialects import adapter_for
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
@@ -352,6 +355,11 @@ def mdb(mariadb_url):
         conn.execute(text(f"DROP TABLE IF EXISTS `{table}`"))
 
 
+def _scd_target(adapter, target, scd_type: int, run_id: str) -> ScdTarget:
+    return ScdTarget(adapter, adapter.table_ref(target), tuple(c.name for c in KEY_COLUMNS),
+                     ("id", "code"), AuditColumns(), scd_type, run_id)
+
+
 def _apply_scd2(engine, adapter, target, rows, run_id: str, at: dt.datetime):
     names = [c.name for c in KEY_COLUMNS]
     with engine.connect() as conn:
@@ -361,9 +369,8 @@ def _apply_scd2(engine, adapter, target, rows, run_id: str, at: dt.datetime):
             with conn.begin():
                 adapter.clear_stage(conn, stage)
                 adapter.load_stage(conn, stage, names, rows)
-                return adapter.apply_scd2(conn, stage, target, names, ["id", "code"],
-                                          AuditColumns(), run_id, at, len(rows),
-                                          has_null_keys=True)
+                return scd.apply_scd2(conn, _scd_target(adapter, target, 2, run_id), stage,
+                                      len(rows), True, at)
         finally:
             with conn.begin():
                 adapter.drop_stage(conn, stage)
@@ -416,9 +423,8 @@ def test_mariadb_scd1_updates_in_place(mdb):
                 stage = adapter.create_stage(conn, target, names)
             with conn.begin():
                 adapter.load_stage(conn, stage, names, rows)
-                counts = adapter.apply_scd1(conn, stage, target, names, ["id", "code"],
-                                            AuditColumns(), run_id, dt.datetime.now(UTC),
-                                            len(rows), has_null_keys=True)
+                counts = scd.apply_scd1(conn, _scd_target(adapter, target, 1, run_id), stage,
+                                        len(rows), True, dt.datetime.now(UTC))
                 adapter.drop_stage(conn, stage)
             return counts.inserted, counts.changed, counts.unchanged
 

@@ -16,9 +16,11 @@ import redis
 import yaml
 from sqlalchemy import text
 
-from coordinator.launch import launch, wait
+from coordinator.launch import launch
+from coordinator.watch import wait
 from shared.engines import POOL_SIZE, get_engine
 from shared.errors import RunRefusedError
+from shared.config.settings import settings_from_dict
 from shared.lifecycle.finalize import finalize_run
 from shared.metadata import store
 from shared.metadata.models import ChunkLog, ProcessLog
@@ -27,7 +29,7 @@ from shared.lifecycle.reconcile import reconcile
 from shared.run.statuses import ChunkStatus, RunStatus
 from shared.timeutil import utcnow
 from tests.conftest import PG_HOST, REPO, SECRET_PASSWORD, TOKEN
-from tests.pgdata import (BUSINESS_COLUMNS, change_every_tenth, create_customers, diff_count,
+from tests.pgdata import (BUSINESS_COLUMNS, plan_document, change_every_tenth, create_customers, diff_count,
                           scd2_mapping)
 from tests.test_lifecycle import wait_until
 from tests.worker_process import WorkerProcess
@@ -306,12 +308,9 @@ def test_killed_worker_redelivers_without_duplicates(kill, session_settings, bas
 
 # -- one active run per mapping ----------------------------------------------------------------
 def _racer(settings_json: str, mapref: str, barrier, results, rounds: int) -> None:
-    from shared.config.settings import Settings, use_settings
-    from workers.app import app, configure
+    from shared.config.settings import Settings
 
     settings = Settings.model_validate_json(settings_json)
-    use_settings(settings)
-    configure(app, settings)
     for _ in range(rounds):
         barrier.wait()
         try:
@@ -496,7 +495,7 @@ def test_metadata_briefly_unavailable_during_finalize(tmp_path):
         engine = get_engine(url)
         upgrade(engine)
         run_id = uuid.uuid4().hex[:12]
-        mapping = {"spec": {"checkpoint": {"strategy": "KEY"}}, "columns": []}
+        mapping = plan_document()
         store.create_run(engine, ProcessLog(
             run_id=run_id, mapref="m", status=RunStatus.RUNNING, created_at=utcnow(),
             load_kind="initial", chunks_total=1, chunks_done=0, chunks_failed=0, rows_read=5,
@@ -509,7 +508,7 @@ def test_metadata_briefly_unavailable_during_finalize(tmp_path):
         _kill_backends(name, "%")
         outcome = {}
         thread = threading.Thread(target=lambda: outcome.update(
-            result=finalize_run(engine, run_id)))
+            result=finalize_run(settings_from_dict({"metadata": url}), run_id)))
         thread.start()
         time.sleep(1.5)  # the outage being simulated: finalize must ride it out
         assert thread.is_alive(), "finalize should still be retrying"
@@ -550,10 +549,12 @@ def test_passwords_never_leak(workers, make_settings, wh, schema, redis_prefix, 
 
 
 def test_only_json_crosses_the_broker(session_settings):
-    from workers.app import app
+    from shared.broker import client_app
+    from workers.celery_app import build_app
 
-    assert app.conf.task_serializer == "json" and app.conf.result_serializer == "json"
-    assert list(app.conf.accept_content) == ["json"]
+    for app in (client_app(session_settings), build_app(session_settings)):
+        assert app.conf.task_serializer == "json" and app.conf.result_serializer == "json"
+        assert list(app.conf.accept_content) == ["json"]
 
 
 def test_hostile_identifiers_are_taken_literally(workers, make_settings, wh, schema):

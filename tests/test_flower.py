@@ -7,7 +7,8 @@ import ast
 
 import pytest
 
-from coordinator.launch import launch, wait
+from coordinator.launch import launch
+from coordinator.watch import wait
 from shared.engines import get_engine
 from shared.metadata import store
 from shared.run.statuses import RunStatus

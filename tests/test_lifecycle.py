@@ -14,14 +14,16 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from coordinator.launch import launch, wait
-from coordinator.stop import resume, stop
+from coordinator.launch import launch
+from coordinator.watch import wait
+from coordinator.resume import resume
+from coordinator.stop import stop
 from shared.engines import get_engine
 from shared.metadata import store
 from shared.lifecycle.reconcile import reconcile
 from shared.run.statuses import ChunkStatus, RunStatus
 from tests.conftest import REDIS_URL, REPO, TOKEN
-from tests.pgdata import BUSINESS_COLUMNS, create_customers, scd2_mapping
+from tests.pgdata import plan_document, BUSINESS_COLUMNS, create_customers, scd2_mapping
 from tests.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.e2e
@@ -100,7 +102,7 @@ def test_stop_mid_run_then_resume(workers, make_settings, wh, schema):
 def test_revoked_header_task_finalizes_run(workers, make_settings, wh, schema):
     """A header task revoked behind chordload's back: Celery skips the chord body, the
     errback finalizes the run, and resume finishes it."""
-    from workers.app import app
+    from shared.broker import client_app
 
     create_customers(wh, schema, 60_000)
     mapping = scd2_mapping(schema, batch_rows=2_000,
@@ -109,7 +111,7 @@ def test_revoked_header_task_finalizes_run(workers, make_settings, wh, schema):
     metadata = get_engine(settings.metadata)
     run_id = launch(schema, settings=settings)
     last = store.get_chunks(metadata, run_id)[-1]
-    app.control.revoke(last.task_id)
+    client_app(settings).control.revoke(last.task_id)
     run = wait(run_id, settings=settings, timeout_s=60)
     assert run.status in (RunStatus.STOPPED, RunStatus.FAILED)
     assert store.get_chunk(metadata, run_id, last.chunk_no).status is ChunkStatus.REVOKED
@@ -125,7 +127,7 @@ def test_lost_chord_callback_still_finishes_the_run(workers, make_settings, wh, 
     from celery import states
     from celery.result import AsyncResult
 
-    from workers.app import app
+    from shared.broker import client_app
 
     create_customers(wh, schema, 40_000)
     mapping = scd2_mapping(schema, batch_rows=1_000,
@@ -141,7 +143,7 @@ def test_lost_chord_callback_still_finishes_the_run(workers, make_settings, wh, 
     client.delete(*keys)
     run = wait(run_id, settings=settings, timeout_s=60)
     assert run.status is RunStatus.SUCCESS, run.message
-    body = AsyncResult(f"{run_id}.0.finalize", app=app)
+    body = AsyncResult(f"{run_id}.0.finalize", app=client_app(settings))
     assert body.state == states.PENDING, "the chord body never ran"
     assert store.get_checkpoint(metadata, schema) is not None
     assert [a for a in reconcile(settings) if a.run_id == run_id] == []
@@ -162,7 +164,7 @@ def test_reconcile_finalizes_a_run_nobody_finalized(make_settings, session_setti
         run_id=run_id, mapref=mapref, status=RunStatus.RUNNING, created_at=utcnow(),
         started_at=utcnow(), load_kind="initial", chunks_total=2, chunks_done=0, chunks_failed=0,
         rows_read=0, rows_inserted=0, rows_changed=0, rows_unchanged=0, rows_errored=0,
-        mapping={"spec": {"checkpoint": {"strategy": "KEY"}}, "columns": []}), [
+        mapping=plan_document()), [
         ChunkLog(run_id=run_id, chunk_no=n, includes_nulls=n == 0, task_id=f"{run_id}.{n}",
                  status=ChunkStatus.SUCCESS, rows_read=10, rows_inserted=10, rows_changed=0,
                  rows_unchanged=0, rows_errored=0, batches_done=1, attempts=1,

@@ -104,11 +104,11 @@ def test_chunking_strategies_cover_every_row_once(strategy, db, workers, make_se
 
 def _plan_counts(db: Db, settings, mapref: str):
     """Plan only, then count each planned range in SQL: (ranges, their counts, the total)."""
-    plan = plan_run(settings, mapref, get_engine(settings.metadata))
+    plan = plan_run(settings, mapref, settings.mapping(mapref), get_engine(settings.metadata))
     counts = []
     for chunk in plan.ranges:
-        sql, params = chunk_select(db.adapter, plan.spec.source.query, ["id"], plan.window,
-                                   plan.spec.split_columns, chunk)
+        sql, params = chunk_select(db.adapter, plan.run.spec.source.query, ["id"],
+                                   plan.run.window, plan.run.spec.split_columns, chunk)
         counts.append(db.scalar(f"SELECT count(*) FROM ({sql}) c", **params))
     return plan, counts
 
@@ -141,7 +141,8 @@ def test_range_and_quantile_on_date_and_timestamp_split_columns(db, make_setting
                 steps = {(b - a) for a, b in zip(bounds, bounds[1:])}
                 assert max(steps) - min(steps) <= dt.timedelta(days=1), steps
     with pytest.raises(ConfigError, match="range needs a numeric, date or timestamp split column"):
-        plan_run(settings, db.name("text"), get_engine(settings.metadata))
+        plan_run(settings, db.name("text"), settings.mapping(db.name("text")),
+                 get_engine(settings.metadata))
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -227,11 +228,13 @@ def test_lag_moves_the_window_of_dates_and_numbers(db, make_settings, metadata_r
         for mapref, value in ((db.name("by_day"), stored_day), (db.name("by_version"), 7)):
             s.merge(Checkpoint(mapref=mapref, value=encode_value(value), value_type="x",
                                run_id="seeded", updated_at=utcnow()))
-    by_day = plan_run(settings, db.name("by_day"), metadata)
-    assert normal("day", by_day.window.lower) == dt.date(2025, 1, 4)
-    assert by_day.checkpoint_from == stored_day and by_day.load_kind == "incremental"
+    by_day = plan_run(settings, db.name("by_day"), settings.mapping(db.name("by_day")),
+                      metadata)
+    assert normal("day", by_day.run.window.lower) == dt.date(2025, 1, 4)
+    assert by_day.run.checkpoint_from == stored_day and by_day.run.load_kind == "incremental"
     assert by_day.estimated_rows == 8  # days 2025-01-04 .. 2025-01-11
-    by_version = plan_run(settings, db.name("by_version"), metadata)  # AUTO with a column: KEY
+    by_version = plan_run(settings, db.name("by_version"),  # AUTO with a column: KEY
+                          settings.mapping(db.name("by_version")), metadata).run
     assert (by_version.window.lower, by_version.window.upper, by_version.load_kind) == (
         4, 10, "incremental")
 
@@ -255,7 +258,8 @@ def test_python_checkpoint(db, workers, make_settings):
     assert (first.rows_read, first.rows_inserted) == (30, 30)
     assert checkpoint(settings, mapref) == {"type": "int", "value": 1030}
     lagged = make_settings({mapref: {**spec, "checkpoint": {**spec["checkpoint"], "lag": 5}}})
-    python_filter = plan_run(lagged, mapref, get_engine(settings.metadata)).python_filter
+    python_filter = plan_run(lagged, mapref, lagged.mapping(mapref),
+                             get_engine(settings.metadata)).run.python_filter
     assert (python_filter.lower, python_filter.lower_inclusive) == (1025, False)
     assert [python_filter.keeps(v) for v in (1025, 1026, None)] == [False, True, False]
     settings = make_settings({mapref: spec})
@@ -711,52 +715,3 @@ def test_lag_stride_and_command_line_values():
     assert decode_value(encode_value(row_value)) == row_value
 
 
-def test_expanded_row_comparison_means_what_a_row_comparison_means(sqlite_url):
-    """Oracle and SQL Server get the row comparison spelled out; on SQLite both spellings
-    must select the same rows."""
-    from shared.dialects.base import DialectAdapter
-
-    engine = get_engine(sqlite_url)
-    values = [(a, b, c) for a in (1, 2, 3) for b in (1, 2, 3) for c in (1, 2)]
-    left, right = ["a", "b", "c"], [":x", ":y", ":z"]
-    with engine.connect() as conn:
-        selects = " UNION ALL ".join(f"SELECT {a} AS a, {b} AS b, {c} AS c" for a, b, c in values)
-        for op in ("<", "<=", ">", ">="):
-            for probe in ((2, 2, 1), (1, 3, 2), (3, 1, 1)):
-                params = dict(zip("xyz", probe))
-                rows = {
-                    spelled: set(map(tuple, conn.execute(text(
-                        f"SELECT a, b, c FROM ({selects}) t WHERE {sql}"), params)))
-                    for spelled, sql in (
-                        ("row", f"(a, b, c) {op} (:x, :y, :z)"),
-                        ("expanded", DialectAdapter.expanded_row_compare(left, op, right)))}
-                assert rows["row"] == rows["expanded"], (op, probe)
-
-
-def test_duplicate_resolution_order():
-    """Highest checkpoint wins, NULL lowest, ties to the later row; across batches a later
-    winner is returned as a repeat and a later loser is dropped; a key whose winning row was
-    rejected starts over."""
-    from shared.chunk.load import _ERRORED, ChunkLoad
-
-    load = ChunkLoad.__new__(ChunkLoad)
-    load.key_positions, load.winners = [0], {}
-    rows = [(1, "a", 5), (1, "b", 7), (1, "c", 6), (2, "a", None), (2, "b", 1), (3, "a", 4),
-            (3, "b", 4), (4, "a", 2)]
-    fresh, repeat, dropped = load._resolve_duplicates(rows, [r[2] for r in rows])
-    assert (fresh, repeat, dropped) == ([(1, "b", 7), (2, "b", 1), (3, "b", 4), (4, "a", 2)],
-                                        [], 4)
-    later = [(1, "d", 6), (2, "c", 3), (4, "b", 2), (5, "a", 1)]
-    fresh, repeat, dropped = load._resolve_duplicates(later, [r[2] for r in later])
-    assert (fresh, repeat, dropped) == ([(5, "a", 1)], [(2, "c", 3), (4, "b", 2)], 1)
-    load.winners[5] = _ERRORED
-    fresh, repeat, dropped = load._resolve_duplicates([(5, "b", 0)], [0])
-    assert (fresh, repeat, dropped) == ([(5, "b", 0)], [], 0)
-    # a key that fills whole batches is carried from batch to batch, losers and all
-    for batch in ([(5, "c", -1)], [(5, "d", 9)]):
-        fresh, repeat, dropped = load._resolve_duplicates(batch, [batch[0][2]])
-    assert (fresh, repeat, dropped) == ([], [(5, "d", 9)], 0)
-    # rows arrive in key order, so only the latest batch's keys are remembered: memory
-    # follows batch_rows, not the chunk's size
-    fresh, repeat, dropped = load._resolve_duplicates([(6, "a", 1)], [1])
-    assert load.winners == {6: load.winners[6]}

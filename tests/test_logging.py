@@ -9,7 +9,8 @@ import re
 import pytest
 import yaml
 
-from coordinator.launch import launch, wait
+from coordinator.launch import launch
+from coordinator.watch import wait
 from shared.engines import get_engine
 from shared.logging_context import bind_run_context, current_run_context, parse_task_id
 from shared.metadata import store

@@ -17,7 +17,8 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from coordinator.launch import launch, wait
+from coordinator.launch import launch
+from coordinator.watch import wait
 from shared.engines import get_engine
 from shared.metadata import store
 from shared.run.statuses import ChunkStatus, RunStatus

@@ -9,7 +9,8 @@ import pytest
 from celery.result import AsyncResult
 from sqlalchemy import text
 
-from coordinator.launch import launch, wait
+from coordinator.launch import launch
+from coordinator.watch import wait
 from coordinator.plan import plan_run
 from shared.engines import get_engine
 from shared.metadata import store
@@ -128,9 +129,9 @@ def test_one_chunk_below_min_rows_uses_the_same_chord(workers, make_settings, wh
     assert chunk.task_id == f"{run.run_id}.0" and chunk.status is ChunkStatus.SUCCESS
     assert run.rows_inserted == 5_000
     # the chunk ran as the chord's header task <run_id>.0, its JSON result in the backend
-    from workers.app import app
+    from shared.broker import client_app
 
-    header = AsyncResult(f"{run.run_id}.0", app=app).get(timeout=10)
+    header = AsyncResult(f"{run.run_id}.0", app=client_app(settings)).get(timeout=10)
     assert (header["chunk_no"], header["status"], header["counts"]["rows_read"]) == (
         0, "SUCCESS", 5_000)
     assert scalar(wh, f'SELECT count(*) FROM "{schema}"."dim_small" WHERE is_current') == 5_000
@@ -162,10 +163,10 @@ def test_exact_count(make_settings, wh, schema):
     settings = make_settings({"estimated": mapping, "exact": exact})
     metadata = get_engine(settings.metadata)
 
-    counted = plan_run(settings, "exact", metadata)
+    counted = plan_run(settings, "exact", settings.mapping("exact"), metadata)
     assert counted.estimated_rows == 10_000
     assert len(counted.ranges) == 4
-    estimated = plan_run(settings, "estimated", metadata)
+    estimated = plan_run(settings, "estimated", settings.mapping("estimated"), metadata)
     assert estimated.estimated_rows < 5_000  # the planner's guess, far from the truth
     assert len(estimated.ranges) == 1
 
@@ -186,7 +187,8 @@ def test_parallelism_rounds_the_chunk_count_up(make_settings, wh, schema):
                               "capped": chunking(parallelism=4, max_chunks=7),
                               "small": chunking(parallelism=4, rows_per_chunk=20_000)})
     metadata = get_engine(settings.metadata)
-    plans = {name: plan_run(settings, name, metadata) for name in settings.mappings}
+    plans = {name: plan_run(settings, name, spec, metadata)
+             for name, spec in settings.mappings.items()}
     counts = {name: len(plan.ranges) for name, plan in plans.items()}
     assert counts == {"plain": 5, "two": 6, "capped": 7, "small": 1}, counts
     assert "rounded up to a multiple of parallelism 2" in plans["two"].note

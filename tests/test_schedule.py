@@ -22,7 +22,7 @@ from shared.metadata import slots, store
 from shared.metadata.models import ProcessLog
 from shared.metadata.schema import upgrade
 from shared.config.cron import beat_schedule, latest_slot, next_after, parse_cron
-from shared.config.settings import settings_from_dict, use_settings
+from shared.config.settings import settings_from_dict
 from shared.run.statuses import RunStatus
 from shared.timeutil import as_utc, utcnow
 from tests.conftest import PG_HOST, TOKEN, _admin_engine
@@ -164,10 +164,7 @@ def test_dispatch_claims_each_slot_once_and_skips_while_running(
     config = tmp_path / "chordload.yaml"
     config.write_text(yaml.safe_dump(raw))
     capsys.readouterr()
-    try:
-        code = main(["schedule", "--json", "--config", str(config)])
-    finally:
-        use_settings(session_settings)
+    code = main(["schedule", "--json", "--config", str(config)])
     out = capsys.readouterr().out
     assert code == 0
     listing = {row["mapref"]: row for row in json.loads(out)}
@@ -186,8 +183,9 @@ def test_dispatch_claims_each_slot_once_and_skips_while_running(
 @pytest.mark.e2e
 def test_two_beats_start_an_every_minute_slot_once_and_on_time(
         sched_meta, base_config, session_settings, wh, schema, tmp_path):
-    from workers.app import app
+    from shared.broker import client_app
 
+    app = client_app(session_settings)
     queue = f"cl-{TOKEN}-beat"
     create_customers(wh, schema, 2_000)
     raw = _settings(base_config, sched_meta, queue, {

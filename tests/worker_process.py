@@ -42,8 +42,10 @@ class WorkerProcess:
         self.wait_ready(ready_timeout_s)
 
     def wait_ready(self, timeout_s: float) -> None:
-        from workers.app import app
+        from shared.broker import client_app
+        from shared.config.settings import load_settings
 
+        app = client_app(load_settings(self.config_path))
         if self.broker_url is not None:  # a worker on another broker: ask that broker
             from celery import Celery
 

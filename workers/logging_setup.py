@@ -5,28 +5,24 @@
 - ``task_prerun`` / ``task_postrun``: the run context (run_id, mapref, chunk_no) is bound for
   the whole execution of a chordload task, including Celery's own "succeeded"/"failed" lines.
 - The worker's main process logs "received" before any task code runs; the filter takes the
-  run from the task id there and asks :func:`_lookup_mapref` once per run.
+  run from the task id there and asks the metadata database (``use_metadata``) once per run.
 
-Imported by ``workers/app.py``; nothing here changes what tasks do.
+Imported by ``workers/celery_app.py``; nothing here changes what tasks do.
 """
 from __future__ import annotations
 
 import logging
-import os
-import threading
+from functools import partial
 from typing import Any
 
 from celery import signals
 
 from shared import logging_context
-from shared.logging_context import parse_task_id
+from shared.broker import FINALIZE_RUN, LOAD_CHUNK
+from shared.engines import get_engine
+from shared.run.task_ids import parse_task_id
 
 _tokens: dict[str, Any] = {}
-_engines: dict[tuple[int, str], Any] = {}
-_engines_lock = threading.Lock()
-
-LOAD_CHUNK = "chordload.load_chunk"
-FINALIZE_RUN = "chordload.finalize_run"
 
 
 @signals.after_setup_logger.connect
@@ -78,41 +74,17 @@ def _unbind_run(task_id: str | None = None, **_: Any) -> None:
             pass
 
 
-def _lookup_engine(url: str):  # noqa: ANN202
-    """A one-connection engine with a short connect timeout: a log line must not hang on a
-    database that is down (the load's own engines have their own settings)."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
-
-    key = (os.getpid(), url)
-    with _engines_lock:
-        engine = _engines.get(key)
-        if engine is None:
-            backend = make_url(url).get_backend_name()
-            connect_args = {"connect_timeout": 3} if backend in {"postgresql", "mysql"} else {}
-            engine = _engines[key] = create_engine(url, pool_size=1, max_overflow=0,
-                                                   pool_pre_ping=True, pool_timeout=3,
-                                                   connect_args=connect_args)
-    return engine
-
-
-def _lookup_mapref(run_id: str) -> str | None:
+def _lookup_mapref(metadata_url: str, run_id: str) -> str | None:
     from sqlalchemy import select
 
     from shared.metadata.models import ProcessLog
-    from shared.config.settings import current_settings
 
-    with _lookup_engine(current_settings().metadata).connect() as conn:
+    # a log line must not hang on a database that is down: the quick engine gives up fast
+    with get_engine(metadata_url, quick=True).connect() as conn:
         return conn.execute(select(ProcessLog.mapref).where(
             ProcessLog.run_id == run_id)).scalar_one_or_none()
 
 
-def _after_fork_in_child() -> None:
-    for engine in _engines.values():
-        engine.dispose(close=False)
-    _engines.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-logging_context.set_mapref_resolver(_lookup_mapref)
-
+def use_metadata(metadata_url: str) -> None:
+    """Name runs' mappings in log lines from this metadata database."""
+    logging_context.set_mapref_resolver(partial(_lookup_mapref, metadata_url))

@@ -1,28 +1,38 @@
-"""Celery tasks. Messages carry only run id, chunk number and bounds (JSON); each task
-rebuilds what it needs from the metadata database and its own config."""
+"""Celery tasks: thin wrappers that take their settings from their own app and call the
+code that does the work. Messages carry only run id, chunk number and bounds (JSON); each
+task rebuilds what it needs from the metadata database and the app's config.
+
+The tasks are ``shared_task``s, so they belong to whichever app loads this module: the
+worker's (``workers/celery_app.py``) or the demo's in-process worker.
+"""
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import asdict
+from typing import Any
 
+from celery import Task, current_app, shared_task, states
+from celery.result import AsyncResult
+
+from shared import broker
+from shared.chunk.load import load_chunk as load_chunk_range
 from shared.engines import get_engine
 from shared.errors import is_transient_db_error
-from shared.lifecycle.finalize import finalize_run as finalize_run_record
+from shared.lifecycle.finalize import finalize_run as finalize
+from shared.lifecycle.reconcile import reconcile as reconcile_runs
+from shared.logging_context import bind_run_context
 from shared.metadata import store
-from shared.retry import backoff_s
-from shared.config.settings import current_settings
+from shared.retry import TASK_METADATA
 from shared.run.statuses import ChunkStatus
 from shared.run.window import ChunkRange
-from workers.app import app
-from shared.chunk.load import load_chunk as load_chunk_range
+from workers.celery_app import settings_of
 
 log = logging.getLogger("chordload.tasks")
 
 
-METADATA_RETRY_MAX = 5
-
-
-@app.task(name="chordload.load_chunk", bind=True, max_retries=None)
-def load_chunk(self, run_id: str, chunk_no: int, bounds: dict) -> dict:
+@shared_task(name=broker.LOAD_CHUNK, bind=True, max_retries=None)
+def load_chunk(self: Task, run_id: str, chunk_no: int, bounds: dict[str, Any]) -> dict[str, Any]:
     """Header task of a run's chord: load one key range.
 
     Transient failures retry as a Celery retry of this same task id (the chord counts the
@@ -32,38 +42,38 @@ def load_chunk(self, run_id: str, chunk_no: int, bounds: dict) -> dict:
     """
     chunk = ChunkRange.from_message(bounds)
     try:
-        result = load_chunk_range(current_settings(), run_id, chunk,
+        result = load_chunk_range(settings_of(self.app), run_id, chunk,
                                   self.request.hostname or "worker", task_id=self.request.id,
                                   retries_done=self.request.retries)
     except Exception as exc:
-        if is_transient_db_error(exc) and self.request.retries < METADATA_RETRY_MAX:
-            raise self.retry(countdown=backoff_s(self.request.retries, 1.0, 30.0)) from exc
+        if is_transient_db_error(exc) and self.request.retries < TASK_METADATA.attempts:
+            raise self.retry(countdown=TASK_METADATA.backoff_s(self.request.retries)) from exc
         raise
     if result.retry_in_s is not None:
         raise self.retry(countdown=result.retry_in_s)
     return result.to_json()
 
 
-@app.task(name="chordload.finalize_run")
-def finalize_run(run_id: str, launch: int = 1) -> dict:
+@shared_task(name=broker.FINALIZE_RUN, bind=True)
+def finalize_run(self: Task, run_id: str, launch: int = 1) -> dict[str, Any]:
     """Chord body. Normally every chunk is terminal by now; if one is not (a duplicate
     delivery counted twice by the chord), finalizing is left to that chunk's own end."""
-    metadata = get_engine(current_settings().metadata, pre_ping=False)
-    outcome = finalize_run_record(metadata, run_id, launch=launch)
+    outcome = finalize(settings_of(self.app), run_id, launch=launch)
     status = outcome.status.value if outcome else None
     log.info("run %s finalized: %s", run_id, status)
     return {"run_id": run_id, "status": status}
 
 
-@app.task(name="chordload.on_run_error")
-def on_run_error(request, exc, traceback, run_id: str, launch: int = 1) -> None:  # noqa: ANN001
+@shared_task(name=broker.ON_RUN_ERROR)
+def on_run_error(request: Any, exc: BaseException, traceback: Any, run_id: str,
+                 launch: int = 1) -> None:
     """Chord errback: Celery calls it instead of the body when a header task was revoked,
     lost or raised (the chord fires only once every header task has returned, so chunks still
-    open in chunk_log are the ones whose task did not run to its end)."""
-    from celery.result import AsyncResult
-    from celery import states
-
-    metadata = get_engine(current_settings().metadata, pre_ping=False)
+    open in chunk_log are the ones whose task did not run to its end). Not bound: Celery
+    calls only unbound errbacks with the failed request (a bound one gets a task id)."""
+    app = current_app
+    settings = settings_of(app)
+    metadata = get_engine(settings.metadata, pre_ping=False)
     log.error("run %s: chord error %r", run_id, exc)
     if store.get_run(metadata, run_id).launches != launch:
         log.info("run %s: errback of an earlier launch (%s); ignored", run_id, launch)
@@ -74,22 +84,27 @@ def on_run_error(request, exc, traceback, run_id: str, launch: int = 1) -> None:
     for chunk in revoked:
         store.finish_chunk(metadata, run_id, chunk.chunk_no, ChunkStatus.REVOKED,
                            "its task was revoked")
-    finalize_run_record(metadata, run_id, unfinished_chunks=ChunkStatus.FAILED, launch=launch,
-                        reason=f"chord failed: {exc}")
+    finalize(settings, run_id, unfinished_chunks=ChunkStatus.FAILED, launch=launch,
+             reason=f"chord failed: {exc}")
 
 
-@app.task(name="chordload.reconcile")
-def reconcile() -> list[dict]:
+@shared_task(name=broker.RECONCILE, bind=True)
+def reconcile(self: Task) -> list[dict[str, Any]]:
     """Periodic (beat): finalize or fail runs that would otherwise stay RUNNING forever."""
-    from dataclasses import asdict
-
-    from shared.lifecycle.reconcile import reconcile as reconcile_runs
-
-    from shared.logging_context import bind_run_context
-
-    actions = reconcile_runs(current_settings())
+    actions = reconcile_runs(settings_of(self.app))
     for action in actions:
         with bind_run_context(run_id=action.run_id, mapref=action.mapref):
             log.warning("reconcile: run %s %s -> %s", action.run_id, action.action,
                         action.status)
     return [asdict(a) for a in actions]
+
+
+@shared_task(name=broker.DISPATCH_DUE, bind=True, ignore_result=True)
+def dispatch_due(self: Task) -> list[dict[str, Any]]:
+    """Periodic (beat, every few seconds): launch the mappings whose schedule slot is due
+    (``coordinator/schedule.py``). Each slot is claimed once in the metadata database, so
+    extra dispatches (two beats, redelivery) are harmless."""
+    from coordinator.schedule import dispatch_due as dispatch
+
+    claimer = f"{self.request.hostname or 'worker'}/{os.getpid()}"
+    return [o.to_json() for o in dispatch(settings_of(self.app), claimed_by=claimer)]

@@ -1,25 +1,16 @@
-"""Cron schedules of mappings, and the static Celery beat entries.
+"""Cron schedules of mappings.
 
 A mapping's ``schedule`` is a five-field cron expression in UTC (``minute hour day-of-month
 month day-of-week``), parsed with Celery's own :class:`celery.schedules.crontab`. Beat does not
 get one entry per mapping: it runs one static entry, ``chordload.dispatch_due``, every few
-seconds, and that task works out which *slot* (a cron fire time) of each mapping is due. Slot
-times are computed from the cron expression alone, so every dispatcher - whichever worker,
-whichever beat process sent it - names the same slot the same way, and the metadata database
-can refuse a second claim of it (see ``shared/metadata/slots.py``).
-
-Knobs (environment of the workers and of beat):
-  CHORDLOAD_DISPATCH_INTERVAL_S   how often beat sends ``dispatch_due`` (default 5)
-  CHORDLOAD_RECONCILE_INTERVAL_S  how often beat sends ``reconcile`` (default 30)
-  CHORDLOAD_SCHEDULE_GRACE_S      how late a slot may still be launched (default 3600); a slot
-                                  older than that (beat or all workers were down) is not
-                                  launched, the next one is
+seconds (``shared/broker.py``), and that task works out which *slot* (a cron fire time) of
+each mapping is due. Slot times are computed from the cron expression alone, so every
+dispatcher - whichever worker, whichever beat process sent it - names the same slot the same
+way, and the metadata database can refuse a second claim of it (``shared/metadata/slots.py``).
 """
 from __future__ import annotations
 
 import datetime as dt
-import os
-from typing import Any
 
 from celery.schedules import crontab, crontab_parser
 
@@ -28,35 +19,6 @@ CRON_FIELDS = (  # name, crontab_parser(max, min)
     ("minute", 60, 0), ("hour", 24, 0), ("day-of-month", 31, 1), ("month", 12, 1),
     ("day-of-week", 7, 0))
 CRON_HELP = "minute hour day-of-month month day-of-week, in UTC; e.g. '*/15 * * * *'"
-
-DISPATCH_TASK = "chordload.dispatch_due"
-RECONCILE_TASK = "chordload.reconcile"
-
-
-def _env_float(name: str, default: float, minimum: float) -> float:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number of seconds") from None
-    if value < minimum:
-        raise ValueError(f"{name}={raw!r}: must be at least {minimum}")
-    return value
-
-
-def dispatch_interval_s() -> float:
-    return _env_float("CHORDLOAD_DISPATCH_INTERVAL_S", 5.0, 0.5)
-
-
-def reconcile_interval_s() -> float:
-    return _env_float("CHORDLOAD_RECONCILE_INTERVAL_S", 30.0, 1.0)
-
-
-def schedule_grace_s() -> float:
-    return _env_float("CHORDLOAD_SCHEDULE_GRACE_S", 3600.0, 1.0)
-
 
 def parse_cron(expr: str) -> crontab:
     """A cron expression as a Celery crontab; ValueError says which field is wrong and why."""
@@ -107,19 +69,3 @@ def latest_slot(cron: crontab, now: dt.datetime, grace_s: float) -> dt.datetime 
         if step >= grace:
             return None
         step *= 2
-
-
-def beat_schedule(queue: str) -> dict[str, dict[str, Any]]:
-    """The static beat entries: ``dispatch_due`` every few seconds, ``reconcile`` every ~30 s.
-
-    ``expires`` drops messages that waited too long behind busy workers, so a backlog of
-    dispatches cannot pile up; a late dispatch is harmless anyway (slots are claimed once).
-    """
-    dispatch = dispatch_interval_s()
-    reconcile = reconcile_interval_s()
-    return {
-        DISPATCH_TASK: {"task": DISPATCH_TASK, "schedule": dispatch,
-                        "options": {"queue": queue, "expires": max(30.0, 6 * dispatch)}},
-        RECONCILE_TASK: {"task": RECONCILE_TASK, "schedule": reconcile,
-                         "options": {"queue": queue, "expires": max(30.0, 2 * reconcile)}},
-    }

@@ -3,10 +3,14 @@
 The file is found at ``--config PATH``, else ``$CHORDLOAD_CONFIG``, else ``./chordload.yaml``.
 ``${VAR}`` (and ``${VAR:-default}``) in values are replaced from the environment (after
 parsing: a value's characters never change the file's structure, and a ``${VAR}`` in a YAML
-comment is ignored), and
-``CHORDLOAD_BROKER_URL`` / ``CHORDLOAD_RESULT_BACKEND`` / ``CHORDLOAD_METADATA_URL`` override
-the file. Every problem is reported with its path in the file (``mappings.x.keys``) so the
-user knows what to fix.
+comment is ignored), and the variables in ``ENV_OVERRIDES`` override keys of the file: that
+table is the one list of chordload's environment knobs, and every default is stated once, on
+its field below. Without a file, the environment alone is a config when it names at least
+the broker and the metadata database. Every problem is reported with its path in the file
+(``mappings.x.keys``) so the user knows what to fix.
+
+Settings are passed explicitly to whatever needs them (the CLI loads them once per command,
+the worker's Celery app is built from them); there is no process-wide settings object.
 """
 from __future__ import annotations
 
@@ -22,11 +26,19 @@ from shared.errors import ConfigError
 from shared.config.mapping import MappingSpec
 
 DEFAULT_CONFIG_FILE = "chordload.yaml"
-ENV_OVERRIDES = {
-    "broker": "CHORDLOAD_BROKER_URL",
-    "result_backend": "CHORDLOAD_RESULT_BACKEND",
-    "metadata": "CHORDLOAD_METADATA_URL",
+CONFIG_ENV = "CHORDLOAD_CONFIG"
+# environment variable -> the key of the config it overrides
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "CHORDLOAD_BROKER_URL": ("broker",),
+    "CHORDLOAD_RESULT_BACKEND": ("result_backend",),
+    "CHORDLOAD_METADATA_URL": ("metadata",),
+    "CHORDLOAD_QUEUE": ("celery", "queue"),
+    "CHORDLOAD_VISIBILITY_TIMEOUT_S": ("celery", "visibility_timeout_s"),
+    "CHORDLOAD_DISPATCH_INTERVAL_S": ("schedule", "dispatch_interval_s"),
+    "CHORDLOAD_RECONCILE_INTERVAL_S": ("schedule", "reconcile_interval_s"),
+    "CHORDLOAD_SCHEDULE_GRACE_S": ("schedule", "grace_s"),
 }
+ENV_ONLY_REQUIRED = ("CHORDLOAD_BROKER_URL", "CHORDLOAD_METADATA_URL")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PLACEHOLDER = re.compile(r"__chordload_var_(\d+)__")
 
@@ -70,14 +82,25 @@ MetadataUrl = Annotated[str, AfterValidator(_database_url), AfterValidator(_meta
 
 
 class CelerySpec(BaseModel):
-    """Celery knobs users may need to tune; everything else is fixed in workers/app.py."""
+    """Celery knobs users may need to tune; everything else is fixed in shared/broker.py."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    queue: str = "chordload"
+    queue: str = Field(default="chordload", min_length=1)
     visibility_timeout_s: int = Field(default=4 * 3600, ge=1)
     heartbeat_grace_s: int = Field(default=300, ge=0)
     broker_transport_options: dict[str, Any] = Field(default_factory=dict)
     result_backend_transport_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScheduleSpec(BaseModel):
+    """Beat: how often it sends ``dispatch_due`` and ``reconcile``, and how late a cron slot
+    may still be launched (an older slot, missed while beat or every worker was down, is
+    skipped; the next one is not)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    dispatch_interval_s: float = Field(default=5.0, ge=0.5)
+    reconcile_interval_s: float = Field(default=30.0, ge=1.0)
+    grace_s: float = Field(default=3600.0, ge=1.0)
 
 
 class Settings(BaseModel):
@@ -88,6 +111,7 @@ class Settings(BaseModel):
     connections: dict[str, DatabaseUrl] = Field(default_factory=dict)
     mappings: dict[str, MappingSpec] = Field(default_factory=dict)
     celery: CelerySpec = CelerySpec()
+    schedule: ScheduleSpec = ScheduleSpec()
 
     @model_validator(mode="after")
     def _connections_exist(self) -> "Settings":
@@ -110,9 +134,8 @@ class Settings(BaseModel):
 
     @property
     def visibility_timeout_s(self) -> int:
-        """The broker's visibility timeout; ``CHORDLOAD_VISIBILITY_TIMEOUT_S`` overrides."""
-        return int(os.environ.get("CHORDLOAD_VISIBILITY_TIMEOUT_S",
-                                  self.celery.visibility_timeout_s))
+        """The broker's visibility timeout (``celery.visibility_timeout_s``)."""
+        return self.celery.visibility_timeout_s
 
     def connection_url(self, name: str) -> str:
         try:
@@ -175,32 +198,60 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _set_environment_overrides(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with the keys that set environment variables override."""
+    raw = dict(raw)
+    for env, path in ENV_OVERRIDES.items():
+        value = os.environ.get(env)
+        if not value:
+            continue
+        node = raw
+        for key in path[:-1]:
+            child = node.get(key)
+            node[key] = child = dict(child) if isinstance(child, dict) else {}
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def overridden_keys() -> set[tuple[str, ...]]:
+    return {path for env, path in ENV_OVERRIDES.items() if os.environ.get(env)}
+
+
 def settings_from_dict(raw: dict[str, Any], source: str = "config") -> Settings:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of keys at the top level")
-    raw = dict(raw)
-    for key, env in ENV_OVERRIDES.items():
-        if os.environ.get(env):
-            raw[key] = os.environ[env]
     try:
-        return Settings.model_validate(raw)
+        return Settings.model_validate(_set_environment_overrides(raw))
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
+        message = format_validation_error(err, source)
+        names = [env for env, path in ENV_OVERRIDES.items()
+                 if os.environ.get(env) and ".".join(path) in message]
+        if names:
+            message += f"\n  (set from the environment: {', '.join(names)})"
+        raise ConfigError(message) from None
 
 
 def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
     if path:
         return Path(path)
-    if os.environ.get("CHORDLOAD_CONFIG"):
-        return Path(os.environ["CHORDLOAD_CONFIG"])
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
     return Path(DEFAULT_CONFIG_FILE)
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """The settings of ``path``, else ``$CHORDLOAD_CONFIG``, else ``./chordload.yaml``; with
+    none of those, the environment alone if it names the broker and the metadata database."""
     config_path = resolve_config_path(path)
     if not config_path.is_file():
-        raise ConfigError(f"config file {config_path} not found (pass --config PATH or set "
-                          "CHORDLOAD_CONFIG)")
+        explicit = path or os.environ.get(CONFIG_ENV)
+        if not explicit and all(os.environ.get(env) for env in ENV_ONLY_REQUIRED):
+            return settings_from_dict({}, "environment")
+        raise ConfigError(
+            f"config file {config_path} not found: pass --config PATH or set {CONFIG_ENV} "
+            f"(`chordload` and `celery -A workers` read the same file), or set "
+            f"{' and '.join(ENV_ONLY_REQUIRED)} to run from the environment alone")
     try:
         text, refs = protect_env_refs(config_path.read_text())
     except (OSError, UnicodeDecodeError) as err:
@@ -211,23 +262,15 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         message = _PLACEHOLDER.sub(lambda m: refs[int(m.group(1))].group(0), str(err))
         raise ConfigError(f"{config_path} is not valid YAML: {message}") from None
     if isinstance(raw, dict):  # keys the environment overrides need no substitution
-        raw = {k: v for k, v in raw.items() if not (k in ENV_OVERRIDES
-                                                     and os.environ.get(ENV_OVERRIDES[k]))}
+        raw = _without(raw, overridden_keys())
     return settings_from_dict(substitute_env(raw, str(config_path), refs), str(config_path))
 
 
-_current: Settings | None = None
-
-
-def use_settings(settings: Settings | None) -> None:
-    """Make ``settings`` the process-wide settings (the demo and tests set them explicitly)."""
-    global _current
-    _current = settings
-
-
-def current_settings() -> Settings:
-    """The process-wide settings, loaded from the config file on first use."""
-    global _current
-    if _current is None:
-        _current = load_settings()
-    return _current
+def _without(raw: dict[str, Any], paths: set[tuple[str, ...]]) -> dict[str, Any]:
+    out = {}
+    for key, value in raw.items():
+        if (key,) in paths:
+            continue
+        nested = {p[1:] for p in paths if len(p) > 1 and p[0] == key}
+        out[key] = _without(value, nested) if nested and isinstance(value, dict) else value
+    return out

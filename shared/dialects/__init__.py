@@ -6,8 +6,7 @@ from sqlalchemy import Engine
 from shared.dialects.base import DialectAdapter
 from shared.errors import ConfigError
 
-SUPPORTED = ("postgresql", "mysql/mariadb (mysql+pymysql://)", "sqlite",
-             "oracle (untested)", "mssql (untested)")
+SUPPORTED = ("postgresql", "mysql/mariadb (mysql+pymysql://)", "sqlite")
 
 
 def adapter_for(engine: Engine) -> DialectAdapter:
@@ -28,13 +27,5 @@ def adapter_for(engine: Engine) -> DialectAdapter:
         from shared.dialects.mysql import MysqlAdapter
 
         return MysqlAdapter(engine)
-    if name == "oracle":
-        from shared.dialects.oracle import OracleAdapter
-
-        return OracleAdapter(engine)
-    if name == "mssql":
-        from shared.dialects.mssql import MssqlAdapter
-
-        return MssqlAdapter(engine)
     raise ConfigError(f"database '{name}' (driver '{driver}') is not supported; supported: "
                       f"{', '.join(SUPPORTED)}")

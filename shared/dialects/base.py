@@ -1,15 +1,15 @@
 """The dialect adapter interface and the SQL that is the same everywhere.
 
-An adapter owns what differs between databases: reading source column types, the row
-estimate, split boundaries, streaming, the bulk path into staging, the row-hash expression,
-identifier quoting and the DDL types used to create targets. The SCD apply statements are
-written once here from those pieces.
+An adapter is I/O and SQL pieces only: identifier quoting, reading source column types,
+the row estimate, split boundaries, streaming, the bulk path into staging, the row-hash
+expression, the DDL types used to create targets, and how to spell an UPDATE with a join.
+The SCD algorithm is written once from those pieces in ``shared/scd/``; a dialect that can
+relay bulk text also implements the protocols in ``shared/dialects/relay.py``.
 """
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, inspect, text
@@ -19,42 +19,7 @@ from shared.errors import ConfigError
 from shared.config.mapping import AuditColumns, TargetSpec
 
 STAGE_TABLE = "cl_stage"
-HASH_COLUMN = "row_hash"
 
-
-TOMBSTONE_HASH = "deleted"  # row_hash of a 'deleted' version: never equal to an md5
-
-
-@dataclass(frozen=True)
-class ApplyCounts:
-    inserted: int = 0
-    changed: int = 0
-    unchanged: int = 0
-
-
-@dataclass(frozen=True)
-class Scd2Options:
-    """SCD2 options of a mapping, as the apply statements need them.
-
-    ``valid_from_column``: a staged column whose value starts a version (default: the run's
-    start, bound as ``valid_from``). ``current_valid_to``: the value bound as valid_to of
-    current versions (default NULL). ``tracked``: the columns hashed into row_hash; the other
-    non-key columns are updated in place on the current version. ``is_deleted``: the column
-    marking 'deleted' versions (deletes: new_record), set false on every version written here.
-    """
-
-    valid_from_column: str | None = None
-    current_valid_to: Any = None
-    tracked: tuple[str, ...] | None = None
-    is_deleted: str | None = None
-
-    def hashed_columns(self, columns: Sequence[str]) -> list[str]:
-        return [c for c in columns if c in self.tracked] if self.tracked else list(columns)
-
-    def in_place_columns(self, columns: Sequence[str], keys: Sequence[str]) -> list[str]:
-        if not self.tracked:
-            return []
-        return [c for c in columns if c not in self.tracked and c not in keys]
 
 
 class DialectAdapter:
@@ -106,18 +71,6 @@ class DialectAdapter:
         if len(left) == 1:
             return f"{left[0]} {op} {right[0]}"
         return f"({', '.join(left)}) {op} ({', '.join(right)})"
-
-    @staticmethod
-    def expanded_row_compare(left: Sequence[str], op: str, right: Sequence[str]) -> str:
-        """A row comparison spelled out, for databases without row-value comparisons:
-        ``(a, b) >= (x, y)`` is ``a > x OR (a = x AND b >= y)``."""
-        strict = op[0]  # '<' or '>'
-        terms = []
-        for i in range(len(left)):
-            equal = [f"{left[j]} = {right[j]}" for j in range(i)]
-            last = op if i == len(left) - 1 else strict
-            terms.append("(" + " AND ".join([*equal, f"{left[i]} {last} {right[i]}"]) + ")")
-        return "(" + " OR ".join(terms) + ")"
 
     def limit_sql(self, sql: str, limit: int, offset: int = 0) -> str:
         """``sql`` (ending in ORDER BY) limited to ``limit`` rows after ``offset``."""
@@ -314,49 +267,10 @@ class DialectAdapter:
     def row_hash_expr(self, qualified_columns: Sequence[str]) -> str:
         raise NotImplementedError
 
-    # -- SCD apply ---------------------------------------------------------------------
+    # -- SQL pieces of the SCD statements (shared/scd/) -------------------------------------
     def null_safe_eq(self, left: str, right: str) -> str:
         """Equality that treats NULL = NULL as true (a NULL business key is one key)."""
         return f"{left} IS NOT DISTINCT FROM {right}"
-
-    def _hashed_stage(self, stage: str, columns: Sequence[str], only: str,
-                      hashed: Sequence[str] | None = None) -> str:
-        hash_expr = self.row_hash_expr([f"st.{self.q(c)}" for c in (hashed or columns)])
-        return f"(SELECT st.*, {hash_expr} AS cl_hash FROM {stage} st WHERE {only})"
-
-    def _key_match(self, keys: Sequence[str], left: str, right: str, null_safe: bool) -> str:
-        if null_safe:
-            return " AND ".join(self.null_safe_eq(f"{left}.{self.q(k)}", f"{right}.{self.q(k)}")
-                                for k in keys)
-        return " AND ".join(f"{left}.{self.q(k)} = {right}.{self.q(k)}" for k in keys)
-
-    def _key_filter(self, keys: Sequence[str], alias: str, null_safe: bool) -> str:
-        """Rows of ``alias`` that take this pass: no NULL key part, or (null-safe) some."""
-        if null_safe:
-            return "(" + " OR ".join(f"{alias}.{self.q(k)} IS NULL" for k in keys) + ")"
-        return " AND ".join(f"{alias}.{self.q(k)} IS NOT NULL" for k in keys)
-
-    def _passes(self, keys: Sequence[str], has_null_keys: bool) -> list[tuple[str, str]]:
-        """(key match, stage filter) per pass. Plain ``=`` uses the target's key index; rows
-        with a NULL key take a second, null-safe pass, run only when the batch has such rows."""
-        passes = [(self._key_match(keys, "t", "s", False), self._key_filter(keys, "st", False))]
-        if has_null_keys:
-            passes.append((self._key_match(keys, "t", "s", True),
-                           self._key_filter(keys, "st", True)))
-        return passes
-
-    def _written_by_run(self, target_alias: str, stage_alias: str, audit: AuditColumns) -> str:
-        """``target.run_id = :run_id``, spelled as a join condition on the staged row. As a
-        plain restriction on the target it is estimated from the target's statistics, which
-        during a load are stale (they know few or no rows of this run); PostgreSQL then
-        prefers scanning the whole target once per staged row to probing its key index."""
-        return (f"{target_alias}.{self.q(audit.run_id)} = CASE WHEN {stage_alias}.cl_hash IS "
-                f"NULL THEN NULL ELSE :run_id END")
-
-    def _differs(self, left: str, right: str, columns: Sequence[str]) -> str:
-        """The columns of two row aliases differ (compared by hash, so NULLs are values)."""
-        return (f"{self.row_hash_expr([f'{left}.{self.q(c)}' for c in columns])} <> "
-                f"{self.row_hash_expr([f'{right}.{self.q(c)}' for c in columns])}")
 
     def update_from_sql(self, table: str, hashed: str, match: str,
                         sets: Sequence[tuple[str, str]], where: str) -> str:
@@ -374,211 +288,6 @@ class DialectAdapter:
         """DELETE the target rows ``t`` that satisfy ``where``."""
         return f"DELETE FROM {table} AS t WHERE {where}"
 
-    def apply_scd1(self, conn: Connection, stage: str, target: TargetSpec,
-                   columns: Sequence[str], keys: Sequence[str], audit: AuditColumns,
-                   run_id: str, now: Any, staged_rows: int,
-                   has_null_keys: bool = False) -> ApplyCounts:
-        """Update changed rows in place, insert new keys; equal hashes are not written."""
-        table = self.table_ref(target)
-        sets = [(c, f"s.{self.q(c)}") for c in columns if c not in keys]
-        sets += [(audit.row_hash, "s.cl_hash"), (audit.updated_at, ":now"),
-                 (audit.run_id, ":run_id")]
-        cols = ", ".join(self.q(c) for c in columns)
-        s_cols = ", ".join(f"s.{self.q(c)}" for c in columns)
-        params = {"now": now, "run_id": run_id}
-        changed = inserted = 0
-        for match, only in self._passes(keys, has_null_keys):
-            hashed = self._hashed_stage(stage, columns, only)
-            changed += conn.execute(text(self.update_from_sql(
-                table, hashed, match, sets, f"t.{self.q(audit.row_hash)} <> s.cl_hash")),
-                params).rowcount
-            inserted += conn.execute(text(
-                f"INSERT INTO {table} ({cols}, {self.q(audit.row_hash)}, {self.q(audit.inserted_at)}, "
-                f"{self.q(audit.updated_at)}, {self.q(audit.run_id)}) SELECT {s_cols}, s.cl_hash, :now, "
-                f":now, :run_id FROM {hashed} s WHERE NOT EXISTS (SELECT 1 FROM {table} t "
-                f"WHERE {match})"), params).rowcount
-        return ApplyCounts(inserted=inserted, changed=changed,
-                           unchanged=staged_rows - inserted - changed)
-
-    def apply_scd2(self, conn: Connection, stage: str, target: TargetSpec,
-                   columns: Sequence[str], keys: Sequence[str], audit: AuditColumns,
-                   run_id: str, valid_from: Any, staged_rows: int,
-                   has_null_keys: bool = False, options: Scd2Options | None = None) -> ApplyCounts:
-        """Expire current versions whose hash changed, then insert a current version for every
-        staged key that has none (new keys and the ones just expired). With ``tracked``
-        columns, a change in the other columns updates the current version in place. Re-applying
-        the same batch finds equal hashes and writes nothing, which makes redelivery harmless."""
-        opts = options or Scd2Options()
-        table = self.table_ref(target)
-        current = self.q(audit.is_current)
-        hashed_cols = opts.hashed_columns(columns)
-        in_place = opts.in_place_columns(columns, keys)
-        vf = f"s.{self.q(opts.valid_from_column)}" if opts.valid_from_column else ":valid_from"
-        insert_cols = [self.q(c) for c in columns] + [self.q(audit.row_hash), self.q(audit.valid_from),
-                                                      self.q(audit.valid_to), current,
-                                                      self.q(audit.run_id)]
-        insert_vals = [f"s.{self.q(c)}" for c in columns] + ["s.cl_hash", vf, ":valid_to_current",
-                                                            ":true_", ":run_id"]
-        if opts.is_deleted:
-            insert_cols.append(self.q(opts.is_deleted))
-            insert_vals.append(":false_")
-        params = {"valid_from": valid_from, "true_": self.bool_value(True),
-                  "false_": self.bool_value(False), "run_id": run_id,
-                  "valid_to_current": opts.current_valid_to}
-        expire = [(audit.valid_to, vf), (audit.is_current, ":false_")]
-        changed = written = updated = 0
-        for match, only in self._passes(keys, has_null_keys):
-            hashed = self._hashed_stage(stage, columns, only, hashed_cols)
-            if in_place:
-                updated += conn.execute(text(self.update_from_sql(
-                    table, hashed, match, [(c, f"s.{self.q(c)}") for c in in_place],
-                    f"t.{current} = :true_ AND t.{self.q(audit.row_hash)} = s.cl_hash AND "
-                    f"{self._differs('t', 's', in_place)}")), params).rowcount
-            changed += conn.execute(text(self.update_from_sql(
-                table, hashed, match, expire,
-                f"t.{current} = :true_ AND t.{self.q(audit.row_hash)} <> s.cl_hash")),
-                params).rowcount
-            written += conn.execute(text(
-                f"INSERT INTO {table} ({', '.join(insert_cols)}) SELECT {', '.join(insert_vals)} "
-                f"FROM {hashed} s WHERE NOT EXISTS (SELECT 1 "
-                f"FROM {table} t WHERE {match} AND t.{current} = :true_)"), params).rowcount
-        return ApplyCounts(inserted=written - changed, changed=changed + updated,
-                           unchanged=staged_rows - written - updated)
-
-    def replace_own_versions(self, conn: Connection, stage: str, target: TargetSpec,
-                             columns: Sequence[str], keys: Sequence[str], audit: AuditColumns,
-                             run_id: str, has_null_keys: bool = False,
-                             options: Scd2Options | None = None, *, scd_type: int = 2,
-                             now: Any = None) -> int:
-        """Overwrite, in place, the current rows that this same run wrote and that differ from
-        the staged row: a later duplicate of a key that won, or a replayed batch that reads
-        other rows than the attempt before it. A run thus writes one version per key however
-        often the key occurs in its extract, and the apply that follows finds these rows
-        unchanged. SCD2 with valid_from from a source column: the predecessor's valid_to
-        moves along. SCD1: ``now`` is the new updated_at. Returns the rows overwritten."""
-        opts = options or Scd2Options()
-        table = self.table_ref(target)
-        scd2 = scd_type == 2
-        current = self.q(audit.is_current)
-        hashed_cols = opts.hashed_columns(columns) if scd2 else list(columns)
-        in_place = opts.in_place_columns(columns, keys) if scd2 else []
-        params = {"true_": self.bool_value(True), "false_": self.bool_value(False),
-                  "run_id": run_id, "now": now}
-        replaced = 0
-        for null_safe in ((False, True) if has_null_keys else (False,)):
-            only = self._key_filter(keys, "st", null_safe)
-            hashed = self._hashed_stage(stage, columns, only, hashed_cols)
-
-            def differs(t: str, s: str) -> str:
-                found = f"{t}.{self.q(audit.row_hash)} <> {s}.cl_hash"
-                return f"({found} OR {self._differs(t, s, in_place)})" if in_place else found
-
-            own = f"{self._written_by_run('t', 's', audit)} AND {differs('t', 's')}"
-            if scd2:
-                own = f"t.{current} = :true_ AND {own}"
-            match = self._key_match(keys, "t", "s", null_safe)
-            sets = [(c, f"s.{self.q(c)}") for c in columns if c not in keys]
-            sets.append((audit.row_hash, "s.cl_hash"))
-            if not scd2:
-                sets.append((audit.updated_at, ":now"))
-            elif opts.valid_from_column:
-                vf = f"s.{self.q(opts.valid_from_column)}"
-                owned = (f"(SELECT s2.*, o.{self.q(audit.valid_from)} AS cl_old_vf FROM "
-                         f"{hashed} s2 JOIN {table} o ON {self._key_match(keys, 'o', 's2', null_safe)}"
-                         f" AND o.{current} = :true_ AND {self._written_by_run('o', 's2', audit)}"
-                         f" AND {differs('o', 's2')})")
-                conn.execute(text(self.update_from_sql(
-                    table, owned, match, [(audit.valid_to, vf)],
-                    f"t.{current} = :false_ AND t.{self.q(audit.valid_to)} = s.cl_old_vf")),
-                    params)
-                sets.append((audit.valid_from, vf))
-            replaced += conn.execute(text(self.update_from_sql(table, hashed, match, sets, own)),
-                                     params).rowcount
-        return replaced
-
-    def count_applied_by_run(self, conn: Connection, stage: str, target: TargetSpec,
-                             columns: Sequence[str], keys: Sequence[str], audit: AuditColumns,
-                             scd_type: int, run_id: str, valid_from: Any,
-                             has_null_keys: bool = False,
-                             options: Scd2Options | None = None) -> ApplyCounts:
-        """Among staged rows the apply found unchanged, those that this same run had already
-        written (an earlier attempt of a retried or redelivered chunk, or the launch before a
-        resume), split into inserted and changed. Run only on replays, so counts stay exact
-        without costing the first attempt anything."""
-        opts = options or Scd2Options()
-        table = self.table_ref(target)
-        hashed_cols = opts.hashed_columns(columns) if scd_type == 2 else list(columns)
-        if scd_type == 1:  # changed: inserted before this run (at valid_from), updated since
-            changed_expr = (f"CASE WHEN t.{self.q(audit.inserted_at)} < "
-                            f"t.{self.q(audit.updated_at)} AND t.{self.q(audit.inserted_at)} < "
-                            f":valid_from THEN 1 ELSE 0 END")
-            current = "1 = 1"
-        else:
-            current = f"t.{self.q(audit.is_current)} = :true_"
-            changed_expr = (f"CASE WHEN EXISTS (SELECT 1 FROM {table} o WHERE "
-                            f"{{match_o}} AND o.{self.q(audit.is_current)} = :false_ AND "
-                            f"o.{self.q(audit.valid_to)} = t.{self.q(audit.valid_from)}) "
-                            f"THEN 1 ELSE 0 END")
-        params = {"run_id": run_id, "valid_from": valid_from, "true_": self.bool_value(True),
-                  "false_": self.bool_value(False)}
-        total = changed = 0
-        for null_safe in ((False, True) if has_null_keys else (False,)):
-            match = self._key_match(keys, "t", "s", null_safe)
-            match_o = self._key_match(keys, "o", "t", null_safe)
-            hashed = self._hashed_stage(stage, columns, self._key_filter(keys, "st", null_safe),
-                                        hashed_cols)
-            row = conn.execute(text(
-                f"SELECT count(*), sum({changed_expr.format(match_o=match_o)}) FROM {hashed} s "
-                f"JOIN {table} t ON {match} AND {current} WHERE "
-                f"{self._written_by_run('t', 's', audit)} AND "
-                f"t.{self.q(audit.row_hash)} = s.cl_hash"), params).one()
-            total += int(row[0] or 0)
-            changed += int(row[1] or 0)
-        return ApplyCounts(inserted=total - changed, changed=changed, unchanged=-total)
-
-    # -- hard deletes (full loads, in finalize) -------------------------------------------
-    def retire_absent_keys(self, conn: Connection, stage: str, target: TargetSpec,
-                           columns: Sequence[str], keys: Sequence[str], audit: AuditColumns,
-                           scd_type: int, mode: str, run_id: str, at: Any,
-                           options: Scd2Options | None = None) -> int:
-        """Retire the keys that are current in the target and absent from ``stage`` (every
-        key of the source's window). SCD1 deletes the row. SCD2 ``invalidate`` expires the
-        current version at ``at``; ``new_record`` also adds a current 'deleted' version (a
-        copy of the key's latest version with ``is_deleted`` true and a row_hash no row has,
-        so the key coming back makes a new version). Idempotent; returns the keys retired."""
-        opts = options or Scd2Options()
-        table = self.table_ref(target)
-        current = self.q(audit.is_current)
-        params = {"true_": self.bool_value(True), "false_": self.bool_value(False),
-                  "at": at, "run_id": run_id, "valid_to_current": opts.current_valid_to,
-                  "tombstone": TOMBSTONE_HASH}
-        retired = 0
-        for null_safe in (False, True):
-            absent = (f"{self._key_filter(keys, 't', null_safe)} AND NOT EXISTS (SELECT 1 FROM "
-                      f"{stage} st WHERE {self._key_match(keys, 'st', 't', null_safe)})")
-            if scd_type == 1:
-                retired += conn.execute(text(self.delete_where_sql(table, absent)), params).rowcount
-                continue
-            live = f"t.{current} = :true_"
-            if opts.is_deleted:
-                live += f" AND t.{self.q(opts.is_deleted)} = :false_"
-            retired += conn.execute(text(self.update_where_sql(
-                table, [(audit.valid_to, ":at"), (audit.is_current, ":false_")],
-                f"{live} AND {absent}")), params).rowcount
-        if scd_type == 2 and mode == "new_record" and opts.is_deleted:
-            cols = [self.q(c) for c in columns]
-            for null_safe in (False, True):
-                absent = (f"{self._key_filter(keys, 'o', null_safe)} AND NOT EXISTS (SELECT 1 "
-                          f"FROM {stage} st WHERE {self._key_match(keys, 'st', 'o', null_safe)})")
-                conn.execute(text(
-                    f"INSERT INTO {table} ({', '.join(cols)}, {self.q(audit.row_hash)}, "
-                    f"{self.q(audit.valid_from)}, {self.q(audit.valid_to)}, {current}, "
-                    f"{self.q(opts.is_deleted)}, {self.q(audit.run_id)}) SELECT "
-                    f"{', '.join(f'o.{c}' for c in cols)}, :tombstone, :at, :valid_to_current, "
-                    f":true_, :true_, :run_id FROM {table} o WHERE o.{current} = :false_ AND "
-                    f"o.{self.q(audit.valid_to)} = :at AND o.{self.q(opts.is_deleted)} = :false_ "
-                    f"AND {absent} AND NOT EXISTS (SELECT 1 FROM {table} c WHERE "
-                    f"{self._key_match(keys, 'c', 'o', null_safe)} AND (c.{current} = :true_ "
-                    f"OR c.{self.q(audit.sk)} > o.{self.q(audit.sk)}))"),
-                    params)
-        return retired
+    def prepare_apply(self, conn: Connection, table: str, keys: Sequence[str]) -> None:
+        """Called in the batch transaction before the SCD statements run on ``table``
+        (a database may steer its planner towards the key index here); nothing by default."""

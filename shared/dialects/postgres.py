@@ -26,7 +26,6 @@ import json
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -34,7 +33,7 @@ import psycopg2.extensions
 from sqlalchemy import Connection, text
 
 from shared.dialects.base import STAGE_TABLE, DialectAdapter
-from shared.dialects.relay import CopyRelay
+from shared.dialects.relay import CopyRelay, RelayedShape
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 from shared.config.mapping import TargetSpec
 
@@ -46,19 +45,6 @@ _OID_KINDS = {
     1184: TypeKind.TIMESTAMPTZ, 17: TypeKind.BYTES, 114: TypeKind.JSON, 3802: TypeKind.JSON,
     2950: TypeKind.UUID,
 }
-
-
-@dataclass(frozen=True)
-class RelayedShape:
-    """A relayed batch as the loader needs to know it (PostgresAdapter.relayed_shape)."""
-
-    rows: int
-    null_keys: int
-    distinct_keys: int
-    max_checkpoint: Any
-    last_checkpoint: Any  # of the last row (the last key's, when the batch has no duplicates)
-    first_key: tuple
-    last_key: tuple
 
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -130,7 +116,7 @@ def copy_text(rows: Sequence[tuple]) -> str:
 class PostgresAdapter(DialectAdapter):
     name = "postgresql"
 
-    # -- relay: COPY text from a PostgreSQL source straight into the stage (pg_relay) -------
+    # -- relay: COPY text from a PostgreSQL source straight into the stage (relay.py) --------
     def relays_to(self, target: DialectAdapter) -> bool:
         return isinstance(target, PostgresAdapter)
 
@@ -305,12 +291,11 @@ class PostgresAdapter(DialectAdapter):
             cursor.close()
 
     # -- SCD apply: probe the key index ---------------------------------------------------
-    def _key_indexed(self, conn: Connection, target: TargetSpec, keys: Sequence[str]) -> bool:
+    def _key_indexed(self, conn: Connection, table: str, keys: Sequence[str]) -> bool:
         """Whether the target has a valid index led by the first key (chordload creates two).
         Remembered on the connection for a minute: asked once per chunk, it was a round trip
         of every small chunk, and an index dropped or added is noticed soon enough."""
         cache = conn.info.setdefault("chordload_key_index", {})
-        table = self.table_ref(target)
         known = cache.get((table, keys[0]))
         if known is None or known[1] < time.monotonic():
             indexed = bool(conn.execute(text(_KEY_INDEX_SQL),
@@ -318,36 +303,13 @@ class PostgresAdapter(DialectAdapter):
             known = cache[(table, keys[0])] = (indexed, time.monotonic() + KEY_INDEX_TTL_S)
         return known[0]
 
-    def _join_by_key_index(self, conn: Connection, target: TargetSpec,
-                           keys: Sequence[str]) -> None:
+    def prepare_apply(self, conn: Connection, table: str, keys: Sequence[str]) -> None:
         """Hash and merge joins off for the rest of the batch transaction (``SET LOCAL``),
         when an index can serve the key lookups; without one the planner's choice stands.
         What follows the apply in that transaction is more of the same key lookups, and a
         rolled-back savepoint undoes the settings with the rest of its slice."""
-        if self._key_indexed(conn, target, keys):
+        if self._key_indexed(conn, table, keys):
             conn.execute(text("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"))
-
-    def apply_scd1(self, conn: Connection, stage: str, target: TargetSpec,
-                   columns: Sequence[str], keys: Sequence[str], *args: Any, **kwargs: Any) -> Any:
-        self._join_by_key_index(conn, target, keys)
-        return super().apply_scd1(conn, stage, target, columns, keys, *args, **kwargs)
-
-    def apply_scd2(self, conn: Connection, stage: str, target: TargetSpec,
-                   columns: Sequence[str], keys: Sequence[str], *args: Any, **kwargs: Any) -> Any:
-        self._join_by_key_index(conn, target, keys)
-        return super().apply_scd2(conn, stage, target, columns, keys, *args, **kwargs)
-
-    def replace_own_versions(self, conn: Connection, stage: str, target: TargetSpec,
-                             columns: Sequence[str], keys: Sequence[str], *args: Any,
-                             **kwargs: Any) -> Any:
-        self._join_by_key_index(conn, target, keys)
-        return super().replace_own_versions(conn, stage, target, columns, keys, *args, **kwargs)
-
-    def count_applied_by_run(self, conn: Connection, stage: str, target: TargetSpec,
-                             columns: Sequence[str], keys: Sequence[str], *args: Any,
-                             **kwargs: Any) -> Any:
-        self._join_by_key_index(conn, target, keys)
-        return super().count_applied_by_run(conn, stage, target, columns, keys, *args, **kwargs)
 
     def row_hash_expr(self, qualified_columns: Sequence[str]) -> str:
         return f"md5(ROW({', '.join(qualified_columns)})::text)"

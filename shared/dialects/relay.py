@@ -7,13 +7,25 @@ The source's COPY runs in a thread that cuts its output into batches of whole li
 format is one row a line: newlines inside values are escaped); the chunk loader takes the
 batches one at a time, so memory stays at a couple of batches and the loader keeps its
 one-transaction-per-batch rhythm.
+
+The relay is an optional capability of a pair of dialects, stated here as two protocols: a
+``RelaySource`` prints a query's rows as bulk text, a ``RelayTarget`` stages that text and
+describes the staged batch. ``relay_between`` gives the pair when both sides have it
+(PostgreSQL to PostgreSQL today), else None, and the loader takes the typed path.
 """
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from shared.config.mapping import TargetSpec
+    from shared.dialects.base import DialectAdapter
 
 _END = object()
 PUT_POLL_S = 0.1  # how often a producer blocked on a full queue checks for abandonment
@@ -112,3 +124,62 @@ class CopyRelay:
                 self._put(exc)
             except _Abandoned:
                 return
+
+
+@dataclass(frozen=True)
+class RelayedShape:
+    """A relayed batch as the loader needs to know it (``RelayTarget.relayed_shape``)."""
+
+    rows: int
+    null_keys: int
+    distinct_keys: int
+    max_checkpoint: Any
+    last_checkpoint: Any  # of the last row (the last key's, when the batch has no duplicates)
+    first_key: tuple
+    last_key: tuple
+
+
+@runtime_checkable
+class RelaySource(Protocol):
+    def relay(self, conn: Connection, sql: str, params: dict[str, Any],
+              batch_rows: int) -> CopyRelay:
+        """The rows of ``sql`` as bulk text, in batches of whole lines."""
+
+
+@runtime_checkable
+class RelayTarget(Protocol):
+    def relay_stage(self, conn: Connection, target: TargetSpec, columns: Sequence[str]) -> str:
+        """A stage for relayed text that numbers its rows in arrival order."""
+
+    def load_relayed(self, conn: Connection, stage: str, columns: Sequence[str],
+                     lines: bytes) -> None:
+        """Bulk-load one batch of relayed text into the stage."""
+
+    def relayed_shape(self, conn: Connection, stage: str, keys: Sequence[str],
+                      checkpoint: str | None) -> RelayedShape:
+        """Counts, key facts and checkpoint maximum of the staged batch, in one query."""
+
+    def relayed_rows(self, conn: Connection, stage: str, columns: Sequence[str]) -> list[tuple]:
+        """The staged batch as typed rows, in arrival order."""
+
+
+@dataclass(frozen=True)
+class Relay:
+    """A source and a target that can relay bulk text between them."""
+
+    source: RelaySource
+    target: RelayTarget
+
+    @staticmethod
+    def same_encoding(source_conn: Connection, target_conn: Connection) -> bool:
+        """Text passes unchanged only between connections with one client encoding."""
+        return bool(source_conn.connection.dbapi_connection.encoding
+                    == target_conn.connection.dbapi_connection.encoding)
+
+
+def relay_between(source: DialectAdapter, target: DialectAdapter) -> Relay | None:
+    """The relay from ``source`` to ``target``, if the two dialects have one."""
+    if (isinstance(source, RelaySource) and isinstance(target, RelayTarget)
+            and source.relays_to(target)):
+        return Relay(source, target)
+    return None

@@ -9,18 +9,24 @@ so every caller computes the same outcome.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
+from shared import checkpoint
+from shared.config.mapping import DeletesMode
+from shared.config.settings import Settings
+from shared.engines import get_engine
 from shared.errors import describe_db_error
 from shared.metadata.models import Checkpoint, ChunkLog, ProcessLog
 from shared.metadata.store import session
-from shared.retry import retry_transient
-from shared.config.settings import Settings, current_settings
+from shared.retry import FINALIZE, retry_transient
+from shared.run.plan import RunPlan
 from shared.run.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
+from shared.run.values import decode_value, encode_value, value_type_name
 from shared.timeutil import as_utc, utcnow
-from shared.run.values import decode_value, encode_value, max_value, same_shape, value_type_name
 
 
 @dataclass(frozen=True)
@@ -49,9 +55,9 @@ def _decide(chunks: list[ChunkLog], max_error_rows: int) -> tuple[RunStatus, str
     return RunStatus.SUCCESS, None
 
 
-def finalize_run(engine: Engine, run_id: str, *, unfinished_chunks: ChunkStatus | None = None,
-                 reason: str | None = None, launch: int | None = None,
-                 settings: Settings | None = None) -> FinalizeOutcome | None:
+def finalize_run(settings: Settings, run_id: str, *,
+                 unfinished_chunks: ChunkStatus | None = None, reason: str | None = None,
+                 launch: int | None = None) -> FinalizeOutcome | None:
     """Finalize ``run_id`` if it is still active.
 
     By default a run with chunks still PENDING/RUNNING is left alone (returns None): the chord
@@ -65,43 +71,48 @@ def finalize_run(engine: Engine, run_id: str, *, unfinished_chunks: ChunkStatus 
     caller claims it (``deletes_started_at``), commits, runs the pass, and finalizes in a
     second transaction. Callers meanwhile get None; a claim older than the broker's visibility
     timeout plus the heartbeat grace (its finalizer died) is taken over by the next caller,
-    e.g. reconcile. ``settings`` name the connections (default: the process's settings).
+    e.g. reconcile.
     """
-    outcome = _finalize(engine, run_id, unfinished_chunks, reason, launch, None)
+    engine = get_engine(settings.metadata, pre_ping=False)
+    lease = dt.timedelta(seconds=settings.visibility_timeout_s + settings.celery.heartbeat_grace_s)
+    outcome = _finalize(engine, run_id, unfinished_chunks, reason, launch, lease, None)
     if not isinstance(outcome, _DeletePass):
         return outcome
     from shared.lifecycle.deletes import retire_deleted_keys
-    from shared.run.plan import PlannedRun
 
     try:
-        deleted: int | str = _retire(retire_deleted_keys, settings or current_settings(),
-                                     PlannedRun.from_row(outcome.run))
+        deleted = DeletePassResult(retired=_retire(retire_deleted_keys, settings, outcome.plan))
     except Exception as exc:  # noqa: BLE001 - the run ends FAILED with the reason
-        deleted = f"the hard-delete pass failed: {describe_db_error(exc)}"
-    return _finalize(engine, run_id, None, None, None, deleted)
+        deleted = DeletePassResult(error=f"the hard-delete pass failed: "
+                                         f"{describe_db_error(exc)}")
+    return _finalize(engine, run_id, None, None, None, lease, deleted)
 
 
-@retry_transient(attempts=5, max_s=10.0)
-def _retire(function, settings: Settings, planned) -> int:  # noqa: ANN001
-    return function(settings, planned)
+@retry_transient(FINALIZE)
+def _retire(function: Callable[[Settings, RunPlan], int], settings: Settings,
+            plan: RunPlan) -> int:
+    return function(settings, plan)
 
 
 @dataclass(frozen=True)
 class _DeletePass:
-    run: ProcessLog  # claimed: run the hard-delete pass, then finalize again
+    plan: RunPlan  # claimed: run the hard-delete pass, then finalize again
 
 
-def _needs_delete_pass(run: ProcessLog) -> bool:
-    scd = run.mapping.get("spec", {}).get("scd") or {}
-    return scd.get("deletes", "ignore") != "ignore"
+@dataclass(frozen=True)
+class DeletePassResult:
+    """What the hard-delete pass did: the keys it retired, or the error that fails the run."""
+
+    retired: int = 0
+    error: str | None = None
 
 
-@retry_transient(attempts=8, max_s=10.0)
+@retry_transient(FINALIZE)
 def _finalize(engine: Engine, run_id: str, unfinished_chunks: ChunkStatus | None,
-              reason: str | None, launch: int | None,
-              deleted: int | str | None) -> FinalizeOutcome | _DeletePass | None:
-    """One metadata transaction. ``deleted``: the hard-delete pass's outcome (rows retired,
-    or the error that fails the run) when it has run; None before."""
+              reason: str | None, launch: int | None, lease: dt.timedelta,
+              deleted: DeletePassResult | None) -> FinalizeOutcome | _DeletePass | None:
+    """One metadata transaction. ``deleted``: the hard-delete pass's outcome when it has run;
+    None before."""
     with session(engine) as s, s.begin():
         run = s.scalars(select(ProcessLog).where(ProcessLog.run_id == run_id)
                         .with_for_update()).one()
@@ -118,19 +129,20 @@ def _finalize(engine: Engine, run_id: str, unfinished_chunks: ChunkStatus | None
                     chunk.status = unfinished_chunks
                     chunk.ended_at = now
                     chunk.message = reason
-        status, message = _decide(chunks, run.mapping["spec"].get("errors", {}).get("max_rows", 0))
+        plan = RunPlan.from_row(run)
+        status, message = _decide(chunks, plan.spec.errors.max_rows)
         now = utcnow()
-        if status is RunStatus.SUCCESS and _needs_delete_pass(run):
+        if status is RunStatus.SUCCESS and plan.spec.scd.deletes is not DeletesMode.IGNORE:
             if deleted is None:
                 claimed = as_utc(run.deletes_started_at)
-                if claimed is not None and now - claimed < _claim_lease():
+                if claimed is not None and now - claimed < lease:
                     return None  # another finalizer is running the pass
                 run.deletes_started_at = now
-                return _DeletePass(run)
-            if isinstance(deleted, str):
-                status, message = RunStatus.FAILED, deleted
+                return _DeletePass(plan)
+            if deleted.error is not None:
+                status, message = RunStatus.FAILED, deleted.error
             else:
-                run.rows_deleted = deleted
+                run.rows_deleted = deleted.retired
         if reason and status is not RunStatus.SUCCESS:
             message = f"{reason}; {message}" if message else reason
         run.status = status
@@ -145,37 +157,18 @@ def _finalize(engine: Engine, run_id: str, unfinished_chunks: ChunkStatus | None
         run.rows_errored = sum(c.rows_errored for c in chunks)
         run.rows_duplicate = sum(c.rows_duplicate or 0 for c in chunks)
         if status is RunStatus.SUCCESS:
-            _advance_checkpoint(s, run, chunks, now)
+            _store_checkpoint(s, run, plan, chunks, now)
         return FinalizeOutcome(run_id, status, changed=True)
 
 
-def _claim_lease() -> dt.timedelta:
-    try:
-        settings = current_settings()
-        return dt.timedelta(seconds=settings.visibility_timeout_s
-                            + settings.celery.heartbeat_grace_s)
-    except Exception:  # noqa: BLE001 - no settings in this process: the defaults
-        return dt.timedelta(seconds=4 * 3600 + 300)
-
-
-def _advance_checkpoint(s, run: ProcessLog, chunks: list[ChunkLog], now) -> None:  # noqa: ANN001
-    """New checkpoint = max of the chunks' maxima; never moves backwards, never to NULL.
-    A backfill never moves it; a full reload replaces a stored value of another shape (the
-    checkpoint columns changed)."""
-    doc = run.mapping.get("run") or {}
-    mode = doc.get("mode", "incremental")
-    strategy = run.mapping["spec"]["checkpoint"]["strategy"]
-    if strategy == "AUTO":
-        checkpoint = run.mapping["spec"]["checkpoint"]
-        strategy = "KEY" if checkpoint.get("column") or checkpoint.get("columns") else "NONE"
-    if strategy not in ("KEY", "PYTHON") or mode == "backfill":
-        return
-    chunk_max = max_value([decode_value(c.max_checkpoint) for c in chunks])
+def _store_checkpoint(s: Session, run: ProcessLog, plan: RunPlan, chunks: list[ChunkLog],
+                      now: dt.datetime) -> None:
+    """Store the checkpoint the run advanced to (``shared/checkpoint.py`` says which)."""
     stored = s.get(Checkpoint, run.mapref)
-    previous = decode_value(stored.value) if stored else None
-    if previous is not None and chunk_max is not None and not same_shape(previous, chunk_max):
-        previous = None  # only a --full run gets here (the planner refuses the others)
-    new = max_value([chunk_max, previous])
+    new = checkpoint.advanced(plan.spec, plan.mode, decode_value(stored.value) if stored else None,
+                              [decode_value(c.max_checkpoint) for c in chunks])
+    if not checkpoint.stores(plan.spec, plan.mode):
+        return
     run.checkpoint_to = encode_value(new)
     if new is None:
         return

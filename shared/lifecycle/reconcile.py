@@ -15,10 +15,11 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from shared.config.settings import Settings
 from shared.engines import get_engine
 from shared.lifecycle.finalize import finalize_run
 from shared.metadata import store
-from shared.config.settings import Settings
+from shared.run.plan import RunPlan
 from shared.run.statuses import ChunkStatus
 from shared.timeutil import as_utc, utcnow
 
@@ -41,12 +42,12 @@ def reconcile(settings: Settings, now: dt.datetime | None = None) -> list[Reconc
         chunks = store.get_chunks(metadata, run.run_id)
         unfinished_reason = None
         if all(c.status.is_terminal for c in chunks):
-            outcome = finalize_run(metadata, run.run_id, settings=settings)
+            outcome = finalize_run(settings, run.run_id)
             if outcome and outcome.changed:
                 actions.append(ReconcileAction(run.run_id, run.mapref, "finalized",
                                                outcome.status.value))
             continue
-        timeout_s = run.mapping["spec"].get("run_timeout_s", 6 * 3600)
+        timeout_s = RunPlan.from_row(run).spec.run_timeout_s
         started = as_utc(run.started_at or run.created_at)
         if now - started > dt.timedelta(seconds=timeout_s):
             unfinished_reason = f"run exceeded its deadline (run_timeout_s={timeout_s})"
@@ -60,8 +61,7 @@ def reconcile(settings: Settings, now: dt.datetime | None = None) -> list[Reconc
                     f"worker is presumed dead")
         if unfinished_reason:
             store.request_stop(metadata, run.run_id, "reconcile", unfinished_reason)
-            outcome = finalize_run(metadata, run.run_id, settings=settings,
-                                   unfinished_chunks=ChunkStatus.FAILED,
+            outcome = finalize_run(settings, run.run_id, unfinished_chunks=ChunkStatus.FAILED,
                                    reason=unfinished_reason)
             if outcome and outcome.changed:
                 actions.append(ReconcileAction(run.run_id, run.mapref, "failed",

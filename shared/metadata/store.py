@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from shared.errors import NotFoundError, RaceError, RunRefusedError
 from shared.retry import retry_transient
 from shared.metadata.models import Checkpoint, ChunkLog, ErrorRow, ProcessLog, StopRequest
+from shared.run.task_ids import chunk_task_id
 from shared.run.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
 from shared.timeutil import utcnow
 
@@ -404,7 +405,7 @@ def reopen_for_resume(engine: Engine, run_id: str) -> tuple[ProcessLog, list[Chu
                     .order_by(ChunkLog.chunk_no)))
                 for chunk in chunks:
                     chunk.status = ChunkStatus.PENDING
-                    chunk.task_id = f"{run_id}.{chunk.chunk_no}.r{run.launches - 1}"
+                    chunk.task_id = chunk_task_id(run_id, chunk.chunk_no, run.launches)
                     chunk.ended_at = None
                     chunk.message = None
                 s.flush()

@@ -1,10 +1,11 @@
-"""A run as planned: what every chunk of it must use, rebuilt from its process_log row.
+"""A run's plan: what every chunk of a run uses, with one codec for the stored document.
 
-The coordinator stores the mapping spec, the source's column list and the frozen window with
-the run; workers rebuild this object instead of reading the config file, so a config change
-mid-run cannot split one run across two definitions. ``mapping["run"]`` holds what the
-planner decided beyond the spec: the run's mode (incremental, full or backfill), its window
-(with lag applied), the PYTHON checkpoint's filter and the type of a valid_from column.
+The coordinator plans a run once and stores the plan with it (``process_log.mapping``): the
+mapping spec, the source's columns and the planner's decisions (mode, window, the PYTHON
+checkpoint's filter, the type of a valid_from column). Workers, finalize and reconcile
+rebuild the plan from that row instead of reading the config file, so a config change
+mid-run cannot split one run across two definitions. ``to_document`` writes it and
+``from_row`` reads it: nothing else parses the document.
 """
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from shared.dialects.base import Scd2Options
-from shared.config.mapping import DeletesMode, MappingSpec, parse_timestamp_text
-from shared.metadata.models import ProcessLog
 from shared.checkpoint import PythonFilter
-from shared.timeutil import as_utc
-from shared.run.values import decode_value
+from shared.dialects.base import DialectAdapter
+from shared.config.mapping import (CheckpointStrategy, DeletesMode, MappingSpec,
+                                   parse_timestamp_text)
+from shared.metadata.models import ProcessLog
+from shared.run.modes import LoadKind, RunMode
+from shared.run.values import Value, decode_value
 from shared.run.window import Window
+from shared.scd.target import Scd2Options, ScdTarget
+from shared.timeutil import as_utc
 
 UTC = dt.timezone.utc
 
@@ -38,38 +42,58 @@ def bind_moment(value: dt.date | dt.datetime | None, kind: str | None) -> Any:
 
 
 @dataclass(frozen=True)
-class PlannedRun:
+class RunPlan:
+    """One run as planned. ``created_at`` is the run's start: SCD2 versions begin then
+    (unless a source column gives valid_from)."""
+
     run_id: str
     mapref: str
     spec: MappingSpec
     columns: list[str]
     window: Window
-    valid_from: dt.datetime
-    mode: str = "incremental"  # incremental | full | backfill
+    created_at: dt.datetime
+    mode: RunMode = RunMode.INCREMENTAL
     python_filter: PythonFilter | None = None
     validity_kind: str | None = None  # type of the valid_from source column, if any
+    checkpoint_from: Value = None  # the stored checkpoint when the run was planned
 
-    @staticmethod
-    def mapping_document(spec: MappingSpec, columns: list[str],
-                         run: dict[str, Any] | None = None) -> dict[str, Any]:
-        document = {"spec": spec.model_dump(mode="json"), "columns": columns}
-        if run is not None:
-            document["run"] = run
-        return document
+    @property
+    def load_kind(self) -> LoadKind:
+        if self.mode is RunMode.BACKFILL:
+            return LoadKind.BACKFILL
+        if self.mode is RunMode.FULL or self.spec.checkpoint_strategy is CheckpointStrategy.NONE:
+            return LoadKind.FULL
+        return LoadKind.INITIAL if self.checkpoint_from is None else LoadKind.INCREMENTAL
+
+    # -- the stored document (process_log.mapping) ----------------------------------------
+    def to_document(self) -> dict[str, Any]:
+        return {"spec": self.spec.model_dump(mode="json"), "columns": list(self.columns),
+                "run": {"mode": self.mode.value, "window": self.window.to_document(),
+                        "python": self.python_filter.to_document() if self.python_filter
+                        else None,
+                        "validity_kind": self.validity_kind}}
 
     @classmethod
-    def from_row(cls, run: ProcessLog) -> "PlannedRun":
+    def from_row(cls, run: ProcessLog) -> RunPlan:
         spec = MappingSpec.model_validate(run.mapping["spec"])
+        columns = list(run.mapping["columns"])
+        checkpoint_from = decode_value(run.checkpoint_from)
+        created_at = as_utc(run.created_at)
+        assert created_at is not None  # the column is NOT NULL
         doc = run.mapping.get("run")
         if doc is None:  # planned before these options existed
-            window = Window(spec.checkpoint_column, decode_value(run.checkpoint_from),
-                            decode_value(run.hwm))
-            return cls(run.run_id, run.mapref, spec, list(run.mapping["columns"]), window,
-                       as_utc(run.created_at))
+            window = Window(spec.checkpoint_column, checkpoint_from, decode_value(run.hwm))
+            return cls(run.run_id, run.mapref, spec, columns, window, created_at,
+                       checkpoint_from=checkpoint_from)
         python = PythonFilter.from_document(doc["python"]) if doc.get("python") else None
-        return cls(run.run_id, run.mapref, spec, list(run.mapping["columns"]),
-                   Window.from_document(doc["window"]), as_utc(run.created_at), doc["mode"],
-                   python, doc.get("validity_kind"))
+        return cls(run.run_id, run.mapref, spec, columns, Window.from_document(doc["window"]),
+                   created_at, RunMode(doc["mode"]), python, doc.get("validity_kind"),
+                   checkpoint_from)
+
+    # -- what the SCD statements need --------------------------------------------------------
+    @property
+    def valid_from(self) -> dt.datetime:
+        return self.created_at
 
     @property
     def split_columns(self) -> list[str]:
@@ -77,6 +101,8 @@ class PlannedRun:
 
     def scd2_options(self) -> Scd2Options:
         scd = self.spec.scd
+        if scd.type != 2:
+            return Scd2Options()
         sentinel = parse_timestamp_text(scd.current_valid_to) if scd.current_valid_to else None
         return Scd2Options(
             valid_from_column=scd.valid_from,
@@ -89,3 +115,10 @@ class PlannedRun:
     def deleted_at(self) -> Any:
         """When a hard delete retires a version: the run's start, typed for valid_to."""
         return bind_moment(self.valid_from, self.validity_kind)
+
+    def scd_target(self, dialect: DialectAdapter) -> ScdTarget:
+        """The target as the SCD statements see it, on ``dialect``."""
+        spec = self.spec
+        return ScdTarget(dialect, dialect.table_ref(spec.target), tuple(self.columns),
+                         tuple(spec.keys), spec.scd.audit_columns, spec.scd.type, self.run_id,
+                         self.scd2_options())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -235,3 +236,17 @@ def coerce_like(text: str, example: Value) -> Value:
     if isinstance(example, dt.date):
         return dt.date.fromisoformat(text)
     return text
+
+
+def json_safe(value: Any) -> Any:
+    """A source value as JSON can hold it (for error rows): text for dates, decimals, UUIDs,
+    hex for bytes."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (dt.date, dt.datetime, dt.time)):
+        return value.isoformat()
+    if isinstance(value, (Decimal, uuid.UUID)):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    return str(value)
