@@ -11,6 +11,7 @@ file named by ``--conf``). Start Flower from the repository (or /app in the imag
   publishes the port on the host's loopback unless ``FLOWER_PUBLISH`` says otherwise.
 Command-line flags (``--address=...``) still win over this file.
 """
+
 import os
 import sys
 
@@ -19,8 +20,10 @@ port = int(os.environ.get("FLOWER_PORT") or 5555)
 basic_auth = [c.strip() for c in os.environ.get("FLOWER_BASIC_AUTH", "").split(",") if c.strip()]
 
 if not basic_auth and not os.environ.get("FLOWER_AUTH"):
-    sys.exit("flower: set FLOWER_BASIC_AUTH=user:password (or FLOWER_AUTH for OAuth); chordload "
-             "does not start Flower without authentication")
+    sys.exit(
+        "flower: set FLOWER_BASIC_AUTH=user:password (or FLOWER_AUTH for OAuth); chordload "
+        "does not start Flower without authentication"
+    )
 if any(":" not in c for c in basic_auth):
     sys.exit("flower: FLOWER_BASIC_AUTH must be user:password[,user2:password2]")
 

@@ -5,6 +5,7 @@ Nothing here touches a database, key or queue that the harness did not create: d
 named ``clbench_<token>_*`` and dropped by exactly those names, Redis keys carry the run's own
 ``clbench:<token>:`` prefix and only keys with that prefix are deleted.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,13 @@ def dsn(sqlalchemy_url: str) -> str:
     from sqlalchemy.engine import make_url
 
     url = make_url(sqlalchemy_url)
-    parts = {"host": url.host, "port": url.port, "user": url.username,
-             "password": url.password, "dbname": url.database}
+    parts = {
+        "host": url.host,
+        "port": url.port,
+        "user": url.username,
+        "password": url.password,
+        "dbname": url.database,
+    }
     return " ".join(f"{k}={v}" for k, v in parts.items() if v is not None)
 
 
@@ -166,8 +172,9 @@ def child_pids(parent: int) -> list[int]:
 class BenchWorker:
     """One ``celery -A workers worker --pool prefork --concurrency N`` on the bench queue."""
 
-    def __init__(self, config_path: Path, queue: str, token: str, log_path: Path,
-                 concurrency: int = 2):
+    def __init__(
+        self, config_path: Path, queue: str, token: str, log_path: Path, concurrency: int = 2
+    ):
         self.config_path = config_path
         self.queue = queue
         self.hostname = f"bench-{token}@localhost"
@@ -181,13 +188,35 @@ class BenchWorker:
 
     def start(self, ready_timeout_s: float = 90) -> None:
         env = {**os.environ, "CHORDLOAD_CONFIG": str(self.config_path)}
-        cmd = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "prefork",
-               "--concurrency", str(self.concurrency), "--queues", self.queue,
-               "--hostname", self.hostname, "--loglevel", "INFO", "--without-mingle",
-               "--without-gossip"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(self.concurrency),
+            "--queues",
+            self.queue,
+            "--hostname",
+            self.hostname,
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         from shared.broker import client_app
         from shared.config.settings import load_settings
 

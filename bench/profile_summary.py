@@ -8,6 +8,7 @@ idle pool process waiting for work does not dilute the picture. "inclusive" is t
 those samples with one of chordload's functions anywhere on the stack (library frames are
 left out there: they sit under everything); "self" is the share with a function on top.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile_summary")
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--focus", default="load_chunk (workers/tasks.py",
-                        help="count only stacks with a frame containing this text")
+    parser.add_argument(
+        "--focus",
+        default="load_chunk (workers/tasks.py",
+        help="count only stacks with a frame containing this text",
+    )
     args = parser.parse_args(argv)
     for path in args.files:
         print(summarize(path, args.focus, args.top))

@@ -14,6 +14,7 @@ then prints a table (wall time, rows/s, ratio to the baseline, worker peak RSS) 
 issue's targets as met / missed. Ratios are what to read: the machine is shared and noisy.
 See docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,11 +34,17 @@ from typing import Any
 
 import yaml
 
-from bench.env import (DEFAULT_PG, DEFAULT_REDIS, REPO, BenchServices, BenchWorker, dsn,
-                       machine_busy_s)
+from bench.env import (
+    DEFAULT_PG,
+    DEFAULT_REDIS,
+    REPO,
+    BenchServices,
+    BenchWorker,
+    dsn,
+    machine_busy_s,
+)
 from bench.loaders import baseline_scd2, create_scd2_target, naive_scd2
-from bench.source import (SOURCE_QUERY, SOURCE_TABLE, change_tenth, create_source,
-                          max_updated_at, pg)
+from bench.source import SOURCE_QUERY, SOURCE_TABLE, change_tenth, create_source, max_updated_at, pg
 
 TARGETS = {
     "initial_vs_baseline": 1.5,
@@ -91,28 +98,37 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "rows": self.rows, "naive_rows": self.naive_rows, "batch_rows": self.batch_rows,
-            "rows_per_chunk": self.rows_per_chunk, "rounds": self.rounds,
+            "rows": self.rows,
+            "naive_rows": self.naive_rows,
+            "batch_rows": self.batch_rows,
+            "rows_per_chunk": self.rows_per_chunk,
+            "rounds": self.rounds,
             "machine": self.machine,
             "results": [{**asdict(r), "rows_per_s": r.rows_per_s} for r in self.results],
-            "planning": self.planning, "targets": self.targets, "checks": self.checks,
+            "planning": self.planning,
+            "targets": self.targets,
+            "checks": self.checks,
             "round_walls": self.round_walls,
             "total_s": self.total_s,
         }
 
 
 # -- chordload scenarios ---------------------------------------------------------------------
-def mapping(target: str, rows_per_chunk: int, min_rows_for_parallel: int,
-            batch_rows: int, parallelism: int) -> dict[str, Any]:
+def mapping(
+    target: str, rows_per_chunk: int, min_rows_for_parallel: int, batch_rows: int, parallelism: int
+) -> dict[str, Any]:
     return {
         "source": {"connection": "src", "query": SOURCE_QUERY},
         "target": {"connection": "wh", "table": f"public.{target}"},
         "keys": ["id"],
         "scd": {"type": 2},
         "checkpoint": {"strategy": "KEY", "column": "updated_at"},
-        "chunking": {"column": "id", "rows_per_chunk": rows_per_chunk,
-                     "min_rows_for_parallel": min_rows_for_parallel,
-                     "parallelism": parallelism},
+        "chunking": {
+            "column": "id",
+            "rows_per_chunk": rows_per_chunk,
+            "min_rows_for_parallel": min_rows_for_parallel,
+            "parallelism": parallelism,
+        },
         "batch_rows": batch_rows,
     }
 
@@ -128,7 +144,7 @@ def settle(target_dsn: str, checkpoint: bool = True) -> None:
             return
         try:
             cur.execute("CHECKPOINT")
-        except Exception:  # noqa: BLE001 - only a fairness nicety
+        except Exception:
             pass
 
 
@@ -149,10 +165,24 @@ class Profiler:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         out = self.out_dir / f"{scenario}.txt"
         self.proc = subprocess.Popen(
-            [self.exe, "record", "--pid", str(worker_pid), "--subprocesses",
-             *(["--idle"] if self.idle else []),
-             "--rate", "100", "--format", "raw", "--output", str(out), "--nonblocking"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                self.exe,
+                "record",
+                "--pid",
+                str(worker_pid),
+                "--subprocesses",
+                *(["--idle"] if self.idle else []),
+                "--rate",
+                "100",
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(1.0)  # let py-spy attach before the scenario starts
 
     def stop(self) -> None:
@@ -167,8 +197,15 @@ class Profiler:
         self.proc = None
 
 
-def run_chordload(settings, worker: BenchWorker, profiler: Profiler, mapref: str,  # noqa: ANN001
-                  scenario: str, chunks_override: int | None = None, timeout_s: float = 3600):
+def run_chordload(
+    settings,
+    worker: BenchWorker,
+    profiler: Profiler,
+    mapref: str,
+    scenario: str,
+    chunks_override: int | None = None,
+    timeout_s: float = 3600,
+):
     from coordinator.launch import launch
     from coordinator.watch import wait
 
@@ -179,27 +216,40 @@ def run_chordload(settings, worker: BenchWorker, profiler: Profiler, mapref: str
         start = time.perf_counter()
         run_id = launch(mapref, settings=settings, chunks_override=chunks_override)
         launched = time.perf_counter()
-        run = wait(run_id, settings=settings, timeout_s=timeout_s, poll_s=0.1,
-                   on_progress=lambda _snap: worker.sample())
+        run = wait(
+            run_id,
+            settings=settings,
+            timeout_s=timeout_s,
+            poll_s=0.1,
+            on_progress=lambda _snap: worker.sample(),
+        )
         wall = time.perf_counter() - start
         busy = machine_busy_s() - busy
     finally:
         profiler.stop()
-    detail = {"run_id": run_id, "status": run.status.value, "message": run.message,
-              "launch_s": round(launched - start, 3), "rows_read": run.rows_read,
-              "rows_inserted": run.rows_inserted, "rows_changed": run.rows_changed,
-              "rows_unchanged": run.rows_unchanged, "estimated_rows": run.estimated_rows,
-              "plan_note": run.plan_note, "worker_cpu_s": worker.cpu_s(),
-              "machine_busy_cores": round(busy / wall, 2)}
+    detail = {
+        "run_id": run_id,
+        "status": run.status.value,
+        "message": run.message,
+        "launch_s": round(launched - start, 3),
+        "rows_read": run.rows_read,
+        "rows_inserted": run.rows_inserted,
+        "rows_changed": run.rows_changed,
+        "rows_unchanged": run.rows_unchanged,
+        "estimated_rows": run.estimated_rows,
+        "plan_note": run.plan_note,
+        "worker_cpu_s": worker.cpu_s(),
+        "machine_busy_cores": round(busy / wall, 2),
+    }
     return run, wall, worker.peak_rss_mb(), detail
 
 
-def measure_planning(settings, mapref: str, parts_override: int | None) -> dict[str, Any]:  # noqa: ANN001
+def measure_planning(settings, mapref: str, parts_override: int | None) -> dict[str, Any]:
     """The planner's own calls on the full (first-run) window: hwm, estimate, boundaries;
     then ``plan_run`` end to end (columns, checkpoint, all of the above, target check)."""
     from coordinator.plan import chunk_count, plan_run
-    from shared.engines import READ_ONLY, get_engine
     from shared.dialects import adapter_for
+    from shared.engines import READ_ONLY, get_engine
     from shared.run.window import Window
 
     spec = settings.mapping(mapref)
@@ -211,20 +261,34 @@ def measure_planning(settings, mapref: str, parts_override: int | None) -> dict[
         hwm = adapter.max_value(conn, spec.source.query, spec.checkpoint_column)
         t1 = time.perf_counter()
         where, params = Window(spec.checkpoint_column, None, hwm).predicate(adapter)
-        estimate = adapter.estimate_rows(conn, spec.source.query, where, params,
-                                         spec.chunking.exact_count)
+        estimate = adapter.estimate_rows(
+            conn, spec.source.query, where, params, spec.chunking.exact_count
+        )
         t2 = time.perf_counter()
         parts, _note = chunk_count(spec, estimate, None)
-        bounds = adapter.split_boundaries(conn, spec.source.query, where, params,
-                                          spec.split_column, parts) if parts > 1 else []
+        bounds = (
+            adapter.split_boundaries(
+                conn, spec.source.query, where, params, spec.split_column, parts
+            )
+            if parts > 1
+            else []
+        )
         t3 = time.perf_counter()
         many = parts_override or 200
         adapter.split_boundaries(conn, spec.source.query, where, params, spec.split_column, many)
         t4 = time.perf_counter()
-    out.update(hwm_s=t1 - t0, estimate_s=t2 - t1, boundaries_s=t3 - t2, parts=parts,
-               bounds=len(bounds), estimated_rows=estimate,
-               estimate_plus_boundaries_s=(t2 - t1) + (t3 - t2),
-               total_s=t3 - t0, boundaries_200_s=t4 - t3, parts_200=many)
+    out.update(
+        hwm_s=t1 - t0,
+        estimate_s=t2 - t1,
+        boundaries_s=t3 - t2,
+        parts=parts,
+        bounds=len(bounds),
+        estimated_rows=estimate,
+        estimate_plus_boundaries_s=(t2 - t1) + (t3 - t2),
+        total_s=t3 - t0,
+        boundaries_200_s=t4 - t3,
+        parts_200=many,
+    )
     metadata = get_engine(settings.metadata)
     t5 = time.perf_counter()
     plan = plan_run(settings, mapref, spec, metadata)
@@ -242,9 +306,11 @@ def _scalar(any_dsn: str, sql: str) -> Any:
 def target_state(target_dsn: str, table: str) -> tuple[int, int, int]:
     """(all versions, current versions, keys with more than one current version)."""
     with pg(target_dsn) as conn, conn.cursor() as cur:
-        cur.execute(f"SELECT count(*), count(*) FILTER (WHERE is_current), "
-                    f"(SELECT count(*) FROM (SELECT id FROM {table} WHERE is_current GROUP BY id "
-                    f"HAVING count(*) > 1) d) FROM {table}")
+        cur.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE is_current), "
+            f"(SELECT count(*) FROM (SELECT id FROM {table} WHERE is_current GROUP BY id "
+            f"HAVING count(*) > 1) d) FROM {table}"
+        )
         return cur.fetchone()
 
 
@@ -252,36 +318,73 @@ def target_state(target_dsn: str, table: str) -> tuple[int, int, int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=1_000_000, help="source rows (default 1,000,000)")
-    p.add_argument("--naive-rows", type=int, default=None,
-                   help="rows for the row-at-a-time loader (default min(rows, 20,000))")
+    p.add_argument(
+        "--naive-rows",
+        type=int,
+        default=None,
+        help="rows for the row-at-a-time loader (default min(rows, 20,000))",
+    )
     p.add_argument("--batch-rows", type=int, default=10_000, help="mapping batch_rows")
-    p.add_argument("--rows-per-chunk", type=int, default=None,
-                   help="mapping rows_per_chunk (default rows/20: 50,000 for 1M rows)")
+    p.add_argument(
+        "--rows-per-chunk",
+        type=int,
+        default=None,
+        help="mapping rows_per_chunk (default rows/20: 50,000 for 1M rows)",
+    )
     p.add_argument("--few-chunks", type=int, default=4)
     p.add_argument("--many-chunks", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=2, help="worker pool processes")
-    p.add_argument("--incremental-chunks", type=int, default=None,
-                   help="force the incremental run's chunk count (default: as planned)")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="rounds of the timed scenarios; each reports its median round")
-    p.add_argument("--skip", action="append", default=[],
-                   choices=["naive", "chunks", "incremental"], help="leave a scenario out")
+    p.add_argument(
+        "--incremental-chunks",
+        type=int,
+        default=None,
+        help="force the incremental run's chunk count (default: as planned)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of the timed scenarios; each reports its median round",
+    )
+    p.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["naive", "chunks", "incremental"],
+        help="leave a scenario out",
+    )
     p.add_argument("--pg", default=DEFAULT_PG, help="Postgres server URL, no database")
     p.add_argument("--redis", default=DEFAULT_REDIS)
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
-    p.add_argument("--profile", type=Path,
-                   help="py-spy the worker pool during chordload scenarios into this folder "
-                        "(raw collapsed stacks; slows the run, so timings are not comparable)")
-    p.add_argument("--profile-cpu", action="store_true",
-                   help="with --profile: sample only running code (default: wall time, "
-                        "including waits on the database)")
-    p.add_argument("--run-timeout", type=float, default=1800,
-                   help="seconds to wait for one chordload run before giving up")
-    p.add_argument("--quick", action="store_true",
-                   help="for smoke runs: no CHECKPOINT between scenarios and no fresh worker "
-                        "for the chunk comparison (faster; timings and RSS less comparable)")
-    p.add_argument("--keep", action="store_true",
-                   help="keep the databases (names printed) instead of dropping them")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the worker pool during chordload scenarios into this folder "
+        "(raw collapsed stacks; slows the run, so timings are not comparable)",
+    )
+    p.add_argument(
+        "--profile-cpu",
+        action="store_true",
+        help="with --profile: sample only running code (default: wall time, "
+        "including waits on the database)",
+    )
+    p.add_argument(
+        "--run-timeout",
+        type=float,
+        default=1800,
+        help="seconds to wait for one chordload run before giving up",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="for smoke runs: no CHECKPOINT between scenarios and no fresh worker "
+        "for the chunk comparison (faster; timings and RSS less comparable)",
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the databases (names printed) instead of dropping them",
+    )
     args = p.parse_args(argv)
     if args.rows < 100:
         p.error("--rows must be at least 100")
@@ -296,8 +399,16 @@ class Scenarios:
     """Runs the scenarios of one benchmark; each round loads fresh target tables, and each
     scenario's result is the median wall time over the rounds."""
 
-    def __init__(self, args: argparse.Namespace, report: Report, settings, worker: BenchWorker,  # noqa: ANN001
-                 src: str, wh: str, log):  # noqa: ANN001
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        report: Report,
+        settings,
+        worker: BenchWorker,
+        src: str,
+        wh: str,
+        log,
+    ):
         self.args, self.report, self.settings, self.worker = args, report, settings, worker
         self.src, self.wh, self.log = src, wh, log
         self.profiler = Profiler(args.profile, idle=not args.profile_cpu)
@@ -316,41 +427,87 @@ class Scenarios:
         base = baseline_scd2(self.src, self.wh, table)
         busy = machine_busy_s() - busy
         n = self.args.rows
-        self.record(Result("baseline", "one stream: COPY out -> COPY in -> SCD2 SQL", base.rows,
-                           base.wall_s, detail={"copy_s": round(base.copy_s, 3),
-                                                "apply_s": round(base.apply_s, 3),
-                                                "machine_busy_cores": round(busy / base.wall_s, 2)}))
-        self.report.check(f"baseline r{round_no}: loaded every row",
-                          base.inserted == n == base.rows, f"inserted {base.inserted} of {n}")
-        self.log(f"[bench] r{round_no} baseline: {base.wall_s:.2f}s (copy {base.copy_s:.2f}s, "
-                 f"apply {base.apply_s:.2f}s)")
+        self.record(
+            Result(
+                "baseline",
+                "one stream: COPY out -> COPY in -> SCD2 SQL",
+                base.rows,
+                base.wall_s,
+                detail={
+                    "copy_s": round(base.copy_s, 3),
+                    "apply_s": round(base.apply_s, 3),
+                    "machine_busy_cores": round(busy / base.wall_s, 2),
+                },
+            )
+        )
+        self.report.check(
+            f"baseline r{round_no}: loaded every row",
+            base.inserted == n == base.rows,
+            f"inserted {base.inserted} of {n}",
+        )
+        self.log(
+            f"[bench] r{round_no} baseline: {base.wall_s:.2f}s (copy {base.copy_s:.2f}s, "
+            f"apply {base.apply_s:.2f}s)"
+        )
 
-    def chordload(self, name: str, mapref: str, description: str, expect: tuple[int, int, int],
-                  chunks_override: int | None = None, round_no: int = 0,
-                  fresh_worker: bool = False) -> None:
+    def chordload(
+        self,
+        name: str,
+        mapref: str,
+        description: str,
+        expect: tuple[int, int, int],
+        chunks_override: int | None = None,
+        round_no: int = 0,
+        fresh_worker: bool = False,
+    ) -> None:
         settle(self.wh, checkpoint=not self.args.quick)
         if fresh_worker and not self.args.quick:  # peak-RSS comparison: no inherited high mark
             self.worker.restart()
-        run, wall, rss, detail = run_chordload(self.settings, self.worker, self.profiler, mapref,
-                                               f"{name}_r{round_no}", chunks_override,
-                                               self.args.run_timeout)
+        run, wall, rss, detail = run_chordload(
+            self.settings,
+            self.worker,
+            self.profiler,
+            mapref,
+            f"{name}_r{round_no}",
+            chunks_override,
+            self.args.run_timeout,
+        )
         table = f"public.{self.settings.mapping(mapref).target.table_name}"
         total, current, doubled = target_state(self.wh, table)
-        self.record(Result(name, description, run.rows_read, wall, chunks=run.chunks_total,
-                           worker_peak_rss_mb=round(rss, 1),
-                           worker_cpu_s=round(detail.pop("worker_cpu_s"), 2), detail=detail))
+        self.record(
+            Result(
+                name,
+                description,
+                run.rows_read,
+                wall,
+                chunks=run.chunks_total,
+                worker_peak_rss_mb=round(rss, 1),
+                worker_cpu_s=round(detail.pop("worker_cpu_s"), 2),
+                detail=detail,
+            )
+        )
         got = (run.rows_read, run.rows_inserted, run.rows_changed)
-        self.report.check(f"{name} r{round_no}: run SUCCESS", run.status.value == "SUCCESS",
-                          f"{run.status.value}: {run.message or ''}")
-        self.report.check(f"{name} r{round_no}: counts", got == expect,
-                          f"read/inserted/changed {'/'.join(map(str, got))}, expected "
-                          f"{'/'.join(map(str, expect))}")
-        self.report.check(f"{name} r{round_no}: one current version per key",
-                          current == self.args.rows and doubled == 0,
-                          f"{current} current of {total} versions, {doubled} keys doubled")
-        self.log(f"[bench] r{round_no} {name}: {wall:.2f}s, {run.chunks_total} chunks, worker "
-                 f"CPU {self.samples[name][-1].worker_cpu_s:.1f}s, peak RSS {rss:.0f} MB "
-                 f"({run.status.value})")
+        self.report.check(
+            f"{name} r{round_no}: run SUCCESS",
+            run.status.value == "SUCCESS",
+            f"{run.status.value}: {run.message or ''}",
+        )
+        self.report.check(
+            f"{name} r{round_no}: counts",
+            got == expect,
+            f"read/inserted/changed {'/'.join(map(str, got))}, expected "
+            f"{'/'.join(map(str, expect))}",
+        )
+        self.report.check(
+            f"{name} r{round_no}: one current version per key",
+            current == self.args.rows and doubled == 0,
+            f"{current} current of {total} versions, {doubled} keys doubled",
+        )
+        self.log(
+            f"[bench] r{round_no} {name}: {wall:.2f}s, {run.chunks_total} chunks, worker "
+            f"CPU {self.samples[name][-1].worker_cpu_s:.1f}s, peak RSS {rss:.0f} MB "
+            f"({run.status.value})"
+        )
 
     def naive(self) -> None:
         args = self.args
@@ -359,14 +516,25 @@ class Scenarios:
             create_scd2_target(cur, "public.naive_dim")
         naive = naive_scd2(self.src, self.wh, "public.naive_dim", args.naive_rows)
         per_row = naive.wall_s / max(1, naive.rows)
-        self.record(Result("naive", "row-at-a-time: look up each key, insert or update",
-                           naive.rows, naive.wall_s, per_row_us=per_row * 1e6,
-                           extrapolated_s=per_row * args.rows))
-        self.report.check("naive: loaded every row",
-                          naive.inserted == naive.rows == args.naive_rows,
-                          f"inserted {naive.inserted} of {args.naive_rows}")
-        self.log(f"[bench] naive: {naive.rows:,} rows in {naive.wall_s:.2f}s "
-                 f"({per_row * 1e6:.0f} us/row)")
+        self.record(
+            Result(
+                "naive",
+                "row-at-a-time: look up each key, insert or update",
+                naive.rows,
+                naive.wall_s,
+                per_row_us=per_row * 1e6,
+                extrapolated_s=per_row * args.rows,
+            )
+        )
+        self.report.check(
+            "naive: loaded every row",
+            naive.inserted == naive.rows == args.naive_rows,
+            f"inserted {naive.inserted} of {args.naive_rows}",
+        )
+        self.log(
+            f"[bench] naive: {naive.rows:,} rows in {naive.wall_s:.2f}s "
+            f"({per_row * 1e6:.0f} us/row)"
+        )
 
     def results(self) -> list[Result]:
         """One row per scenario: the median round (by wall time), the others' times kept."""
@@ -386,25 +554,35 @@ class Scenarios:
         return out
 
 
-def run_benchmark(args: argparse.Namespace, log=print) -> Report:  # noqa: ANN001
+def run_benchmark(args: argparse.Namespace, log=print) -> Report:
+    from shared.config.settings import settings_from_dict
     from shared.engines import get_engine
     from shared.metadata.schema import upgrade
-    from shared.config.settings import settings_from_dict
 
     n = args.rows
     rpc = args.rows_per_chunk
-    report = Report(rows=n, naive_rows=args.naive_rows, batch_rows=args.batch_rows,
-                    rows_per_chunk=rpc, rounds=args.repeat, machine={
-                        "cpus": os.cpu_count(), "python": platform.python_version(),
-                        "platform": platform.platform()})
+    report = Report(
+        rows=n,
+        naive_rows=args.naive_rows,
+        batch_rows=args.batch_rows,
+        rows_per_chunk=rpc,
+        rounds=args.repeat,
+        machine={
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+    )
     services = BenchServices(pg_base=args.pg, redis_url=args.redis)
     work = Path(tempfile.mkdtemp(prefix="chordload-bench-"))
-    mappings = {"plan_probe": mapping("dim_initial_r0", rpc, rpc, args.batch_rows,
-                                      args.concurrency)}
+    mappings = {
+        "plan_probe": mapping("dim_initial_r0", rpc, rpc, args.batch_rows, args.concurrency)
+    }
     for r in range(args.repeat):
         for kind in ("initial", "few", "many"):
-            mappings[f"{kind}_r{r}"] = mapping(f"dim_{kind}_r{r}", rpc, rpc, args.batch_rows,
-                                               args.concurrency)
+            mappings[f"{kind}_r{r}"] = mapping(
+                f"dim_{kind}_r{r}", rpc, rpc, args.batch_rows, args.concurrency
+            )
     worker: BenchWorker | None = None
     began = time.perf_counter()
     log(f"[bench] databases clbench_{services.token}_{{src,wh,meta}}, queue {services.queue}")
@@ -420,43 +598,72 @@ def run_benchmark(args: argparse.Namespace, log=print) -> Report:  # noqa: ANN00
         os.environ["CHORDLOAD_CONFIG"] = str(config_path)  # this process and the worker's
         settings = settings_from_dict(config, "bench config")
         upgrade(get_engine(settings.metadata))
-        worker = BenchWorker(config_path, services.queue, services.token, work / "worker.log",
-                             concurrency=args.concurrency)
+        worker = BenchWorker(
+            config_path,
+            services.queue,
+            services.token,
+            work / "worker.log",
+            concurrency=args.concurrency,
+        )
         worker.start()
         runs = Scenarios(args, report, settings, worker, src, wh, log)
         few, many = f"chunks_{args.few_chunks}", f"chunks_{args.many_chunks}"
         for r in range(args.repeat):
             runs.baseline(r)
-            runs.chordload("initial", f"initial_r{r}", "chordload initial SCD2 load",
-                           (n, n, 0), round_no=r)
+            runs.chordload(
+                "initial", f"initial_r{r}", "chordload initial SCD2 load", (n, n, 0), round_no=r
+            )
             if "chunks" not in args.skip:
-                runs.chordload(few, f"few_r{r}", f"initial load, {args.few_chunks} chunks "
-                               f"forced", (n, n, 0), args.few_chunks, round_no=r,
-                               fresh_worker=True)
-                runs.chordload(many, f"many_r{r}", f"initial load, {args.many_chunks} chunks "
-                               f"forced", (n, n, 0), args.many_chunks, round_no=r,
-                               fresh_worker=True)
+                runs.chordload(
+                    few,
+                    f"few_r{r}",
+                    f"initial load, {args.few_chunks} chunks forced",
+                    (n, n, 0),
+                    args.few_chunks,
+                    round_no=r,
+                    fresh_worker=True,
+                )
+                runs.chordload(
+                    many,
+                    f"many_r{r}",
+                    f"initial load, {args.many_chunks} chunks forced",
+                    (n, n, 0),
+                    args.many_chunks,
+                    round_no=r,
+                    fresh_worker=True,
+                )
             if r == 0:  # the full window, as the initial run planned it (before any change)
                 report.planning = measure_planning(settings, "plan_probe", args.many_chunks)
                 p = report.planning
-                log(f"[bench] planning: hwm {p['hwm_s']:.3f}s, estimate {p['estimate_s']:.3f}s, "
+                log(
+                    f"[bench] planning: hwm {p['hwm_s']:.3f}s, estimate {p['estimate_s']:.3f}s, "
                     f"boundaries {p['boundaries_s']:.3f}s ({p['parts']} parts), plan_run "
-                    f"{p['plan_run_s']:.3f}s")
+                    f"{p['plan_run_s']:.3f}s"
+                )
             if "incremental" not in args.skip:
                 before = max_updated_at(src)
                 changed = change_tenth(src, r)
                 # the boundary row (the checkpoint itself) is re-read on purpose; it is one of
                 # the changed rows when the last id is a multiple of ten
-                in_window = _scalar(src, f"SELECT count(*) FROM {SOURCE_TABLE} "
-                                         f"WHERE updated_at >= '{before.isoformat()}'")
-                runs.chordload("incremental", f"initial_r{r}", "chordload incremental, 10% "
-                               "changed", (in_window, 0, changed), args.incremental_chunks,
-                               round_no=r)
+                in_window = _scalar(
+                    src,
+                    f"SELECT count(*) FROM {SOURCE_TABLE} "
+                    f"WHERE updated_at >= '{before.isoformat()}'",
+                )
+                runs.chordload(
+                    "incremental",
+                    f"initial_r{r}",
+                    "chordload incremental, 10% changed",
+                    (in_window, 0, changed),
+                    args.incremental_chunks,
+                    round_no=r,
+                )
         if "naive" not in args.skip:
             runs.naive()
         report.results = runs.results()
-        report.round_walls = {name: [round(r.wall_s, 3) for r in runs_]
-                              for name, runs_ in runs.samples.items()}
+        report.round_walls = {
+            name: [round(r.wall_s, 3) for r in runs_] for name, runs_ in runs.samples.items()
+        }
     finally:
         if worker is not None:
             worker.stop()
@@ -488,29 +695,66 @@ def evaluate_targets(report: Report, args: argparse.Namespace) -> list[dict[str,
     def add(name: str, what: str, value: float | None, limit: float, unit: str) -> None:
         if value is None:
             return
-        targets.append({"name": name, "what": what, "value": round(value, 3), "limit": limit,
-                        "unit": unit, "met": value <= limit})
+        targets.append(
+            {
+                "name": name,
+                "what": what,
+                "value": round(value, 3),
+                "limit": limit,
+                "unit": unit,
+                "met": value <= limit,
+            }
+        )
 
     few, many = f"chunks_{args.few_chunks}", f"chunks_{args.many_chunks}"
-    add("initial_vs_baseline", "initial load / baseline", ratio("initial", "baseline"),
-        TARGETS["initial_vs_baseline"], "x")
-    add("incremental_vs_initial", "incremental (10% changed) / initial",
-        ratio("incremental", "initial"), TARGETS["incremental_vs_initial"], "x")
-    add("many_vs_few_chunks", f"{args.many_chunks} chunks / {args.few_chunks} chunks",
-        ratio(many, few), TARGETS["many_vs_few_chunks"], "x")
+    add(
+        "initial_vs_baseline",
+        "initial load / baseline",
+        ratio("initial", "baseline"),
+        TARGETS["initial_vs_baseline"],
+        "x",
+    )
+    add(
+        "incremental_vs_initial",
+        "incremental (10% changed) / initial",
+        ratio("incremental", "initial"),
+        TARGETS["incremental_vs_initial"],
+        "x",
+    )
+    add(
+        "many_vs_few_chunks",
+        f"{args.many_chunks} chunks / {args.few_chunks} chunks",
+        ratio(many, few),
+        TARGETS["many_vs_few_chunks"],
+        "x",
+    )
     rss = [r.worker_peak_rss_mb for r in report.results if r.worker_peak_rss_mb is not None]
-    add("worker_peak_rss_mb", "worker peak RSS, any scenario", max(rss, default=None),
-        TARGETS["worker_peak_rss_mb"], "MB")
+    add(
+        "worker_peak_rss_mb",
+        "worker peak RSS, any scenario",
+        max(rss, default=None),
+        TARGETS["worker_peak_rss_mb"],
+        "MB",
+    )
     few_r, many_r = report.result(few), report.result(many)
     if few_r and many_r:
-        add("rss_spread_mb", f"peak RSS {args.few_chunks} vs {args.many_chunks} chunks "
+        add(
+            "rss_spread_mb",
+            f"peak RSS {args.few_chunks} vs {args.many_chunks} chunks "
             f"(rows_per_chunk {math.ceil(report.rows / args.few_chunks):,} vs "
             f"{math.ceil(report.rows / args.many_chunks):,})",
-            abs(few_r.worker_peak_rss_mb - many_r.worker_peak_rss_mb), TARGETS["rss_spread_mb"],
-            "MB")
+            abs(few_r.worker_peak_rss_mb - many_r.worker_peak_rss_mb),
+            TARGETS["rss_spread_mb"],
+            "MB",
+        )
     if report.planning:
-        add("planning_s", "planning: estimate + boundaries of the full window",
-            report.planning["estimate_plus_boundaries_s"], TARGETS["planning_s"], "s")
+        add(
+            "planning_s",
+            "planning: estimate + boundaries of the full window",
+            report.planning["estimate_plus_boundaries_s"],
+            TARGETS["planning_s"],
+            "s",
+        )
     return targets
 
 
@@ -520,11 +764,23 @@ def render(report: Report) -> None:
 
     console = Console(width=max(132, shutil.get_terminal_size((132, 20)).columns))
     rounds = f", median of {report.rounds} rounds" if report.rounds > 1 else ""
-    table = Table(title=f"chordload benchmark: {report.rows:,} rows, batch_rows "
-                        f"{report.batch_rows:,}, rows_per_chunk {report.rows_per_chunk:,}, "
-                        f"{report.machine['cpus']} CPUs{rounds}")
-    for col in ("scenario", "rows", "chunks", "wall s", "rows/s", "× baseline",
-                "worker CPU s", "busy cores", "worker peak RSS MB", "rounds (wall s)"):
+    table = Table(
+        title=f"chordload benchmark: {report.rows:,} rows, batch_rows "
+        f"{report.batch_rows:,}, rows_per_chunk {report.rows_per_chunk:,}, "
+        f"{report.machine['cpus']} CPUs{rounds}"
+    )
+    for col in (
+        "scenario",
+        "rows",
+        "chunks",
+        "wall s",
+        "rows/s",
+        "× baseline",
+        "worker CPU s",
+        "busy cores",
+        "worker peak RSS MB",
+        "rounds (wall s)",
+    ):
         table.add_column(col, justify="left" if col in ("scenario", "rounds (wall s)") else "right")
 
     def num(value: float | None, fmt: str) -> str:
@@ -532,43 +788,74 @@ def render(report: Report) -> None:
 
     for r in report.results:
         walls = report.round_walls.get(r.scenario, [])
-        table.add_row(r.scenario, f"{r.rows:,}", num(r.chunks, "d"), f"{r.wall_s:.2f}",
-                      f"{r.rows_per_s:,.0f}", num(r.ratio_to_baseline, ".2f"),
-                      num(r.worker_cpu_s, ".1f"), num(r.detail.get("machine_busy_cores"), ".1f"),
-                      num(r.worker_peak_rss_mb, ".0f"),
-                      ", ".join(f"{w:.1f}" for w in walls) if len(walls) > 1 else "")
+        table.add_row(
+            r.scenario,
+            f"{r.rows:,}",
+            num(r.chunks, "d"),
+            f"{r.wall_s:.2f}",
+            f"{r.rows_per_s:,.0f}",
+            num(r.ratio_to_baseline, ".2f"),
+            num(r.worker_cpu_s, ".1f"),
+            num(r.detail.get("machine_busy_cores"), ".1f"),
+            num(r.worker_peak_rss_mb, ".0f"),
+            ", ".join(f"{w:.1f}" for w in walls) if len(walls) > 1 else "",
+        )
     p = report.planning
     if p:
-        table.add_row("planning", f"{p['estimated_rows']:,}", str(p["parts"]),
-                      f"{p['estimate_plus_boundaries_s']:.3f}", "-", "-", "-", "-", "-", "")
+        table.add_row(
+            "planning",
+            f"{p['estimated_rows']:,}",
+            str(p["parts"]),
+            f"{p['estimate_plus_boundaries_s']:.3f}",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "",
+        )
     console.print(table)
     notes = []
     for r in report.results:
         if r.scenario == "baseline":
-            notes.append(f"baseline: COPY out -> COPY in {r.detail['copy_s']:.2f}s, SCD2 SQL "
-                         f"{r.detail['apply_s']:.2f}s (one stream, no chordload code)")
+            notes.append(
+                f"baseline: COPY out -> COPY in {r.detail['copy_s']:.2f}s, SCD2 SQL "
+                f"{r.detail['apply_s']:.2f}s (one stream, no chordload code)"
+            )
         if r.per_row_us is not None:
-            notes.append(f"naive: {r.rows:,} rows, {r.per_row_us:,.0f} µs/row, so "
-                         f"{r.extrapolated_s:,.0f}s for {report.rows:,} rows (its × baseline)")
+            notes.append(
+                f"naive: {r.rows:,} rows, {r.per_row_us:,.0f} µs/row, so "
+                f"{r.extrapolated_s:,.0f}s for {report.rows:,} rows (its × baseline)"
+            )
     if p:
-        notes.append(f"planning: estimate {p['estimate_s']:.3f}s + boundaries "
-                     f"{p['boundaries_s']:.3f}s ({p['parts']} parts); hwm {p['hwm_s']:.3f}s; "
-                     f"{p['parts_200']} boundaries {p['boundaries_200_s']:.3f}s; whole plan_run "
-                     f"{p['plan_run_s']:.3f}s")
-    notes.append("worker CPU s: the pool processes' CPU (Python's share); busy cores: the whole "
-                 "machine's, averaged over the scenario")
+        notes.append(
+            f"planning: estimate {p['estimate_s']:.3f}s + boundaries "
+            f"{p['boundaries_s']:.3f}s ({p['parts']} parts); hwm {p['hwm_s']:.3f}s; "
+            f"{p['parts_200']} boundaries {p['boundaries_200_s']:.3f}s; whole plan_run "
+            f"{p['plan_run_s']:.3f}s"
+        )
+    notes.append(
+        "worker CPU s: the pool processes' CPU (Python's share); busy cores: the whole "
+        "machine's, averaged over the scenario"
+    )
     for note in notes:
         console.print(f"  {note}")
     targets = Table(title="targets (issue 7)")
     for col in ("target", "measured", "limit", ""):
         targets.add_column(col)
     for t in report.targets:
-        targets.add_row(t["what"], f"{t['value']:.2f} {t['unit']}", f"≤ {t['limit']} {t['unit']}",
-                        "[green]met[/green]" if t["met"] else "[red]missed[/red]")
+        targets.add_row(
+            t["what"],
+            f"{t['value']:.2f} {t['unit']}",
+            f"≤ {t['limit']} {t['unit']}",
+            "[green]met[/green]" if t["met"] else "[red]missed[/red]",
+        )
     console.print(targets)
     bad = [c for c in report.checks if not c["ok"]]
-    console.print(f"correctness checks: {len(report.checks) - len(bad)}/{len(report.checks)} ok"
-                  + "".join(f"\n  [red]FAILED[/red] {c['name']}: {c['detail']}" for c in bad))
+    console.print(
+        f"correctness checks: {len(report.checks) - len(bad)}/{len(report.checks)} ok"
+        + "".join(f"\n  [red]FAILED[/red] {c['name']}: {c['detail']}" for c in bad)
+    )
     console.print(f"total harness time {report.total_s:.0f}s")
 
 

@@ -1,5 +1,6 @@
 """The benchmark's source: N deterministic rows made set-based in Postgres (generate_series;
 no random(), so every run with the same N has the same data), and the 10% change."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ SOURCE_QUERY = f"SELECT {', '.join(COLUMN_NAMES)} FROM {SOURCE_TABLE}"
 
 
 @contextmanager
-def pg(dsn: str, autocommit: bool = False) -> Iterator["psycopg2.extensions.connection"]:
+def pg(dsn: str, autocommit: bool = False) -> Iterator[psycopg2.extensions.connection]:
     """A psycopg2 connection that is committed (unless autocommit) and always closed."""
     conn = psycopg2.connect(dsn)
     conn.autocommit = autocommit
@@ -57,7 +58,9 @@ def create_source(source_dsn: str, rows: int) -> None:
             f"round(((g * 104729) %% 10000000) / 100.0, 2), (g %% 9973) / 7.0, "
             f"TIMESTAMP '{BASE_TS}' - (g %% 1000) * INTERVAL '1 day', "
             f"TIMESTAMP '{BASE_TS}' + g * INTERVAL '1 second' "
-            f"FROM generate_series(1::bigint, %s::bigint) g", (rows,))
+            f"FROM generate_series(1::bigint, %s::bigint) g",
+            (rows,),
+        )
         cur.execute(f"CREATE INDEX ON {SOURCE_TABLE} (updated_at)")
     vacuum_analyze(source_dsn)
 
@@ -69,7 +72,9 @@ def change_tenth(source_dsn: str, round_no: int = 0) -> int:
         cur.execute(
             f"UPDATE {SOURCE_TABLE} SET city = 'Reykjavik', amount = amount + 1, "
             f"updated_at = TIMESTAMP '{CHANGE_TS}' + %s * INTERVAL '30 days' "
-            f"+ id * INTERVAL '1 millisecond' WHERE id %% 10 = 0", (round_no,))
+            f"+ id * INTERVAL '1 millisecond' WHERE id %% 10 = 0",
+            (round_no,),
+        )
         changed = cur.rowcount
     vacuum_analyze(source_dsn)
     return changed
@@ -80,7 +85,7 @@ def vacuum_analyze(any_dsn: str, table: str = SOURCE_TABLE) -> None:
         cur.execute(f"VACUUM (ANALYZE) {table}")
 
 
-def max_updated_at(source_dsn: str):  # noqa: ANN201
+def max_updated_at(source_dsn: str):
     with pg(source_dsn) as conn, conn.cursor() as cur:
         cur.execute(f"SELECT max(updated_at) FROM {SOURCE_TABLE}")
         return cur.fetchone()[0]

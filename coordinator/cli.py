@@ -2,6 +2,7 @@
 
 Exit codes: 0 SUCCESS, 1 FAILED, 2 bad input or config, 3 STOPPED, 4 refused.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,9 +45,10 @@ def _metadata(settings: Settings) -> Engine:
     try:
         require_current(engine)
     except DBAPIError as exc:
-        raise SourceUnavailableError(f"cannot reach the metadata database "
-                                     f"{mask_url(settings.metadata)}: {describe_db_error(exc)}"
-                                     ) from None
+        raise SourceUnavailableError(
+            f"cannot reach the metadata database "
+            f"{mask_url(settings.metadata)}: {describe_db_error(exc)}"
+        ) from None
     return engine
 
 
@@ -78,8 +80,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _metadata(settings)
-    run_id = launch(args.mapref, settings=settings, chunks_override=args.chunks,
-                    full=args.full, window_from=args.window_from, window_to=args.window_to)
+    run_id = launch(
+        args.mapref,
+        settings=settings,
+        chunks_override=args.chunks,
+        full=args.full,
+        window_from=args.window_from,
+        window_to=args.window_to,
+    )
     return _report(args, settings, run_id)
 
 
@@ -108,11 +116,15 @@ def cmd_stop(args: argparse.Namespace) -> int:
     _metadata(settings)
     outcome = stop(args.target, settings=settings, reason=args.reason)
     again = "" if outcome.new_request else " (it had already been asked to stop)"
-    print(f"stop requested for run {outcome.run_id}{again}: {len(outcome.revoked_task_ids)} "
-          f"pending chunks revoked; run is {outcome.status.value}"
-          + ("" if outcome.status.is_terminal else
-             "; running chunks stop at their next batch (chordload watch "
-             f"{outcome.run_id})"))
+    print(
+        f"stop requested for run {outcome.run_id}{again}: {len(outcome.revoked_task_ids)} "
+        f"pending chunks revoked; run is {outcome.status.value}"
+        + (
+            ""
+            if outcome.status.is_terminal
+            else f"; running chunks stop at their next batch (chordload watch {outcome.run_id})"
+        )
+    )
     return EXIT_OK
 
 
@@ -125,13 +137,19 @@ def cmd_errors(args: argparse.Namespace) -> int:
     run = store.get_run(metadata, args.run_id)
     rows = store.error_rows(metadata, run.run_id, args.limit)
     if args.json:
-        print_json([{"chunk_no": r.chunk_no, "key": r.row_key, "row": r.row_data,
-                     "message": r.message} for r in rows])
+        print_json(
+            [
+                {"chunk_no": r.chunk_no, "key": r.row_key, "row": r.row_data, "message": r.message}
+                for r in rows
+            ]
+        )
         return EXIT_OK
     console = Console()
-    console.print(f"run {run.run_id} ({run.mapref}, {run.status.value}): {run.rows_errored:,} "
-                  f"error rows" + (f", showing {len(rows)}" if len(rows) < run.rows_errored else ""),
-                  highlight=False)
+    console.print(
+        f"run {run.run_id} ({run.mapref}, {run.status.value}): {run.rows_errored:,} "
+        f"error rows" + (f", showing {len(rows)}" if len(rows) < run.rows_errored else ""),
+        highlight=False,
+    )
     table = Table("chunk", "key", "message", "row")
     for r in rows:
         table.add_row(str(r.chunk_no), str(r.row_key), r.message, str(r.row_data))
@@ -153,8 +171,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace, settings: Settings, run_id: str) -> int:
-    from coordinator.watch import snapshot, wait
     from coordinator.progress import ProgressDisplay, print_json, print_summary, run_summary
+    from coordinator.watch import snapshot, wait
 
     console = _console(args)
     if not args.wait:
@@ -164,7 +182,7 @@ def _report(args: argparse.Namespace, settings: Settings, run_id: str) -> int:
             print(run_id)
         return EXIT_OK
     console.print(f"run {run_id} started", highlight=False)
-    with ProgressDisplay(console) as display:
+    with ProgressDisplay(console, settings.progress_interval_s) as display:
         run = wait(run_id, settings=settings, timeout_s=args.timeout_s, on_progress=display)
     if args.json:
         print_json(run_summary(run))
@@ -183,17 +201,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     metadata = _metadata(settings)
     console = Console()
     if args.target is None:
-        runs = [store.with_live_totals(metadata, r) for r in store.recent_runs(metadata, args.limit)]
+        runs = [
+            store.with_live_totals(metadata, r) for r in store.recent_runs(metadata, args.limit)
+        ]
         if args.json:
             print_json([run_summary(r) for r in runs])
             return EXIT_OK
-        table = _table("run_id", "mapref", "status", "started", "duration_s", "rows read",
-                       "checkpoint")
+        table = _table(
+            "run_id", "mapref", "status", "started", "duration_s", "rows read", "checkpoint"
+        )
         for r in runs:
             s = run_summary(r)
-            table.add_row(r.run_id, r.mapref, r.status.value, (s["started_at"] or "-")[:19],
-                          f"{s['duration_s']:.1f}" if s["duration_s"] is not None else "-",
-                          f"{r.rows_read:,}", str(s["checkpoint_to"] or s["checkpoint_from"] or "-"))
+            table.add_row(
+                r.run_id,
+                r.mapref,
+                r.status.value,
+                (s["started_at"] or "-")[:19],
+                f"{s['duration_s']:.1f}" if s["duration_s"] is not None else "-",
+                f"{r.rows_read:,}",
+                str(s["checkpoint_to"] or s["checkpoint_from"] or "-"),
+            )
         console.print(table)
         return EXIT_OK
     run = store.find_run(metadata, args.target)
@@ -208,22 +235,53 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         summary = run_summary(run)
         summary["chunk_list"] = [
-            {"chunk_no": c.chunk_no, "status": c.status.value, "rows_read": c.rows_read,
-             "rows_inserted": c.rows_inserted, "rows_changed": c.rows_changed,
-             "rows_unchanged": c.rows_unchanged, "rows_errored": c.rows_errored,
-             "rows_duplicate": c.rows_duplicate, "attempts": c.attempts, "worker": c.worker,
-             "message": c.message} for c in chunks]
+            {
+                "chunk_no": c.chunk_no,
+                "status": c.status.value,
+                "rows_read": c.rows_read,
+                "rows_inserted": c.rows_inserted,
+                "rows_changed": c.rows_changed,
+                "rows_unchanged": c.rows_unchanged,
+                "rows_errored": c.rows_errored,
+                "rows_duplicate": c.rows_duplicate,
+                "attempts": c.attempts,
+                "worker": c.worker,
+                "message": c.message,
+            }
+            for c in chunks
+        ]
         print_json(summary)
         return EXIT_OK
     print_summary(run, console)
-    table = _table("chunk", "status", "lower (excl)", "upper (incl)", "rows read", "inserted",
-                   "changed", "unchanged", "duplicate", "attempts", "worker", "message")
+    table = _table(
+        "chunk",
+        "status",
+        "lower (excl)",
+        "upper (incl)",
+        "rows read",
+        "inserted",
+        "changed",
+        "unchanged",
+        "duplicate",
+        "attempts",
+        "worker",
+        "message",
+    )
     for c in chunks:
-        table.add_row(str(c.chunk_no), c.status.value, display_value(c.lower_bound),
-                      display_value(c.upper_bound),
-                      f"{c.rows_read:,}", f"{c.rows_inserted:,}", f"{c.rows_changed:,}",
-                      f"{c.rows_unchanged:,}", f"{c.rows_duplicate:,}", str(c.attempts),
-                      c.worker or "-", c.message or "")
+        table.add_row(
+            str(c.chunk_no),
+            c.status.value,
+            display_value(c.lower_bound),
+            display_value(c.upper_bound),
+            f"{c.rows_read:,}",
+            f"{c.rows_inserted:,}",
+            f"{c.rows_changed:,}",
+            f"{c.rows_unchanged:,}",
+            f"{c.rows_duplicate:,}",
+            str(c.attempts),
+            c.worker or "-",
+            c.message or "",
+        )
     console.print(table)
     return EXIT_OK
 
@@ -265,11 +323,21 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         slot_text = "-" if slot is None else f"{str(slot.scheduled_for)[:16]} {slot.status}"
         if slot is not None and slot.reason:
             slot_text += f": {slot.reason}"
-        run_text = "-" if r.last_run is None else (
-            f"{r.last_run.run_id} {r.last_run.status.value} {str(r.last_run.created_at)[:19]}")
-        table.add_row(r.mapref, r.schedule or "-", "yes" if r.enabled else "no",
-                      r.next_due.strftime("%Y-%m-%d %H:%M") if r.next_due else "-",
-                      slot_text, run_text)
+        run_text = (
+            "-"
+            if r.last_run is None
+            else (
+                f"{r.last_run.run_id} {r.last_run.status.value} {str(r.last_run.created_at)[:19]}"
+            )
+        )
+        table.add_row(
+            r.mapref,
+            r.schedule or "-",
+            "yes" if r.enabled else "no",
+            r.next_due.strftime("%Y-%m-%d %H:%M") if r.next_due else "-",
+            slot_text,
+            run_text,
+        )
     Console().print(table)
     return EXIT_OK
 
@@ -292,36 +360,60 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH",
-                        help="config file (default: $CHORDLOAD_CONFIG, else ./chordload.yaml)")
+    common.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="config file (default: $CHORDLOAD_CONFIG, else ./chordload.yaml)",
+    )
     parser = argparse.ArgumentParser(
-        prog="chordload", parents=[common],
+        prog="chordload",
+        parents=[common],
         description="Parallel, checkpointed SCD loads as one Celery chord per run.",
-        epilog="exit codes: 0 success, 1 failed, 2 bad input/config, 3 stopped, 4 refused")
-    parser.add_argument("--version", action="version",
-                        version=f"chordload {chordload_version()}")
+        epilog="exit codes: 0 success, 1 failed, 2 bad input/config, 3 stopped, 4 refused",
+    )
+    parser.add_argument("--version", action="version", version=f"chordload {chordload_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", parents=[common], help="plan and launch a run of a mapping")
     p.add_argument("mapref")
     p.add_argument("--wait", action="store_true", help="show progress and wait for the end")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--chunks", type=_positive_int, default=None, metavar="N",
-                   help="override the planned chunk count")
-    p.add_argument("--full", action="store_true",
-                   help="ignore the stored checkpoint: reload everything (the new checkpoint "
-                        "is still set on success)")
-    p.add_argument("--from", dest="window_from", default=None, metavar="X",
-                   help="backfill the checkpoint window X <= value <= Y (Y: --to, default the "
-                        "source's current maximum); the stored checkpoint does not move. "
-                        "Several checkpoint columns: comma-separated values")
-    p.add_argument("--to", dest="window_to", default=None, metavar="Y",
-                   help="upper end of a --from backfill (inclusive)")
+    p.add_argument(
+        "--chunks",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="override the planned chunk count",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="ignore the stored checkpoint: reload everything (the new checkpoint "
+        "is still set on success)",
+    )
+    p.add_argument(
+        "--from",
+        dest="window_from",
+        default=None,
+        metavar="X",
+        help="backfill the checkpoint window X <= value <= Y (Y: --to, default the "
+        "source's current maximum); the stored checkpoint does not move. "
+        "Several checkpoint columns: comma-separated values",
+    )
+    p.add_argument(
+        "--to",
+        dest="window_to",
+        default=None,
+        metavar="Y",
+        help="upper end of a --from backfill (inclusive)",
+    )
     p.add_argument("--timeout-s", type=float, default=None, help="give up waiting after this")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("stop", parents=[common],
-                       help="stop a run (RUN_ID, or MAPREF for its active run)")
+    p = sub.add_parser(
+        "stop", parents=[common], help="stop a run (RUN_ID, or MAPREF for its active run)"
+    )
     p.add_argument("target", metavar="RUN_ID|MAPREF")
     p.add_argument("--reason", default=None)
     p.set_defaults(func=cmd_stop)
@@ -332,8 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-s", type=float, default=None, help="give up waiting after this")
     p.set_defaults(func=cmd_watch)
 
-    p = sub.add_parser("resume", parents=[common],
-                       help="re-launch the unfinished chunks of a FAILED or STOPPED run")
+    p = sub.add_parser(
+        "resume",
+        parents=[common],
+        help="re-launch the unfinished chunks of a FAILED or STOPPED run",
+    )
     p.add_argument("run_id")
     p.add_argument("--wait", action="store_true", help="show progress and wait for the end")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -346,8 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="show at most this many")
     p.set_defaults(func=cmd_errors)
 
-    p = sub.add_parser("reconcile", parents=[common],
-                       help="finalize or fail runs whose chord was lost (beat runs this)")
+    p = sub.add_parser(
+        "reconcile",
+        parents=[common],
+        help="finalize or fail runs whose chord was lost (beat runs this)",
+    )
     p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("status", parents=[common], help="recent runs, or one run and its chunks")
@@ -356,13 +454,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20, help="how many recent runs to list")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("schedule", parents=[common],
-                       help="mappings with their cron schedule, next due time and last run")
+    p = sub.add_parser(
+        "schedule",
+        parents=[common],
+        help="mappings with their cron schedule, next due time and last run",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_schedule)
 
-    p = sub.add_parser("validate", parents=[common],
-                       help="check the config and each mapping against its source")
+    p = sub.add_parser(
+        "validate", parents=[common], help="check the config and each mapping against its source"
+    )
     p.add_argument("mapref", nargs="?")
     p.set_defaults(func=cmd_validate)
 
@@ -387,8 +489,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     except TimeoutError as err:  # --timeout-s passed: the run itself goes on
-        print(f"error: {err}; it goes on: `chordload watch` or `chordload stop` it",
-              file=sys.stderr)
+        print(
+            f"error: {err}; it goes on: `chordload watch` or `chordload stop` it", file=sys.stderr
+        )
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted; the run (if any) goes on: see `chordload status`", file=sys.stderr)

@@ -6,6 +6,7 @@ several chunks, changes ~10% of the rows and adds new ones, runs the incremental
 prints both summaries and the version history of one changed key. Everything it runs is the
 production path: the same planner, chord, chunk task and finalize.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -15,10 +16,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from shared.broker import WORKER_TASK_MODULES, celery_app, use_client_app
+from shared.config.settings import Settings, settings_from_dict
 from shared.engines import dispose_all, get_engine
 from shared.metadata.schema import upgrade
-from shared.broker import use_client_app
-from shared.config.settings import Settings, settings_from_dict
 
 CITIES = ["Berlin", "Lisbon", "Oslo", "Turin", "Gdansk", "Lyon", "Porto", "Ghent", "Cork", "Graz"]
 SEGMENTS = ["retail", "smb", "enterprise", "public"]
@@ -26,8 +27,15 @@ CHANGED_KEY = 3  # id % 10 == 3 rows change; this one is shown
 
 
 def _customer(i: int, rng: random.Random, updated_at: str) -> tuple:
-    return (i, f"Customer {i}", f"c{i}@example.com", rng.choice(CITIES), rng.choice(SEGMENTS),
-            round(rng.uniform(0, 50_000), 2), updated_at)
+    return (
+        i,
+        f"Customer {i}",
+        f"c{i}@example.com",
+        rng.choice(CITIES),
+        rng.choice(SEGMENTS),
+        round(rng.uniform(0, 50_000), 2),
+        updated_at,
+    )
 
 
 def create_source(path: Path, rows: int, seed: int = 7) -> None:
@@ -35,8 +43,10 @@ def create_source(path: Path, rows: int, seed: int = 7) -> None:
     base = dt.datetime(2026, 1, 1)
     with sqlite3.connect(path) as conn:
         conn.execute("DROP TABLE IF EXISTS customers")
-        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, email TEXT, "
-                     "city TEXT, segment TEXT, balance NUMERIC, updated_at TIMESTAMP)")
+        conn.execute(
+            "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, email TEXT, "
+            "city TEXT, segment TEXT, balance NUMERIC, updated_at TIMESTAMP)"
+        )
         batch = []
         for i in range(1, rows + 1):
             stamp = (base + dt.timedelta(seconds=i * 100)).strftime("%Y-%m-%d %H:%M:%S")
@@ -59,62 +69,89 @@ def change_source(path: Path, rows: int, new_rows: int) -> tuple[int, int]:
         if latest is not None:
             stamp_at = max(stamp_at, dt.datetime.fromisoformat(latest) + dt.timedelta(seconds=1))
         stamp = stamp_at.strftime("%Y-%m-%d %H:%M:%S")
-        changed = conn.execute("UPDATE customers SET city = 'Reykjavik', balance = balance + 1, "
-                               "updated_at = ? WHERE id % 10 = 3", (stamp,)).rowcount
-        conn.executemany("INSERT INTO customers VALUES (?,?,?,?,?,?,?)",
-                         [_customer(i, rng, stamp) for i in range(rows + 1, rows + new_rows + 1)])
+        changed = conn.execute(
+            "UPDATE customers SET city = 'Reykjavik', balance = balance + 1, "
+            "updated_at = ? WHERE id % 10 = 3",
+            (stamp,),
+        ).rowcount
+        conn.executemany(
+            "INSERT INTO customers VALUES (?,?,?,?,?,?,?)",
+            [_customer(i, rng, stamp) for i in range(rows + 1, rows + new_rows + 1)],
+        )
     return changed, new_rows
 
 
 def demo_settings(workdir: Path, rows: int, chunks: int) -> Settings:
     rows_per_chunk = max(1, -(-rows // chunks))
-    return settings_from_dict({
-        "metadata": f"sqlite:///{workdir / 'metadata.db'}",
-        "broker": "memory://localhost/",
-        "result_backend": "cache+memory://",
-        "connections": {"crm": f"sqlite:///{workdir / 'source.db'}",
-                        "dw": f"sqlite:///{workdir / 'warehouse.db'}"},
-        "mappings": {"dim_customer": {
-            "source": {"connection": "crm",
-                       "query": "SELECT id, name, email, city, segment, balance, updated_at "
-                                "FROM customers"},
-            "target": {"connection": "dw", "table": "dim_customer"},
-            "keys": ["id"],
-            "scd": {"type": 2},
-            "checkpoint": {"strategy": "KEY", "column": "updated_at"},
-            "chunking": {"column": "id", "rows_per_chunk": rows_per_chunk,
-                         "min_rows_for_parallel": min(rows, 10_000), "exact_count": True},
-            "batch_rows": 5_000,
-        }},
-    }, "demo")
+    return settings_from_dict(
+        {
+            "metadata": f"sqlite:///{workdir / 'metadata.db'}",
+            "broker": "memory://localhost/",
+            "result_backend": "cache+memory://",
+            "connections": {
+                "crm": f"sqlite:///{workdir / 'source.db'}",
+                "dw": f"sqlite:///{workdir / 'warehouse.db'}",
+            },
+            "mappings": {
+                "dim_customer": {
+                    "source": {
+                        "connection": "crm",
+                        "query": "SELECT id, name, email, city, segment, balance, updated_at "
+                        "FROM customers",
+                    },
+                    "target": {"connection": "dw", "table": "dim_customer"},
+                    "keys": ["id"],
+                    "scd": {"type": 2},
+                    "checkpoint": {"strategy": "KEY", "column": "updated_at"},
+                    "chunking": {
+                        "column": "id",
+                        "rows_per_chunk": rows_per_chunk,
+                        "min_rows_for_parallel": min(rows, 10_000),
+                        "exact_count": True,
+                    },
+                    "batch_rows": 5_000,
+                }
+            },
+        },
+        "demo",
+    )
 
 
-def in_process_worker(settings: Settings, concurrency: int = 4):  # noqa: ANN201
+def in_process_worker(settings: Settings, concurrency: int = 4):
     """Configure the Celery app for memory transport and start a thread-pool worker in this
     process. Polling every 10 ms keeps a 200-task chord's overhead well under a second."""
     from celery.contrib.testing.worker import start_worker
 
-    from workers.celery_app import build_app
-
-    app = build_app(settings)
+    # the worker's tasks, loaded by module name as `celery -A workers` loads them
+    app = celery_app(settings, include=WORKER_TASK_MODULES)
     use_client_app(settings, app)  # its memory broker and result backend live in this app
     app.conf.broker_transport_options = {"polling_interval": 0.01}
     app.conf.result_chord_retry_interval = 0.05
     app.conf.worker_send_task_events = False
     app.conf.task_send_sent_event = False
-    return start_worker(app, pool="threads", concurrency=concurrency, perform_ping_check=False,
-                        loglevel="WARNING", shutdown_timeout=30,
-                        hostname="demo@localhost")
+    return start_worker(
+        app,
+        pool="threads",
+        concurrency=concurrency,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=30,
+        hostname="demo@localhost",
+    )
 
 
 def _history(workdir: Path, key: int) -> list[tuple]:
     with sqlite3.connect(workdir / "warehouse.db") as conn:
-        return conn.execute("SELECT city, balance, valid_from, valid_to, is_current, run_id "
-                            "FROM dim_customer WHERE id = ? ORDER BY sk", (key,)).fetchall()
+        return conn.execute(
+            "SELECT city, balance, valid_from, valid_to, is_current, run_id "
+            "FROM dim_customer WHERE id = ? ORDER BY sk",
+            (key,),
+        ).fetchall()
 
 
-def run_demo(rows: int = 200_000, workdir: str | None = None, chunks: int = 8,
-             console: Console | None = None) -> int:
+def run_demo(
+    rows: int = 200_000, workdir: str | None = None, chunks: int = 8, console: Console | None = None
+) -> int:
     from coordinator.launch import launch
     from coordinator.progress import ProgressDisplay, print_summary
     from coordinator.watch import wait
@@ -132,12 +169,11 @@ def run_demo(rows: int = 200_000, workdir: str | None = None, chunks: int = 8,
     settings = demo_settings(folder, rows, chunks)
     upgrade(get_engine(settings.metadata))
 
-    def load(title: str):  # noqa: ANN202 - one demo run, shown live, then summarised
+    def load(title: str):
         console.rule(title)
         run_id = launch("dim_customer", settings=settings)
         with ProgressDisplay(console, interval_s=1.0) as display:
-            run = wait(run_id, settings=settings, timeout_s=600, poll_s=0.2,
-                       on_progress=display)
+            run = wait(run_id, settings=settings, timeout_s=600, poll_s=0.2, on_progress=display)
         print_summary(run, console)
         return run.status
 
@@ -153,12 +189,15 @@ def run_demo(rows: int = 200_000, workdir: str | None = None, chunks: int = 8,
         use_client_app(settings, None)
 
     console.rule(f"3. history of customer id={CHANGED_KEY}")
-    console.print("  city        balance  valid_from           valid_to             run_id",
-                  highlight=False)
+    console.print(
+        "  city        balance  valid_from           valid_to             run_id", highlight=False
+    )
     for city, balance, valid_from, valid_to, _current, run in _history(folder, CHANGED_KEY):
         until = str(valid_to)[:19] if valid_to else "(current)"
-        console.print(f"  {city:<10} {balance:>8}  {str(valid_from)[:19]}  {until:<19}  {run}",
-                      highlight=False)
+        console.print(
+            f"  {city:<10} {balance:>8}  {str(valid_from)[:19]}  {until:<19}  {run}",
+            highlight=False,
+        )
     console.print(f"databases kept in {folder}; run `chordload demo` again to start over")
     ok = all(s.value == "SUCCESS" for s in statuses)
     return 0 if ok else 1

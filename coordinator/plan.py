@@ -2,6 +2,7 @@
 full reload or backfill; lag applied), estimate rows, choose the chunk count and compute
 key-range boundaries (quantile, range or offset). Nothing is written here except the
 target table when it does not exist yet (created once, before any chunk can race for it)."""
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,11 @@ from shared.run.values import Value, stride_bounds
 from shared.run.window import ChunkRange, ranges_from_bounds
 from shared.timeutil import utcnow
 
-VALIDITY_KINDS = {TypeKind.DATE: "date", TypeKind.TIMESTAMP: "timestamp",
-                  TypeKind.TIMESTAMPTZ: "timestamptz"}
+VALIDITY_KINDS = {
+    TypeKind.DATE: "date",
+    TypeKind.TIMESTAMP: "timestamp",
+    TypeKind.TIMESTAMPTZ: "timestamptz",
+}
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,8 @@ def check_columns(mapref: str, spec: MappingSpec, columns: list[str]) -> None:
             raise ConfigError(
                 f"mapping '{mapref}': the source returns a column '{name}', which is also the "
                 f"SCD{spec.scd.type} audit column for {role}; rename the audit column "
-                f"(scd.audit_columns.{role}: dw_{name}) or alias the source column")
+                f"(scd.audit_columns.{role}: dw_{name}) or alias the source column"
+            )
     problems = []
     for field, column in named:
         if column not in available:
@@ -71,13 +76,16 @@ def check_columns(mapref: str, spec: MappingSpec, columns: list[str]) -> None:
             hint = f" (did you mean '{near[0]}'? names are case-sensitive)" if near else ""
             problems.append(f"{field} '{column}' is not a column of the source query{hint}")
     if problems:
-        raise ConfigError(f"mapping '{mapref}': {'; '.join(problems)}; the query returns: "
-                          f"{', '.join(columns)}")
+        raise ConfigError(
+            f"mapping '{mapref}': {'; '.join(problems)}; the query returns: {', '.join(columns)}"
+        )
 
 
 def _connect_error(mapref: str, role: str, url: str, exc: Exception) -> SourceUnavailableError:
-    return SourceUnavailableError(f"mapping '{mapref}': cannot reach the {role} database "
-                                  f"{mask_url(url)}: {describe_db_error(exc)}")
+    return SourceUnavailableError(
+        f"mapping '{mapref}': cannot reach the {role} database "
+        f"{mask_url(url)}: {describe_db_error(exc)}"
+    )
 
 
 def _source_connection(adapter: DialectAdapter, mapref: str, url: str) -> Connection:
@@ -89,8 +97,9 @@ def _source_connection(adapter: DialectAdapter, mapref: str, url: str) -> Connec
         raise _connect_error(mapref, "source", url, exc) from None
 
 
-def read_source_columns(settings: Settings, mapref: str,
-                        spec: MappingSpec) -> tuple[DialectAdapter, list[SourceColumn]]:
+def read_source_columns(
+    settings: Settings, mapref: str, spec: MappingSpec
+) -> tuple[DialectAdapter, list[SourceColumn]]:
     url = settings.connection_url(spec.source.connection)
     engine = get_engine(url)
     adapter = adapter_for(engine)
@@ -100,14 +109,17 @@ def read_source_columns(settings: Settings, mapref: str,
     except DBAPIError as exc:
         if exc.connection_invalidated:
             raise _connect_error(mapref, "source", url, exc) from None
-        raise ConfigError(f"mapping '{mapref}': the source query fails: "
-                          f"{describe_db_error(exc)}") from None
+        raise ConfigError(
+            f"mapping '{mapref}': the source query fails: {describe_db_error(exc)}"
+        ) from None
     check_columns(mapref, spec, [c.name for c in columns])
     if spec.scd.valid_from:
         kind = next(c.type.kind for c in columns if c.name == spec.scd.valid_from)
         if kind not in VALIDITY_KINDS:
-            raise ConfigError(f"mapping '{mapref}': scd.valid_from '{spec.scd.valid_from}' is a "
-                              f"{kind.value} column; it must be a date or timestamp")
+            raise ConfigError(
+                f"mapping '{mapref}': scd.valid_from '{spec.scd.valid_from}' is a "
+                f"{kind.value} column; it must be a date or timestamp"
+            )
     return adapter, columns
 
 
@@ -115,8 +127,10 @@ def chunk_count(spec: MappingSpec, estimated_rows: int, override: int | None) ->
     if override is not None:
         return max(1, override), f"{override} chunks requested with --chunks"
     if estimated_rows < spec.chunking.min_rows_for_parallel:
-        return 1, (f"1 chunk: ~{estimated_rows} rows is below min_rows_for_parallel "
-                   f"({spec.chunking.min_rows_for_parallel})")
+        return 1, (
+            f"1 chunk: ~{estimated_rows} rows is below min_rows_for_parallel "
+            f"({spec.chunking.min_rows_for_parallel})"
+        )
     chunking = spec.chunking
     wanted = math.ceil(estimated_rows / chunking.rows_per_chunk)
     # Chunks run in rounds of `parallelism`; 3 chunks on 2 slots leave one slot idle for the
@@ -134,8 +148,16 @@ def chunk_count(spec: MappingSpec, estimated_rows: int, override: int | None) ->
     return n, note
 
 
-def _boundaries(adapter: DialectAdapter, conn: Connection, mapref: str, spec: MappingSpec,
-                where: str, params: dict[str, Any], parts: int, estimate: int) -> list[Value]:
+def _boundaries(
+    adapter: DialectAdapter,
+    conn: Connection,
+    mapref: str,
+    spec: MappingSpec,
+    where: str,
+    params: dict[str, Any],
+    parts: int,
+    estimate: int,
+) -> list[Value]:
     if parts <= 1:
         return []
     query, strategy = spec.source.query, spec.chunking.strategy
@@ -147,35 +169,54 @@ def _boundaries(adapter: DialectAdapter, conn: Connection, mapref: str, spec: Ma
             raise ConfigError(
                 f"mapping '{mapref}': chunking.strategy range needs a numeric, date or timestamp "
                 f"split column; '{spec.split_column}' holds {type(low).__name__} values (use "
-                f"strategy quantile or offset)") from None
+                f"strategy quantile or offset)"
+            ) from None
     if strategy is ChunkStrategy.OFFSET:
-        total = estimate if spec.chunking.exact_count else adapter.estimate_rows(
-            conn, query, where, params, True)  # OFFSET positions need the real count
-        return adapter.offset_boundaries(conn, query, where, params, spec.split_columns, parts,
-                                         total)
+        total = (
+            estimate
+            if spec.chunking.exact_count
+            else adapter.estimate_rows(conn, query, where, params, True)
+        )  # OFFSET positions need the real count
+        return adapter.offset_boundaries(
+            conn, query, where, params, spec.split_columns, parts, total
+        )
     return adapter.split_boundaries(conn, query, where, params, spec.split_column, parts)
 
 
-def plan_run(settings: Settings, mapref: str, spec: MappingSpec, metadata: Engine, *,
-             chunks_override: int | None = None, full: bool = False,
-             window_from: str | None = None, window_to: str | None = None) -> Plan:
+def plan_run(
+    settings: Settings,
+    mapref: str,
+    spec: MappingSpec,
+    metadata: Engine,
+    *,
+    chunks_override: int | None = None,
+    full: bool = False,
+    window_from: str | None = None,
+    window_to: str | None = None,
+) -> Plan:
     """Plan one run of ``spec``. ``full``: ignore the stored checkpoint (a full reload that
     still sets the new checkpoint). ``window_from``/``window_to``: a backfill of that window
     (text, read as the checkpoint's type), which never moves the stored checkpoint."""
     strategy = spec.checkpoint_strategy
     backfill = window_from is not None or window_to is not None
     if full and backfill:
-        raise ConfigError(f"mapping '{mapref}': --full reloads everything and --from/--to "
-                          f"load one window; give one or the other")
-    mode = RunMode.BACKFILL if backfill else (
-        RunMode.FULL if full or strategy is CheckpointStrategy.NONE else RunMode.INCREMENTAL)
+        raise ConfigError(
+            f"mapping '{mapref}': --full reloads everything and --from/--to "
+            f"load one window; give one or the other"
+        )
+    mode = (
+        RunMode.BACKFILL
+        if backfill
+        else (RunMode.FULL if full or strategy is CheckpointStrategy.NONE else RunMode.INCREMENTAL)
+    )
     checkpoint.check_mode(mapref, spec, mode, window_to is not None, window_from is not None)
     adapter, source_columns = read_source_columns(settings, mapref, spec)
     columns = [c.name for c in source_columns]
     validity_kind = None
     if spec.scd.valid_from:
-        validity_kind = next(VALIDITY_KINDS[c.type.kind] for c in source_columns
-                             if c.name == spec.scd.valid_from)
+        validity_kind = next(
+            VALIDITY_KINDS[c.type.kind] for c in source_columns if c.name == spec.scd.valid_from
+        )
     if strategy is CheckpointStrategy.PYTHON:
         assert spec.checkpoint.function is not None
         load_function(spec.checkpoint.function)  # refuse now what workers could not import
@@ -186,17 +227,23 @@ def plan_run(settings: Settings, mapref: str, spec: MappingSpec, metadata: Engin
     try:
         with _source_connection(adapter, mapref, url) as conn:
             planned = checkpoint.plan_window(
-                mapref, spec, mode, stored,
+                mapref,
+                spec,
+                mode,
+                stored,
                 lambda: adapter.max_row(conn, query, spec.checkpoint_columns),
-                window_from, window_to)
+                window_from,
+                window_to,
+            )
             where, params = planned.window.predicate(adapter)
-            estimate = adapter.estimate_rows(conn, query, where, params,
-                                             spec.chunking.exact_count)
+            estimate = adapter.estimate_rows(conn, query, where, params, spec.chunking.exact_count)
             if strategy is CheckpointStrategy.PYTHON:
                 parts = 1
-                note = ("1 chunk: checkpoint strategy PYTHON computes each row's checkpoint "
-                        "value in the worker, and such values cannot be split into key ranges "
-                        "or ordered across parallel chunks")
+                note = (
+                    "1 chunk: checkpoint strategy PYTHON computes each row's checkpoint "
+                    "value in the worker, and such values cannot be split into key ranges "
+                    "or ordered across parallel chunks"
+                )
                 if chunks_override is not None:
                     note += f" (--chunks {chunks_override} ignored)"
             else:
@@ -205,21 +252,32 @@ def plan_run(settings: Settings, mapref: str, spec: MappingSpec, metadata: Engin
     except DBAPIError as exc:  # e.g. max() or ORDER BY on a type that has none
         if exc.connection_invalidated:
             raise _connect_error(mapref, "source", url, exc) from None
-        raise ConfigError(f"mapping '{mapref}': the source query fails while planning (window "
-                          f"on {', '.join(spec.checkpoint_columns) or '-'}, chunks on "
-                          f"{', '.join(spec.split_columns)}): {describe_db_error(exc)}") from None
+        raise ConfigError(
+            f"mapping '{mapref}': the source query fails while planning (window "
+            f"on {', '.join(spec.checkpoint_columns) or '-'}, chunks on "
+            f"{', '.join(spec.split_columns)}): {describe_db_error(exc)}"
+        ) from None
     ensure_target(settings, mapref, spec, source_columns)
     ranges = ranges_from_bounds(bounds)
     if parts > 1:
         if spec.chunking.strategy is not ChunkStrategy.QUANTILE:
-            note += (f" ({spec.chunking.strategy.value} split on "
-                     f"{', '.join(spec.split_columns)})")
+            note += f" ({spec.chunking.strategy.value} split on {', '.join(spec.split_columns)})"
         if len(ranges) < parts:
             note += f"; {len(ranges)} distinct key ranges"
     if planned.notes:
         note += "; " + "; ".join(planned.notes)
-    run = RunPlan(new_run_id(), mapref, spec, columns, planned.window, utcnow(), mode,
-                  planned.python_filter, validity_kind, stored)
+    run = RunPlan(
+        new_run_id(),
+        mapref,
+        spec,
+        columns,
+        planned.window,
+        utcnow(),
+        mode,
+        planned.python_filter,
+        validity_kind,
+        stored,
+    )
     return Plan(run, estimate, ranges, note)
 
 
@@ -234,15 +292,17 @@ def _target_options(spec: MappingSpec, source_columns: list[SourceColumn]) -> di
     deletes: new_record."""
     options: dict[str, Any] = {}
     if spec.scd.type == 2 and spec.scd.valid_from:
-        options["valid_from_type"] = next(c.type for c in source_columns
-                                          if c.name == spec.scd.valid_from)
+        options["valid_from_type"] = next(
+            c.type for c in source_columns if c.name == spec.scd.valid_from
+        )
     if spec.scd.type == 2 and spec.scd.deletes is DeletesMode.NEW_RECORD:
         options["is_deleted"] = True
     return options
 
 
-def ensure_target(settings: Settings, mapref: str, spec: MappingSpec,
-                  source_columns: list[SourceColumn]) -> None:
+def ensure_target(
+    settings: Settings, mapref: str, spec: MappingSpec, source_columns: list[SourceColumn]
+) -> None:
     url = settings.connection_url(spec.target.connection)
     engine = get_engine(url)
     adapter = adapter_for(engine)
@@ -253,11 +313,23 @@ def ensure_target(settings: Settings, mapref: str, spec: MappingSpec,
     try:
         with connection as conn, conn.begin():
             if adapter.target_exists(conn, spec.target):
-                adapter.check_target(conn, spec.target, [c.name for c in source_columns],
-                                     spec.scd.type, list(spec.scd.audit_names().values()))
+                adapter.check_target(
+                    conn,
+                    spec.target,
+                    [c.name for c in source_columns],
+                    spec.scd.type,
+                    list(spec.scd.audit_names().values()),
+                )
             else:
-                adapter.create_target(conn, spec.target, source_columns, spec.keys, spec.scd.type,
-                                      spec.scd.audit_columns, **_target_options(spec, source_columns))
+                adapter.create_target(
+                    conn,
+                    spec.target,
+                    source_columns,
+                    spec.keys,
+                    spec.scd.type,
+                    spec.scd.audit_columns,
+                    **_target_options(spec, source_columns),
+                )
     except ConfigError as err:  # an existing target that does not fit: name the mapping
         raise ConfigError(f"mapping '{mapref}': {err}") from None
     except DBAPIError as exc:
@@ -266,8 +338,15 @@ def ensure_target(settings: Settings, mapref: str, spec: MappingSpec,
         # Two coordinators may race to create it: if it exists now, the other one won.
         with engine.begin() as conn:
             if adapter.target_exists(conn, spec.target):
-                adapter.check_target(conn, spec.target, [c.name for c in source_columns],
-                                     spec.scd.type, list(spec.scd.audit_names().values()))
+                adapter.check_target(
+                    conn,
+                    spec.target,
+                    [c.name for c in source_columns],
+                    spec.scd.type,
+                    list(spec.scd.audit_names().values()),
+                )
                 return
-        raise ConfigError(f"mapping '{mapref}': cannot create target table "
-                          f"{spec.target.table}: {describe_db_error(exc)}") from None
+        raise ConfigError(
+            f"mapping '{mapref}': cannot create target table "
+            f"{spec.target.table}: {describe_db_error(exc)}"
+        ) from None

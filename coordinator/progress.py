@@ -1,22 +1,20 @@
 """Showing a run: the live progress display (rich on a terminal, plain lines otherwise) and
 the final summary, as text or as one JSON object."""
+
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import IO, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from shared.metadata.models import ProcessLog
-from shared.timeutil import as_utc, utcnow
 from shared.run.values import display_value, plain_value
-
-PLAIN_INTERVAL_S = float(os.environ.get("CHORDLOAD_PROGRESS_INTERVAL_S", "5"))
+from shared.timeutil import as_utc, utcnow
 
 
 def run_summary(run: ProcessLog) -> dict[str, Any]:
@@ -26,19 +24,29 @@ def run_summary(run: ProcessLog) -> dict[str, Any]:
     if started is not None:
         duration_s = round(((ended or utcnow()) - started).total_seconds(), 3)
     return {
-        "run_id": run.run_id, "mapref": run.mapref, "status": run.status.value,
-        "load_kind": run.load_kind, "chunks": run.chunks_total,
-        "chunks_done": run.chunks_done, "chunks_failed": run.chunks_failed,
-        "estimated_rows": run.estimated_rows, "rows_read": run.rows_read,
-        "rows_inserted": run.rows_inserted, "rows_changed": run.rows_changed,
-        "rows_unchanged": run.rows_unchanged, "rows_errored": run.rows_errored,
-        "rows_duplicate": run.rows_duplicate or 0, "rows_deleted": run.rows_deleted or 0,
+        "run_id": run.run_id,
+        "mapref": run.mapref,
+        "status": run.status.value,
+        "load_kind": run.load_kind,
+        "chunks": run.chunks_total,
+        "chunks_done": run.chunks_done,
+        "chunks_failed": run.chunks_failed,
+        "estimated_rows": run.estimated_rows,
+        "rows_read": run.rows_read,
+        "rows_inserted": run.rows_inserted,
+        "rows_changed": run.rows_changed,
+        "rows_unchanged": run.rows_unchanged,
+        "rows_errored": run.rows_errored,
+        "rows_duplicate": run.rows_duplicate or 0,
+        "rows_deleted": run.rows_deleted or 0,
         "checkpoint_from": plain_value(run.checkpoint_from),
         "checkpoint_to": plain_value(run.checkpoint_to),
         "hwm": plain_value(run.hwm),
         "started_at": started.isoformat() if started else None,
         "ended_at": ended.isoformat() if ended else None,
-        "duration_s": duration_s, "plan": run.plan_note, "message": run.message,
+        "duration_s": duration_s,
+        "plan": run.plan_note,
+        "message": run.message,
     }
 
 
@@ -50,18 +58,24 @@ def print_summary(run: ProcessLog, console: Console) -> None:
     table.add_column()
     table.add_row("run", f"{s['run_id']}  ({s['mapref']}, {s['load_kind']})")
     table.add_row("status", f"[{colour}]{s['status']}[/{colour}]")
-    table.add_row("chunks", f"{s['chunks_done']} done, {s['chunks_failed']} failed, "
-                            f"{s['chunks']} total")
-    rows = (f"{s['rows_read']:,} read: {s['rows_inserted']:,} inserted, "
-            f"{s['rows_changed']:,} changed, {s['rows_unchanged']:,} unchanged, "
-            f"{s['rows_errored']:,} errored")
+    table.add_row(
+        "chunks", f"{s['chunks_done']} done, {s['chunks_failed']} failed, {s['chunks']} total"
+    )
+    rows = (
+        f"{s['rows_read']:,} read: {s['rows_inserted']:,} inserted, "
+        f"{s['rows_changed']:,} changed, {s['rows_unchanged']:,} unchanged, "
+        f"{s['rows_errored']:,} errored"
+    )
     if s["rows_duplicate"]:
         rows += f", {s['rows_duplicate']:,} duplicate"
     if s["rows_deleted"]:
         rows += f"; {s['rows_deleted']:,} deleted keys retired"
     table.add_row("rows", rows)
-    table.add_row("checkpoint", f"{display_value(run.checkpoint_from)} -> "
-                                f"{display_value(run.checkpoint_to)}  (hwm {display_value(run.hwm)})")
+    table.add_row(
+        "checkpoint",
+        f"{display_value(run.checkpoint_from)} -> "
+        f"{display_value(run.checkpoint_to)}  (hwm {display_value(run.hwm)})",
+    )
     if s["duration_s"] is not None:
         rate = s["rows_read"] / s["duration_s"] if s["duration_s"] else 0
         table.add_row("duration", f"{s['duration_s']:.1f} s  ({rate:,.0f} rows/s)")
@@ -80,22 +94,27 @@ class ProgressDisplay:
     """Callback for ``coordinator.wait``: a live bar on a terminal, a plain line every few
     seconds when output is piped (CI logs stay readable)."""
 
-    def __init__(self, console: Console, interval_s: float = PLAIN_INTERVAL_S):
+    def __init__(self, console: Console, interval_s: float):
         self.console = console
         self.interval_s = interval_s
         self.live = console.is_terminal
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
         self._last_plain = 0.0
         self._started = time.monotonic()
 
-    def __enter__(self) -> "ProgressDisplay":
+    def __enter__(self) -> ProgressDisplay:
         if self.live:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(),
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
                 TextColumn("{task.completed:,.0f}/{task.total:,.0f} rows"),
-                TextColumn("{task.fields[chunks]}"), TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(), console=self.console, transient=False)
+                TextColumn("{task.fields[chunks]}"),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
             self._progress.start()
             self._task = self._progress.add_task("loading", total=1, chunks="", rate="")
         return self
@@ -104,22 +123,33 @@ class ProgressDisplay:
         if self._progress is not None:
             self._progress.stop()
 
-    def __call__(self, snap) -> None:  # noqa: ANN001 - coordinator.launch.RunSnapshot
+    def __call__(self, snap) -> None:
         run, totals = snap.run, snap.totals
         done = totals["rows_read"]
         total = max(run.estimated_rows or 0, done, 1)
         elapsed = max(time.monotonic() - self._started, 1e-6)
         rate = done / elapsed
-        chunks = (f"chunks {totals['chunks_done']}/{totals['chunks_total']}"
-                  f"{' failed ' + str(totals['chunks_failed']) if totals['chunks_failed'] else ''}")
+        chunks = (
+            f"chunks {totals['chunks_done']}/{totals['chunks_total']}"
+            f"{' failed ' + str(totals['chunks_failed']) if totals['chunks_failed'] else ''}"
+        )
         if self._progress is not None:
-            self._progress.update(self._task, completed=done, total=total, chunks=chunks,
-                                  rate=f"{rate:,.0f} rows/s",
-                                  description=f"{run.mapref} {run.status.value.lower()}")
+            assert self._task is not None  # added together with the Progress in __enter__
+            self._progress.update(
+                self._task,
+                completed=done,
+                total=total,
+                chunks=chunks,
+                rate=f"{rate:,.0f} rows/s",
+                description=f"{run.mapref} {run.status.value.lower()}",
+            )
             return
         now = time.monotonic()
         if now - self._last_plain >= self.interval_s or run.status.is_terminal:
             self._last_plain = now
             eta = (total - done) / rate if rate > 0 and done < total else 0
-            self.console.print(f"{run.run_id} {run.status.value} rows {done:,}/{total:,} "
-                               f"{chunks} {rate:,.0f} rows/s eta {eta:,.0f}s", highlight=False)
+            self.console.print(
+                f"{run.run_id} {run.status.value} rows {done:,}/{total:,} "
+                f"{chunks} {rate:,.0f} rows/s eta {eta:,.0f}s",
+                highlight=False,
+            )

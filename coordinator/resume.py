@@ -3,6 +3,7 @@ did not succeed, with the run's frozen window and planned mapping, so a load tha
 90% redoes 10%. The chunks get new task ids (``shared/run/task_ids.py``), so a late task of
 the earlier launch is recognised as superseded and does nothing.
 """
+
 from __future__ import annotations
 
 from coordinator.launch import start_chord

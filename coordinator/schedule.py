@@ -12,6 +12,7 @@ sends every few seconds. For each enabled mapping with a ``schedule`` it takes t
 A slot that someone else claimed is left alone, so two beat processes, a redelivered dispatch
 or workers with slightly different clocks never start one slot twice.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -21,14 +22,14 @@ import socket
 from dataclasses import asdict, dataclass
 
 from coordinator.launch import launch
+from shared.config.cron import latest_slot, next_after, parse_cron
+from shared.config.settings import Settings
 from shared.engines import get_engine
 from shared.errors import ChordloadError, RunRefusedError, describe_db_error
 from shared.logging_context import bind_run_context
 from shared.metadata import slots, store
 from shared.metadata.models import ProcessLog, ScheduleSlot
 from shared.metadata.slots import SlotStatus
-from shared.config.cron import latest_slot, next_after, parse_cron
-from shared.config.settings import Settings
 from shared.timeutil import as_utc, utcnow
 
 log = logging.getLogger("chordload.schedule")
@@ -50,8 +51,9 @@ def default_claimer() -> str:
     return f"{socket.gethostname()}/{os.getpid()}"
 
 
-def dispatch_due(settings: Settings, *, now: dt.datetime | None = None,
-                 claimed_by: str | None = None) -> list[SlotOutcome]:
+def dispatch_due(
+    settings: Settings, *, now: dt.datetime | None = None, claimed_by: str | None = None
+) -> list[SlotOutcome]:
     """Launch every mapping whose current slot is due and not yet claimed."""
     now = now or utcnow()
     grace_s = settings.schedule.grace_s
@@ -68,8 +70,9 @@ def dispatch_due(settings: Settings, *, now: dt.datetime | None = None,
     return outcomes
 
 
-def _launch_slot(settings: Settings, mapref: str, slot: dt.datetime,
-                 now: dt.datetime) -> SlotOutcome:
+def _launch_slot(
+    settings: Settings, mapref: str, slot: dt.datetime, now: dt.datetime
+) -> SlotOutcome:
     metadata = get_engine(settings.metadata)
     run_id = reason = None
     with bind_run_context(mapref=mapref):
@@ -77,8 +80,11 @@ def _launch_slot(settings: Settings, mapref: str, slot: dt.datetime,
             run_id = launch(mapref, settings=settings)
         except RunRefusedError as err:
             status = SlotStatus.SKIPPED
-            reason = (f"mapping still running: run {err.active_run_id} is active"
-                      if err.active_run_id else f"refused: {err}")
+            reason = (
+                f"mapping still running: run {err.active_run_id} is active"
+                if err.active_run_id
+                else f"refused: {err}"
+            )
         except ChordloadError as err:
             status, reason = SlotStatus.FAILED, str(err)
         except Exception as err:  # noqa: BLE001 - record it on the slot; next slot is new
@@ -89,11 +95,17 @@ def _launch_slot(settings: Settings, mapref: str, slot: dt.datetime,
         late_s = (now - slot).total_seconds()
         with bind_run_context(run_id=run_id or "-", mapref=mapref):
             if status is SlotStatus.LAUNCHED:
-                log.info("schedule: slot %s of %s launched run %s (%.1fs after the slot)",
-                         slot.isoformat(), mapref, run_id, late_s)
+                log.info(
+                    "schedule: slot %s of %s launched run %s (%.1fs after the slot)",
+                    slot.isoformat(),
+                    mapref,
+                    run_id,
+                    late_s,
+                )
             else:
-                log.warning("schedule: slot %s of %s %s: %s", slot.isoformat(), mapref,
-                            status.value, reason)
+                log.warning(
+                    "schedule: slot %s of %s %s: %s", slot.isoformat(), mapref, status.value, reason
+                )
     return SlotOutcome(mapref, slot.isoformat(), status.value, run_id, reason)
 
 
@@ -109,14 +121,26 @@ class ScheduleRow:
     def to_json(self) -> dict:
         slot, run = self.last_slot, self.last_run
         return {
-            "mapref": self.mapref, "schedule": self.schedule, "enabled": self.enabled,
+            "mapref": self.mapref,
+            "schedule": self.schedule,
+            "enabled": self.enabled,
             "next_due": self.next_due.isoformat() if self.next_due else None,
-            "last_slot": None if slot is None else {
-                "scheduled_for": as_utc(slot.scheduled_for).isoformat(), "status": slot.status,
-                "run_id": slot.run_id, "reason": slot.reason},
-            "last_run": None if run is None else {
-                "run_id": run.run_id, "status": run.status.value,
-                "started_at": _iso(run.started_at), "ended_at": _iso(run.ended_at)},
+            "last_slot": None
+            if slot is None
+            else {
+                "scheduled_for": as_utc(slot.scheduled_for).isoformat(),
+                "status": slot.status,
+                "run_id": slot.run_id,
+                "reason": slot.reason,
+            },
+            "last_run": None
+            if run is None
+            else {
+                "run_id": run.run_id,
+                "status": run.status.value,
+                "started_at": _iso(run.started_at),
+                "ended_at": _iso(run.ended_at),
+            },
         }
 
 
@@ -131,9 +155,17 @@ def overview(settings: Settings, now: dt.datetime | None = None) -> list[Schedul
     metadata = get_engine(settings.metadata)
     rows = []
     for mapref, spec in sorted(settings.mappings.items()):
-        next_due = (next_after(parse_cron(spec.schedule), now)
-                    if spec.schedule and spec.enabled else None)
-        rows.append(ScheduleRow(mapref, spec.schedule, spec.enabled, next_due,
-                                slots.latest(metadata, mapref),
-                                store.latest_run(metadata, mapref)))
+        next_due = (
+            next_after(parse_cron(spec.schedule), now) if spec.schedule and spec.enabled else None
+        )
+        rows.append(
+            ScheduleRow(
+                mapref,
+                spec.schedule,
+                spec.enabled,
+                next_due,
+                slots.latest(metadata, mapref),
+                store.latest_run(metadata, mapref),
+            )
+        )
     return rows

@@ -5,6 +5,7 @@ revokes their tasks by id; running chunks see the request at their next batch bo
 end STOPPED, and the last of them finalizes the run. If nothing is running any more, stop
 finalizes the run itself.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -43,8 +44,13 @@ def resolve_run(settings: Settings, run_or_mapref: str) -> ProcessLog:
     raise NotFoundError(f"'{run_or_mapref}' is neither a run id nor a mapping in the config")
 
 
-def stop(run_or_mapref: str, *, settings: Settings, reason: str | None = None,
-         requested_by: str | None = None) -> StopOutcome:
+def stop(
+    run_or_mapref: str,
+    *,
+    settings: Settings,
+    reason: str | None = None,
+    requested_by: str | None = None,
+) -> StopOutcome:
     metadata = get_engine(settings.metadata)
     run = resolve_run(settings, run_or_mapref)
     if run.status is RunStatus.STOPPED and store.stop_requested(metadata, run.run_id):

@@ -1,5 +1,6 @@
 """Following a run: its live totals now (``snapshot``) and until it ends (``wait``), what
 ``run --wait`` and ``watch`` show."""
+
 from __future__ import annotations
 
 import time
@@ -21,13 +22,19 @@ class RunSnapshot:
 def snapshot(settings: Settings, run_id: str) -> RunSnapshot:
     metadata = get_engine(settings.metadata)
     totals = store.progress_totals(metadata, run_id)
-    return RunSnapshot(store.with_live_totals(metadata, store.get_run(metadata, run_id), totals),
-                       totals)
+    return RunSnapshot(
+        store.with_live_totals(metadata, store.get_run(metadata, run_id), totals), totals
+    )
 
 
-def wait(run_id: str, *, settings: Settings, timeout_s: float | None = None,
-         poll_s: float = 0.5,
-         on_progress: Callable[[RunSnapshot], None] | None = None) -> ProcessLog:
+def wait(
+    run_id: str,
+    *,
+    settings: Settings,
+    timeout_s: float | None = None,
+    poll_s: float = 0.5,
+    on_progress: Callable[[RunSnapshot], None] | None = None,
+) -> ProcessLog:
     """Block until the run is terminal (or ``timeout_s`` passes: TimeoutError)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:

@@ -7,6 +7,7 @@ longest chunk, and results/chord counters that outlive the longest run. The work
 are both made by ``celery_app``; the coordinator sends tasks by name and never imports the
 workers' code.
 """
+
 from __future__ import annotations
 
 import threading
@@ -24,6 +25,8 @@ FINALIZE_RUN = "chordload.finalize_run"
 ON_RUN_ERROR = "chordload.on_run_error"
 RECONCILE = "chordload.reconcile"
 DISPATCH_DUE = "chordload.dispatch_due"
+# where they are defined: a worker's app loads this module by name
+WORKER_TASK_MODULES = ("workers.tasks",)
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -35,20 +38,30 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     queue, schedule = settings.celery.queue, settings.schedule
     dispatch, reconcile = schedule.dispatch_interval_s, schedule.reconcile_interval_s
     return {
-        DISPATCH_DUE: {"task": DISPATCH_DUE, "schedule": dispatch,
-                       "options": {"queue": queue, "expires": max(30.0, 6 * dispatch)}},
-        RECONCILE: {"task": RECONCILE, "schedule": reconcile,
-                    "options": {"queue": queue, "expires": max(30.0, 2 * reconcile)}},
+        DISPATCH_DUE: {
+            "task": DISPATCH_DUE,
+            "schedule": dispatch,
+            "options": {"queue": queue, "expires": max(30.0, 6 * dispatch)},
+        },
+        RECONCILE: {
+            "task": RECONCILE,
+            "schedule": reconcile,
+            "options": {"queue": queue, "expires": max(30.0, 2 * reconcile)},
+        },
     }
 
 
 def configure(app: Celery, settings: Settings) -> None:
     """Point ``app`` at the broker/backend of ``settings`` with chordload's fixed options."""
     visibility_timeout_s = settings.visibility_timeout_s
-    broker_options = {"visibility_timeout": visibility_timeout_s,
-                      **settings.celery.broker_transport_options}
-    backend_options = {"visibility_timeout": visibility_timeout_s,
-                       **settings.celery.result_backend_transport_options}
+    broker_options = {
+        "visibility_timeout": visibility_timeout_s,
+        **settings.celery.broker_transport_options,
+    }
+    backend_options = {
+        "visibility_timeout": visibility_timeout_s,
+        **settings.celery.result_backend_transport_options,
+    }
     app.conf.update(
         broker_url=settings.broker,
         result_backend=settings.result_backend,
@@ -67,7 +80,7 @@ def configure(app: Celery, settings: Settings) -> None:
         result_extended=False,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # a restarted Redis: reconnect, however long
-        result_backend_always_retry=True,    # results and chord counters survive a blip
+        result_backend_always_retry=True,  # results and chord counters survive a blip
         result_backend_max_retries=30,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
@@ -80,7 +93,7 @@ def celery_app(settings: Settings, include: tuple[str, ...] = ()) -> Celery:
     """A Celery app configured from ``settings``; ``include`` names task modules (workers)."""
     app = Celery("chordload", include=list(include), set_as_current=False)
     configure(app, settings)
-    app.chordload_settings = settings  # type: ignore[attr-defined]
+    app.chordload_settings = settings
     return app
 
 

@@ -21,6 +21,7 @@ This module decides the window (``plan_window``), the rows a chunk keeps with th
 (``CheckpointReader``) and the value the run stores (``advanced``); the planner, the chunk
 loader and finalize call it and hold no checkpoint rules of their own.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -31,8 +32,16 @@ from typing import Any
 from shared.config.mapping import CheckpointStrategy, MappingSpec
 from shared.errors import ConfigError
 from shared.run.modes import RunMode
-from shared.run.values import (Value, coerce_like, decode_value, encode_value, max_value,
-                               minus_lag, rank, same_shape)
+from shared.run.values import (
+    Value,
+    coerce_like,
+    decode_value,
+    encode_value,
+    max_value,
+    minus_lag,
+    rank,
+    same_shape,
+)
 from shared.run.window import Window
 
 
@@ -42,12 +51,15 @@ def load_function(path: str) -> Callable[[dict[str, Any]], Any]:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - ImportError, or the module failing on import
-        raise ConfigError(f"checkpoint.function '{path}': cannot import module "
-                          f"'{module_name}': {type(exc).__name__}: {exc}") from None
+        raise ConfigError(
+            f"checkpoint.function '{path}': cannot import module "
+            f"'{module_name}': {type(exc).__name__}: {exc}"
+        ) from None
     function = getattr(module, name, None)
     if not callable(function):
-        raise ConfigError(f"checkpoint.function '{path}': module '{module_name}' has no "
-                          f"function '{name}'")
+        raise ConfigError(
+            f"checkpoint.function '{path}': module '{module_name}' has no function '{name}'"
+        )
     return function
 
 
@@ -65,22 +77,29 @@ class PythonFilter:
     def keeps(self, value: Value) -> bool:
         if value is None:
             return self.lower is None and self.upper is None
-        if self.lower is not None:
-            if rank(value) < rank(self.lower) or (rank(value) == rank(self.lower)
-                                                  and not self.lower_inclusive):
-                return False
-        if self.upper is not None and rank(value) > rank(self.upper):
+        if self.lower is not None and (
+            rank(value) < rank(self.lower)
+            or (rank(value) == rank(self.lower) and not self.lower_inclusive)
+        ):
             return False
-        return True
+        return self.upper is None or rank(value) <= rank(self.upper)
 
     def to_document(self) -> dict[str, Any]:
-        return {"function": self.function_path, "lower": encode_value(self.lower),
-                "lower_inclusive": self.lower_inclusive, "upper": encode_value(self.upper)}
+        return {
+            "function": self.function_path,
+            "lower": encode_value(self.lower),
+            "lower_inclusive": self.lower_inclusive,
+            "upper": encode_value(self.upper),
+        }
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> PythonFilter:
-        return cls(doc["function"], decode_value(doc["lower"]), doc["lower_inclusive"],
-                   decode_value(doc["upper"]))
+        return cls(
+            doc["function"],
+            decode_value(doc["lower"]),
+            doc["lower_inclusive"],
+            decode_value(doc["upper"]),
+        )
 
 
 # -- planning: the window ------------------------------------------------------------------
@@ -97,12 +116,13 @@ def stored_value(spec: MappingSpec, encoded: dict[str, Any] | None) -> Value:
     return decode_value(encoded)
 
 
-def check_mode(mapref: str, spec: MappingSpec, mode: RunMode, has_to: bool,
-               has_from: bool) -> None:
+def check_mode(mapref: str, spec: MappingSpec, mode: RunMode, has_to: bool, has_from: bool) -> None:
     """Refuse a mode the mapping's checkpoint cannot serve (before anything is read)."""
     if mode is RunMode.BACKFILL and spec.checkpoint_strategy is CheckpointStrategy.NONE:
-        raise ConfigError(f"mapping '{mapref}' has no checkpoint (strategy NONE): a backfill "
-                          f"with --from/--to needs checkpoint strategy KEY or PYTHON")
+        raise ConfigError(
+            f"mapping '{mapref}' has no checkpoint (strategy NONE): a backfill "
+            f"with --from/--to needs checkpoint strategy KEY or PYTHON"
+        )
     if has_to and not has_from:
         raise ConfigError(f"mapping '{mapref}': --to needs --from")
 
@@ -114,8 +134,10 @@ def typed(mapref: str, option: str, text: str, example: Value) -> Value:
         return coerce_like(text, example)
     except ValueError as err:
         kind = type(example).__name__ if example is not None else "value"
-        raise ConfigError(f"mapping '{mapref}': {option} '{text}' is not a {kind} like the "
-                          f"checkpoint's values ({err})") from None
+        raise ConfigError(
+            f"mapping '{mapref}': {option} '{text}' is not a {kind} like the "
+            f"checkpoint's values ({err})"
+        ) from None
 
 
 def lagged(mapref: str, value: Value, lag: float) -> Value:
@@ -134,9 +156,15 @@ class PlannedWindow:
     notes: tuple[str, ...] = ()
 
 
-def plan_window(mapref: str, spec: MappingSpec, mode: RunMode, stored: Value,
-                hwm: Callable[[], Value], window_from: str | None = None,
-                window_to: str | None = None) -> PlannedWindow:
+def plan_window(
+    mapref: str,
+    spec: MappingSpec,
+    mode: RunMode,
+    stored: Value,
+    hwm: Callable[[], Value],
+    window_from: str | None = None,
+    window_to: str | None = None,
+) -> PlannedWindow:
     """The run's window for ``mode``. ``hwm`` reads the source's high-water mark (KEY only:
     asked once, and only when needed)."""
     strategy, lag = spec.checkpoint_strategy, spec.checkpoint.lag
@@ -151,7 +179,8 @@ def plan_window(mapref: str, spec: MappingSpec, mode: RunMode, stored: Value,
                 raise ConfigError(
                     f"mapping '{mapref}': the stored checkpoint {stored!r} does not fit "
                     f"checkpoint columns {columns} (did the config change?); run once with "
-                    f"--full to reload and store a new checkpoint")
+                    f"--full to reload and store a new checkpoint"
+                )
             notes: tuple[str, ...] = ()
             lower = stored
             if lower is not None and lag:
@@ -159,15 +188,18 @@ def plan_window(mapref: str, spec: MappingSpec, mode: RunMode, stored: Value,
                 notes = (f"lag {lag}: window from {lower} (checkpoint {stored})",)
             return PlannedWindow(Window(column, lower, high), notes=notes)
         if mode is RunMode.FULL:
-            return PlannedWindow(Window(column, None, high, include_nulls=True),
-                                 notes=("full reload: the stored checkpoint is ignored",))
+            return PlannedWindow(
+                Window(column, None, high, include_nulls=True),
+                notes=("full reload: the stored checkpoint is ignored",),
+            )
         assert window_from is not None  # a backfill has --from
         example = high if high is not None else stored
         lower = typed(mapref, "--from", window_from, example)
         upper = typed(mapref, "--to", window_to, example) if window_to is not None else high
-        return PlannedWindow(Window(column, lower, upper, include_nulls=False),
-                             notes=(f"backfill {lower} .. {upper}: the stored checkpoint does "
-                                    f"not move",))
+        return PlannedWindow(
+            Window(column, lower, upper, include_nulls=False),
+            notes=(f"backfill {lower} .. {upper}: the stored checkpoint does not move",),
+        )
     if strategy is CheckpointStrategy.PYTHON:
         path = spec.checkpoint.function
         assert path is not None  # the spec requires it for PYTHON
@@ -175,15 +207,24 @@ def plan_window(mapref: str, spec: MappingSpec, mode: RunMode, stored: Value,
             lower = lagged(mapref, stored, lag) if stored is not None else None
             return PlannedWindow(python_filter=PythonFilter(path, lower))
         if mode is RunMode.FULL:
-            return PlannedWindow(python_filter=PythonFilter(path),
-                                 notes=("full reload: the stored checkpoint is ignored",))
+            return PlannedWindow(
+                python_filter=PythonFilter(path),
+                notes=("full reload: the stored checkpoint is ignored",),
+            )
         assert window_from is not None
         python_filter = PythonFilter(
-            path, typed(mapref, "--from", window_from, stored), True,
-            typed(mapref, "--to", window_to, stored) if window_to is not None else None)
-        return PlannedWindow(python_filter=python_filter, notes=(
-            f"backfill {python_filter.lower} .. {python_filter.upper or '-'}: the stored "
-            f"checkpoint does not move",))
+            path,
+            typed(mapref, "--from", window_from, stored),
+            True,
+            typed(mapref, "--to", window_to, stored) if window_to is not None else None,
+        )
+        return PlannedWindow(
+            python_filter=python_filter,
+            notes=(
+                f"backfill {python_filter.lower} .. {python_filter.upper or '-'}: the stored "
+                f"checkpoint does not move",
+            ),
+        )
     return PlannedWindow()
 
 
@@ -193,8 +234,9 @@ class CheckpointReader:
     KEY column(s), or for PYTHON the function's value (rows it puts outside the window are
     dropped here, as SQL drops them for KEY)."""
 
-    def __init__(self, spec: MappingSpec, columns: Sequence[str],
-                 python_filter: PythonFilter | None):
+    def __init__(
+        self, spec: MappingSpec, columns: Sequence[str], python_filter: PythonFilter | None
+    ):
         self.columns = list(columns)
         self.positions = [self.columns.index(c) for c in spec.checkpoint_columns]
         self.python_filter = python_filter
@@ -230,8 +272,9 @@ def stores(spec: MappingSpec, mode: RunMode) -> bool:
     return spec.checkpoint_strategy is not CheckpointStrategy.NONE and mode is not RunMode.BACKFILL
 
 
-def advanced(spec: MappingSpec, mode: RunMode, stored: Value,
-             chunk_maxima: Sequence[Value]) -> Value:
+def advanced(
+    spec: MappingSpec, mode: RunMode, stored: Value, chunk_maxima: Sequence[Value]
+) -> Value:
     """The checkpoint after a successful run (None when it stores none, see ``stores``): the
     maximum of the chunks' maxima, never below the stored value and never NULL. A full
     reload replaces a stored value of another shape (the checkpoint columns changed; the

@@ -6,6 +6,7 @@ child drops inherited pools (without closing the parent's sockets) as SQLAlchemy
 SQLite engines take write locks up front (``BEGIN IMMEDIATE``) so concurrent writers wait on
 the busy timeout instead of failing with "database is locked"; readers stay deferred.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,14 +26,15 @@ READ_ONLY = {"chordload_read_only": True}
 
 def _sqlite_row_hash(*values: object) -> str:
     """``chordload_row_hash(c1, c2, ...)``: SQLite has no md5; same idea as Postgres' md5(row)."""
-    text = "\x1f".join("\x00" if v is None else repr(v) if isinstance(v, float) else str(v)
-                       for v in values)
+    text = "\x1f".join(
+        "\x00" if v is None else repr(v) if isinstance(v, float) else str(v) for v in values
+    )
     return hashlib.md5(text.encode()).hexdigest()
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+    def _on_connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself, below
         cursor = dbapi_conn.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
@@ -42,7 +44,7 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         dbapi_conn.create_function("chordload_row_hash", -1, _sqlite_row_hash, deterministic=True)
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn):  # noqa: ANN001
+    def _on_begin(conn):
         if conn.get_execution_options().get("chordload_read_only"):
             conn.exec_driver_sql("BEGIN")
         else:
@@ -56,17 +58,32 @@ def _new_engine(url: str, pre_ping: bool, quick: bool = False) -> Engine:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if quick and backend != "sqlite":
-        connect_args = ({"connect_timeout": QUICK_TIMEOUT_S}
-                        if backend in ("postgresql", "mysql", "mariadb") else {})
-        return create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True,
-                             pool_timeout=QUICK_TIMEOUT_S, connect_args=connect_args)
+        connect_args = (
+            {"connect_timeout": QUICK_TIMEOUT_S}
+            if backend in ("postgresql", "mysql", "mariadb")
+            else {}
+        )
+        return create_engine(
+            url,
+            pool_size=1,
+            max_overflow=0,
+            pool_pre_ping=True,
+            pool_timeout=QUICK_TIMEOUT_S,
+            connect_args=connect_args,
+        )
     if backend == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S,
-                                                  "check_same_thread": False})
+        engine = create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
+        )
         _install_sqlite_hooks(engine)
         return engine
-    pooled = {"pool_pre_ping": pre_ping, "pool_size": POOL_SIZE, "max_overflow": 0,
-              "pool_timeout": 60, "pool_recycle": 1800}
+    pooled = {
+        "pool_pre_ping": pre_ping,
+        "pool_size": POOL_SIZE,
+        "max_overflow": 0,
+        "pool_timeout": 60,
+        "pool_recycle": 1800,
+    }
     if backend in ("mysql", "mariadb"):
         # UTC sessions and UTC binding of aware datetimes (see shared/dialects/mysql.py);
         # READ COMMITTED: chunks own disjoint key ranges, and InnoDB's gap locks under
@@ -79,8 +96,9 @@ def _new_engine(url: str, pre_ping: bool, quick: bool = False) -> Engine:
     if backend == "postgresql":
         # Engines are made per process (see get_engine), so the pid names this process's
         # pool in pg_stat_activity.
-        return create_engine(url, connect_args={"application_name": f"chordload/{os.getpid()}"},
-                             **pooled)
+        return create_engine(
+            url, connect_args={"application_name": f"chordload/{os.getpid()}"}, **pooled
+        )
     return create_engine(url, **pooled)
 
 

@@ -5,6 +5,7 @@ Every error is either *transient* (worth retrying: the same call may succeed lat
 onto exit codes; the workers decide retry vs. FAILED by the same flag, so there is one place
 that says what "transient" means.
 """
+
 from __future__ import annotations
 
 
@@ -93,8 +94,16 @@ _TRANSIENT_SQLSTATES = {
 
 
 _TRANSIENT_MYSQL_ERRNOS = {1040, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055}
-_TRANSIENT_MARKERS = ("database is locked", "connection", "server closed", "timeout",
-                      "deadlock", "gone away", "restart", "terminating")
+_TRANSIENT_MARKERS = (
+    "database is locked",
+    "connection",
+    "server closed",
+    "timeout",
+    "deadlock",
+    "gone away",
+    "restart",
+    "terminating",
+)
 
 
 def is_transient_db_error(exc: BaseException) -> bool:
@@ -121,7 +130,8 @@ def is_transient_db_error(exc: BaseException) -> bool:
         # psycopg2 raises these without a code when the server went away; sqlite3 for locks
         message = str(orig).lower()
         return type(orig).__module__.startswith("psycopg2") or any(
-            marker in message for marker in _TRANSIENT_MARKERS)
+            marker in message for marker in _TRANSIENT_MARKERS
+        )
     return False
 
 

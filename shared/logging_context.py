@@ -17,13 +17,13 @@ installs (:func:`set_mapref_resolver`).
 Output is one line per event: ``key=value`` text with newlines escaped, or one JSON object per
 line when ``CHORDLOAD_LOG_JSON=1``.
 """
+
 from __future__ import annotations
 
 import contextvars
 import datetime as dt
 import json
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -36,12 +36,15 @@ from shared.run.task_ids import parse_task_id
 FIELDS = ("run_id", "mapref", "chunk_no")
 NONE = "-"
 UNKNOWN = "?"
-TEXT_FORMAT = ("[%(asctime)s: %(levelname)s/%(processName)s] %(name)s run_id=%(run_id)s "
-               "mapref=%(mapref)s chunk_no=%(chunk_no)s: %(message)s")
+TEXT_FORMAT = (
+    "[%(asctime)s: %(levelname)s/%(processName)s] %(name)s run_id=%(run_id)s "
+    "mapref=%(mapref)s chunk_no=%(chunk_no)s: %(message)s"
+)
 
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
-    "chordload_run_context", default={})
-
+    "chordload_run_context",
+    default={},  # noqa: B039 - never mutated: set_run_context sets a new dict
+)
 
 
 def current_run_context() -> dict[str, Any]:
@@ -119,10 +122,13 @@ def mapref_for(run_id: str) -> str | None:
 
 # -- filter and formatters -----------------------------------------------------------------
 
+
 def _task_id_of(record: logging.LogRecord) -> str | None:
     for candidate in (record.args, getattr(record, "data", None)):
-        if isinstance(candidate, Mapping) and isinstance(candidate.get("id"), str):
-            return candidate["id"]
+        if isinstance(candidate, Mapping):
+            task_id = candidate.get("id")
+            if isinstance(task_id, str):
+                return task_id
     return None
 
 
@@ -153,7 +159,7 @@ class OneLineFormatter(logging.Formatter):
     """``key=value`` text, one line per event: newlines (tracebacks too) are escaped."""
 
     def __init__(self, fmt: str = TEXT_FORMAT) -> None:
-        super().__init__(fmt, defaults={field: NONE for field in FIELDS})
+        super().__init__(fmt, defaults=dict.fromkeys(FIELDS, NONE))
 
     def format(self, record: logging.LogRecord) -> str:
         return _one_line(super().format(record))
@@ -171,8 +177,9 @@ class JsonFormatter(logging.Formatter):
         else:
             task_id, task_name = _current_task()
         doc: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc)
-                    .isoformat(timespec="milliseconds"),
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
             "level": record.levelname,
             "logger": record.name,
             "process": record.processName,
@@ -202,13 +209,25 @@ def _current_task() -> tuple[str | None, str | None]:
     return task.request.id, task.name
 
 
+_json_lines = False
+
+
+def use_json_lines(enabled: bool) -> None:
+    """JSON log lines instead of text (the config's ``log_json``, ``CHORDLOAD_LOG_JSON``)."""
+    global _json_lines
+    _json_lines = enabled
+
+
 def json_enabled() -> bool:
-    return os.environ.get("CHORDLOAD_LOG_JSON", "").strip().lower() in {"1", "true", "yes", "on"}
+    return _json_lines
 
 
 def make_formatter(json_lines: bool | None = None) -> logging.Formatter:
-    return JsonFormatter() if (json_enabled() if json_lines is None else json_lines) \
+    return (
+        JsonFormatter()
+        if (json_enabled() if json_lines is None else json_lines)
         else OneLineFormatter()
+    )
 
 
 def install(logger: logging.Logger, json_lines: bool | None = None) -> None:

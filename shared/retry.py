@@ -8,6 +8,7 @@ with every constant stated here.
   ``METADATA_WRITE`` retries asks Celery to run it again later.
 - A chunk's own transient errors follow the mapping's ``retries`` (``chunk_retry_delay_s``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,7 +33,7 @@ def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
     """Exponential backoff with "equal jitter": half of min(max, base * 2**attempt) fixed,
     half random. Retriers still spread out, and a run of retries is guaranteed to wait at
     least half the nominal total (full jitter can retry several times within milliseconds)."""
-    cap = min(max_s, base_s * (2 ** attempt))
+    cap = min(max_s, base_s * (2**attempt))
     return cap / 2 + random.uniform(0, cap / 2)
 
 
@@ -51,9 +52,11 @@ FINALIZE = RetryPolicy(attempts=8, base_s=0.05, max_s=10.0)
 TASK_METADATA = RetryPolicy(attempts=5, base_s=1.0, max_s=30.0)
 
 
-def retry_transient(policy: RetryPolicy = METADATA_WRITE
-                    ) -> Callable[[Callable[P, T]], Callable[P, T]]:
+def retry_transient(
+    policy: RetryPolicy = METADATA_WRITE,
+) -> Callable[[Callable[P, T]], Callable[P, T]]:
     """Run the decorated function again on a transient error, as ``policy`` says."""
+
     def decorate(fn: Callable[P, T]) -> Callable[P, T]:
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -64,9 +67,14 @@ def retry_transient(policy: RetryPolicy = METADATA_WRITE
                     if attempt == policy.attempts - 1 or not is_transient_db_error(exc):
                         raise
                     delay = policy.backoff_s(attempt)
-                    log.warning("%s: transient error (%s); retry %d/%d in %.2fs", fn.__name__,
-                                str(exc).splitlines()[0][:200], attempt + 1,
-                                policy.attempts - 1, delay)
+                    log.warning(
+                        "%s: transient error (%s); retry %d/%d in %.2fs",
+                        fn.__name__,
+                        str(exc).splitlines()[0][:200],
+                        attempt + 1,
+                        policy.attempts - 1,
+                        delay,
+                    )
                     time.sleep(delay)
             raise AssertionError("unreachable")
 
@@ -75,8 +83,9 @@ def retry_transient(policy: RetryPolicy = METADATA_WRITE
     return decorate
 
 
-def chunk_retry_delay_s(retries: RetrySpec, retries_done: int,
-                        visibility_timeout_s: float) -> float:
+def chunk_retry_delay_s(
+    retries: RetrySpec, retries_done: int, visibility_timeout_s: float
+) -> float:
     """How long a chunk waits before its next attempt. It stays well inside the broker's
     visibility timeout, or Redis would redeliver the waiting retry as if its worker had
     died."""

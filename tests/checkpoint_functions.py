@@ -1,5 +1,6 @@
 """Checkpoint functions for ``checkpoint: {strategy: PYTHON, function: ...}`` in tests (workers
 import them: they run with the repository as their working directory)."""
+
 from __future__ import annotations
 
 

@@ -1,5 +1,6 @@
 """Running the real ``chordload`` CLI from tests: in-process (``coordinator.cli.main``) or as a
 ``chordload`` subprocess, with config files written from the session's config."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,8 @@ import yaml
 from sqlalchemy import inspect, text
 
 from coordinator.cli import main
-from shared.engines import get_engine
 from shared.config.settings import ENV_OVERRIDES
+from shared.engines import get_engine
 
 CHORDLOAD = Path(sys.executable).parent / "chordload"
 REPO = Path(__file__).resolve().parent.parent
@@ -28,8 +29,12 @@ class CliResult(NamedTuple):
     err: str
 
 
-def write_config(path: Path, base_config: dict[str, Any], mappings: dict[str, Any] | None = None,
-                 **overrides: Any) -> Path:
+def write_config(
+    path: Path,
+    base_config: dict[str, Any],
+    mappings: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Path:
     config = {**base_config, **overrides}
     if mappings is not None:
         config["mappings"] = mappings
@@ -48,13 +53,19 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> CliResult:
     return CliResult(code, out, err)
 
 
-def run_subprocess(*argv: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-                   timeout_s: float = 120) -> CliResult:
+def run_subprocess(
+    *argv: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout_s: float = 120
+) -> CliResult:
     """``chordload ARGV`` as its own process (the installed console script)."""
     base = {k: v for k, v in os.environ.items() if k not in CONFIG_ENV}
-    proc = subprocess.run([str(CHORDLOAD), *[str(a) for a in argv]], cwd=cwd or REPO,
-                          env={**base, **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout_s)
+    proc = subprocess.run(
+        [str(CHORDLOAD), *[str(a) for a in argv]],
+        cwd=cwd or REPO,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -72,10 +83,11 @@ def clean_cli_env(monkeypatch, session_settings, tmp_path) -> Iterator[Path]:
 
 def process_log_count(metadata_url: str, mapref: str) -> int:
     with get_engine(metadata_url).connect() as conn:
-        return conn.execute(text("SELECT count(*) FROM process_log WHERE mapref = :m"),
-                            {"m": mapref}).scalar_one()
+        return conn.execute(
+            text("SELECT count(*) FROM process_log WHERE mapref = :m"), {"m": mapref}
+        ).scalar_one()
 
 
-def table_exists(engine, schema: str | None, table: str) -> bool:  # noqa: ANN001
+def table_exists(engine, schema: str | None, table: str) -> bool:
     with engine.connect() as conn:
         return inspect(conn).has_table(table, schema=schema)

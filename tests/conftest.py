@@ -6,6 +6,7 @@ Each test session gets its own Postgres databases (``cl_<token>_wh`` for sources
 Celery queue, and drops them all at the end, so concurrent runs never collide. Services must
 be up (``make test`` starts them); a missing service is an error, not a skip.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,9 +20,10 @@ import redis
 import yaml
 from sqlalchemy import create_engine, text
 
+from shared.config.settings import Settings, settings_from_dict
 from shared.engines import dispose_all, get_engine
 from shared.metadata.schema import upgrade
-from shared.config.settings import Settings, settings_from_dict
+from tests.cliutil import clean_cli_env as clean_cli_env  # fixture: the CLI tests' clean env
 from tests.worker_process import WorkerProcess
 
 TOKEN = uuid.uuid4().hex[:8]
@@ -44,7 +46,7 @@ def pg_urls() -> Iterator[dict[str, str]]:
         with admin.connect() as conn:
             for name in names.values():
                 conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         pytest.fail(f"PostgreSQL at {PG_HOST} is not usable ({exc}); run `make services`")
     yield {role: f"{PG_HOST}/{name}" for role, name in names.items()}
     dispose_all()
@@ -62,7 +64,7 @@ def mariadb_url() -> Iterator[str]:
     try:
         with admin.connect() as conn:
             conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         pytest.fail(f"MariaDB at {MARIADB_HOST} is not usable ({exc}); run `make services`")
     yield f"{MARIADB_HOST}/{name}?charset=utf8mb4"
     dispose_all()
@@ -98,11 +100,15 @@ def base_config(pg_urls, mariadb_url, sqlite_url, redis_prefix) -> dict[str, Any
         "metadata": pg_urls["meta"],
         "broker": REDIS_URL,
         "result_backend": REDIS_URL,
-        "connections": {"wh": pg_urls["wh"], "mdb": mariadb_url, "lite": sqlite_url,
-                        # a second Postgres database for fault tests that cut it off
-                        "aux": pg_urls["aux"],
-                        # trust auth ignores the password: it is there to be kept secret
-                        "secretwh": pg_urls["wh"].replace("root@", f"root:{SECRET_PASSWORD}@")},
+        "connections": {
+            "wh": pg_urls["wh"],
+            "mdb": mariadb_url,
+            "lite": sqlite_url,
+            # a second Postgres database for fault tests that cut it off
+            "aux": pg_urls["aux"],
+            # trust auth ignores the password: it is there to be kept secret
+            "secretwh": pg_urls["wh"].replace("root@", f"root:{SECRET_PASSWORD}@"),
+        },
         "celery": {
             "queue": f"cl-{TOKEN}",
             "broker_transport_options": {"global_keyprefix": redis_prefix},
@@ -149,8 +155,13 @@ def wh(pg_urls):
 def workers(config_path, session_settings, tmp_path_factory) -> Iterator[WorkerProcess]:
     """Two prefork worker processes (one Celery worker, concurrency 2) on the session queue."""
     log_dir = tmp_path_factory.mktemp("workers")
-    worker = WorkerProcess(config_path, queue=session_settings.celery.queue,
-                           name=f"w1-{TOKEN}", concurrency=2, log_path=log_dir / "w1.log")
+    worker = WorkerProcess(
+        config_path,
+        queue=session_settings.celery.queue,
+        name=f"w1-{TOKEN}",
+        concurrency=2,
+        log_path=log_dir / "w1.log",
+    )
     worker.start()
     yield worker
     worker.stop()

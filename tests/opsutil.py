@@ -1,5 +1,6 @@
 """Helpers for the operations tests (Flower, beat, logs): waiting on conditions with a deadline,
 free ports, small HTTP calls and extra Celery processes."""
+
 from __future__ import annotations
 
 import base64
@@ -21,8 +22,14 @@ REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T], *, timeout_s: float, what: str,
-             poll_s: float = 0.2, diagnostics: Callable[[], str] | None = None) -> T:
+def wait_for(
+    condition: Callable[[], T],
+    *,
+    timeout_s: float,
+    what: str,
+    poll_s: float = 0.2,
+    diagnostics: Callable[[], str] | None = None,
+) -> T:
     """Poll ``condition`` until it returns something truthy; fail with ``what`` at the deadline."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -41,8 +48,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http_get(url: str, auth: tuple[str, str] | None = None,
-             timeout_s: float = 10) -> tuple[int, bytes]:
+def http_get(
+    url: str, auth: tuple[str, str] | None = None, timeout_s: float = 10
+) -> tuple[int, bytes]:
     request = urllib.request.Request(url)
     if auth is not None:
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
@@ -70,11 +78,16 @@ class CeleryProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "CeleryProcess":
+    def start(self) -> CeleryProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "workers", *self.args],
-                                     cwd=REPO, env={**os.environ, **self.env}, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers", *self.args],
+            cwd=REPO,
+            env={**os.environ, **self.env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         return self
 
     def alive(self) -> bool:
@@ -114,6 +127,6 @@ def listening_addresses(port: int) -> set[str]:
             if width == 8:
                 found.add(socket.inet_ntop(socket.AF_INET, bytes.fromhex(address)[::-1]))
             else:
-                raw = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, 32, 8))
+                raw = b"".join(bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, 32, 8))
                 found.add(socket.inet_ntop(socket.AF_INET6, raw))
     return found

@@ -1,5 +1,6 @@
 """Sources and targets for the loading-option tests, the same in PostgreSQL, MariaDB and a
 SQLite file: one table per test, made and filled through SQLAlchemy, read back normalised."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -11,8 +12,8 @@ from sqlalchemy import text
 
 from coordinator.launch import launch
 from coordinator.watch import wait
-from shared.engines import get_engine
 from shared.dialects import adapter_for
+from shared.engines import get_engine
 from shared.metadata import store
 from shared.metadata.models import ProcessLog
 
@@ -20,25 +21,38 @@ T0 = dt.datetime(2026, 1, 1)
 COLUMNS = ["id", "code", "name", "email", "city", "day", "ts", "version", "updated_at"]
 COLS = ", ".join(COLUMNS)
 DDL = {
-    "pg": ("CREATE TABLE {t} (id bigint, code varchar(10), name varchar(40), email varchar(40), "
-           "city varchar(20), day date, ts timestamp, version integer, "
-           "updated_at timestamp NOT NULL)"),
-    "mdb": ("CREATE TABLE {t} (id BIGINT, code VARCHAR(10), name VARCHAR(40), email VARCHAR(40), "
-            "city VARCHAR(20), day DATE, ts DATETIME(6), version INT, "
-            "updated_at DATETIME(6) NOT NULL) CHARACTER SET utf8mb4"),
-    "lite": ("CREATE TABLE {t} (id INTEGER, code VARCHAR(10), name VARCHAR(40), email VARCHAR(40), "
-             "city VARCHAR(20), day DATE, ts TIMESTAMP, version INTEGER, "
-             "updated_at TIMESTAMP NOT NULL)"),
+    "pg": (
+        "CREATE TABLE {t} (id bigint, code varchar(10), name varchar(40), email varchar(40), "
+        "city varchar(20), day date, ts timestamp, version integer, "
+        "updated_at timestamp NOT NULL)"
+    ),
+    "mdb": (
+        "CREATE TABLE {t} (id BIGINT, code VARCHAR(10), name VARCHAR(40), email VARCHAR(40), "
+        "city VARCHAR(20), day DATE, ts DATETIME(6), version INT, "
+        "updated_at DATETIME(6) NOT NULL) CHARACTER SET utf8mb4"
+    ),
+    "lite": (
+        "CREATE TABLE {t} (id INTEGER, code VARCHAR(10), name VARCHAR(40), email VARCHAR(40), "
+        "city VARCHAR(20), day DATE, ts TIMESTAMP, version INTEGER, "
+        "updated_at TIMESTAMP NOT NULL)"
+    ),
 }
 KINDS = ("pg", "mdb", "lite")
 
 
 def row(i: int | None, code: str = "a", **overrides: Any) -> dict[str, Any]:
     n = i or 0
-    values = {"id": i, "code": code, "name": f"name {i} {code}", "email": f"e{n}@x.org",
-              "city": ("Oslo", "Lima", "Pune")[n % 3], "day": dt.date(2025, 1, 1) + dt.timedelta(days=n),
-              "ts": T0 + dt.timedelta(hours=n, seconds=n), "version": 1,
-              "updated_at": T0 + dt.timedelta(seconds=n)}
+    values = {
+        "id": i,
+        "code": code,
+        "name": f"name {i} {code}",
+        "email": f"e{n}@x.org",
+        "city": ("Oslo", "Lima", "Pune")[n % 3],
+        "day": dt.date(2025, 1, 1) + dt.timedelta(days=n),
+        "ts": T0 + dt.timedelta(hours=n, seconds=n),
+        "version": 1,
+        "updated_at": T0 + dt.timedelta(seconds=n),
+    }
     values.update(overrides)
     return values
 
@@ -47,13 +61,13 @@ def moment(value: Any) -> Any:
     """A date or timestamp as read from any of the three databases, comparable."""
     if value is None or isinstance(value, (dt.date, dt.datetime)):
         if isinstance(value, dt.datetime) and value.tzinfo is not None:
-            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
         return value
     text_value = str(value)
     if len(text_value) == 10:
         return dt.date.fromisoformat(text_value)
     parsed = dt.datetime.fromisoformat(text_value)
-    return parsed.astimezone(dt.timezone.utc).replace(tzinfo=None) if parsed.tzinfo else parsed
+    return parsed.astimezone(dt.UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
 
 
 def normal(column: str, value: Any) -> Any:
@@ -114,8 +128,10 @@ class Db:
         marks = ", ".join(f":{c}" for c in COLUMNS)
         with self.engine.begin() as conn:
             for values in rows:  # one by one: source order is insertion order
-                conn.execute(text(f"INSERT INTO {self.ident(table)} ({COLS}) VALUES ({marks})"),
-                             self._bind(values))
+                conn.execute(
+                    text(f"INSERT INTO {self.ident(table)} ({COLS}) VALUES ({marks})"),
+                    self._bind(values),
+                )
 
     def execute(self, sql: str, **params: Any) -> int:
         with self.engine.begin() as conn:
@@ -129,8 +145,9 @@ class Db:
         with self.engine.connect() as conn:
             return conn.execute(text(sql), self._bind(params)).scalar_one()
 
-    def rows(self, table: str, columns: list[str], where: str = "1 = 1",
-             order: str = "") -> list[dict[str, Any]]:
+    def rows(
+        self, table: str, columns: list[str], where: str = "1 = 1", order: str = ""
+    ) -> list[dict[str, Any]]:
         cols = ", ".join(self.adapter.q(c) for c in columns)
         sql = f"SELECT {cols} FROM {self.ident(table)} WHERE {where}"
         if order:
@@ -150,11 +167,15 @@ def expected(rows: list[dict[str, Any]], columns: list[str]) -> list[dict[str, A
 
 
 def mapping(db: Db, source: str, target: str, **overrides: Any) -> dict[str, Any]:
-    spec = {"source": {"connection": db.connection, "query": source},
-            "target": {"connection": db.connection, "table": db.target(target)},
-            "keys": ["id"], "scd": {"type": 2}, "checkpoint": {"strategy": "NONE"},
-            "chunking": {"min_rows_for_parallel": 0, "rows_per_chunk": 10, "max_chunks": 4},
-            "batch_rows": 50}
+    spec = {
+        "source": {"connection": db.connection, "query": source},
+        "target": {"connection": db.connection, "table": db.target(target)},
+        "keys": ["id"],
+        "scd": {"type": 2},
+        "checkpoint": {"strategy": "NONE"},
+        "chunking": {"min_rows_for_parallel": 0, "rows_per_chunk": 10, "max_chunks": 4},
+        "batch_rows": 50,
+    }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(spec.get(key), dict):
             spec[key] = {**spec[key], **value}

@@ -1,6 +1,7 @@
 """A small TCP forwarder for the multi-host test: it listens on a host-side veth address and
 forwards to a service on loopback, so workers in other network namespaces reach the
 machine's Redis and Postgres over the veth link only."""
+
 from __future__ import annotations
 
 import socket

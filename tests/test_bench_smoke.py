@@ -8,6 +8,7 @@ scenario with sane numbers, and every correctness check of the harness must pass
 Also here: the COPY text the Postgres adapter builds a column at a time (a speed-up measured
 with the harness) must load exactly what the value-by-value formatter loads.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -29,24 +30,55 @@ ROWS = 20_000
 NAIVE_ROWS = 2_000
 MANY_CHUNKS = 50  # the real run uses 200; fewer keep the smoke run short on a busy machine
 SCENARIOS = {"baseline", "initial", "chunks_4", f"chunks_{MANY_CHUNKS}", "incremental", "naive"}
-TARGETS = {"initial_vs_baseline", "incremental_vs_initial", "many_vs_few_chunks",
-           "worker_peak_rss_mb", "rss_spread_mb", "planning_s"}
+TARGETS = {
+    "initial_vs_baseline",
+    "incremental_vs_initial",
+    "many_vs_few_chunks",
+    "worker_peak_rss_mb",
+    "rss_spread_mb",
+    "planning_s",
+}
 
 
 @pytest.mark.e2e
 def test_bench_harness_smoke(tmp_path):
     out = tmp_path / "report.json"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CHORDLOAD_CONFIG", "CHORDLOAD_BROKER_URL", "CHORDLOAD_RESULT_BACKEND",
-                        "CHORDLOAD_METADATA_URL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "CHORDLOAD_CONFIG",
+            "CHORDLOAD_BROKER_URL",
+            "CHORDLOAD_RESULT_BACKEND",
+            "CHORDLOAD_METADATA_URL",
+        )
+    }
     if "CHORDLOAD_TEST_PG" in env:
         env["CHORDLOAD_BENCH_PG"] = env["CHORDLOAD_TEST_PG"]
     if "CHORDLOAD_TEST_REDIS" in env:
         env["CHORDLOAD_BENCH_REDIS"] = env["CHORDLOAD_TEST_REDIS"]
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--rows", str(ROWS), "--naive-rows",
-         str(NAIVE_ROWS), "--many-chunks", str(MANY_CHUNKS), "--quick", "--json", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--rows",
+            str(ROWS),
+            "--naive-rows",
+            str(NAIVE_ROWS),
+            "--many-chunks",
+            str(MANY_CHUNKS),
+            "--quick",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
     assert "targets (issue 7)" in proc.stdout  # the table was printed
     report = json.loads(out.read_text())
@@ -85,33 +117,93 @@ def test_copy_text_loads_what_value_by_value_loads(wh):
     and odd types falling back) loads the same values as the value-by-value formatter."""
     tz = dt.timezone(dt.timedelta(hours=5, minutes=30))
     rows = [
-        (1, "plain", Decimal("1.50"), 0.1, dt.date(2026, 1, 2), dt.datetime(2026, 1, 2, 3, 4, 5, 6),
-         dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=tz), dt.time(1, 2, 3, 4), True, uuid.uuid4(),
-         b"\x00\x01\\", {"a": "t\tb"}, 7),
-        (None, "tab\there\nnew\r\\back \\N", Decimal("-1E+3"), float("inf"), None, None, None,
-         None, False, None, None, [1, "x"], 2.5),
-        (3, None, None, float("nan"), dt.date(1, 1, 1), dt.datetime(2026, 1, 1),
-         dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), dt.time(0, 0), None, None,
-         bytearray(b"ab"), None, None),
-        (4, "Zoë 🎉 日本", Decimal("NaN"), -0.0, dt.date(9999, 12, 31), None, None, None, True,
-         None, memoryview(b"z"), "\"s\"", Decimal("3.25")),
+        (
+            1,
+            "plain",
+            Decimal("1.50"),
+            0.1,
+            dt.date(2026, 1, 2),
+            dt.datetime(2026, 1, 2, 3, 4, 5, 6),
+            dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=tz),
+            dt.time(1, 2, 3, 4),
+            True,
+            uuid.uuid4(),
+            b"\x00\x01\\",
+            {"a": "t\tb"},
+            7,
+        ),
+        (
+            None,
+            "tab\there\nnew\r\\back \\N",
+            Decimal("-1E+3"),
+            float("inf"),
+            None,
+            None,
+            None,
+            None,
+            False,
+            None,
+            None,
+            [1, "x"],
+            2.5,
+        ),
+        (
+            3,
+            None,
+            None,
+            float("nan"),
+            dt.date(1, 1, 1),
+            dt.datetime(2026, 1, 1),
+            dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+            dt.time(0, 0),
+            None,
+            None,
+            bytearray(b"ab"),
+            None,
+            None,
+        ),
+        (
+            4,
+            "Zoë 🎉 日本",
+            Decimal("NaN"),
+            -0.0,
+            dt.date(9999, 12, 31),
+            None,
+            None,
+            None,
+            True,
+            None,
+            memoryview(b"z"),
+            '"s"',
+            Decimal("3.25"),
+        ),
         (5, "", Decimal("0"), 1e300, None, None, None, None, None, None, None, None, None),
     ]
-    columns = ("i bigint, s text, n numeric, f double precision, d date, ts timestamp, "
-               "tz timestamptz, t time, b boolean, u uuid, by bytea, j jsonb, m numeric")
+    columns = (
+        "i bigint, s text, n numeric, f double precision, d date, ts timestamp, "
+        "tz timestamptz, t time, b boolean, u uuid, by bytea, j jsonb, m numeric"
+    )
     loaded = []
     with wh.connect() as conn:
         dbapi = conn.connection.dbapi_connection
         cursor = dbapi.cursor()
         try:
             cursor.execute(f"CREATE TEMP TABLE copy_rt ({columns})")
-            for body in (copy_text(rows),
-                         "".join("\t".join(map(copy_text_value, r)) + "\n" for r in rows)):
+            for body in (
+                copy_text(rows),
+                "".join("\t".join(map(copy_text_value, r)) + "\n" for r in rows),
+            ):
                 cursor.execute("TRUNCATE copy_rt")
                 cursor.copy_expert("COPY copy_rt FROM STDIN", io.StringIO(body))
                 cursor.execute("SELECT * FROM copy_rt ORDER BY i NULLS FIRST")
-                loaded.append(repr([tuple(bytes(v) if isinstance(v, memoryview) else v
-                                          for v in row) for row in cursor.fetchall()]))
+                loaded.append(
+                    repr(
+                        [
+                            tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+                            for row in cursor.fetchall()
+                        ]
+                    )
+                )
         finally:
             cursor.close()
             dbapi.rollback()  # the temp table goes with the transaction

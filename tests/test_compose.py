@@ -4,6 +4,7 @@ CLIs: ``chordload`` subcommands against ``coordinator.cli.build_parser()``, ``ce
 <command>`` against Celery's click CLI with the project's app (Flower's options against
 Flower's). Every ``${VAR}`` the stack uses must be documented in docs/operations.md, and the
 config file the stack mounts must load."""
+
 from __future__ import annotations
 
 import re
@@ -61,8 +62,11 @@ def project_commands(services) -> list[tuple[str, list[str]]]:
             found.append((f"{name}.command", _argv(service["command"])))
         test = (service.get("healthcheck") or {}).get("test")
         if test and test[0] in ("CMD", "CMD-SHELL"):
-            argv = shlex.split(interpolate(test[1])) if test[0] == "CMD-SHELL" else \
-                [str(interpolate(t)) for t in test[1:]]
+            argv = (
+                shlex.split(interpolate(test[1]))
+                if test[0] == "CMD-SHELL"
+                else [str(interpolate(t)) for t in test[1:]]
+            )
             if argv[0] in ("celery", "chordload"):
                 found.append((f"{name}.healthcheck", argv))
     return found
@@ -89,11 +93,18 @@ def check_celery(where: str, argv: list[str]) -> None:
     app = find_app("workers")
     assert app is worker_app(), f"{where}: -A workers resolves to the workers' app"
     app.loader.import_default_modules()
-    assert {"chordload.load_chunk", "chordload.finalize_run", "chordload.dispatch_due",
-            "chordload.reconcile"} <= set(app.tasks)
+    assert {
+        "chordload.load_chunk",
+        "chordload.finalize_run",
+        "chordload.dispatch_due",
+        "chordload.reconcile",
+    } <= set(app.tasks)
     name, rest = argv[3], argv[4:]
-    parent = click.Context(celery_cli, info_name="celery",
-                           obj=CLIContext(app=app, no_color=True, workdir=None, quiet=True))
+    parent = click.Context(
+        celery_cli,
+        info_name="celery",
+        obj=CLIContext(app=app, no_color=True, workdir=None, quiet=True),
+    )
     command = celery_cli.get_command(parent, name)
     assert command is not None, f"{where}: `celery {name}` does not exist"
     try:
@@ -111,7 +122,7 @@ def test_every_command_exists_in_the_project_clis(services, config_path, monkeyp
     monkeypatch.setenv("CHORDLOAD_CONFIG", str(config_path))  # what `celery -A workers` reads
     commands = project_commands(services)
     seen = {where.split(".")[0] for where, _ in commands}
-    assert PROJECT_SERVICES <= seen
+    assert seen >= PROJECT_SERVICES
     subcommands = set()
     for where, argv in commands:
         if argv[0] == "chordload":
@@ -137,13 +148,16 @@ def test_services_shape(services):
         service = services[name]
         assert service.get("build") == "." and (REPO / "Dockerfile").is_file()
         env = {k: interpolate(v) for k, v in service["environment"].items()}
-        for var in ("CHORDLOAD_CONFIG", "CHORDLOAD_BROKER_URL", "CHORDLOAD_RESULT_BACKEND",
-                    "CHORDLOAD_METADATA_URL"):
+        for var in (
+            "CHORDLOAD_CONFIG",
+            "CHORDLOAD_BROKER_URL",
+            "CHORDLOAD_RESULT_BACKEND",
+            "CHORDLOAD_METADATA_URL",
+        ):
             assert env.get(var), f"{name}: {var}"
         assert "placeholder-redis_password@redis" in env["CHORDLOAD_BROKER_URL"]
         if name != "migrate":
-            assert service["depends_on"]["migrate"]["condition"] == \
-                "service_completed_successfully"
+            assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert services["migrate"]["restart"] == "no"
     worker = services["worker"]
     assert "container_name" not in worker and "ports" not in worker, "--scale worker=N"
@@ -165,14 +179,20 @@ def test_every_variable_is_documented():
     for path in (COMPOSE, STACK_CONFIG):
         used |= {m.group(1) for m in VAR.finditer(path.read_text())}
     example = REPO / ".env.example"
-    used |= {line.split("=", 1)[0].lstrip("# ").strip()
-             for line in example.read_text().splitlines()
-             if re.match(r"^#?\s*[A-Z_][A-Z0-9_]*=", line)}
+    used |= {
+        line.split("=", 1)[0].lstrip("# ").strip()
+        for line in example.read_text().splitlines()
+        if re.match(r"^#?\s*[A-Z_][A-Z0-9_]*=", line)
+    }
     docs = OPERATIONS.read_text()
     missing = sorted(v for v in used if f"`{v}`" not in docs)
     assert not missing, f"not documented in docs/operations.md: {missing}"
-    assert {"REDIS_PASSWORD", "POSTGRES_PASSWORD", "FLOWER_BASIC_AUTH",
-            "CHORDLOAD_WORKER_CONCURRENCY"} <= used
+    assert {
+        "REDIS_PASSWORD",
+        "POSTGRES_PASSWORD",
+        "FLOWER_BASIC_AUTH",
+        "CHORDLOAD_WORKER_CONCURRENCY",
+    } <= used
 
 
 def test_the_stack_config_loads(services, monkeypatch):

@@ -1,6 +1,7 @@
 """Bad input is refused by the real CLI with exit 2, a message naming the mapping and field,
 and nothing written (no process_log row, no target table). Also: where the config file comes
 from, environment overrides, ``${VAR}`` substitution and ``validate``."""
+
 from __future__ import annotations
 
 import copy
@@ -11,11 +12,16 @@ import pytest
 import yaml
 from sqlalchemy import text
 
+from shared.config.settings import load_settings
 from shared.engines import get_engine
 from shared.errors import ConfigError
-from shared.config.settings import load_settings
-from tests.cliutil import (clean_cli_env, process_log_count, run_cli, run_subprocess,  # noqa: F401
-                           table_exists, write_config)
+from tests.cliutil import (
+    process_log_count,
+    run_cli,
+    run_subprocess,
+    table_exists,
+    write_config,
+)
 from tests.pgdata import create_customers, scd2_mapping
 
 
@@ -99,7 +105,8 @@ def _case_split_column_not_a_key(cfg, m, s):
 
 def _case_audit_column_clash(cfg, m, s):
     cfg["mappings"][m]["source"]["query"] = (
-        f'SELECT id, name, city AS valid_to, updated_at FROM "{s}"."customers"')
+        f'SELECT id, name, city AS valid_to, updated_at FROM "{s}"."customers"'
+    )
     return [f"'{m}'", "'valid_to'", "audit column", "scd.audit_columns.valid_to"]
 
 
@@ -147,8 +154,9 @@ def _case_target_schema_missing(cfg, m, s):
 
 
 def _case_source_unreachable(cfg, m, s):
-    cfg["connections"]["src"] = ("postgresql+psycopg2://root:s3cret-pw@127.0.0.1:5432/"
-                                 f"cl_no_such_db_{s}")
+    cfg["connections"]["src"] = (
+        f"postgresql+psycopg2://root:s3cret-pw@127.0.0.1:5432/cl_no_such_db_{s}"
+    )
     cfg["mappings"][m]["source"]["connection"] = "src"
     return [f"'{m}'", "cannot reach the source database", "***"]
 
@@ -159,21 +167,28 @@ def _case_bad_connection_url(cfg, m, s):
     return ["connections.src", "not a valid database URL"]
 
 
-NOT_VALIDATED = {"target_schema_missing", "target_exists_without_scd_columns",
-                 "checkpoint_column_without_max"}
+NOT_VALIDATED = {
+    "target_schema_missing",
+    "target_exists_without_scd_columns",
+    "checkpoint_column_without_max",
+}
+
+
 def _case_unknown_driver(cfg, m, s):
     cfg["connections"]["src"] = "postgresql+nosuchdriver://root:s3cret-pw@127.0.0.1/x"
     cfg["mappings"][m]["source"]["connection"] = "src"
     return ["connections.src", "unknown database dialect/driver 'postgresql+nosuchdriver'"]
 
 
-CASES = {name.removeprefix("_case_"): fn for name, fn in globals().items()
-         if name.startswith("_case_")}
+CASES = {
+    name.removeprefix("_case_"): fn for name, fn in globals().items() if name.startswith("_case_")
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_mapping_exit_2_names_the_problem_and_writes_nothing(
-        case, clean_cli_env, base_config, source, wh, tmp_path, capsys):
+    case, clean_cli_env, base_config, source, wh, tmp_path, capsys
+):
     schema = source
     mapref = f"m_{schema}"
     cfg = copy.deepcopy(base_config)
@@ -223,9 +238,21 @@ def test_file_level_errors_exit_2(clean_cli_env, base_config, tmp_path, capsys, 
     run = run_cli(capsys, "validate", "--config", not_a_mapping)
     assert run.code == 2 and "expected a mapping" in run.err, run
 
-    config = yaml.safe_dump({**base_config, "mappings": {"m": {
-        "source": {"connection": "wh", "query": "SELECT ${CL_TEST_UNSET_COLUMNS} FROM t"},
-        "target": {"connection": "wh", "table": "t2"}, "keys": ["id"]}}})
+    config = yaml.safe_dump(
+        {
+            **base_config,
+            "mappings": {
+                "m": {
+                    "source": {
+                        "connection": "wh",
+                        "query": "SELECT ${CL_TEST_UNSET_COLUMNS} FROM t",
+                    },
+                    "target": {"connection": "wh", "table": "t2"},
+                    "keys": ["id"],
+                }
+            },
+        }
+    )
     monkeypatch.delenv("CL_TEST_UNSET_COLUMNS", raising=False)
     env_path = _write_text(tmp_path, config)
     run = run_cli(capsys, "run", "m", "--config", env_path)
@@ -240,8 +267,11 @@ def test_file_level_errors_exit_2(clean_cli_env, base_config, tmp_path, capsys, 
     run = run_cli(capsys, "run", "m", "--chunks", "0", "--config", tmp_path / "ok.yaml")
     assert run.code == 2 and "--chunks" in run.err, run
 
-    mysql_meta = write_config(tmp_path / "mysql_meta.yaml",
-                              {**base_config, "metadata": "mysql+pymysql://root@127.0.0.1/m"}, {})
+    mysql_meta = write_config(
+        tmp_path / "mysql_meta.yaml",
+        {**base_config, "metadata": "mysql+pymysql://root@127.0.0.1/m"},
+        {},
+    )
     run = run_cli(capsys, "validate", "--config", mysql_meta)
     assert run.code == 2, run
     for fragment in ("metadata", "must be PostgreSQL", "not mysql", "'connections'"):
@@ -267,7 +297,9 @@ def test_env_substitution_is_per_value(tmp_path, monkeypatch):
     monkeypatch.setenv("CL_TEST_TABLE", "dw.dim: #1 'x'")
     monkeypatch.delenv("CL_TEST_UNSET", raising=False)
     monkeypatch.delenv("CHORDLOAD_METADATA_URL", raising=False)
-    path = _write_text(tmp_path, """\
+    path = _write_text(
+        tmp_path,
+        """\
 # metadata: ${CL_TEST_UNSET}   (the old one, kept for reference)
 metadata: ${CL_TEST_UNSET:-sqlite:///meta.db}
 connections: {c: "sqlite:///x.db"}
@@ -277,19 +309,22 @@ mappings:
     target: {connection: c, table: ${CL_TEST_TABLE}}
     keys: [id]
     batch_rows: ${CL_TEST_UNSET:-500}
-""")
+""",
+    )
     settings = load_settings(path)
     assert settings.metadata == "sqlite:///meta.db"
     assert settings.mappings["m"].target.table == "dw.dim: #1 'x'"
     assert settings.mappings["m"].batch_rows == 500
 
 
-def test_config_file_precedence(clean_cli_env, base_config, source, tmp_path, capsys,
-                                monkeypatch):
+def test_config_file_precedence(clean_cli_env, base_config, source, tmp_path, capsys, monkeypatch):
     """--config, else $CHORDLOAD_CONFIG, else ./chordload.yaml."""
     cwd = clean_cli_env
-    for where, path in (("from_cwd", cwd / "chordload.yaml"), ("from_env", tmp_path / "env.yaml"),
-                        ("from_flag", tmp_path / "flag.yaml")):
+    for where, path in (
+        ("from_cwd", cwd / "chordload.yaml"),
+        ("from_env", tmp_path / "env.yaml"),
+        ("from_flag", tmp_path / "flag.yaml"),
+    ):
         write_config(path, base_config, {where: _mapping(source)})
     monkeypatch.setenv("CHORDLOAD_CONFIG", str(tmp_path / "env.yaml"))
 
@@ -306,15 +341,21 @@ def test_config_file_precedence(clean_cli_env, base_config, source, tmp_path, ca
 
 
 def test_env_overrides_the_file(clean_cli_env, base_config, tmp_path, capsys, monkeypatch):
-    bogus = {"metadata": f"sqlite:///{tmp_path}/no/such/dir/meta.db",
-             "broker": "redis://127.0.0.1:1/0", "result_backend": "redis://127.0.0.1:1/1"}
+    bogus = {
+        "metadata": f"sqlite:///{tmp_path}/no/such/dir/meta.db",
+        "broker": "redis://127.0.0.1:1/0",
+        "result_backend": "redis://127.0.0.1:1/1",
+    }
     path = write_config(tmp_path / "chordload.yaml", base_config, {}, **bogus)
     monkeypatch.setenv("CHORDLOAD_BROKER_URL", base_config["broker"])
     monkeypatch.setenv("CHORDLOAD_RESULT_BACKEND", base_config["result_backend"])
     monkeypatch.setenv("CHORDLOAD_METADATA_URL", base_config["metadata"])
     settings = load_settings(path)
     assert (settings.broker, settings.result_backend, settings.metadata) == (
-        base_config["broker"], base_config["result_backend"], base_config["metadata"])
+        base_config["broker"],
+        base_config["result_backend"],
+        base_config["metadata"],
+    )
     run = run_cli(capsys, "status", "--json", "--config", path)
     assert run.code == 0, run
     assert isinstance(json.loads(run.out), list)
@@ -331,12 +372,16 @@ def test_env_overrides_reach_a_real_run(workers, base_config, source, wh, tmp_pa
     the file: importing the Celery app must not rebuild settings from the environment alone)."""
     mapref = f"env_{source}"
     bogus = {"broker": "redis://127.0.0.1:1/0", "result_backend": "redis://127.0.0.1:1/1"}
-    path = write_config(tmp_path / "chordload.yaml", base_config, {mapref: _mapping(source)},
-                        **bogus)
-    env = {"CHORDLOAD_BROKER_URL": base_config["broker"],
-           "CHORDLOAD_RESULT_BACKEND": base_config["result_backend"]}
-    result = run_subprocess("run", mapref, "--config", path, "--wait", "--json",
-                            "--timeout-s", "90", env=env)
+    path = write_config(
+        tmp_path / "chordload.yaml", base_config, {mapref: _mapping(source)}, **bogus
+    )
+    env = {
+        "CHORDLOAD_BROKER_URL": base_config["broker"],
+        "CHORDLOAD_RESULT_BACKEND": base_config["result_backend"],
+    }
+    result = run_subprocess(
+        "run", mapref, "--config", path, "--wait", "--json", "--timeout-s", "90", env=env
+    )
     assert result.code == 0, result
     summary = json.loads(result.out)
     assert (summary["status"], summary["rows_read"]) == ("SUCCESS", 1_000)
@@ -349,8 +394,10 @@ def test_validate_prints_ok_per_mapping(clean_cli_env, base_config, source, tmp_
     run = run_cli(capsys, "validate", "--config", path)
     assert run.code == 0, run
     columns = "id, name, email, city, balance, signup, active, updated_at"
-    assert run.out.splitlines() == [f"a_good: ok (8 columns: {columns})",
-                                    f"b_good: ok (8 columns: {columns})"]
+    assert run.out.splitlines() == [
+        f"a_good: ok (8 columns: {columns})",
+        f"b_good: ok (8 columns: {columns})",
+    ]
 
     bad = _mapping(source, checkpoint={"column": "nope"})
     path = write_config(tmp_path / "chordload.yaml", base_config, {**good, "c_bad": bad})
@@ -365,28 +412,46 @@ def test_validate_prints_ok_per_mapping(clean_cli_env, base_config, source, tmp_
         load_settings(tmp_path / "missing.yaml")
 
 
-def test_sqlite_source_query_error_is_not_reported_as_unreachable(clean_cli_env, base_config,
-                                                                  tmp_path, capsys):
+def test_sqlite_source_query_error_is_not_reported_as_unreachable(
+    clean_cli_env, base_config, tmp_path, capsys
+):
     """SQLite raises OperationalError for a missing table too: once connected, an error is
     the query's, not 'cannot reach the source database'."""
     import sqlite3
 
     with sqlite3.connect(tmp_path / "src.db") as conn:
         conn.execute("CREATE TABLE t (id INTEGER, name TEXT)")
-    mapping = {"source": {"connection": "lite", "query": "SELECT id, name FROM nosuch"},
-               "target": {"connection": "lite", "table": "dim"}, "keys": ["id"]}
-    path = write_config(tmp_path / "chordload.yaml", base_config, {"lite_m": mapping},
-                        connections={"lite": f"sqlite:///{tmp_path / 'src.db'}",
-                                     "gone": f"sqlite:///{tmp_path / 'no' / 'dir' / 'x.db'}"})
+    mapping = {
+        "source": {"connection": "lite", "query": "SELECT id, name FROM nosuch"},
+        "target": {"connection": "lite", "table": "dim"},
+        "keys": ["id"],
+    }
+    path = write_config(
+        tmp_path / "chordload.yaml",
+        base_config,
+        {"lite_m": mapping},
+        connections={
+            "lite": f"sqlite:///{tmp_path / 'src.db'}",
+            "gone": f"sqlite:///{tmp_path / 'no' / 'dir' / 'x.db'}",
+        },
+    )
     result = run_cli(capsys, "validate", "--config", path)
     assert result.code == 2, result
-    assert "lite_m: INVALID: mapping 'lite_m': the source query fails: no such table: nosuch" \
-        in result.err, result
+    assert (
+        "lite_m: INVALID: mapping 'lite_m': the source query fails: no such table: nosuch"
+        in result.err
+    ), result
 
     mapping["source"] = {"connection": "gone", "query": "SELECT id, name FROM t"}
-    path = write_config(tmp_path / "chordload.yaml", base_config, {"lite_m": mapping},
-                        connections={"lite": f"sqlite:///{tmp_path / 'src.db'}",
-                                     "gone": f"sqlite:///{tmp_path / 'no' / 'dir' / 'x.db'}"})
+    path = write_config(
+        tmp_path / "chordload.yaml",
+        base_config,
+        {"lite_m": mapping},
+        connections={
+            "lite": f"sqlite:///{tmp_path / 'src.db'}",
+            "gone": f"sqlite:///{tmp_path / 'no' / 'dir' / 'x.db'}",
+        },
+    )
     result = run_cli(capsys, "run", "lite_m", "--config", path)
     assert result.code == 2, result
     assert "cannot reach the source database" in result.err, result

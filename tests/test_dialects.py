@@ -3,6 +3,7 @@ path (planner, chord, worker processes, finalize): an SCD2 initial load in sever
 incremental load, and a round-trip of types — integers, numerics with scale, unicode text,
 dates, timestamps with and without time zone, booleans and NULLs. Plus MariaDB specifics run
 in-process: one current row per key, the LOAD DATA path, abandoning a stream."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -16,37 +17,67 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from coordinator.launch import launch
-from shared.scd import apply as scd
-from shared.scd.target import ScdTarget
 from coordinator.watch import wait
-from shared.engines import get_engine
+from shared.config.mapping import AuditColumns, TargetSpec
 from shared.dialects import adapter_for
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
+from shared.engines import get_engine
 from shared.errors import LoadError
-from shared.config.mapping import AuditColumns, TargetSpec
 from shared.run.statuses import RunStatus
+from shared.scd import apply as scd
+from shared.scd.target import ScdTarget
 
-UTC = dt.timezone.utc
-COLUMNS = ["id", "n_small", "n_int", "amount", "name", "code", "day", "at_local", "at_tz",
-           "flag", "updated_at"]
+UTC = dt.UTC
+COLUMNS = [
+    "id",
+    "n_small",
+    "n_int",
+    "amount",
+    "name",
+    "code",
+    "day",
+    "at_local",
+    "at_tz",
+    "flag",
+    "updated_at",
+]
 COLS = ", ".join(COLUMNS)
-NAMES = ["Zoë", "Ångström", "日本語テキスト", "emoji 🎉🐘", "quote ' \" back\\slash", "tab\there",
-         "line\nbreak\r\n", "Ελληνικά", "", "  padded  ", "Case", "case", "100%"]
+NAMES = [
+    "Zoë",
+    "Ångström",
+    "日本語テキスト",
+    "emoji 🎉🐘",
+    "quote ' \" back\\slash",
+    "tab\there",
+    "line\nbreak\r\n",
+    "Ελληνικά",
+    "",
+    "  padded  ",
+    "Case",
+    "case",
+    "100%",
+]
 INTS = {TypeKind.SMALLINT, TypeKind.INTEGER, TypeKind.BIGINT}
 INITIAL, NEW_IDS = range(1, 41), range(41, 46)
 CHANGED = [i for i in INITIAL if i % 5 == 0 and i != 40]  # 40 is the re-read boundary row
 
 DDL = {
-    "pg": ("CREATE TABLE {t} (id bigint PRIMARY KEY, n_small smallint, n_int integer, "
-           "amount numeric(12,3), name text, code varchar(20), day date, at_local timestamp(6), "
-           "at_tz timestamptz, flag boolean, updated_at timestamp NOT NULL)"),
-    "mdb": ("CREATE TABLE {t} (id BIGINT PRIMARY KEY, n_small SMALLINT, n_int INT, "
-            "amount DECIMAL(12,3), name TEXT, code VARCHAR(20), day DATE, at_local DATETIME(6), "
-            "at_tz TIMESTAMP(6) NULL, flag BOOLEAN, updated_at DATETIME(6) NOT NULL) "
-            "CHARACTER SET utf8mb4"),
-    "lite": ("CREATE TABLE {t} (id INTEGER PRIMARY KEY, n_small SMALLINT, n_int INTEGER, "
-             "amount NUMERIC(12,3), name TEXT, code VARCHAR(20), day DATE, at_local TIMESTAMP, "
-             "at_tz TIMESTAMPTZ, flag BOOLEAN, updated_at TIMESTAMP NOT NULL)"),
+    "pg": (
+        "CREATE TABLE {t} (id bigint PRIMARY KEY, n_small smallint, n_int integer, "
+        "amount numeric(12,3), name text, code varchar(20), day date, at_local timestamp(6), "
+        "at_tz timestamptz, flag boolean, updated_at timestamp NOT NULL)"
+    ),
+    "mdb": (
+        "CREATE TABLE {t} (id BIGINT PRIMARY KEY, n_small SMALLINT, n_int INT, "
+        "amount DECIMAL(12,3), name TEXT, code VARCHAR(20), day DATE, at_local DATETIME(6), "
+        "at_tz TIMESTAMP(6) NULL, flag BOOLEAN, updated_at DATETIME(6) NOT NULL) "
+        "CHARACTER SET utf8mb4"
+    ),
+    "lite": (
+        "CREATE TABLE {t} (id INTEGER PRIMARY KEY, n_small SMALLINT, n_int INTEGER, "
+        "amount NUMERIC(12,3), name TEXT, code VARCHAR(20), day DATE, at_local TIMESTAMP, "
+        "at_tz TIMESTAMPTZ, flag BOOLEAN, updated_at TIMESTAMP NOT NULL)"
+    ),
 }
 
 
@@ -60,9 +91,12 @@ def source_row(i: int) -> dict[str, Any]:
         "name": None if i % 9 == 0 else f"{NAMES[i % len(NAMES)]}",
         "code": f"C-{i:03d}",
         "day": None if i % 8 == 0 else dt.date(2020, 1, 1) + dt.timedelta(days=i * 17),
-        "at_local": None if i % 10 == 3 else dt.datetime(2025, 6, 1, 8, 30)
-        + dt.timedelta(hours=i, microseconds=i * 1_234),
-        "at_tz": None if i % 4 == 0 else dt.datetime(2025, 3, 1, 12, 0, tzinfo=offset)
+        "at_local": None
+        if i % 10 == 3
+        else dt.datetime(2025, 6, 1, 8, 30) + dt.timedelta(hours=i, microseconds=i * 1_234),
+        "at_tz": None
+        if i % 4 == 0
+        else dt.datetime(2025, 3, 1, 12, 0, tzinfo=offset)
         + dt.timedelta(minutes=i * 7, microseconds=i * 11),
         "flag": None if i % 13 == 0 else i % 2 == 0,
         "updated_at": dt.datetime(2026, 1, 1) + dt.timedelta(seconds=i),
@@ -76,9 +110,11 @@ def changed_row(i: int) -> dict[str, Any]:
         amount=None if i == 10 else Decimal("1.001") * i,
         n_small=7 if row["n_small"] is None else None,
         flag=True if row["flag"] is None else not row["flag"],
-        at_tz=dt.datetime(2025, 12, 31, 23, 59, 59, 999_999,
-                          tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
-        updated_at=dt.datetime(2026, 2, 1) + dt.timedelta(seconds=i))
+        at_tz=dt.datetime(
+            2025, 12, 31, 23, 59, 59, 999_999, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))
+        ),
+        updated_at=dt.datetime(2026, 2, 1) + dt.timedelta(seconds=i),
+    )
     return row
 
 
@@ -156,14 +192,18 @@ class Db:
     def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
         marks = ", ".join(f":{c}" for c in COLUMNS)
         with self.engine.begin() as conn:
-            conn.execute(text(f"INSERT INTO {self.ident(table)} ({COLS}) VALUES ({marks})"),
-                         [self._bind(r) for r in rows])
+            conn.execute(
+                text(f"INSERT INTO {self.ident(table)} ({COLS}) VALUES ({marks})"),
+                [self._bind(r) for r in rows],
+            )
 
     def update(self, table: str, rows: list[dict[str, Any]]) -> None:
         sets = ", ".join(f"{c} = :{c}" for c in COLUMNS if c != "id")
         with self.engine.begin() as conn:
-            conn.execute(text(f"UPDATE {self.ident(table)} SET {sets} WHERE id = :id"),
-                         [self._bind(r) for r in rows])
+            conn.execute(
+                text(f"UPDATE {self.ident(table)} SET {sets} WHERE id = :id"),
+                [self._bind(r) for r in rows],
+            )
 
     def all(self, sql: str, **params) -> list:
         with self.engine.connect() as conn:
@@ -183,9 +223,11 @@ class Db:
 
 @pytest.fixture
 def dbs(pg_urls, mariadb_url, sqlite_url, schema):
-    made = {"pg": Db("pg", "wh", pg_urls["wh"], schema),
-            "mdb": Db("mdb", "mdb", mariadb_url),
-            "lite": Db("lite", "lite", sqlite_url)}
+    made = {
+        "pg": Db("pg", "wh", pg_urls["wh"], schema),
+        "mdb": Db("mdb", "mdb", mariadb_url),
+        "lite": Db("lite", "lite", sqlite_url),
+    }
     yield made
     for db in made.values():
         db.drop_tables()
@@ -199,8 +241,10 @@ def current_rows(db: Db, table: str) -> dict[int, tuple]:
 def check_target_types(db: Db, table: str) -> None:
     """The target, read back as a source by its own adapter, has the source's types."""
     with db.engine.connect() as conn:
-        types = {c.name: c.type for c in db.adapter.source_columns(
-            conn, f"SELECT {COLS} FROM {db.ident(table)}")}
+        types = {
+            c.name: c.type
+            for c in db.adapter.source_columns(conn, f"SELECT {COLS} FROM {db.ident(table)}")
+        }
     assert {types[c].kind for c in ("id", "n_small", "n_int")} <= INTS
     assert (types["amount"].kind, types["amount"].scale) == (TypeKind.NUMERIC, 3)
     assert types["name"].kind is types["code"].kind is TypeKind.TEXT
@@ -209,9 +253,15 @@ def check_target_types(db: Db, table: str) -> None:
     assert types["flag"].kind is TypeKind.BOOLEAN
     if db.kind == "mdb":  # DATETIME(6) in UTC, marked as having had a time zone
         assert types["at_tz"].kind is TypeKind.TIMESTAMP
-        assert db.scalar("SELECT column_comment FROM information_schema.columns WHERE "
-                         "table_schema = DATABASE() AND table_name = :t AND column_name = "
-                         "'at_tz'", t=table) == "chordload:timestamptz"
+        assert (
+            db.scalar(
+                "SELECT column_comment FROM information_schema.columns WHERE "
+                "table_schema = DATABASE() AND table_name = :t AND column_name = "
+                "'at_tz'",
+                t=table,
+            )
+            == "chordload:timestamptz"
+        )
     else:
         assert types["at_tz"].kind is TypeKind.TIMESTAMPTZ
 
@@ -226,24 +276,31 @@ PAIRS = [(s, t) for s in ("pg", "mdb", "lite") for t in ("pg", "mdb", "lite")]
 
 @pytest.mark.e2e
 @pytest.mark.parametrize(("source", "target"), PAIRS, ids=[f"{s}-to-{t}" for s, t in PAIRS])
-def test_scd2_pairing_initial_incremental_and_types(source, target, dbs, workers,
-                                                     make_settings):
+def test_scd2_pairing_initial_incremental_and_types(source, target, dbs, workers, make_settings):
     src, tgt = dbs[source], dbs[target]
     suffix = uuid.uuid4().hex[:8]
     src_table, tgt_table = f"src_{suffix}", f"dim_{suffix}"
     rows = {i: source_row(i) for i in INITIAL}
     query = src.create_source(src_table, list(rows.values()))
     mapref = f"pair_{source}_{target}_{suffix}"  # checkpoints are per mapping name
-    settings = make_settings({mapref: {
-        "source": {"connection": src.connection, "query": query},
-        "target": {"connection": tgt.connection, "table": tgt.target_name(tgt_table)},
-        "keys": ["id"],
-        "scd": {"type": 2},
-        "checkpoint": {"strategy": "KEY", "column": "updated_at"},
-        "chunking": {"column": "id", "rows_per_chunk": 10, "min_rows_for_parallel": 0,
-                     "max_chunks": 4},
-        "batch_rows": 7,
-    }})
+    settings = make_settings(
+        {
+            mapref: {
+                "source": {"connection": src.connection, "query": query},
+                "target": {"connection": tgt.connection, "table": tgt.target_name(tgt_table)},
+                "keys": ["id"],
+                "scd": {"type": 2},
+                "checkpoint": {"strategy": "KEY", "column": "updated_at"},
+                "chunking": {
+                    "column": "id",
+                    "rows_per_chunk": 10,
+                    "min_rows_for_parallel": 0,
+                    "max_chunks": 4,
+                },
+                "batch_rows": 7,
+            }
+        }
+    )
     target_sql = tgt.ident(tgt_table)
 
     first = _run(settings, mapref)
@@ -261,27 +318,39 @@ def test_scd2_pairing_initial_incremental_and_types(source, target, dbs, workers
     second = _run(settings, mapref)
     assert second.status is RunStatus.SUCCESS, second.message
     # the window re-reads the boundary row (id 40, unchanged: equal hash, not written)
-    assert (second.rows_read, second.rows_changed, second.rows_inserted,
-            second.rows_unchanged) == (len(CHANGED) + len(NEW_IDS) + 1, len(CHANGED),
-                                       len(NEW_IDS), 1)
+    assert (second.rows_read, second.rows_changed, second.rows_inserted, second.rows_unchanged) == (
+        len(CHANGED) + len(NEW_IDS) + 1,
+        len(CHANGED),
+        len(NEW_IDS),
+        1,
+    )
     assert current_rows(tgt, tgt_table) == expected(rows)
     assert tgt.scalar(f"SELECT count(*) FROM {target_sql}") == 45 + len(CHANGED)
-    assert tgt.scalar(f"SELECT count(*) FROM (SELECT id FROM {target_sql} WHERE is_current "
-                      f"GROUP BY id HAVING count(*) > 1) d") == 0
-    old, new = tgt.all(f"SELECT valid_from, valid_to, is_current, run_id FROM {target_sql} "
-                       f"WHERE id = 10 ORDER BY sk")
+    assert (
+        tgt.scalar(
+            f"SELECT count(*) FROM (SELECT id FROM {target_sql} WHERE is_current "
+            f"GROUP BY id HAVING count(*) > 1) d"
+        )
+        == 0
+    )
+    old, new = tgt.all(
+        f"SELECT valid_from, valid_to, is_current, run_id FROM {target_sql} "
+        f"WHERE id = 10 ORDER BY sk"
+    )
     assert (bool(old.is_current), bool(new.is_current)) == (False, True)
     assert old.valid_to == new.valid_from and new.valid_to is None
     assert (old.run_id, new.run_id) == (first.run_id, second.run_id)
 
 
-ODD_DDL = ("CREATE TABLE {t} (id bigint PRIMARY KEY, amount numeric, big numeric(30, 10), "
-           "day date, clock time(6), at_local timestamp(6), at_tz timestamptz, doc json, "
-           "docb jsonb, uid uuid, blob bytea, fixed char(6), score double precision)")
+ODD_DDL = (
+    "CREATE TABLE {t} (id bigint PRIMARY KEY, amount numeric, big numeric(30, 10), "
+    "day date, clock time(6), at_local timestamp(6), at_tz timestamptz, doc json, "
+    "docb jsonb, uid uuid, blob bytea, fixed char(6), score double precision)"
+)
 ODD_ROWS = (
     "(1, 'NaN', 12345678901234567890.0123456789, '0001-01-01', '23:59:59.999999', "
     "'1999-12-31 23:59:59.123456', '2026-03-29 01:30:00.5+05:45', "
-    "'{\"a\": \"t\\tb\\\\n\", \"x\": [1, 2.50]}', '{\"k\": \"\u00fc\\\"q\"}', "
+    '\'{"a": "t\\tb\\\\n", "x": [1, 2.50]}\', \'{"k": "\u00fc\\"q"}\', '
     "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\x00015c0a09'::bytea, 'ab', 0.1)",
     "(2, '-1E+3', -0.0000000001, '9999-12-31', '00:00', '2026-01-01', '1970-01-01 00:00+00', "
     "'  { \"spaced\" : true }  ', '[]', NULL, '\\x'::bytea, '      ', -0.0)",
@@ -314,16 +383,34 @@ def test_pg_to_pg_relay_loads_the_same_values(dbs, workers, make_settings):
     with pg.engine.begin() as conn:
         conn.execute(text(ODD_DDL.format(t=pg.ident(src))))
         conn.exec_driver_sql(f"INSERT INTO {pg.ident(src)} VALUES {', '.join(ODD_ROWS)}")
-    columns = ["id", "amount", "big", "day", "clock", "at_local", "at_tz", "doc", "docb", "uid",
-               "blob", "fixed", "score"]
+    columns = [
+        "id",
+        "amount",
+        "big",
+        "day",
+        "clock",
+        "at_local",
+        "at_tz",
+        "doc",
+        "docb",
+        "uid",
+        "blob",
+        "fixed",
+        "score",
+    ]
     mapref = f"odd_{uuid.uuid4().hex[:8]}"
-    settings = make_settings({mapref: {
-        "source": {"connection": "wh", "query": f"SELECT * FROM {pg.ident(src)}"},
-        "target": {"connection": "wh", "table": pg.target_name(tgt)},
-        "keys": ["id"], "scd": {"type": 1},
-        "chunking": {"column": "id", "rows_per_chunk": 2, "min_rows_for_parallel": 0},
-        "batch_rows": 3,
-    }})
+    settings = make_settings(
+        {
+            mapref: {
+                "source": {"connection": "wh", "query": f"SELECT * FROM {pg.ident(src)}"},
+                "target": {"connection": "wh", "table": pg.target_name(tgt)},
+                "keys": ["id"],
+                "scd": {"type": 1},
+                "chunking": {"column": "id", "rows_per_chunk": 2, "min_rows_for_parallel": 0},
+                "batch_rows": 3,
+            }
+        }
+    )
     cols = ", ".join(columns)
 
     def values(table: str) -> list[tuple]:
@@ -341,9 +428,11 @@ def test_pg_to_pg_relay_loads_the_same_values(dbs, workers, make_settings):
 
 
 # -- MariaDB specifics, in-process ------------------------------------------------------------
-KEY_COLUMNS = [SourceColumn("id", ColumnType(TypeKind.BIGINT)),
-               SourceColumn("code", ColumnType(TypeKind.TEXT)),
-               SourceColumn("note", ColumnType(TypeKind.TEXT, length=5))]
+KEY_COLUMNS = [
+    SourceColumn("id", ColumnType(TypeKind.BIGINT)),
+    SourceColumn("code", ColumnType(TypeKind.TEXT)),
+    SourceColumn("note", ColumnType(TypeKind.TEXT, length=5)),
+]
 
 
 @pytest.fixture
@@ -356,8 +445,15 @@ def mdb(mariadb_url):
 
 
 def _scd_target(adapter, target, scd_type: int, run_id: str) -> ScdTarget:
-    return ScdTarget(adapter, adapter.table_ref(target), tuple(c.name for c in KEY_COLUMNS),
-                     ("id", "code"), AuditColumns(), scd_type, run_id)
+    return ScdTarget(
+        adapter,
+        adapter.table_ref(target),
+        tuple(c.name for c in KEY_COLUMNS),
+        ("id", "code"),
+        AuditColumns(),
+        scd_type,
+        run_id,
+    )
 
 
 def _apply_scd2(engine, adapter, target, rows, run_id: str, at: dt.datetime):
@@ -369,8 +465,9 @@ def _apply_scd2(engine, adapter, target, rows, run_id: str, at: dt.datetime):
             with conn.begin():
                 adapter.clear_stage(conn, stage)
                 adapter.load_stage(conn, stage, names, rows)
-                return scd.apply_scd2(conn, _scd_target(adapter, target, 2, run_id), stage,
-                                      len(rows), True, at)
+                return scd.apply_scd2(
+                    conn, _scd_target(adapter, target, 2, run_id), stage, len(rows), True, at
+                )
         finally:
             with conn.begin():
                 adapter.drop_stage(conn, stage)
@@ -382,8 +479,13 @@ def test_mariadb_scd2_one_current_row_per_key(mdb):
         adapter.create_target(conn, target, KEY_COLUMNS, ["id", "code"], 2, AuditColumns())
     at = dt.datetime(2026, 1, 1, tzinfo=UTC)
     # binary, no-pad collation: 'Case', 'case' and 'case ' are three keys; NULL is one key
-    rows = [(1, "Case", "a"), (1, "case", "b"), (1, "case ", "c"), (None, "x", "d"),
-            (2, "k" * 500, "e")]
+    rows = [
+        (1, "Case", "a"),
+        (1, "case", "b"),
+        (1, "case ", "c"),
+        (None, "x", "d"),
+        (2, "k" * 500, "e"),
+    ]
     counts = _apply_scd2(engine, adapter, target, rows, "r1", at)
     assert (counts.inserted, counts.changed, counts.unchanged) == (5, 0, 0)
     again = _apply_scd2(engine, adapter, target, rows, "r1", at)  # redelivery: nothing written
@@ -395,6 +497,7 @@ def test_mariadb_scd2_one_current_row_per_key(mdb):
     assert (counts.inserted, counts.changed) == (0, 2)
     table = adapter.table_ref(target)
     with engine.connect() as conn:
+
         def query(sql: str) -> list:
             return conn.execute(text(sql)).scalars().all()
 
@@ -402,8 +505,10 @@ def test_mariadb_scd2_one_current_row_per_key(mdb):
         assert query(f"SELECT count(*) FROM {table} WHERE is_current") == [5]
         expired = query(f"SELECT valid_to FROM {table} WHERE NOT is_current")
         assert expired == [dt.datetime(2026, 1, 1, 1, 0)] * 2
-    insert = (f"INSERT INTO {table} (id, code, note, row_hash, valid_from, valid_to, is_current, "
-              f"run_id) VALUES (:id, 'Case', 'z', 'h', '2026-01-01', NULL, :cur, 'manual')")
+    insert = (
+        f"INSERT INTO {table} (id, code, note, row_hash, valid_from, valid_to, is_current, "
+        f"run_id) VALUES (:id, 'Case', 'z', 'h', '2026-01-01', NULL, :cur, 'manual')"
+    )
     with engine.begin() as conn:  # another expired version of a key is fine ...
         conn.execute(text(insert), {"id": 1, "cur": False})
     with pytest.raises(IntegrityError, match="Duplicate entry"):  # ... a second current one is not
@@ -423,24 +528,38 @@ def test_mariadb_scd1_updates_in_place(mdb):
                 stage = adapter.create_stage(conn, target, names)
             with conn.begin():
                 adapter.load_stage(conn, stage, names, rows)
-                counts = scd.apply_scd1(conn, _scd_target(adapter, target, 1, run_id), stage,
-                                        len(rows), True, dt.datetime.now(UTC))
+                counts = scd.apply_scd1(
+                    conn,
+                    _scd_target(adapter, target, 1, run_id),
+                    stage,
+                    len(rows),
+                    True,
+                    dt.datetime.now(UTC),
+                )
                 adapter.drop_stage(conn, stage)
             return counts.inserted, counts.changed, counts.unchanged
 
     assert apply([(1, "a", "x"), (None, "b", "y"), (2, "c", None)], "r1") == (3, 0, 0)
-    assert apply([(1, "a", "X"), (None, "b", "y"), (2, "c", "z"), (3, "d", "w")], "r2") \
-        == (1, 2, 1)
+    assert apply([(1, "a", "X"), (None, "b", "y"), (2, "c", "z"), (3, "d", "w")], "r2") == (1, 2, 1)
     with engine.connect() as conn:
-        rows = conn.execute(text(f"SELECT id, code, note, run_id FROM {adapter.table_ref(target)} "
-                                 f"ORDER BY code")).all()
-    assert [tuple(r) for r in rows] == [(1, "a", "X", "r2"), (None, "b", "y", "r1"),
-                                        (2, "c", "z", "r2"), (3, "d", "w", "r2")]
+        rows = conn.execute(
+            text(f"SELECT id, code, note, run_id FROM {adapter.table_ref(target)} ORDER BY code")
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        (1, "a", "X", "r2"),
+        (None, "b", "y", "r1"),
+        (2, "c", "z", "r2"),
+        (3, "d", "w", "r2"),
+    ]
     with pytest.raises(IntegrityError, match="Duplicate entry"):  # one row per key
         with engine.begin() as conn:
-            conn.execute(text(f"INSERT INTO {adapter.table_ref(target)} (id, code, row_hash, "
-                              f"inserted_at, updated_at, run_id) VALUES (NULL, 'b', 'h', "
-                              f"'2026-01-01', '2026-01-01', 'manual')"))
+            conn.execute(
+                text(
+                    f"INSERT INTO {adapter.table_ref(target)} (id, code, row_hash, "
+                    f"inserted_at, updated_at, run_id) VALUES (NULL, 'b', 'h', "
+                    f"'2026-01-01', '2026-01-01', 'manual')"
+                )
+            )
 
 
 def test_mariadb_load_data_local_infile(mdb, mariadb_url):
@@ -452,8 +571,12 @@ def test_mariadb_load_data_local_infile(mdb, mariadb_url):
     with engine.begin() as conn:
         adapter.create_target(conn, target, KEY_COLUMNS, ["id"], 1, AuditColumns())
     names = [c.name for c in KEY_COLUMNS]
-    rows = [(1, "tab\tnew\nline\r\\back \\N", "Zoë"), (2, None, None), (3, "🎉 日本", ""),
-            (4, "", "  x  ")]
+    rows = [
+        (1, "tab\tnew\nline\r\\back \\N", "Zoë"),
+        (2, None, None),
+        (3, "🎉 日本", ""),
+        (4, "", "  x  "),
+    ]
     with engine.connect() as conn:
         with conn.begin():
             stage = adapter.create_stage(conn, target, names)
@@ -461,8 +584,10 @@ def test_mariadb_load_data_local_infile(mdb, mariadb_url):
             loads = int(conn.exec_driver_sql("SHOW SESSION STATUS LIKE 'Com_load'").one()[1])
             adapter.load_stage(conn, stage, names, rows)
             assert conn.exec_driver_sql(f"SELECT * FROM {stage} ORDER BY id").all() == rows
-            assert int(conn.exec_driver_sql("SHOW SESSION STATUS LIKE 'Com_load'").one()[1]) \
+            assert (
+                int(conn.exec_driver_sql("SHOW SESSION STATUS LIKE 'Com_load'").one()[1])
                 == loads + 1
+            )
         with pytest.raises(LoadError, match="Data (too long|truncated)"):
             with conn.begin():
                 adapter.load_stage(conn, stage, names, [(5, "ok", "too long")])
@@ -480,8 +605,9 @@ def test_mariadb_abandoned_stream_does_not_read_the_rest(mariadb_url):
 
     def read_one_batch() -> None:
         with engine.connect() as conn:
-            for _rows in adapter.stream(conn, "SELECT seq, repeat('x', 200) AS pad FROM "
-                                        "seq_1_to_5000000", {}, 1000):
+            for _rows in adapter.stream(
+                conn, "SELECT seq, repeat('x', 200) AS pad FROM seq_1_to_5000000", {}, 1000
+            ):
                 raise Stop  # like a stop request between batches
 
     started = time.monotonic()

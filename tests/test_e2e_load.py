@@ -1,5 +1,6 @@
 """End to end with real worker processes on Redis and Postgres: initial, incremental and
 no-change runs for SCD2 and SCD1; the target is compared with the source in SQL."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,8 +11,15 @@ from coordinator.watch import wait
 from shared.engines import get_engine
 from shared.metadata import store
 from shared.run.statuses import ChunkStatus, RunStatus
-from tests.pgdata import (BUSINESS_COLUMNS, add_customers, change_every_tenth, create_customers,
-                          diff_count, scalar, scd2_mapping)
+from tests.pgdata import (
+    BUSINESS_COLUMNS,
+    add_customers,
+    change_every_tenth,
+    create_customers,
+    diff_count,
+    scalar,
+    scd2_mapping,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -37,16 +45,21 @@ def test_scd2_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     assert first.rows_read == first.rows_inserted == 300_000
     assert diff_count(wh, current, src) == 0
     assert scalar(wh, f"SELECT count(*) FROM {target}") == 300_000
-    assert scalar(wh, f"SELECT count(*) FROM (SELECT id FROM {target} WHERE is_current "
-                       f"GROUP BY id HAVING count(*) > 1) d") == 0
+    assert (
+        scalar(
+            wh,
+            f"SELECT count(*) FROM (SELECT id FROM {target} WHERE is_current "
+            f"GROUP BY id HAVING count(*) > 1) d",
+        )
+        == 0
+    )
     max_source = scalar(wh, f"SELECT max(updated_at) FROM {source}")
     stored = store.get_checkpoint(get_engine(settings.metadata), schema)
     assert stored.value == {"type": "datetime", "value": max_source.isoformat()}
 
     changed = change_every_tenth(wh, source)
     add_customers(wh, source, 300_001, 5_000)
-    in_window = scalar(wh, f"SELECT count(*) FROM {source} WHERE updated_at >= :cp",
-                        cp=max_source)
+    in_window = scalar(wh, f"SELECT count(*) FROM {source} WHERE updated_at >= :cp", cp=max_source)
     second = _run(settings, schema)
     assert second.status is RunStatus.SUCCESS, second.message
     # only the window is read: the changed and new rows (the boundary row, id 300000, is
@@ -59,17 +72,27 @@ def test_scd2_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     # a changed key: the old version expired exactly at the new version's valid_from
     versions = []
     with wh.connect() as conn:
-        versions = conn.execute(text(
-            f"SELECT city, valid_from, valid_to, is_current, run_id FROM {target} "
-            f"WHERE id = 10 ORDER BY valid_from")).all()
+        versions = conn.execute(
+            text(
+                f"SELECT city, valid_from, valid_to, is_current, run_id FROM {target} "
+                f"WHERE id = 10 ORDER BY valid_from"
+            )
+        ).all()
     assert [v.city for v in versions] == ["Berlin", "Reykjavik"]
     old, new = versions
     assert (old.is_current, new.is_current) == (False, True)
     assert old.valid_to == new.valid_from and new.valid_to is None
     assert (old.run_id, new.run_id) == (first.run_id, second.run_id)
     # unchanged keys untouched: one version, written by the first run
-    assert scalar(wh, f"SELECT count(*) FROM {target} WHERE id % 10 <> 0 AND id <= 300000 "
-                       f"AND (run_id <> :r OR NOT is_current)", r=first.run_id) == 0
+    assert (
+        scalar(
+            wh,
+            f"SELECT count(*) FROM {target} WHERE id % 10 <> 0 AND id <= 300000 "
+            f"AND (run_id <> :r OR NOT is_current)",
+            r=first.run_id,
+        )
+        == 0
+    )
 
     third = _run(settings, schema)
     assert third.status is RunStatus.SUCCESS
@@ -79,8 +102,12 @@ def test_scd2_initial_incremental_and_rerun(workers, make_settings, wh, schema):
 
 def test_scd1_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     source = create_customers(wh, schema, 120_000)
-    mapping = scd2_mapping(schema, target="cust", scd={"type": 1, "audit_columns": {"updated_at": "dw_updated_at"}},
-                           chunking={"rows_per_chunk": 30_000})
+    mapping = scd2_mapping(
+        schema,
+        target="cust",
+        scd={"type": 1, "audit_columns": {"updated_at": "dw_updated_at"}},
+        chunking={"rows_per_chunk": 30_000},
+    )
     settings = make_settings({schema: mapping})
     target = f'"{schema}"."cust"'
     tgt = f"SELECT {BUSINESS_COLUMNS} FROM {target}"
@@ -99,15 +126,26 @@ def test_scd1_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     assert second.status is RunStatus.SUCCESS, second.message
     assert second.rows_changed == changed == 12_000
     assert second.rows_inserted == 2_000
-    assert second.rows_read == scalar(wh, f"SELECT count(*) FROM {source} WHERE updated_at >= :c",
-                                       c=max_before)
+    assert second.rows_read == scalar(
+        wh, f"SELECT count(*) FROM {source} WHERE updated_at >= :c", c=max_before
+    )
     assert diff_count(wh, tgt, src) == 0
     with wh.connect() as conn:
-        row = conn.execute(text(f"SELECT city, run_id, inserted_at < dw_updated_at AS moved "
-                                f"FROM {target} WHERE id = 10")).one()
+        row = conn.execute(
+            text(
+                f"SELECT city, run_id, inserted_at < dw_updated_at AS moved "
+                f"FROM {target} WHERE id = 10"
+            )
+        ).one()
     assert (row.city, row.run_id, row.moved) == ("Reykjavik", second.run_id, True)
-    assert scalar(wh, f"SELECT count(*) FROM {target} WHERE id % 10 <> 0 AND id <= 120000 "
-                       f"AND run_id <> :r", r=first.run_id) == 0
+    assert (
+        scalar(
+            wh,
+            f"SELECT count(*) FROM {target} WHERE id % 10 <> 0 AND id <= 120000 AND run_id <> :r",
+            r=first.run_id,
+        )
+        == 0
+    )
 
     third = _run(settings, schema)
     assert (third.status, third.rows_inserted, third.rows_changed) == (RunStatus.SUCCESS, 0, 0)

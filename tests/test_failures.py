@@ -1,5 +1,6 @@
 """Failure semantics with real services: retries, quarantine, redelivery after a killed
 worker, one active run per mapping under races, bounded connections, faults, secrets."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -18,19 +19,25 @@ from sqlalchemy import text
 
 from coordinator.launch import launch
 from coordinator.watch import wait
+from shared.config.settings import settings_from_dict
 from shared.engines import POOL_SIZE, get_engine
 from shared.errors import RunRefusedError
-from shared.config.settings import settings_from_dict
 from shared.lifecycle.finalize import finalize_run
+from shared.lifecycle.reconcile import reconcile
 from shared.metadata import store
 from shared.metadata.models import ChunkLog, ProcessLog
 from shared.metadata.schema import upgrade
-from shared.lifecycle.reconcile import reconcile
 from shared.run.statuses import ChunkStatus, RunStatus
 from shared.timeutil import utcnow
 from tests.conftest import PG_HOST, REPO, SECRET_PASSWORD, TOKEN
-from tests.pgdata import (BUSINESS_COLUMNS, plan_document, change_every_tenth, create_customers, diff_count,
-                          scd2_mapping)
+from tests.pgdata import (
+    BUSINESS_COLUMNS,
+    change_every_tenth,
+    create_customers,
+    diff_count,
+    plan_document,
+    scd2_mapping,
+)
 from tests.test_lifecycle import wait_until
 from tests.worker_process import WorkerProcess
 
@@ -46,26 +53,36 @@ def _admin(sql: str) -> None:
 def _kill_backends(database: str, application_like: str = "chordload/%") -> int:
     engine = get_engine(f"{PG_HOST}/postgres")
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        return len(conn.execute(text(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d "
-            "AND application_name LIKE :a AND pid <> pg_backend_pid()"),
-            {"d": database, "a": application_like}).all())
+        return len(
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d "
+                    "AND application_name LIKE :a AND pid <> pg_backend_pid()"
+                ),
+                {"d": database, "a": application_like},
+            ).all()
+        )
 
 
 def _history(wh, table: str) -> str:
     """A target's versions without the columns that name the run (sk, valid_from, run_id)."""
-    return (f"SELECT {BUSINESS_COLUMNS}, row_hash, is_current, valid_to IS NULL AS open "
-            f"FROM {table}")
+    return f"SELECT {BUSINESS_COLUMNS}, row_hash, is_current, valid_to IS NULL AS open FROM {table}"
 
 
 def _same_history(wh, left: str, right: str) -> None:
     with wh.connect() as conn:
-        diff = conn.execute(text(
-            f"SELECT (SELECT count(*) FROM ({_history(wh, left)} EXCEPT ALL {_history(wh, right)}) a)"
-            f" + (SELECT count(*) FROM ({_history(wh, right)} EXCEPT ALL {_history(wh, left)}) b)"
-        )).scalar_one()
-        dup = conn.execute(text(f"SELECT count(*) FROM (SELECT id FROM {left} WHERE is_current "
-                                f"GROUP BY id HAVING count(*) > 1) d")).scalar_one()
+        diff = conn.execute(
+            text(
+                f"SELECT (SELECT count(*) FROM ({_history(wh, left)} EXCEPT ALL {_history(wh, right)}) a)"
+                f" + (SELECT count(*) FROM ({_history(wh, right)} EXCEPT ALL {_history(wh, left)}) b)"
+            )
+        ).scalar_one()
+        dup = conn.execute(
+            text(
+                f"SELECT count(*) FROM (SELECT id FROM {left} WHERE is_current "
+                f"GROUP BY id HAVING count(*) > 1) d"
+            )
+        ).scalar_one()
     assert diff == 0, f"{left} and {right} differ in {diff} versions"
     assert dup == 0
 
@@ -75,13 +92,19 @@ def test_transient_errors_retry_and_complete(workers, make_settings, wh, schema,
     """Connections to the warehouse are cut mid-run (as a database restart does): chunks retry
     with backoff as Celery retries of the same task and the run completes exactly."""
     create_customers(wh, schema, 120_000)
-    mapping = scd2_mapping(schema, batch_rows=1_000, retries={"max": 5, "backoff_s": 0.2},
-                           chunking={"rows_per_chunk": 20_000, "min_rows_for_parallel": 1})
+    mapping = scd2_mapping(
+        schema,
+        batch_rows=1_000,
+        retries={"max": 5, "backoff_s": 0.2},
+        chunking={"rows_per_chunk": 20_000, "min_rows_for_parallel": 1},
+    )
     settings = make_settings({schema: mapping})
     metadata = get_engine(settings.metadata)
     run_id = launch(schema, settings=settings)
-    wait_until(lambda: store.progress_totals(metadata, run_id)["rows_read"] >= 10_000,
-               what="the run to be under way")
+    wait_until(
+        lambda: store.progress_totals(metadata, run_id)["rows_read"] >= 10_000,
+        what="the run to be under way",
+    )
     database = pg_urls["wh"].rsplit("/", 1)[1]
     assert _kill_backends(database) >= 1
     run = wait(run_id, settings=settings, timeout_s=120)
@@ -91,8 +114,10 @@ def test_transient_errors_retry_and_complete(workers, make_settings, wh, schema,
     assert run.chunks_total == len(chunks) == run.chunks_done
     assert run.rows_inserted == 120_000
     with wh.connect() as conn:
-        assert conn.execute(text(f'SELECT count(*) FROM "{schema}".dim_customer')).scalar_one() \
+        assert (
+            conn.execute(text(f'SELECT count(*) FROM "{schema}".dim_customer')).scalar_one()
             == 120_000
+        )
 
 
 def test_retries_exhausted_fail_with_the_reason(workers, make_settings, pg_urls):
@@ -145,13 +170,16 @@ def test_retries_exhausted_fail_with_the_reason(workers, make_settings, pg_urls)
 def _strict_target(wh, schema: str) -> None:
     """A user-made SCD2 target that rejects some source rows."""
     with wh.begin() as conn:
-        conn.execute(text(
-            f'CREATE TABLE "{schema}".dim_customer (sk bigint GENERATED BY DEFAULT AS IDENTITY '
-            f'PRIMARY KEY, id bigint NOT NULL, name varchar(14), email text NOT NULL, city text, '
-            f'balance numeric(12,2) CHECK (balance >= 0), signup date, active boolean, '
-            f'updated_at timestamp, row_hash varchar(32) NOT NULL, valid_from timestamptz NOT '
-            f'NULL, valid_to timestamptz, is_current boolean NOT NULL, run_id varchar(32) NOT '
-            f'NULL)'))
+        conn.execute(
+            text(
+                f'CREATE TABLE "{schema}".dim_customer (sk bigint GENERATED BY DEFAULT AS IDENTITY '
+                f"PRIMARY KEY, id bigint NOT NULL, name varchar(14), email text NOT NULL, city text, "
+                f"balance numeric(12,2) CHECK (balance >= 0), signup date, active boolean, "
+                f"updated_at timestamp, row_hash varchar(32) NOT NULL, valid_from timestamptz NOT "
+                f"NULL, valid_to timestamptz, is_current boolean NOT NULL, run_id varchar(32) NOT "
+                f"NULL)"
+            )
+        )
         conn.execute(text(f'CREATE UNIQUE INDEX ON "{schema}".dim_customer (id) WHERE is_current'))
 
 
@@ -160,19 +188,26 @@ BAD_IDS = {17: "value too long", 4_321: "violates check constraint", 9_999: "nul
 
 def _make_bad_rows(wh, schema: str) -> None:
     with wh.begin() as conn:
-        conn.execute(text(f'UPDATE "{schema}".customers SET name = repeat(\'x\', 40) WHERE id = 17'))
+        conn.execute(
+            text(f"UPDATE \"{schema}\".customers SET name = repeat('x', 40) WHERE id = 17")
+        )
         conn.execute(text(f'UPDATE "{schema}".customers SET balance = -5 WHERE id = 4321'))
         conn.execute(text(f'UPDATE "{schema}".customers SET email = NULL WHERE id = 9999'))
 
 
 @pytest.mark.parametrize("max_rows", [10, 0])
-def test_bad_rows_are_quarantined_exactly(workers, make_settings, wh, schema, config_path,
-                                          max_rows, tmp_path, base_config):
+def test_bad_rows_are_quarantined_exactly(
+    workers, make_settings, wh, schema, config_path, max_rows, tmp_path, base_config
+):
     create_customers(wh, schema, 12_000)
     _make_bad_rows(wh, schema)
     _strict_target(wh, schema)
-    mapping = scd2_mapping(schema, batch_rows=2_000, errors={"max_rows": max_rows},
-                           chunking={"rows_per_chunk": 4_000, "min_rows_for_parallel": 1})
+    mapping = scd2_mapping(
+        schema,
+        batch_rows=2_000,
+        errors={"max_rows": max_rows},
+        chunking={"rows_per_chunk": 4_000, "min_rows_for_parallel": 1},
+    )
     settings = make_settings({schema: mapping})
     metadata = get_engine(settings.metadata)
     run = wait(launch(schema, settings=settings), settings=settings, timeout_s=60)
@@ -185,8 +220,9 @@ def test_bad_rows_are_quarantined_exactly(workers, make_settings, wh, schema, co
         assert e.row_data["id"] == e.row_key["id"]
     with wh.connect() as conn:
         loaded = conn.execute(text(f'SELECT count(*) FROM "{schema}".dim_customer')).scalar_one()
-        present = conn.execute(text(f'SELECT count(*) FROM "{schema}".dim_customer WHERE id IN '
-                                    f'(17, 4321, 9999)')).scalar_one()
+        present = conn.execute(
+            text(f'SELECT count(*) FROM "{schema}".dim_customer WHERE id IN (17, 4321, 9999)')
+        ).scalar_one()
     assert (loaded, present) == (12_000 - 3, 0)
     if max_rows:
         assert run.status is RunStatus.SUCCESS, run.message
@@ -198,59 +234,97 @@ def test_bad_rows_are_quarantined_exactly(workers, make_settings, wh, schema, co
     # the CLI lists them
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({**base_config, "mappings": {schema: mapping}}))
-    out = subprocess.run([os.sys.executable, "-m", "coordinator.cli", "--config", str(path),
-                          "errors", run.run_id, "--json"], cwd=REPO, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [
+            os.sys.executable,
+            "-m",
+            "coordinator.cli",
+            "--config",
+            str(path),
+            "errors",
+            run.run_id,
+            "--json",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     listed = yaml.safe_load(out.stdout)
     assert sorted(e["key"]["id"] for e in listed) == sorted(BAD_IDS)
 
 
-def test_bad_row_in_a_later_relayed_batch_restarts_the_chunk_typed(workers, make_settings, wh,
-                                                                   schema):
+def test_bad_row_in_a_later_relayed_batch_restarts_the_chunk_typed(
+    workers, make_settings, wh, schema
+):
     """PostgreSQL to PostgreSQL, chunks relay COPY text; a row the target refuses in the
     second batch of a chunk sends that chunk back to the typed path, which bisects it. The
     batch relayed before is loaded again as a replay: counts are those of one clean pass."""
     create_customers(wh, schema, 8_000)
     with wh.begin() as conn:
-        conn.execute(text(f'UPDATE "{schema}".customers SET name = repeat(\'x\', 40) '
-                          f'WHERE id = 3500'))
+        conn.execute(
+            text(f"UPDATE \"{schema}\".customers SET name = repeat('x', 40) WHERE id = 3500")
+        )
     _strict_target(wh, schema)
-    mapping = scd2_mapping(schema, batch_rows=2_000, errors={"max_rows": 5},
-                           chunking={"rows_per_chunk": 4_000, "min_rows_for_parallel": 1,
-                                     "exact_count": True})
+    mapping = scd2_mapping(
+        schema,
+        batch_rows=2_000,
+        errors={"max_rows": 5},
+        chunking={"rows_per_chunk": 4_000, "min_rows_for_parallel": 1, "exact_count": True},
+    )
     settings = make_settings({schema: mapping})
     metadata = get_engine(settings.metadata)
     run = wait(launch(schema, settings=settings), settings=settings, timeout_s=60)
     assert run.status is RunStatus.SUCCESS, run.message
-    assert (run.rows_read, run.rows_inserted, run.rows_changed, run.rows_unchanged,
-            run.rows_errored) == (8_000, 7_999, 0, 0, 1)
+    assert (
+        run.rows_read,
+        run.rows_inserted,
+        run.rows_changed,
+        run.rows_unchanged,
+        run.rows_errored,
+    ) == (8_000, 7_999, 0, 0, 1)
     chunks = store.get_chunks(metadata, run.run_id)
     assert [c.rows_read for c in chunks] == [4_000, 4_000]
     assert [c.attempts for c in chunks] == [1, 1]
     assert [e.row_key["id"] for e in store.error_rows(metadata, run.run_id)] == [3_500]
-    assert diff_count(
-        wh, f'SELECT {BUSINESS_COLUMNS} FROM "{schema}".customers WHERE id <> 3500',
-        f'SELECT {BUSINESS_COLUMNS} FROM "{schema}".dim_customer WHERE is_current') == 0
+    assert (
+        diff_count(
+            wh,
+            f'SELECT {BUSINESS_COLUMNS} FROM "{schema}".customers WHERE id <> 3500',
+            f'SELECT {BUSINESS_COLUMNS} FROM "{schema}".dim_customer WHERE is_current',
+        )
+        == 0
+    )
 
 
 # -- redelivery ------------------------------------------------------------------------------
 def _twin_mapping(schema: str, target: str) -> dict:
-    return scd2_mapping(schema, target=target, batch_rows=1_000,
-                        chunking={"rows_per_chunk": 20_000, "min_rows_for_parallel": 1})
+    return scd2_mapping(
+        schema,
+        target=target,
+        batch_rows=1_000,
+        chunking={"rows_per_chunk": 20_000, "min_rows_for_parallel": 1},
+    )
 
 
 @pytest.mark.parametrize("kill", ["process_group", "pool_child"])
-def test_killed_worker_redelivers_without_duplicates(kill, session_settings, base_config,
-                                                     make_settings, wh, schema, tmp_path, workers):
+def test_killed_worker_redelivers_without_duplicates(
+    kill, session_settings, base_config, make_settings, wh, schema, tmp_path, workers
+):
     """SIGKILL mid-chunk: the chunk is delivered again and the target ends exactly as a clean
     run leaves it (same versions, one current row per key), SCD2 history included."""
     create_customers(wh, schema, 60_000)
     queue = f"cl-{TOKEN}-redeliver-{kill}"
-    settings = make_settings({f"{schema}_killed": _twin_mapping(schema, "dim_killed"),
-                              f"{schema}_clean": _twin_mapping(schema, "dim_clean")})
-    killed_settings = settings.model_copy(update={"celery": settings.celery.model_copy(
-        update={"queue": queue})})
+    settings = make_settings(
+        {
+            f"{schema}_killed": _twin_mapping(schema, "dim_killed"),
+            f"{schema}_clean": _twin_mapping(schema, "dim_clean"),
+        }
+    )
+    killed_settings = settings.model_copy(
+        update={"celery": settings.celery.model_copy(update={"queue": queue})}
+    )
     metadata = get_engine(settings.metadata)
     # longer than a chunk takes here (a shorter one would redeliver chunks still running),
     # short enough to keep the test quick
@@ -260,38 +334,67 @@ def test_killed_worker_redelivers_without_duplicates(kill, session_settings, bas
         if step == "ten percent":
             change_every_tenth(wh, f'"{schema}"."customers"')
         for mapref in (f"{schema}_killed", f"{schema}_clean"):
-            assert wait(launch(mapref, settings=settings), settings=settings,
-                        timeout_s=60).status is RunStatus.SUCCESS
+            assert (
+                wait(launch(mapref, settings=settings), settings=settings, timeout_s=60).status
+                is RunStatus.SUCCESS
+            )
     with wh.begin() as conn:  # then every row changes: a run large enough to kill mid-chunk
-        conn.execute(text(f'UPDATE "{schema}".customers SET updated_at = TIMESTAMP '
-                          f"'2026-07-01' + id * INTERVAL '1 millisecond', name = name || '!'"))
+        conn.execute(
+            text(
+                f'UPDATE "{schema}".customers SET updated_at = TIMESTAMP '
+                f"'2026-07-01' + id * INTERVAL '1 millisecond', name = name || '!'"
+            )
+        )
         conn.execute(text(f'ANALYZE "{schema}".customers'))
-    assert wait(launch(f"{schema}_clean", settings=settings), settings=settings,
-                timeout_s=60).status is RunStatus.SUCCESS
+    assert (
+        wait(launch(f"{schema}_clean", settings=settings), settings=settings, timeout_s=60).status
+        is RunStatus.SUCCESS
+    )
 
     # kombu sweeps unacked messages back to the queue every interval * throttle seconds
     # (100 s by default); the test makes that 1 s so redelivery follows the 10 s timeout
     celery_conf = dict(base_config["celery"])
     celery_conf["broker_transport_options"] = {
-        **celery_conf["broker_transport_options"], "unacked_restore_interval": 1,
-        "unacked_restore_throttle": 1}
+        **celery_conf["broker_transport_options"],
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
+    }
     worker_config = tmp_path / "redeliver.yaml"
     worker_config.write_text(yaml.safe_dump({**base_config, "celery": celery_conf}))
-    first = WorkerProcess(worker_config, queue=queue, name=f"first-{kill}-{TOKEN}", concurrency=1,
-                          log_path=tmp_path / "first.log", extra_env=env)
+    first = WorkerProcess(
+        worker_config,
+        queue=queue,
+        name=f"first-{kill}-{TOKEN}",
+        concurrency=1,
+        log_path=tmp_path / "first.log",
+        extra_env=env,
+    )
     first.start()
     second = None
     try:
         run_id = launch(f"{schema}_killed", settings=killed_settings)
-        chunk = wait_until(lambda: next((c for c in store.get_chunks(metadata, run_id)
-                                         if c.batches_done >= 3 and c.status is ChunkStatus.RUNNING),
-                                        None), what="a chunk mid-way")
+        chunk = wait_until(
+            lambda: next(
+                (
+                    c
+                    for c in store.get_chunks(metadata, run_id)
+                    if c.batches_done >= 3 and c.status is ChunkStatus.RUNNING
+                ),
+                None,
+            ),
+            what="a chunk mid-way",
+        )
         if kill == "process_group":
             os.killpg(first.proc.pid, signal.SIGKILL)
             first.proc.wait(10)
-            second = WorkerProcess(worker_config, queue=queue, name=f"second-{kill}-{TOKEN}",
-                                   concurrency=1, log_path=tmp_path / "second.log",
-                                   extra_env=env)
+            second = WorkerProcess(
+                worker_config,
+                queue=queue,
+                name=f"second-{kill}-{TOKEN}",
+                concurrency=1,
+                log_path=tmp_path / "second.log",
+                extra_env=env,
+            )
             second.start()
         else:
             os.kill(int(chunk.worker.rsplit("/", 1)[1]), signal.SIGKILL)
@@ -317,7 +420,7 @@ def _racer(settings_json: str, mapref: str, barrier, results, rounds: int) -> No
             results.put(("ok", launch(mapref, settings=settings)))
         except RunRefusedError as err:
             results.put(("refused", err.active_run_id))
-        except Exception as err:  # noqa: BLE001 - reported to the test
+        except Exception as err:
             results.put(("error", repr(err)))
 
 
@@ -327,8 +430,12 @@ def test_two_simultaneous_runs_one_is_refused(workers, make_settings, wh, schema
     ctx = multiprocessing.get_context("spawn")
     rounds = 12
     barrier, results = ctx.Barrier(3), ctx.Queue()
-    racers = [ctx.Process(target=_racer, args=(settings.model_dump_json(), schema, barrier,
-                                               results, rounds)) for _ in range(2)]
+    racers = [
+        ctx.Process(
+            target=_racer, args=(settings.model_dump_json(), schema, barrier, results, rounds)
+        )
+        for _ in range(2)
+    ]
     for p in racers:
         p.start()
     try:
@@ -352,9 +459,11 @@ def test_two_simultaneous_runs_one_is_refused(workers, make_settings, wh, schema
 # -- connections -----------------------------------------------------------------------------
 def test_worker_connections_stay_within_the_pool(workers, make_settings, wh, schema, pg_urls):
     create_customers(wh, schema, 80_000)
-    mapping = scd2_mapping(schema, batch_rows=2_000,
-                           chunking={"rows_per_chunk": 2_000, "min_rows_for_parallel": 1,
-                                     "max_chunks": 40})
+    mapping = scd2_mapping(
+        schema,
+        batch_rows=2_000,
+        chunking={"rows_per_chunk": 2_000, "min_rows_for_parallel": 1, "max_chunks": 40},
+    )
     settings = make_settings({schema: mapping})
     database = pg_urls["wh"].rsplit("/", 1)[1]
     peak: dict[str, int] = {}
@@ -366,10 +475,13 @@ def test_worker_connections_stay_within_the_pool(workers, make_settings, wh, sch
         engine = get_engine(f"{PG_HOST}/postgres")
         with engine.connect() as conn:
             while not done.is_set():
-                rows = conn.execute(text(
-                    "SELECT application_name, pid FROM pg_stat_activity WHERE datname = :d "
-                    "AND application_name LIKE 'chordload/%' AND application_name <> :me"),
-                    {"d": database, "me": me}).all()
+                rows = conn.execute(
+                    text(
+                        "SELECT application_name, pid FROM pg_stat_activity WHERE datname = :d "
+                        "AND application_name LIKE 'chordload/%' AND application_name <> :me"
+                    ),
+                    {"d": database, "me": me},
+                ).all()
                 conn.rollback()
                 counts: dict[str, int] = {}
                 for app_name, pid in rows:
@@ -387,8 +499,10 @@ def test_worker_connections_stay_within_the_pool(workers, make_settings, wh, sch
         done.set()
         sampler.join(10)
     assert run.status is RunStatus.SUCCESS and run.chunks_total == 40
-    worker_pids = {c.worker.rsplit("/", 1)[1] for c in store.get_chunks(
-        get_engine(settings.metadata), run.run_id)}
+    worker_pids = {
+        c.worker.rsplit("/", 1)[1]
+        for c in store.get_chunks(get_engine(settings.metadata), run.run_id)
+    }
     seen = {name: pids for name, pids in backends.items() if name.split("/")[1] in worker_pids}
     assert len(seen) == 2, backends
     for name, pids in seen.items():
@@ -398,16 +512,29 @@ def test_worker_connections_stay_within_the_pool(workers, make_settings, wh, sch
 
 # -- faults ----------------------------------------------------------------------------------
 def test_unreachable_source_at_plan_time_writes_nothing(base_config, metadata_ready, tmp_path):
-    config = {**base_config, "connections": {
-        **base_config["connections"],
-        "gone": f"postgresql+psycopg2://root:{SECRET_PASSWORD}@127.0.0.1:1/nowhere"},
-        "mappings": {"lost": {"source": {"connection": "gone", "query": "SELECT 1 AS id"},
-                              "target": {"connection": "wh", "table": "never_created"},
-                              "keys": ["id"]}}}
+    config = {
+        **base_config,
+        "connections": {
+            **base_config["connections"],
+            "gone": f"postgresql+psycopg2://root:{SECRET_PASSWORD}@127.0.0.1:1/nowhere",
+        },
+        "mappings": {
+            "lost": {
+                "source": {"connection": "gone", "query": "SELECT 1 AS id"},
+                "target": {"connection": "wh", "table": "never_created"},
+                "keys": ["id"],
+            }
+        },
+    }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
-    out = subprocess.run([os.sys.executable, "-m", "coordinator.cli", "--config", str(path),
-                          "run", "lost"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [os.sys.executable, "-m", "coordinator.cli", "--config", str(path), "run", "lost"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert "mapping 'lost'" in out.stderr and "cannot reach the source" in out.stderr
     assert SECRET_PASSWORD not in out.stderr + out.stdout and "***" in out.stderr
@@ -422,10 +549,27 @@ def _free_port() -> int:
 
 
 def _start_redis(port: int, folder) -> subprocess.Popen:
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--dir", str(folder), "--appendonly", "yes", "--appendfsync",
-                             "always", "--save", "", "--maxmemory-policy", "noeviction"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(folder),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = redis.Redis(port=port)
     wait_until(lambda: _pings(client), timeout_s=20, what="redis to start")
     return proc
@@ -445,27 +589,45 @@ def test_redis_restart_mid_run(base_config, metadata_ready, wh, schema, tmp_path
     url = f"redis://127.0.0.1:{port}/0"
     proc = _start_redis(port, tmp_path)
     create_customers(wh, schema, 60_000)
-    mapping = scd2_mapping(schema, batch_rows=1_000,
-                           chunking={"rows_per_chunk": 10_000, "min_rows_for_parallel": 1})
-    config = {**base_config, "broker": url, "result_backend": url,
-              "celery": {"queue": f"cl-{TOKEN}-redis"}, "mappings": {schema: mapping}}
+    mapping = scd2_mapping(
+        schema, batch_rows=1_000, chunking={"rows_per_chunk": 10_000, "min_rows_for_parallel": 1}
+    )
+    config = {
+        **base_config,
+        "broker": url,
+        "result_backend": url,
+        "celery": {"queue": f"cl-{TOKEN}-redis"},
+        "mappings": {schema: mapping},
+    }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     from shared.config.settings import settings_from_dict
 
     settings = settings_from_dict(config)
-    worker = WorkerProcess(path, queue=f"cl-{TOKEN}-redis", name=f"redis-{TOKEN}", concurrency=2,
-                           log_path=tmp_path / "w.log", broker_url=url)
+    worker = WorkerProcess(
+        path,
+        queue=f"cl-{TOKEN}-redis",
+        name=f"redis-{TOKEN}",
+        concurrency=2,
+        log_path=tmp_path / "w.log",
+        broker_url=url,
+    )
     metadata = get_engine(settings.metadata)
     try:
         worker.start()
-        started = subprocess.run([os.sys.executable, "-m", "coordinator.cli", "--config",
-                                  str(path), "run", schema], cwd=REPO, capture_output=True,
-                                 text=True, timeout=60)
+        started = subprocess.run(
+            [os.sys.executable, "-m", "coordinator.cli", "--config", str(path), "run", schema],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert started.returncode == 0, started.stderr
         run_id = started.stdout.strip()
-        wait_until(lambda: store.progress_totals(metadata, run_id)["rows_read"] >= 5_000,
-                   what="the run to be under way")
+        wait_until(
+            lambda: store.progress_totals(metadata, run_id)["rows_read"] >= 5_000,
+            what="the run to be under way",
+        )
         redis.Redis(port=port).shutdown()  # append-only file is flushed; the queue survives
         proc.wait(20)
         proc = _start_redis(port, tmp_path)
@@ -482,8 +644,10 @@ def test_redis_restart_mid_run(base_config, metadata_ready, wh, schema, tmp_path
         proc.wait(20)
     assert run.status is RunStatus.SUCCESS, run.message
     with wh.connect() as conn:
-        assert conn.execute(text(f'SELECT count(*) FROM "{schema}".dim_customer')).scalar_one() \
+        assert (
+            conn.execute(text(f'SELECT count(*) FROM "{schema}".dim_customer')).scalar_one()
             == 60_000
+        )
 
 
 def test_metadata_briefly_unavailable_during_finalize(tmp_path):
@@ -496,19 +660,50 @@ def test_metadata_briefly_unavailable_during_finalize(tmp_path):
         upgrade(engine)
         run_id = uuid.uuid4().hex[:12]
         mapping = plan_document()
-        store.create_run(engine, ProcessLog(
-            run_id=run_id, mapref="m", status=RunStatus.RUNNING, created_at=utcnow(),
-            load_kind="initial", chunks_total=1, chunks_done=0, chunks_failed=0, rows_read=5,
-            rows_inserted=5, rows_changed=0, rows_unchanged=0, rows_errored=0, mapping=mapping),
-            [ChunkLog(run_id=run_id, chunk_no=0, includes_nulls=True, task_id=f"{run_id}.0",
-                      status=ChunkStatus.SUCCESS, rows_read=5, rows_inserted=5, rows_changed=0,
-                      rows_unchanged=0, rows_errored=0, batches_done=1, attempts=1,
-                      max_checkpoint={"type": "int", "value": 42})])
+        store.create_run(
+            engine,
+            ProcessLog(
+                run_id=run_id,
+                mapref="m",
+                status=RunStatus.RUNNING,
+                created_at=utcnow(),
+                load_kind="initial",
+                chunks_total=1,
+                chunks_done=0,
+                chunks_failed=0,
+                rows_read=5,
+                rows_inserted=5,
+                rows_changed=0,
+                rows_unchanged=0,
+                rows_errored=0,
+                mapping=mapping,
+            ),
+            [
+                ChunkLog(
+                    run_id=run_id,
+                    chunk_no=0,
+                    includes_nulls=True,
+                    task_id=f"{run_id}.0",
+                    status=ChunkStatus.SUCCESS,
+                    rows_read=5,
+                    rows_inserted=5,
+                    rows_changed=0,
+                    rows_unchanged=0,
+                    rows_errored=0,
+                    batches_done=1,
+                    attempts=1,
+                    max_checkpoint={"type": "int", "value": 42},
+                )
+            ],
+        )
         _admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
         _kill_backends(name, "%")
         outcome = {}
-        thread = threading.Thread(target=lambda: outcome.update(
-            result=finalize_run(settings_from_dict({"metadata": url}), run_id)))
+        thread = threading.Thread(
+            target=lambda: outcome.update(
+                result=finalize_run(settings_from_dict({"metadata": url}), run_id)
+            )
+        )
         thread.start()
         time.sleep(1.5)  # the outage being simulated: finalize must ride it out
         assert thread.is_alive(), "finalize should still be retrying"
@@ -523,8 +718,9 @@ def test_metadata_briefly_unavailable_during_finalize(tmp_path):
 
 
 # -- security --------------------------------------------------------------------------------
-def test_passwords_never_leak(workers, make_settings, wh, schema, redis_prefix, base_config,
-                              tmp_path):
+def test_passwords_never_leak(
+    workers, make_settings, wh, schema, redis_prefix, base_config, tmp_path
+):
     create_customers(wh, schema, 3_000)
     mapping = scd2_mapping(schema)
     mapping["source"]["connection"] = mapping["target"]["connection"] = "secretwh"
@@ -532,8 +728,11 @@ def test_passwords_never_leak(workers, make_settings, wh, schema, redis_prefix, 
     run = wait(launch(schema, settings=settings), settings=settings, timeout_s=60)
     assert run.status is RunStatus.SUCCESS
     with get_engine(settings.metadata).connect() as conn:
-        dumped = " ".join(str(row) for table in ("process_log", "chunk_log")
-                          for row in conn.execute(text(f"SELECT * FROM {table}")).all())
+        dumped = " ".join(
+            str(row)
+            for table in ("process_log", "chunk_log")
+            for row in conn.execute(text(f"SELECT * FROM {table}")).all()
+        )
     assert SECRET_PASSWORD not in dumped
     assert SECRET_PASSWORD not in workers.log_path.read_text(errors="replace")
     client = redis.Redis.from_url(base_config["broker"])
@@ -543,8 +742,13 @@ def test_passwords_never_leak(workers, make_settings, wh, schema, redis_prefix, 
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({**base_config, "mappings": {schema: mapping}}))
     for args in (["status", run.run_id, "--json"], ["validate"], ["status"]):
-        out = subprocess.run([os.sys.executable, "-m", "coordinator.cli", "--config", str(path),
-                              *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [os.sys.executable, "-m", "coordinator.cli", "--config", str(path), *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert SECRET_PASSWORD not in out.stdout + out.stderr, args
 
 
@@ -560,18 +764,30 @@ def test_only_json_crosses_the_broker(session_settings):
 def test_hostile_identifiers_are_taken_literally(workers, make_settings, wh, schema):
     with wh.begin() as conn:
         conn.execute(text(f'CREATE TABLE "{schema}".victim (x int)'))
-        conn.execute(text(f'CREATE TABLE "{schema}".src (id int, "we""ird; DROP TABLE victim; --" text)'))
-        conn.execute(text(f'INSERT INTO "{schema}".src VALUES (1, \'a\'), (2, \'b\')'))
+        conn.execute(
+            text(f'CREATE TABLE "{schema}".src (id int, "we""ird; DROP TABLE victim; --" text)')
+        )
+        conn.execute(text(f"INSERT INTO \"{schema}\".src VALUES (1, 'a'), (2, 'b')"))
     evil_table = 'evil"; DROP TABLE victim; --'
-    mapping = {"source": {"connection": "wh", "query": f'SELECT * FROM "{schema}".src'},
-               "target": {"connection": "wh", "table": f"{schema}.{evil_table}"},
-               "keys": ["id"], "scd": {"type": 1}}
+    mapping = {
+        "source": {"connection": "wh", "query": f'SELECT * FROM "{schema}".src'},
+        "target": {"connection": "wh", "table": f"{schema}.{evil_table}"},
+        "keys": ["id"],
+        "scd": {"type": 1},
+    }
     settings = make_settings({schema: mapping})
     run = wait(launch(schema, settings=settings), settings=settings, timeout_s=60)
     assert run.status is RunStatus.SUCCESS, run.message
     with wh.connect() as conn:
         assert conn.execute(text(f'SELECT count(*) FROM "{schema}".victim')).scalar_one() == 0
-        rows = conn.execute(text(
-            f'SELECT "we""ird; DROP TABLE victim; --" FROM "{schema}"."evil""; DROP TABLE '
-            f'victim; --" ORDER BY id')).scalars().all()
+        rows = (
+            conn.execute(
+                text(
+                    f'SELECT "we""ird; DROP TABLE victim; --" FROM "{schema}"."evil""; DROP TABLE '
+                    f'victim; --" ORDER BY id'
+                )
+            )
+            .scalars()
+            .all()
+        )
     assert rows == ["a", "b"]

@@ -1,6 +1,7 @@
 """Flower, started with the documented command (``celery -A workers flower`` reading
 ./flowerconfig.py) against the session's broker: basic auth from FLOWER_BASIC_AUTH, loopback
 only by default, and through its HTTP API the live worker and the tasks of a real run."""
+
 from __future__ import annotations
 
 import ast
@@ -12,8 +13,14 @@ from coordinator.watch import wait
 from shared.engines import get_engine
 from shared.metadata import store
 from shared.run.statuses import RunStatus
-from tests.opsutil import (CeleryProcess, free_port, http_get, http_json, listening_addresses,
-                           wait_for)
+from tests.opsutil import (
+    CeleryProcess,
+    free_port,
+    http_get,
+    http_json,
+    listening_addresses,
+    wait_for,
+)
 from tests.pgdata import create_customers, scd2_mapping
 
 pytestmark = pytest.mark.e2e
@@ -24,13 +31,24 @@ AUTH = ("ops", "s3cret-flower")
 @pytest.fixture
 def flower(config_path, workers, tmp_path):
     port = free_port()
-    proc = CeleryProcess(["flower"], log_path=tmp_path / "flower.log", env={
-        "CHORDLOAD_CONFIG": str(config_path), "FLOWER_BASIC_AUTH": ":".join(AUTH),
-        "FLOWER_PORT": str(port), "FLOWER_ADDRESS": ""}).start()
+    proc = CeleryProcess(
+        ["flower"],
+        log_path=tmp_path / "flower.log",
+        env={
+            "CHORDLOAD_CONFIG": str(config_path),
+            "FLOWER_BASIC_AUTH": ":".join(AUTH),
+            "FLOWER_PORT": str(port),
+            "FLOWER_ADDRESS": "",
+        },
+    ).start()
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: not proc.alive() or http_get(f"{base}/healthcheck")[0] == 200,
-                 timeout_s=30, what="Flower's /healthcheck", diagnostics=proc.log_tail)
+        wait_for(
+            lambda: not proc.alive() or http_get(f"{base}/healthcheck")[0] == 200,
+            timeout_s=30,
+            what="Flower's /healthcheck",
+            diagnostics=proc.log_tail,
+        )
         assert proc.alive(), proc.log_tail()
         yield base, port
     finally:
@@ -38,9 +56,15 @@ def flower(config_path, workers, tmp_path):
 
 
 def test_flower_refuses_to_start_without_credentials(config_path, tmp_path):
-    proc = CeleryProcess(["flower"], log_path=tmp_path / "noauth.log", env={
-        "CHORDLOAD_CONFIG": str(config_path), "FLOWER_BASIC_AUTH": "",
-        "FLOWER_PORT": str(free_port())}).start()
+    proc = CeleryProcess(
+        ["flower"],
+        log_path=tmp_path / "noauth.log",
+        env={
+            "CHORDLOAD_CONFIG": str(config_path),
+            "FLOWER_BASIC_AUTH": "",
+            "FLOWER_PORT": str(free_port()),
+        },
+    ).start()
     try:
         proc.proc.wait(timeout=30)
     finally:
@@ -57,15 +81,25 @@ def test_flower_sees_workers_and_run_tasks(flower, workers, make_settings, wh, s
         assert http_get(url, ("ops", "wrong"))[0] == 401, url
 
     # events reach Flower (the worker's heartbeats) before the run starts
-    wait_for(lambda: (http_json(f"{base}/api/workers?status=1", AUTH) or {})
-             .get(workers.hostname) is True, timeout_s=30, what="the worker online in Flower")
+    wait_for(
+        lambda: (
+            (http_json(f"{base}/api/workers?status=1", AUTH) or {}).get(workers.hostname) is True
+        ),
+        timeout_s=30,
+        what="the worker online in Flower",
+    )
     online = http_json(f"{base}/api/workers?refresh=1", AUTH)
     assert workers.hostname in online
     assert online[workers.hostname]["stats"]["pool"]["max-concurrency"] == 2
 
     create_customers(wh, schema, 3_000)
-    settings = make_settings({"flowered": scd2_mapping(
-        schema, chunking={"rows_per_chunk": 1_000, "min_rows_for_parallel": 0})})
+    settings = make_settings(
+        {
+            "flowered": scd2_mapping(
+                schema, chunking={"rows_per_chunk": 1_000, "min_rows_for_parallel": 0}
+            )
+        }
+    )
     run_id = launch("flowered", settings=settings, chunks_override=3)
     assert wait(run_id, settings=settings, timeout_s=60).status is RunStatus.SUCCESS
     chunk_ids = {c.task_id for c in store.get_chunks(get_engine(settings.metadata), run_id)}
@@ -91,7 +125,10 @@ def test_flower_sees_workers_and_run_tasks(flower, workers, make_settings, wh, s
     # Prometheus scrapes /metrics (no auth in Flower 2.x: keep the port private)
     status, metrics = http_get(f"{base}/metrics")
     assert status == 200
-    samples = [line for line in metrics.decode().splitlines()
-               if line.startswith("flower_events_total{")]
-    assert any('task="chordload.load_chunk"' in line and 'type="task-succeeded"' in line
-               for line in samples), samples
+    samples = [
+        line for line in metrics.decode().splitlines() if line.startswith("flower_events_total{")
+    ]
+    assert any(
+        'task="chordload.load_chunk"' in line and 'type="task-succeeded"' in line
+        for line in samples
+    ), samples

@@ -1,5 +1,6 @@
 """Run lifecycle with real workers: stop that revokes, resume, the paths that make every run
 reach a terminal status, and the watch display."""
+
 from __future__ import annotations
 
 import os
@@ -15,15 +16,15 @@ import redis
 from sqlalchemy import text
 
 from coordinator.launch import launch
-from coordinator.watch import wait
 from coordinator.resume import resume
 from coordinator.stop import stop
+from coordinator.watch import wait
 from shared.engines import get_engine
-from shared.metadata import store
 from shared.lifecycle.reconcile import reconcile
+from shared.metadata import store
 from shared.run.statuses import ChunkStatus, RunStatus
 from tests.conftest import REDIS_URL, REPO, TOKEN
-from tests.pgdata import plan_document, BUSINESS_COLUMNS, create_customers, scd2_mapping
+from tests.pgdata import BUSINESS_COLUMNS, create_customers, plan_document, scd2_mapping
 from tests.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.e2e
@@ -42,11 +43,14 @@ def wait_until(condition, timeout_s: float = 60, interval_s: float = 0.05, what:
 def _target_matches_source(wh, schema: str) -> None:
     target, source = f'"{schema}"."dim_customer"', f'"{schema}"."customers"'
     with wh.connect() as conn:
-        diff = conn.execute(text(
-            f"SELECT count(*) FROM ((SELECT {BUSINESS_COLUMNS} FROM {target} WHERE is_current "
-            f"EXCEPT ALL SELECT {BUSINESS_COLUMNS} FROM {source}) UNION ALL (SELECT "
-            f"{BUSINESS_COLUMNS} FROM {source} EXCEPT ALL SELECT {BUSINESS_COLUMNS} FROM {target} "
-            f"WHERE is_current)) d")).scalar_one()
+        diff = conn.execute(
+            text(
+                f"SELECT count(*) FROM ((SELECT {BUSINESS_COLUMNS} FROM {target} WHERE is_current "
+                f"EXCEPT ALL SELECT {BUSINESS_COLUMNS} FROM {source}) UNION ALL (SELECT "
+                f"{BUSINESS_COLUMNS} FROM {source} EXCEPT ALL SELECT {BUSINESS_COLUMNS} FROM {target} "
+                f"WHERE is_current)) d"
+            )
+        ).scalar_one()
         versions = conn.execute(text(f"SELECT count(*) FROM {target}")).scalar_one()
         rows = conn.execute(text(f"SELECT count(*) FROM {source}")).scalar_one()
     assert diff == 0
@@ -55,13 +59,15 @@ def _target_matches_source(wh, schema: str) -> None:
 
 def test_stop_mid_run_then_resume(workers, make_settings, wh, schema):
     create_customers(wh, schema, 200_000)
-    mapping = scd2_mapping(schema, batch_rows=2_000,
-                           chunking={"rows_per_chunk": 10_000, "min_rows_for_parallel": 1})
+    mapping = scd2_mapping(
+        schema, batch_rows=2_000, chunking={"rows_per_chunk": 10_000, "min_rows_for_parallel": 1}
+    )
     settings = make_settings({schema: mapping})
     metadata = get_engine(settings.metadata)
     run_id = launch(schema, settings=settings)
-    wait_until(lambda: store.progress_totals(metadata, run_id)["chunks_done"] >= 2,
-               what="two chunks done")
+    wait_until(
+        lambda: store.progress_totals(metadata, run_id)["chunks_done"] >= 2, what="two chunks done"
+    )
 
     outcome = stop(run_id, settings=settings, reason="test")
     stopped_at = time.monotonic()
@@ -94,7 +100,9 @@ def test_stop_mid_run_then_resume(workers, make_settings, wh, schema):
     assert run.status is RunStatus.SUCCESS, run.message
     _target_matches_source(wh, schema)
     with wh.connect() as conn:
-        max_ts = conn.execute(text(f'SELECT max(updated_at) FROM "{schema}".customers')).scalar_one()
+        max_ts = conn.execute(
+            text(f'SELECT max(updated_at) FROM "{schema}".customers')
+        ).scalar_one()
     assert store.get_checkpoint(metadata, schema).value["value"] == max_ts.isoformat()
     assert all(c.status is ChunkStatus.SUCCESS for c in store.get_chunks(metadata, run_id))
 
@@ -105,8 +113,9 @@ def test_revoked_header_task_finalizes_run(workers, make_settings, wh, schema):
     from shared.broker import client_app
 
     create_customers(wh, schema, 60_000)
-    mapping = scd2_mapping(schema, batch_rows=2_000,
-                           chunking={"rows_per_chunk": 6_000, "min_rows_for_parallel": 1})
+    mapping = scd2_mapping(
+        schema, batch_rows=2_000, chunking={"rows_per_chunk": 6_000, "min_rows_for_parallel": 1}
+    )
     settings = make_settings({schema: mapping})
     metadata = get_engine(settings.metadata)
     run_id = launch(schema, settings=settings)
@@ -130,16 +139,19 @@ def test_lost_chord_callback_still_finishes_the_run(workers, make_settings, wh, 
     from shared.broker import client_app
 
     create_customers(wh, schema, 40_000)
-    mapping = scd2_mapping(schema, batch_rows=1_000,
-                           chunking={"rows_per_chunk": 5_000, "min_rows_for_parallel": 1})
+    mapping = scd2_mapping(
+        schema, batch_rows=1_000, chunking={"rows_per_chunk": 5_000, "min_rows_for_parallel": 1}
+    )
     settings = make_settings({schema: mapping})
     metadata = get_engine(settings.metadata)
     client = redis.Redis.from_url(REDIS_URL)
     prefix = settings.celery.broker_transport_options["global_keyprefix"]
     before = set(client.scan_iter(match=f"{prefix}celery-taskset-meta-*.s"))
     run_id = launch(schema, settings=settings)
-    keys = wait_until(lambda: set(client.scan_iter(match=f"{prefix}celery-taskset-meta-*.s"))
-                      - before, what="the chord's size key")
+    keys = wait_until(
+        lambda: set(client.scan_iter(match=f"{prefix}celery-taskset-meta-*.s")) - before,
+        what="the chord's size key",
+    )
     client.delete(*keys)
     run = wait(run_id, settings=settings, timeout_s=60)
     assert run.status is RunStatus.SUCCESS, run.message
@@ -160,15 +172,44 @@ def test_reconcile_finalizes_a_run_nobody_finalized(make_settings, session_setti
 
     metadata = get_engine(session_settings.metadata)
     run_id, mapref = uuid.uuid4().hex[:12], "orphan_" + uuid.uuid4().hex[:6]
-    store.create_run(metadata, ProcessLog(
-        run_id=run_id, mapref=mapref, status=RunStatus.RUNNING, created_at=utcnow(),
-        started_at=utcnow(), load_kind="initial", chunks_total=2, chunks_done=0, chunks_failed=0,
-        rows_read=0, rows_inserted=0, rows_changed=0, rows_unchanged=0, rows_errored=0,
-        mapping=plan_document()), [
-        ChunkLog(run_id=run_id, chunk_no=n, includes_nulls=n == 0, task_id=f"{run_id}.{n}",
-                 status=ChunkStatus.SUCCESS, rows_read=10, rows_inserted=10, rows_changed=0,
-                 rows_unchanged=0, rows_errored=0, batches_done=1, attempts=1,
-                 max_checkpoint={"type": "int", "value": 100 + n}) for n in range(2)])
+    store.create_run(
+        metadata,
+        ProcessLog(
+            run_id=run_id,
+            mapref=mapref,
+            status=RunStatus.RUNNING,
+            created_at=utcnow(),
+            started_at=utcnow(),
+            load_kind="initial",
+            chunks_total=2,
+            chunks_done=0,
+            chunks_failed=0,
+            rows_read=0,
+            rows_inserted=0,
+            rows_changed=0,
+            rows_unchanged=0,
+            rows_errored=0,
+            mapping=plan_document(),
+        ),
+        [
+            ChunkLog(
+                run_id=run_id,
+                chunk_no=n,
+                includes_nulls=n == 0,
+                task_id=f"{run_id}.{n}",
+                status=ChunkStatus.SUCCESS,
+                rows_read=10,
+                rows_inserted=10,
+                rows_changed=0,
+                rows_unchanged=0,
+                rows_errored=0,
+                batches_done=1,
+                attempts=1,
+                max_checkpoint={"type": "int", "value": 100 + n},
+            )
+            for n in range(2)
+        ],
+    )
     actions = [a for a in reconcile(session_settings) if a.run_id == run_id]
     assert [(a.action, a.status) for a in actions] == [("finalized", "SUCCESS")]
     run = store.get_run(metadata, run_id)
@@ -177,31 +218,45 @@ def test_reconcile_finalizes_a_run_nobody_finalized(make_settings, session_setti
     assert [a for a in reconcile(session_settings) if a.run_id == run_id] == []
 
 
-def test_worker_killed_during_last_chunk(session_settings, config_path, make_settings, wh, schema,
-                                         tmp_path, workers):
+def test_worker_killed_during_last_chunk(
+    session_settings, config_path, make_settings, wh, schema, tmp_path, workers
+):
     """Kill the only worker of a queue while its chunk runs: heartbeats stop, reconcile fails
     the run after visibility timeout + grace, and resume on live workers completes it."""
     create_customers(wh, schema, 60_000)
     kill_queue = f"cl-{TOKEN}-kill"
     mapping = scd2_mapping(schema, batch_rows=500, chunking={"min_rows_for_parallel": 10**9})
     settings = make_settings({schema: mapping})
-    doomed_settings = settings.model_copy(update={"celery": settings.celery.model_copy(update={
-        "queue": kill_queue, "visibility_timeout_s": 2, "heartbeat_grace_s": 1})})
-    worker = WorkerProcess(config_path, queue=kill_queue, name=f"doomed-{TOKEN}", concurrency=1,
-                           log_path=tmp_path / "doomed.log")
+    doomed_settings = settings.model_copy(
+        update={
+            "celery": settings.celery.model_copy(
+                update={"queue": kill_queue, "visibility_timeout_s": 2, "heartbeat_grace_s": 1}
+            )
+        }
+    )
+    worker = WorkerProcess(
+        config_path,
+        queue=kill_queue,
+        name=f"doomed-{TOKEN}",
+        concurrency=1,
+        log_path=tmp_path / "doomed.log",
+    )
     worker.start()
     metadata = get_engine(settings.metadata)
     try:
         run_id = launch(schema, settings=doomed_settings)
-        wait_until(lambda: store.get_chunk(metadata, run_id, 0).batches_done >= 3,
-                   what="the chunk to be mid-way")
+        wait_until(
+            lambda: store.get_chunk(metadata, run_id, 0).batches_done >= 3,
+            what="the chunk to be mid-way",
+        )
         os.killpg(worker.proc.pid, signal.SIGKILL)
         worker.proc.wait(10)
     finally:
         worker.stop()
     assert store.get_run(metadata, run_id).status is RunStatus.RUNNING
-    actions = wait_until(lambda: reconcile(doomed_settings), timeout_s=30, interval_s=0.5,
-                         what="reconcile to act")
+    actions = wait_until(
+        lambda: reconcile(doomed_settings), timeout_s=30, interval_s=0.5, what="reconcile to act"
+    )
     assert [(a.run_id, a.action, a.status) for a in actions] == [(run_id, "failed", "FAILED")]
     run = store.get_run(metadata, run_id)
     assert "stopped heart-beating" in run.message
@@ -212,17 +267,23 @@ def test_worker_killed_during_last_chunk(session_settings, config_path, make_set
 
 
 def _cli(config_path, *args, env=None):
-    return subprocess.run([sys.executable, "-m", "coordinator.cli", "--config", str(config_path),
-                           *args], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "coordinator.cli", "--config", str(config_path), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture
 def dim_config(config_path, base_config, schema, tmp_path):
     import yaml
 
-    mapping = scd2_mapping(schema, batch_rows=1_000,
-                           chunking={"rows_per_chunk": 10_000, "min_rows_for_parallel": 1})
+    mapping = scd2_mapping(
+        schema, batch_rows=1_000, chunking={"rows_per_chunk": 10_000, "min_rows_for_parallel": 1}
+    )
     path = tmp_path / "chordload.yaml"
     path.write_text(yaml.safe_dump({**base_config, "mappings": {schema: mapping}}))
     return path
@@ -258,9 +319,13 @@ def test_watch_plain_and_terminal(workers, dim_config, wh, schema):
 
     # terminal mode: a real pseudo-terminal, as a user at a shell would see it
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "--config", str(dim_config),
-                             "watch", run_id], cwd=REPO, stdout=slave, stderr=slave,
-                            env={**os.environ, "COLUMNS": "120"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordinator.cli", "--config", str(dim_config), "watch", run_id],
+        cwd=REPO,
+        stdout=slave,
+        stderr=slave,
+        env={**os.environ, "COLUMNS": "120"},
+    )
     os.close(slave)
     output = b""
     while True:

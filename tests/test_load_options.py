@@ -7,13 +7,13 @@ a composite key with NULLs; checkpoints (several KEY columns as a row value, lag
 --from/--to, PYTHON, AUTO); SCD2 valid_from from a column, a current valid_to sentinel,
 tracked columns; hard deletes (invalidate, new_record, SCD1); duplicate business keys in
 one extract, within one batch and across batches."""
+
 from __future__ import annotations
 
 import datetime as dt
 import json
 
 import pytest
-from sqlalchemy import text
 
 from coordinator.plan import plan_run
 from shared.engines import get_engine
@@ -21,13 +21,28 @@ from shared.errors import ConfigError
 from shared.metadata.models import Checkpoint
 from shared.metadata.store import session
 from shared.run.statuses import RunStatus
-from shared.timeutil import utcnow
 from shared.run.values import decode_value, encode_value
 from shared.run.window import chunk_select
-from tests.cliutil import (clean_cli_env, process_log_count, run_cli, table_exists,  # noqa: F401
-                           write_config)
-from tests.optdata import (KINDS, T0, Db, checkpoint, chunks, expected, mapping, normal,
-                           row, run, run_all)
+from shared.timeutil import utcnow
+from tests.cliutil import (
+    process_log_count,
+    run_cli,
+    table_exists,
+    write_config,
+)
+from tests.optdata import (
+    KINDS,
+    T0,
+    Db,
+    checkpoint,
+    chunks,
+    expected,
+    mapping,
+    normal,
+    row,
+    run,
+    run_all,
+)
 
 BUSINESS = ["id", "code", "name", "email", "city", "day", "ts", "version", "updated_at"]
 
@@ -46,8 +61,10 @@ def db(request, pg_urls, mariadb_url, sqlite_url):
 
 
 def current(db: Db, table: str, columns: list[str] = BUSINESS) -> list[dict]:
-    return sorted(db.rows(table, columns, "is_current = 1" if db.kind != "pg" else "is_current"),
-                  key=lambda r: (r["id"] is None, r["id"] or 0, r.get("code") or ""))
+    return sorted(
+        db.rows(table, columns, "is_current = 1" if db.kind != "pg" else "is_current"),
+        key=lambda r: (r["id"] is None, r["id"] or 0, r.get("code") or ""),
+    )
 
 
 def ordered(rows: list[dict]) -> list[dict]:
@@ -76,9 +93,13 @@ def test_chunking_strategies_cover_every_row_once(strategy, db, workers, make_se
     rows = [row(i) for i in range(1, 61)] + [row(None, c) for c in ("n1", "n2", "n3")]
     rows += [row(7, "b"), row(7, "c")]  # one id, several keys: offset bounds fall inside it
     source = db.create_source("src", rows)
-    spec = mapping(db, source, "dim", keys=["id", "code"],
-                   chunking={"strategy": strategy, "column": "id", "rows_per_chunk": 11,
-                             "max_chunks": 6})
+    spec = mapping(
+        db,
+        source,
+        "dim",
+        keys=["id", "code"],
+        chunking={"strategy": strategy, "column": "id", "rows_per_chunk": 11, "max_chunks": 6},
+    )
     settings = make_settings({db.name("m"): spec})
 
     first = run(settings, db.name("m"))
@@ -107,24 +128,38 @@ def _plan_counts(db: Db, settings, mapref: str):
     plan = plan_run(settings, mapref, settings.mapping(mapref), get_engine(settings.metadata))
     counts = []
     for chunk in plan.ranges:
-        sql, params = chunk_select(db.adapter, plan.run.spec.source.query, ["id"],
-                                   plan.run.window, plan.run.spec.split_columns, chunk)
+        sql, params = chunk_select(
+            db.adapter,
+            plan.run.spec.source.query,
+            ["id"],
+            plan.run.window,
+            plan.run.spec.split_columns,
+            chunk,
+        )
         counts.append(db.scalar(f"SELECT count(*) FROM ({sql}) c", **params))
     return plan, counts
 
 
-def test_range_and_quantile_on_date_and_timestamp_split_columns(db, make_settings,
-                                                                 metadata_ready):
+def test_range_and_quantile_on_date_and_timestamp_split_columns(db, make_settings, metadata_ready):
     rows = [row(i) for i in range(1, 41)] + [row(41, day=None, ts=None)]
     source = db.create_source("src", rows)
     maps = {}
     for split in ("day", "ts"):
         for strategy in ("range", "quantile"):
             maps[db.name(f"{split}_{strategy}")] = mapping(
-                db, source, f"dim_{split}_{strategy}", keys=[split, "id"],
-                chunking={"strategy": strategy, "column": split, "max_chunks": 5})
-    maps[db.name("text")] = mapping(db, source, "dim_text", keys=["code", "id"],
-                                    chunking={"strategy": "range", "column": "code"})
+                db,
+                source,
+                f"dim_{split}_{strategy}",
+                keys=[split, "id"],
+                chunking={"strategy": strategy, "column": split, "max_chunks": 5},
+            )
+    maps[db.name("text")] = mapping(
+        db,
+        source,
+        "dim_text",
+        keys=["code", "id"],
+        chunking={"strategy": "range", "column": "code"},
+    )
     settings = make_settings(maps)
     for split in ("day", "ts"):
         for strategy in ("range", "quantile"):
@@ -141,8 +176,12 @@ def test_range_and_quantile_on_date_and_timestamp_split_columns(db, make_setting
                 steps = {(b - a) for a, b in zip(bounds, bounds[1:])}
                 assert max(steps) - min(steps) <= dt.timedelta(days=1), steps
     with pytest.raises(ConfigError, match="range needs a numeric, date or timestamp split column"):
-        plan_run(settings, db.name("text"), settings.mapping(db.name("text")),
-                 get_engine(settings.metadata))
+        plan_run(
+            settings,
+            db.name("text"),
+            settings.mapping(db.name("text")),
+            get_engine(settings.metadata),
+        )
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -159,9 +198,16 @@ def test_key_checkpoint_on_two_columns_with_lag_full_and_backfill(db, workers, m
     rows = [row(i, updated_at=when(i // 3)) for i in range(1, 31)]  # three rows per second
     source = db.create_source("src", rows)
     mapref = db.name("m")
-    settings = make_settings({mapref: mapping(
-        db, source, "dim", checkpoint={"strategy": "KEY", "columns": ["updated_at", "id"],
-                                       "lag": 2})})
+    settings = make_settings(
+        {
+            mapref: mapping(
+                db,
+                source,
+                "dim",
+                checkpoint={"strategy": "KEY", "columns": ["updated_at", "id"], "lag": 2},
+            )
+        }
+    )
 
     first = run(settings, mapref)
     ok(first)
@@ -171,8 +217,12 @@ def test_key_checkpoint_on_two_columns_with_lag_full_and_backfill(db, workers, m
     by_id = {r["id"]: r for r in rows}
     for i in (5, 6):  # changed
         by_id[i] = {**by_id[i], "name": f"changed {i}", "updated_at": when(20)}
-        db.execute(f"UPDATE {db.ident('src')} SET name = :n, updated_at = :u WHERE id = :i",
-                   n=f"changed {i}", u=when(20), i=i)
+        db.execute(
+            f"UPDATE {db.ident('src')} SET name = :n, updated_at = :u WHERE id = :i",
+            n=f"changed {i}",
+            u=when(20),
+            i=i,
+        )
     late = [row(31, updated_at=when(10)), row(32, updated_at=when(9))]  # a tie and a late row
     db.insert("src", late)
     by_id.update({r["id"]: r for r in late})
@@ -180,8 +230,13 @@ def test_key_checkpoint_on_two_columns_with_lag_full_and_backfill(db, workers, m
     ok(second)
     window = _window_count(list(by_id.values()), (when(8), 30), (when(20), 6))
     assert {r["id"] for r in window} == {27, 28, 29, 30, 31, 32, 5, 6}
-    assert (second.load_kind, second.rows_read, second.rows_changed, second.rows_inserted,
-            second.rows_unchanged) == ("incremental", 8, 2, 2, 4)
+    assert (
+        second.load_kind,
+        second.rows_read,
+        second.rows_changed,
+        second.rows_inserted,
+        second.rows_unchanged,
+    ) == ("incremental", 8, 2, 2, 4)
     assert "lag 2" in second.plan_note
     assert second.checkpoint_from == encode_value((_cp(db, when(10)), 30))
     assert checkpoint(settings, mapref) == encode_value((_cp(db, when(20)), 6))
@@ -196,8 +251,12 @@ def test_key_checkpoint_on_two_columns_with_lag_full_and_backfill(db, workers, m
     # a correction that did not touch updated_at: only a backfill of its window sees it
     db.execute(f"UPDATE {db.ident('src')} SET city = 'Fixed' WHERE id = 4")
     by_id[4] = {**by_id[4], "city": "Fixed"}
-    backfill = run(settings, mapref, window_from=f"{ts_text(db, when(1))},0",
-                   window_to=f"{ts_text(db, when(3))},99")
+    backfill = run(
+        settings,
+        mapref,
+        window_from=f"{ts_text(db, when(1))},0",
+        window_to=f"{ts_text(db, when(3))},99",
+    )
     ok(backfill)
     assert backfill.load_kind == "backfill" and "does not move" in backfill.plan_note
     assert (backfill.rows_read, backfill.rows_changed) == (7, 1)  # ids 3..11 but 5 and 6
@@ -215,28 +274,47 @@ def test_lag_moves_the_window_of_dates_and_numbers(db, make_settings, metadata_r
     """lag is days for a date checkpoint and units for a number; the plan's window starts that
     far below the stored checkpoint, which the summary still shows as checkpoint_from."""
     source = db.create_source("src", [row(i) for i in range(1, 11)])
-    maps = {db.name("by_day"): mapping(db, source, "dim_day",
-                                       checkpoint={"strategy": "KEY", "column": "day", "lag": 2},
-                                       chunking={"exact_count": True}),
-            db.name("by_version"): mapping(db, source, "dim_v",
-                                           checkpoint={"strategy": "AUTO", "column": "id",
-                                                       "lag": 3})}
+    maps = {
+        db.name("by_day"): mapping(
+            db,
+            source,
+            "dim_day",
+            checkpoint={"strategy": "KEY", "column": "day", "lag": 2},
+            chunking={"exact_count": True},
+        ),
+        db.name("by_version"): mapping(
+            db, source, "dim_v", checkpoint={"strategy": "AUTO", "column": "id", "lag": 3}
+        ),
+    }
     settings = make_settings(maps)
     metadata = get_engine(settings.metadata)
     stored_day = "2025-01-06" if db.kind == "lite" else dt.date(2025, 1, 6)
     with session(metadata) as s, s.begin():
         for mapref, value in ((db.name("by_day"), stored_day), (db.name("by_version"), 7)):
-            s.merge(Checkpoint(mapref=mapref, value=encode_value(value), value_type="x",
-                               run_id="seeded", updated_at=utcnow()))
-    by_day = plan_run(settings, db.name("by_day"), settings.mapping(db.name("by_day")),
-                      metadata)
+            s.merge(
+                Checkpoint(
+                    mapref=mapref,
+                    value=encode_value(value),
+                    value_type="x",
+                    run_id="seeded",
+                    updated_at=utcnow(),
+                )
+            )
+    by_day = plan_run(settings, db.name("by_day"), settings.mapping(db.name("by_day")), metadata)
     assert normal("day", by_day.run.window.lower) == dt.date(2025, 1, 4)
     assert by_day.run.checkpoint_from == stored_day and by_day.run.load_kind == "incremental"
     assert by_day.estimated_rows == 8  # days 2025-01-04 .. 2025-01-11
-    by_version = plan_run(settings, db.name("by_version"),  # AUTO with a column: KEY
-                          settings.mapping(db.name("by_version")), metadata).run
+    by_version = plan_run(
+        settings,
+        db.name("by_version"),  # AUTO with a column: KEY
+        settings.mapping(db.name("by_version")),
+        metadata,
+    ).run
     assert (by_version.window.lower, by_version.window.upper, by_version.load_kind) == (
-        4, 10, "incremental")
+        4,
+        10,
+        "incremental",
+    )
 
 
 @pytest.mark.e2e
@@ -247,8 +325,12 @@ def test_python_checkpoint(db, workers, make_settings):
     rows = [row(i) for i in range(1, 31)]
     source = db.create_source("src", rows)
     mapref = db.name("m")
-    spec = mapping(db, source, "dim", checkpoint={
-        "strategy": "PYTHON", "function": "tests.checkpoint_functions:version_then_id"})
+    spec = mapping(
+        db,
+        source,
+        "dim",
+        checkpoint={"strategy": "PYTHON", "function": "tests.checkpoint_functions:version_then_id"},
+    )
     settings = make_settings({mapref: spec})
 
     first = run(settings, mapref, chunks_override=4)
@@ -258,8 +340,9 @@ def test_python_checkpoint(db, workers, make_settings):
     assert (first.rows_read, first.rows_inserted) == (30, 30)
     assert checkpoint(settings, mapref) == {"type": "int", "value": 1030}
     lagged = make_settings({mapref: {**spec, "checkpoint": {**spec["checkpoint"], "lag": 5}}})
-    python_filter = plan_run(lagged, mapref, lagged.mapping(mapref),
-                             get_engine(settings.metadata)).run.python_filter
+    python_filter = plan_run(
+        lagged, mapref, lagged.mapping(mapref), get_engine(settings.metadata)
+    ).run.python_filter
     assert (python_filter.lower, python_filter.lower_inclusive) == (1025, False)
     assert [python_filter.keeps(v) for v in (1025, 1026, None)] == [False, True, False]
     settings = make_settings({mapref: spec})
@@ -294,10 +377,17 @@ def test_scd2_valid_from_column_and_current_valid_to_sentinel(db, workers, make_
     rows = [row(i) for i in range(1, 21)]
     source = db.create_source("src", rows)
     mapref = db.name("m")
-    settings = make_settings({mapref: mapping(
-        db, source, "dim", scd={"type": 2, "valid_from": "updated_at",
-                                "current_valid_to": "9999-12-31"},
-        checkpoint={"strategy": "KEY", "column": "updated_at"})})
+    settings = make_settings(
+        {
+            mapref: mapping(
+                db,
+                source,
+                "dim",
+                scd={"type": 2, "valid_from": "updated_at", "current_valid_to": "9999-12-31"},
+                checkpoint={"strategy": "KEY", "column": "updated_at"},
+            )
+        }
+    )
     sentinel = dt.datetime(9999, 12, 31)
     audit = ["id", "name", "updated_at", "valid_from", "valid_to", "is_current"]
 
@@ -305,12 +395,18 @@ def test_scd2_valid_from_column_and_current_valid_to_sentinel(db, workers, make_
     for r in current(db, "dim", audit):
         assert (r["valid_from"], r["valid_to"]) == (r["updated_at"], sentinel), r
     with db.engine.connect() as conn:  # validity columns typed like the source column
-        types = {c.name: c.type.kind.value for c in db.adapter.source_columns(
-            conn, f"SELECT valid_from, valid_to FROM {db.ident('dim')}")}
+        types = {
+            c.name: c.type.kind.value
+            for c in db.adapter.source_columns(
+                conn, f"SELECT valid_from, valid_to FROM {db.ident('dim')}"
+            )
+        }
     assert types == {"valid_from": "timestamp", "valid_to": "timestamp"}
 
-    db.execute(f"UPDATE {db.ident('src')} SET city = 'Kyiv', updated_at = :u WHERE id IN (4, 9)",
-               u=when(100))
+    db.execute(
+        f"UPDATE {db.ident('src')} SET city = 'Kyiv', updated_at = :u WHERE id IN (4, 9)",
+        u=when(100),
+    )
     second = run(settings, mapref)
     ok(second)
     assert (second.rows_changed, second.rows_inserted) == (2, 0)
@@ -326,8 +422,9 @@ def test_scd2_tracked_columns_version_others_update_in_place(db, workers, make_s
     rows = [row(i) for i in range(1, 13)]
     source = db.create_source("src", rows)
     mapref = db.name("m")
-    settings = make_settings({mapref: mapping(
-        db, source, "dim", scd={"type": 2, "tracked": ["name", "city"]})})
+    settings = make_settings(
+        {mapref: mapping(db, source, "dim", scd={"type": 2, "tracked": ["name", "city"]})}
+    )
     first = run(settings, mapref)
     ok(first)
 
@@ -345,7 +442,11 @@ def test_scd2_tracked_columns_version_others_update_in_place(db, workers, make_s
     for key, city, email in ((3, "Kyiv", "e3@x.org"), (4, "Baku", "b@x.org")):
         old, new = _versions(db, "dim", key, cols)
         assert (old["city"], old["is_current"], new["city"], new["email"]) == (
-            rows[key - 1]["city"], False, city, email)
+            rows[key - 1]["city"],
+            False,
+            city,
+            email,
+        )
     third = run(settings, mapref)
     ok(third)
     assert (third.rows_changed, third.rows_unchanged) == (0, 12)
@@ -361,12 +462,27 @@ def test_hard_deletes_on_full_loads(db, workers, make_settings):
     rows = [row(i) for i in range(1, 13)] + [row(None, "nul")]
     source = db.create_source("src", rows)
     names = {"inv": db.name("inv"), "new": db.name("new"), "s1": db.name("s1")}
-    settings = make_settings({
-        names["inv"]: mapping(db, source, "dim_inv", scd={"type": 2, "deletes": "invalidate"}),
-        names["new"]: mapping(db, source, "dim_new", scd={
-            "type": 2, "deletes": "new_record", "current_valid_to": "9999-12-31 23:59:59"}),
-        names["s1"]: mapping(db, source, "dim_s1", scd={
-            "type": 1, "deletes": "invalidate", "audit_columns": {"updated_at": "dw_updated_at"}})})
+    settings = make_settings(
+        {
+            names["inv"]: mapping(db, source, "dim_inv", scd={"type": 2, "deletes": "invalidate"}),
+            names["new"]: mapping(
+                db,
+                source,
+                "dim_new",
+                scd={"type": 2, "deletes": "new_record", "current_valid_to": "9999-12-31 23:59:59"},
+            ),
+            names["s1"]: mapping(
+                db,
+                source,
+                "dim_s1",
+                scd={
+                    "type": 1,
+                    "deletes": "invalidate",
+                    "audit_columns": {"updated_at": "dw_updated_at"},
+                },
+            ),
+        }
+    )
     maprefs = list(names.values())
     for result in run_all(settings, *maprefs):
         ok(result)
@@ -386,8 +502,10 @@ def test_hard_deletes_on_full_loads(db, workers, make_settings):
     history = db.rows("dim_new", cols + ["is_deleted", "row_hash"], gone, order="sk")
     assert len(history) == 6
     tombstones = [r for r in history if r["is_current"]]
-    assert len(tombstones) == 3 and all(r["is_deleted"] and r["row_hash"] == "deleted"
-                                        and r["run_id"] == new.run_id for r in tombstones)
+    assert len(tombstones) == 3 and all(
+        r["is_deleted"] and r["row_hash"] == "deleted" and r["run_id"] == new.run_id
+        for r in tombstones
+    )
     assert {r["valid_to"] for r in tombstones} == {dt.datetime(9999, 12, 31, 23, 59, 59)}
     assert all(r["valid_from"] == normal("valid_from", new.created_at) for r in tombstones)
     assert db.scalar(f"SELECT count(*) FROM {db.ident('dim_s1')}") == 10
@@ -395,12 +513,18 @@ def test_hard_deletes_on_full_loads(db, workers, make_settings):
 
     db.insert("src", [row(2, name="back")])
     results = run_all(settings, *maprefs)
-    assert [(r.status.value, r.rows_inserted, r.rows_changed, r.rows_deleted, r.message)
-            for r in results] == [("SUCCESS", 1, 0, 0, None), ("SUCCESS", 0, 1, 0, None),
-                                  ("SUCCESS", 1, 0, 0, None)]
+    assert [
+        (r.status.value, r.rows_inserted, r.rows_changed, r.rows_deleted, r.message)
+        for r in results
+    ] == [("SUCCESS", 1, 0, 0, None), ("SUCCESS", 0, 1, 0, None), ("SUCCESS", 1, 0, 0, None)]
     for table in ("dim_inv", "dim_new", "dim_s1"):
-        where = "id = 2" + (" AND is_current" if table != "dim_s1" and db.kind == "pg" else
-                            " AND is_current = 1" if table != "dim_s1" else "")
+        where = "id = 2" + (
+            " AND is_current"
+            if table != "dim_s1" and db.kind == "pg"
+            else " AND is_current = 1"
+            if table != "dim_s1"
+            else ""
+        )
         assert db.all(f"SELECT name FROM {db.ident(table)} WHERE {where}")[0][0] == "back"
     assert db.scalar(f"SELECT count(*) FROM {db.ident('dim_new')} WHERE id = 2") == 3
 
@@ -413,26 +537,49 @@ def test_duplicate_keys_highest_checkpoint_wins(db, workers, make_settings):
     later batch than its first row (a later winner overwrites the version this run wrote,
     moving its predecessor's valid_to along); batch_rows 100 resolves them in one batch."""
     rows = [row(i) for i in range(1, 11)]
-    rows += [row(11, name="loser", updated_at=when(50)), row(11, name="winner", updated_at=when(60))]
-    rows += [row(12, name="winner", updated_at=when(70)), row(12, name="loser", updated_at=when(65))]
-    rows += [row(13, name="first", updated_at=when(40)), row(13, name="winner", updated_at=when(80)),
-             row(13, name="third", updated_at=when(45))]
+    rows += [
+        row(11, name="loser", updated_at=when(50)),
+        row(11, name="winner", updated_at=when(60)),
+    ]
+    rows += [
+        row(12, name="winner", updated_at=when(70)),
+        row(12, name="loser", updated_at=when(65)),
+    ]
+    rows += [
+        row(13, name="first", updated_at=when(40)),
+        row(13, name="winner", updated_at=when(80)),
+        row(13, name="third", updated_at=when(45)),
+    ]
     rows += [row(14), row(14)]  # exact duplicates
     source = db.create_source("src", rows)
     scd2 = {"type": 2, "valid_from": "updated_at"}
     cp = {"strategy": "KEY", "column": "updated_at"}
     names = {"one": db.name("one"), "many": db.name("many"), "s1": db.name("s1")}
-    settings = make_settings({
-        names["one"]: mapping(db, source, "dim_one", scd=scd2, checkpoint=cp, batch_rows=1),
-        names["many"]: mapping(db, source, "dim_many", scd=scd2, checkpoint=cp, batch_rows=100),
-        names["s1"]: mapping(db, source, "dim_s1", checkpoint=cp, batch_rows=1, scd={
-            "type": 1, "audit_columns": {"updated_at": "dw_updated_at"}})})
+    settings = make_settings(
+        {
+            names["one"]: mapping(db, source, "dim_one", scd=scd2, checkpoint=cp, batch_rows=1),
+            names["many"]: mapping(db, source, "dim_many", scd=scd2, checkpoint=cp, batch_rows=100),
+            names["s1"]: mapping(
+                db,
+                source,
+                "dim_s1",
+                checkpoint=cp,
+                batch_rows=1,
+                scd={"type": 1, "audit_columns": {"updated_at": "dw_updated_at"}},
+            ),
+        }
+    )
     winners = {r["id"]: r for r in sorted(rows, key=lambda r: r["updated_at"])}
     want = ordered(expected(list(winners.values()), BUSINESS))
     for result in run_all(settings, *names.values()):
         ok(result)
-        assert (result.rows_read, result.rows_inserted, result.rows_changed,
-                result.rows_unchanged, result.rows_duplicate) == (19, 14, 0, 0, 5), result.run_id
+        assert (
+            result.rows_read,
+            result.rows_inserted,
+            result.rows_changed,
+            result.rows_unchanged,
+            result.rows_duplicate,
+        ) == (19, 14, 0, 0, 5), result.run_id
     for table in ("dim_one", "dim_many"):
         assert current(db, table) == want, table
         assert db.scalar(f"SELECT count(*) FROM {db.ident(table)}") == 14, "one version a key"
@@ -451,12 +598,18 @@ def test_duplicate_keys_highest_checkpoint_wins(db, workers, make_settings):
 
     # an incremental run that changes key 3 twice: one new version, from the later row (the
     # window re-reads key 13's winner at the checkpoint: unchanged)
-    db.insert("src", [row(3, name="v2 early", updated_at=when(90)),
-                      row(3, name="v2 late", updated_at=when(95))])
+    db.insert(
+        "src",
+        [row(3, name="v2 early", updated_at=when(90)), row(3, name="v2 late", updated_at=when(95))],
+    )
     for result in run_all(settings, *names.values()):
         ok(result)
-        assert (result.rows_read, result.rows_changed, result.rows_unchanged,
-                result.rows_duplicate) == (3, 1, 1, 1)
+        assert (
+            result.rows_read,
+            result.rows_changed,
+            result.rows_unchanged,
+            result.rows_duplicate,
+        ) == (3, 1, 1, 1)
     cols = ["id", "name", "valid_from", "valid_to", "is_current"]
     for table in ("dim_one", "dim_many"):
         old, new = _versions(db, table, 3, cols)
@@ -468,27 +621,33 @@ def test_duplicate_keys_highest_checkpoint_wins(db, workers, make_settings):
 def _replay_chunks(settings, mapref: str) -> None:
     """Load every chunk of the mapping's last run again in this process, as a redelivered
     task would (its attempt counts as a replay), and check the counts come out the same."""
+    from sqlalchemy import update
+
+    from coordinator.launch import chunk_range
+    from shared.chunk.load import load_chunk
     from shared.metadata import store
     from shared.metadata.models import ChunkLog
     from shared.run.statuses import ChunkStatus
-    from sqlalchemy import update
-    from shared.chunk.load import load_chunk
-
-    from coordinator.launch import chunk_range
 
     metadata = get_engine(settings.metadata)
     last = store.latest_run(metadata, mapref)
-    before = [(c.rows_read, c.rows_inserted, c.rows_changed, c.rows_unchanged, c.rows_duplicate)
-              for c in store.get_chunks(metadata, last.run_id)]
+    before = [
+        (c.rows_read, c.rows_inserted, c.rows_changed, c.rows_unchanged, c.rows_duplicate)
+        for c in store.get_chunks(metadata, last.run_id)
+    ]
     for chunk in store.get_chunks(metadata, last.run_id):
         with metadata.begin() as conn:
-            conn.execute(update(ChunkLog).where(ChunkLog.run_id == last.run_id,
-                                                ChunkLog.chunk_no == chunk.chunk_no)
-                         .values(status=ChunkStatus.PENDING))
+            conn.execute(
+                update(ChunkLog)
+                .where(ChunkLog.run_id == last.run_id, ChunkLog.chunk_no == chunk.chunk_no)
+                .values(status=ChunkStatus.PENDING)
+            )
         result = load_chunk(settings, last.run_id, chunk_range(chunk), "replay")
         assert result.status is ChunkStatus.SUCCESS, result.error
-    after = [(c.rows_read, c.rows_inserted, c.rows_changed, c.rows_unchanged, c.rows_duplicate)
-             for c in store.get_chunks(metadata, last.run_id)]
+    after = [
+        (c.rows_read, c.rows_inserted, c.rows_changed, c.rows_unchanged, c.rows_duplicate)
+        for c in store.get_chunks(metadata, last.run_id)
+    ]
     assert [c.attempts for c in store.get_chunks(metadata, last.run_id)] == [2] * len(after)
     assert after == before
 
@@ -546,8 +705,7 @@ def _refusal_python_module_missing(m):
 
 
 def _refusal_python_not_callable(m):
-    m["checkpoint"] = {"strategy": "PYTHON",
-                       "function": "tests.checkpoint_functions:NOT_CALLABLE"}
+    m["checkpoint"] = {"strategy": "PYTHON", "function": "tests.checkpoint_functions:NOT_CALLABLE"}
     return [], ["has no function 'NOT_CALLABLE'"]
 
 
@@ -564,8 +722,10 @@ def _refusal_lag_on_text(m):
 def _refusal_range_on_text(m):
     m["keys"] = ["code", "id"]
     m["chunking"] = {"strategy": "range", "min_rows_for_parallel": 0, "rows_per_chunk": 2}
-    return [], ["chunking.strategy range needs a numeric, date or timestamp split column",
-                "'code' holds str values"]
+    return [], [
+        "chunking.strategy range needs a numeric, date or timestamp split column",
+        "'code' holds str values",
+    ]
 
 
 def _refusal_backfill_without_checkpoint(m):
@@ -592,13 +752,17 @@ def _refusal_from_wrong_arity(m):
     return ["--from", "2026-01-01 00:00:00"], ["expected 2 comma-separated values"]
 
 
-REFUSALS = {name.removeprefix("_refusal_"): fn for name, fn in globals().items()
-            if name.startswith("_refusal_")}
+REFUSALS = {
+    name.removeprefix("_refusal_"): fn
+    for name, fn in globals().items()
+    if name.startswith("_refusal_")
+}
 
 
 @pytest.mark.parametrize("case", sorted(REFUSALS))
-def test_refused_options_exit_2_and_write_nothing(case, clean_cli_env, base_config, wh, schema,
-                                                  tmp_path, capsys):
+def test_refused_options_exit_2_and_write_nothing(
+    case, clean_cli_env, base_config, wh, schema, tmp_path, capsys
+):
     db = Db("pg", "wh", base_config["connections"]["wh"], schema)
     source = db.create_source("src", [row(i) for i in range(1, 6)])
     spec = mapping(db, source, "dim", chunking={"min_rows_for_parallel": 10**6})
@@ -616,8 +780,9 @@ def test_refused_options_exit_2_and_write_nothing(case, clean_cli_env, base_conf
 
 # -- the command line: --full, --from/--to and the new counters in the JSON summary -----------------
 @pytest.mark.e2e
-def test_cli_full_backfill_and_summary_counters(workers, clean_cli_env, base_config, wh, schema,
-                                                tmp_path, capsys):
+def test_cli_full_backfill_and_summary_counters(
+    workers, clean_cli_env, base_config, wh, schema, tmp_path, capsys
+):
     db = Db("pg", "wh", base_config["connections"]["wh"], schema)
     rows = [row(i) for i in range(1, 9)] + [row(8, name="dup", updated_at=when(1))]
     source = db.create_source("src", rows)
@@ -626,18 +791,27 @@ def test_cli_full_backfill_and_summary_counters(workers, clean_cli_env, base_con
     path = write_config(tmp_path / "chordload.yaml", base_config, {"k": keyed, "f": full})
 
     def cli(*argv: str) -> dict:
-        result = run_cli(capsys, "run", *argv, "--wait", "--json", "--timeout-s", "60",
-                         "--config", path)
+        result = run_cli(
+            capsys, "run", *argv, "--wait", "--json", "--timeout-s", "60", "--config", path
+        )
         assert result.code == 0, result
         return json.loads(result.out)
 
     first = cli("k")
-    assert (first["rows_read"], first["rows_inserted"], first["rows_duplicate"],
-            first["rows_deleted"], first["load_kind"]) == (9, 8, 1, 0, "initial")
+    assert (
+        first["rows_read"],
+        first["rows_inserted"],
+        first["rows_duplicate"],
+        first["rows_deleted"],
+        first["load_kind"],
+    ) == (9, 8, 1, 0, "initial")
     assert first["checkpoint_to"] == when(8).isoformat()
     again = cli("k", "--full")
     assert (again["load_kind"], again["rows_read"], again["checkpoint_to"]) == (
-        "full", 9, when(8).isoformat())
+        "full",
+        9,
+        when(8).isoformat(),
+    )
     back = cli("k", "--from", "2026-01-01 00:00:02", "--to", "2026-01-01 00:00:04")
     assert (back["load_kind"], back["rows_read"], back["checkpoint_to"]) == ("backfill", 3, None)
     assert back["checkpoint_from"] == when(8).isoformat()
@@ -701,17 +875,23 @@ def test_lag_stride_and_command_line_values():
         minus_lag("abc", 1)
     assert stride_bounds(1, 100, 4) == [25, 50, 75]
     assert stride_bounds(dt.date(2026, 1, 1), dt.date(2026, 1, 9), 4) == [
-        dt.date(2026, 1, 3), dt.date(2026, 1, 5), dt.date(2026, 1, 7)]
+        dt.date(2026, 1, 3),
+        dt.date(2026, 1, 5),
+        dt.date(2026, 1, 7),
+    ]
     assert stride_bounds("2026-01-01T00:00:00", "2026-01-01T00:00:09", 3) == [
-        "2026-01-01T00:00:03", "2026-01-01T00:00:06"]
+        "2026-01-01T00:00:03",
+        "2026-01-01T00:00:06",
+    ]
     assert stride_bounds(1, 3, 8) == [1, 2]  # never more bounds than distinct values
     with pytest.raises(TypeError):
         stride_bounds("apple", "pear", 2)
-    assert coerce_like("2026-01-01 10:00", dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)) == \
-        dt.datetime(2026, 1, 1, 10, tzinfo=dt.timezone.utc)
+    assert coerce_like("2026-01-01 10:00", dt.datetime(2025, 1, 1, tzinfo=dt.UTC)) == dt.datetime(
+        2026, 1, 1, 10, tzinfo=dt.UTC
+    )
     assert coerce_like("2026-01-01 10:00, 7", (dt.datetime(2025, 1, 1), 1)) == (
-        dt.datetime(2026, 1, 1, 10), 7)
+        dt.datetime(2026, 1, 1, 10),
+        7,
+    )
     row_value = (dt.datetime(2026, 1, 1), "x", None)
     assert decode_value(encode_value(row_value)) == row_value
-
-

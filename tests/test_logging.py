@@ -1,6 +1,7 @@
 """Structured logs, read from real worker log files: every line about a run carries its
 run_id, mapref and chunk_no - Celery's own "received" line in the worker's main process as
 well as the task's lines in the pool processes - one line per event, text or JSON."""
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,10 @@ import yaml
 
 from coordinator.launch import launch
 from coordinator.watch import wait
+from shared.config.settings import settings_from_dict
 from shared.engines import get_engine
 from shared.logging_context import bind_run_context, current_run_context, parse_task_id
 from shared.metadata import store
-from shared.config.settings import settings_from_dict
 from shared.run.statuses import RunStatus
 from tests.opsutil import wait_for
 from tests.pgdata import create_customers, scd2_mapping
@@ -22,16 +23,19 @@ from tests.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.e2e
 
-TEXT_LINE = re.compile(r"^\[[^\]]+\] (?P<logger>\S+) run_id=(?P<run_id>\S+) mapref=(?P<mapref>\S+) "
-                       r"chunk_no=(?P<chunk_no>\S+): (?P<message>.*)$")
+TEXT_LINE = re.compile(
+    r"^\[[^\]]+\] (?P<logger>\S+) run_id=(?P<run_id>\S+) mapref=(?P<mapref>\S+) "
+    r"chunk_no=(?P<chunk_no>\S+): (?P<message>.*)$"
+)
 
 
 def _small_run(settings, mapref: str, chunks: int = 3):
     run_id = launch(mapref, settings=settings, chunks_override=chunks)
     run = wait(run_id, settings=settings, timeout_s=60)
     assert run.status is RunStatus.SUCCESS, run.message
-    task_ids = {c.chunk_no: c.task_id
-                for c in store.get_chunks(get_engine(settings.metadata), run_id)}
+    task_ids = {
+        c.chunk_no: c.task_id for c in store.get_chunks(get_engine(settings.metadata), run_id)
+    }
     assert len(task_ids) == chunks
     return run_id, task_ids
 
@@ -66,9 +70,16 @@ def test_text_log_lines_of_a_run_carry_run_mapref_and_chunk(workers, make_settin
         return [line for line in text.splitlines() if run_id in line]
 
     # the chord body's "succeeded" line is the last one of the run
-    lines = wait_for(lambda: (ls := run_lines()) and any(
-        finalize_id in line and "succeeded" in line for line in ls) and ls,
-        timeout_s=30, what="the finalize task's 'succeeded' line", diagnostics=workers.log_tail)
+    lines = wait_for(
+        lambda: (
+            (ls := run_lines())
+            and any(finalize_id in line and "succeeded" in line for line in ls)
+            and ls
+        ),
+        timeout_s=30,
+        what="the finalize task's 'succeeded' line",
+        diagnostics=workers.log_tail,
+    )
 
     parsed = []
     for line in lines:
@@ -97,9 +108,14 @@ def test_json_log_lines(base_config, session_settings, wh, schema, tmp_path_fact
     workdir = tmp_path_factory.mktemp("jsonlog")
     config = workdir / "chordload.yaml"
     config.write_text(yaml.safe_dump(raw))
-    worker = WorkerProcess(config, queue=queue, name=f"json-{queue}", concurrency=2,
-                           log_path=workdir / "worker.log",
-                           extra_env={"CHORDLOAD_LOG_JSON": "1"})
+    worker = WorkerProcess(
+        config,
+        queue=queue,
+        name=f"json-{queue}",
+        concurrency=2,
+        log_path=workdir / "worker.log",
+        extra_env={"CHORDLOAD_LOG_JSON": "1"},
+    )
     worker.start()
     try:
         create_customers(wh, schema, 2_000)
@@ -113,10 +129,19 @@ def test_json_log_lines(base_config, session_settings, wh, schema, tmp_path_fact
                     out.append(json.loads(line))  # every line about the run is JSON
             return out
 
-        docs = wait_for(lambda: (r := records()) and any(
-            d["task_name"] == "chordload.finalize_run" and "succeeded" in d["message"]
-            for d in r) and r, timeout_s=30, what="finalize 'succeeded' JSON line",
-            diagnostics=worker.log_tail)
+        docs = wait_for(
+            lambda: (
+                (r := records())
+                and any(
+                    d["task_name"] == "chordload.finalize_run" and "succeeded" in d["message"]
+                    for d in r
+                )
+                and r
+            ),
+            timeout_s=30,
+            what="finalize 'succeeded' JSON line",
+            diagnostics=worker.log_tail,
+        )
     finally:
         worker.stop()
     assert all(d["run_id"] == run_id and d["mapref"] == "log_json" for d in docs)

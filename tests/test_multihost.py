@@ -5,6 +5,7 @@ Redis and Postgres only over its veth link. One run uses both; then one host is 
 If the machine refuses network namespaces, the same run is proven with the two workers as
 separate process groups on this host instead, and the test says so in its output.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,8 +53,11 @@ class Host:
         _ip("link", "set", self.ns_if, "netns", self.netns)
         _ip("addr", "add", f"{self.gateway}/30", "dev", self.host_if)
         _ip("link", "set", self.host_if, "up")
-        for args in (("addr", "add", f"{self.address}/30", "dev", self.ns_if),
-                     ("link", "set", self.ns_if, "up"), ("link", "set", "lo", "up")):
+        for args in (
+            ("addr", "add", f"{self.address}/30", "dev", self.ns_if),
+            ("link", "set", self.ns_if, "up"),
+            ("link", "set", "lo", "up"),
+        ):
             _ip("netns", "exec", self.netns, "ip", *args)
 
     def expose(self, port: int) -> int:
@@ -116,19 +120,23 @@ def _config_for(base_config: dict, host: Host | None) -> dict:
                 for old, new in swap.items():
                     value = value.replace(old, new)
                 section[key] = value
-    config["connections"] = {k: v for k, v in config["connections"].items()
-                             if v.startswith("postgresql")}
+    config["connections"] = {
+        k: v for k, v in config["connections"].items() if v.startswith("postgresql")
+    }
     return config
 
 
-def test_workers_on_two_hosts_survive_losing_one(base_config, session_settings, make_settings,
-                                                 wh, schema, tmp_path, capsys):
+def test_workers_on_two_hosts_survive_losing_one(
+    base_config, session_settings, make_settings, wh, schema, tmp_path, capsys
+):
     create_customers(wh, schema, 120_000)
-    mapping = scd2_mapping(schema, batch_rows=1_000,
-                           chunking={"rows_per_chunk": 10_000, "min_rows_for_parallel": 1})
+    mapping = scd2_mapping(
+        schema, batch_rows=1_000, chunking={"rows_per_chunk": 10_000, "min_rows_for_parallel": 1}
+    )
     settings = make_settings({schema: mapping})
-    run_settings = settings.model_copy(update={"celery": settings.celery.model_copy(
-        update={"queue": f"cl-{TOKEN}-hosts"})})
+    run_settings = settings.model_copy(
+        update={"celery": settings.celery.model_copy(update={"queue": f"cl-{TOKEN}-hosts"})}
+    )
     metadata = get_engine(settings.metadata)
     env = {"CHORDLOAD_VISIBILITY_TIMEOUT_S": "10"}
 
@@ -143,15 +151,22 @@ def test_workers_on_two_hosts_survive_losing_one(base_config, session_settings, 
                 host.create()
         else:
             with capsys.disabled():
-                print("\nnetwork namespaces refused here: the two 'hosts' are separate process "
-                      "groups on this machine")
+                print(
+                    "\nnetwork namespaces refused here: the two 'hosts' are separate process "
+                    "groups on this machine"
+                )
         for label, host in hosts.items():
             path = tmp_path / f"{label}.yaml"
             path.write_text(yaml.safe_dump(_config_for(base_config, host)))
             workers[label] = WorkerProcess(
-                path, queue=f"cl-{TOKEN}-hosts", name=f"host{label}-{TOKEN}", concurrency=1,
-                log_path=tmp_path / f"{label}.log", extra_env=env,
-                command_prefix=["ip", "netns", "exec", host.netns] if host else None)
+                path,
+                queue=f"cl-{TOKEN}-hosts",
+                name=f"host{label}-{TOKEN}",
+                concurrency=1,
+                log_path=tmp_path / f"{label}.log",
+                extra_env=env,
+                command_prefix=["ip", "netns", "exec", host.netns] if host else None,
+            )
             workers[label].start()
 
         run_id = launch(schema, settings=run_settings)
@@ -159,9 +174,14 @@ def test_workers_on_two_hosts_survive_losing_one(base_config, session_settings, 
         def b_is_mid_chunk():
             chunks = store.get_chunks(metadata, run_id)
             hosts_seen = {c.worker.split("@")[0] for c in chunks if c.worker}
-            running_on_b = [c for c in chunks if c.status is ChunkStatus.RUNNING
-                            and c.worker and c.worker.startswith(f"hostb-{TOKEN}")
-                            and c.batches_done >= 2]
+            running_on_b = [
+                c
+                for c in chunks
+                if c.status is ChunkStatus.RUNNING
+                and c.worker
+                and c.worker.startswith(f"hostb-{TOKEN}")
+                and c.batches_done >= 2
+            ]
             return running_on_b[0] if len(hosts_seen) == 2 and running_on_b else None
 
         taken = wait_until(b_is_mid_chunk, timeout_s=60, what="both hosts loading, b mid-chunk")
@@ -170,8 +190,11 @@ def test_workers_on_two_hosts_survive_losing_one(base_config, session_settings, 
         # the wire, so no database transaction of b is left holding row locks. (Cutting the
         # link first would leave b's transaction open behind the forwarder until TCP
         # keepalive: see the note on partitions in docs/operations.md.)
-        wait_until(lambda: not _group_alive(workers["b"].proc.pid), timeout_s=30,
-                   what="host b's processes to exit")
+        wait_until(
+            lambda: not _group_alive(workers["b"].proc.pid),
+            timeout_s=30,
+            what="host b's processes to exit",
+        )
         if hosts["b"]:
             hosts["b"].cut_off()  # ...and unreachable
         run = wait(run_id, settings=settings, timeout_s=120)
@@ -185,12 +208,16 @@ def test_workers_on_two_hosts_survive_losing_one(base_config, session_settings, 
     chunks = store.get_chunks(metadata, run_id)
     assert {c.worker.split("@")[0] for c in chunks} >= {f"hosta-{TOKEN}"}
     redone = store.get_chunk(metadata, run_id, taken.chunk_no)
-    assert redone.attempts >= 2 and redone.worker.startswith(f"hosta-{TOKEN}"), \
+    assert redone.attempts >= 2 and redone.worker.startswith(f"hosta-{TOKEN}"), (
         "host a took over the chunk host b was loading"
+    )
     target, source = f'"{schema}"."dim_customer"', f'"{schema}"."customers"'
     with wh.connect() as conn:
-        diff = conn.execute(text(
-            f"SELECT count(*) FROM ((SELECT {BUSINESS_COLUMNS} FROM {target} EXCEPT ALL SELECT "
-            f"{BUSINESS_COLUMNS} FROM {source}) UNION ALL (SELECT {BUSINESS_COLUMNS} FROM "
-            f"{source} EXCEPT ALL SELECT {BUSINESS_COLUMNS} FROM {target})) d")).scalar_one()
+        diff = conn.execute(
+            text(
+                f"SELECT count(*) FROM ((SELECT {BUSINESS_COLUMNS} FROM {target} EXCEPT ALL SELECT "
+                f"{BUSINESS_COLUMNS} FROM {source}) UNION ALL (SELECT {BUSINESS_COLUMNS} FROM "
+                f"{source} EXCEPT ALL SELECT {BUSINESS_COLUMNS} FROM {target})) d"
+            )
+        ).scalar_one()
     assert diff == 0, "target equals source, one version per key"

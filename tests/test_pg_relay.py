@@ -1,6 +1,7 @@
 """The COPY relay on its own (shared/dialects/relay.py), against the real PostgreSQL:
 batches of whole lines equal to COPY's own output, an error of the source query raised to
 the consumer, and a relay abandoned mid-stream that cancels its COPY promptly."""
+
 from __future__ import annotations
 
 import time
@@ -33,8 +34,10 @@ def _copy_output(conn, sql: str) -> bytes:
 
 
 def test_batches_are_whole_lines_of_copy_output(dbapi):
-    sql = ("COPY (SELECT g, 'line ' || g || E'\\n\\ttab\\\\', g * 0.5 FROM generate_series(1, 2500) g) "
-           "TO STDOUT")
+    sql = (
+        "COPY (SELECT g, 'line ' || g || E'\\n\\ttab\\\\', g * 0.5 FROM generate_series(1, 2500) g) "
+        "TO STDOUT"
+    )
     relay = CopyRelay(dbapi, sql, batch_rows=1_000)
     batches = list(relay)
     assert relay.finished
@@ -45,8 +48,11 @@ def test_batches_are_whole_lines_of_copy_output(dbapi):
 
 
 def test_an_error_of_the_source_query_reaches_the_consumer(dbapi):
-    relay = CopyRelay(dbapi, "COPY (SELECT 1 / (g - 1500) FROM generate_series(1, 3000) g) "
-                             "TO STDOUT", batch_rows=1_000)
+    relay = CopyRelay(
+        dbapi,
+        "COPY (SELECT 1 / (g - 1500) FROM generate_series(1, 3000) g) TO STDOUT",
+        batch_rows=1_000,
+    )
     seen = 0
     with pytest.raises(psycopg2.errors.DivisionByZero):
         for batch in relay:
@@ -57,8 +63,11 @@ def test_an_error_of_the_source_query_reaches_the_consumer(dbapi):
 
 
 def test_an_abandoned_relay_cancels_its_copy(dbapi):
-    relay = CopyRelay(dbapi, "COPY (SELECT g, repeat('x', 100) FROM generate_series(1, 50000000) g) "
-                             "TO STDOUT", batch_rows=1_000)
+    relay = CopyRelay(
+        dbapi,
+        "COPY (SELECT g, repeat('x', 100) FROM generate_series(1, 50000000) g) TO STDOUT",
+        batch_rows=1_000,
+    )
     first = next(iter(relay))
     assert first.count(b"\n") == 1_000
     started = time.monotonic()

@@ -1,4 +1,5 @@
 """A real ``celery -A workers worker`` process for end-to-end tests."""
+
 from __future__ import annotations
 
 import os
@@ -12,9 +13,18 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class WorkerProcess:
-    def __init__(self, config_path: Path, *, queue: str, name: str, concurrency: int = 2,
-                 log_path: Path, extra_env: dict[str, str] | None = None,
-                 broker_url: str | None = None, command_prefix: list[str] | None = None):
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        queue: str,
+        name: str,
+        concurrency: int = 2,
+        log_path: Path,
+        extra_env: dict[str, str] | None = None,
+        broker_url: str | None = None,
+        command_prefix: list[str] | None = None,
+    ):
         self.config_path = config_path
         self.queue = queue
         self.name = name
@@ -31,14 +41,37 @@ class WorkerProcess:
 
     def start(self, ready_timeout_s: float = 60) -> None:
         env = {**os.environ, "CHORDLOAD_CONFIG": str(self.config_path), **self.extra_env}
-        cmd = [*self.command_prefix, sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "prefork",
-               "--concurrency", str(self.concurrency), "--queues", self.queue,
-               "--hostname", self.hostname, "--loglevel", "INFO", "--without-mingle",
-               "--without-gossip"]
+        cmd = [
+            *self.command_prefix,
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(self.concurrency),
+            "--queues",
+            self.queue,
+            "--hostname",
+            self.hostname,
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         self.wait_ready(ready_timeout_s)
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -58,7 +91,9 @@ class WorkerProcess:
             replies = app.control.ping(destination=[self.hostname], timeout=1.0)
             if replies:
                 return
-        raise RuntimeError(f"worker {self.hostname} not ready after {timeout_s}s: {self.log_tail()}")
+        raise RuntimeError(
+            f"worker {self.hostname} not ready after {timeout_s}s: {self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -4,6 +4,7 @@
 first use from the config (``workers/celery_app.py``), so importing the task module alone needs no
 config.
 """
+
 from __future__ import annotations
 
 from typing import Any

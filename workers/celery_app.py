@@ -5,20 +5,19 @@ when it names the broker and the metadata database. A worker (or beat, or Flower
 without any of them refuses to start and says how to give it one, instead of running
 against some default broker.
 """
+
 from __future__ import annotations
 
 import sys
 import threading
-from typing import Any
 
 from celery import Celery
 
-from shared.broker import celery_app
+from shared import logging_context
+from shared.broker import WORKER_TASK_MODULES, celery_app
 from shared.config.settings import Settings, load_settings
 from shared.errors import ConfigError
 from workers import logging_setup  # structured logs via Celery's signals
-
-TASK_MODULES = ("workers.tasks",)
 
 _app: Celery | None = None
 _lock = threading.Lock()
@@ -27,7 +26,8 @@ _lock = threading.Lock()
 def build_app(settings: Settings) -> Celery:
     """A workers' app for ``settings`` (the demo runs one in-process)."""
     logging_setup.use_metadata(settings.metadata)
-    return celery_app(settings, include=TASK_MODULES)
+    logging_context.use_json_lines(settings.log_json)
+    return celery_app(settings, include=WORKER_TASK_MODULES)
 
 
 def worker_app() -> Celery:
@@ -46,4 +46,4 @@ def worker_app() -> Celery:
 
 def settings_of(app: Celery) -> Settings:
     """The settings an app was built from (tasks take them from their own app)."""
-    return app.chordload_settings  # type: ignore[attr-defined,no-any-return]
+    return app.chordload_settings

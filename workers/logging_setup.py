@@ -9,6 +9,7 @@
 
 Imported by ``workers/celery_app.py``; nothing here changes what tasks do.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,7 +23,7 @@ from shared.broker import FINALIZE_RUN, LOAD_CHUNK
 from shared.engines import get_engine
 from shared.run.task_ids import parse_task_id
 
-_tokens: dict[str, Any] = {}
+_tokens: dict[str | None, Any] = {}  # by task id (the signals type it Optional)
 
 
 @signals.after_setup_logger.connect
@@ -53,14 +54,16 @@ def run_fields(task_name: str, task_id: str | None, args: Any, kwargs: Any) -> d
 
 
 @signals.task_prerun.connect
-def _bind_run(task_id: str | None = None, task: Any = None, args: Any = None,
-              kwargs: Any = None, **_: Any) -> None:
+def _bind_run(
+    task_id: str | None = None, task: Any = None, args: Any = None, kwargs: Any = None, **_: Any
+) -> None:
     if task is None or not str(task.name).startswith("chordload."):
         return
     fields = run_fields(task.name, task_id, args, kwargs)
     if fields:
-        fields["mapref"] = logging_context.mapref_for(str(fields["run_id"])) \
-            or logging_context.UNKNOWN
+        fields["mapref"] = (
+            logging_context.mapref_for(str(fields["run_id"])) or logging_context.UNKNOWN
+        )
         _tokens[task_id] = logging_context.set_run_context(**fields)
 
 
@@ -81,8 +84,9 @@ def _lookup_mapref(metadata_url: str, run_id: str) -> str | None:
 
     # a log line must not hang on a database that is down: the quick engine gives up fast
     with get_engine(metadata_url, quick=True).connect() as conn:
-        return conn.execute(select(ProcessLog.mapref).where(
-            ProcessLog.run_id == run_id)).scalar_one_or_none()
+        return conn.execute(
+            select(ProcessLog.mapref).where(ProcessLog.run_id == run_id)
+        ).scalar_one_or_none()
 
 
 def use_metadata(metadata_url: str) -> None:

@@ -3,8 +3,11 @@ code that does the work. Messages carry only run id, chunk number and bounds (JS
 task rebuilds what it needs from the metadata database and the app's config.
 
 The tasks are ``shared_task``s, so they belong to whichever app loads this module: the
-worker's (``workers/celery_app.py``) or the demo's in-process worker.
+worker's (``workers/celery_app.py``) or the demo's in-process worker. Their Celery names
+(``shared/broker.py``) are the contract; the Python functions end in ``_task`` so they never
+shadow the functions they call.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,11 +19,11 @@ from celery import Task, current_app, shared_task, states
 from celery.result import AsyncResult
 
 from shared import broker
-from shared.chunk.load import load_chunk as load_chunk_range
+from shared.chunk.load import load_chunk
 from shared.engines import get_engine
 from shared.errors import is_transient_db_error
-from shared.lifecycle.finalize import finalize_run as finalize
-from shared.lifecycle.reconcile import reconcile as reconcile_runs
+from shared.lifecycle.finalize import finalize_run
+from shared.lifecycle.reconcile import reconcile
 from shared.logging_context import bind_run_context
 from shared.metadata import store
 from shared.retry import TASK_METADATA
@@ -32,7 +35,9 @@ log = logging.getLogger("chordload.tasks")
 
 
 @shared_task(name=broker.LOAD_CHUNK, bind=True, max_retries=None)
-def load_chunk(self: Task, run_id: str, chunk_no: int, bounds: dict[str, Any]) -> dict[str, Any]:
+def load_chunk_task(
+    self: Task, run_id: str, chunk_no: int, bounds: dict[str, Any]
+) -> dict[str, Any]:
     """Header task of a run's chord: load one key range.
 
     Transient failures retry as a Celery retry of this same task id (the chord counts the
@@ -42,9 +47,14 @@ def load_chunk(self: Task, run_id: str, chunk_no: int, bounds: dict[str, Any]) -
     """
     chunk = ChunkRange.from_message(bounds)
     try:
-        result = load_chunk_range(settings_of(self.app), run_id, chunk,
-                                  self.request.hostname or "worker", task_id=self.request.id,
-                                  retries_done=self.request.retries)
+        result = load_chunk(
+            settings_of(self.app),
+            run_id,
+            chunk,
+            self.request.hostname or "worker",
+            task_id=self.request.id,
+            retries_done=self.request.retries,
+        )
     except Exception as exc:
         if is_transient_db_error(exc) and self.request.retries < TASK_METADATA.attempts:
             raise self.retry(countdown=TASK_METADATA.backoff_s(self.request.retries)) from exc
@@ -55,18 +65,19 @@ def load_chunk(self: Task, run_id: str, chunk_no: int, bounds: dict[str, Any]) -
 
 
 @shared_task(name=broker.FINALIZE_RUN, bind=True)
-def finalize_run(self: Task, run_id: str, launch: int = 1) -> dict[str, Any]:
+def finalize_run_task(self: Task, run_id: str, launch: int = 1) -> dict[str, Any]:
     """Chord body. Normally every chunk is terminal by now; if one is not (a duplicate
     delivery counted twice by the chord), finalizing is left to that chunk's own end."""
-    outcome = finalize(settings_of(self.app), run_id, launch=launch)
+    outcome = finalize_run(settings_of(self.app), run_id, launch=launch)
     status = outcome.status.value if outcome else None
     log.info("run %s finalized: %s", run_id, status)
     return {"run_id": run_id, "status": status}
 
 
 @shared_task(name=broker.ON_RUN_ERROR)
-def on_run_error(request: Any, exc: BaseException, traceback: Any, run_id: str,
-                 launch: int = 1) -> None:
+def on_run_error(
+    request: Any, exc: BaseException, traceback: Any, run_id: str, launch: int = 1
+) -> None:
     """Chord errback: Celery calls it instead of the body when a header task was revoked,
     lost or raised (the chord fires only once every header task has returned, so chunks still
     open in chunk_log are the ones whose task did not run to its end). Not bound: Celery
@@ -79,32 +90,36 @@ def on_run_error(request: Any, exc: BaseException, traceback: Any, run_id: str,
         log.info("run %s: errback of an earlier launch (%s); ignored", run_id, launch)
         return
     open_chunks = [c for c in store.get_chunks(metadata, run_id) if not c.status.is_terminal]
-    revoked = [c for c in open_chunks
-               if AsyncResult(c.task_id, app=app).state == states.REVOKED]
+    revoked = [c for c in open_chunks if AsyncResult(c.task_id, app=app).state == states.REVOKED]
     for chunk in revoked:
-        store.finish_chunk(metadata, run_id, chunk.chunk_no, ChunkStatus.REVOKED,
-                           "its task was revoked")
-    finalize(settings, run_id, unfinished_chunks=ChunkStatus.FAILED, launch=launch,
-             reason=f"chord failed: {exc}")
+        store.finish_chunk(
+            metadata, run_id, chunk.chunk_no, ChunkStatus.REVOKED, "its task was revoked"
+        )
+    finalize_run(
+        settings,
+        run_id,
+        unfinished_chunks=ChunkStatus.FAILED,
+        launch=launch,
+        reason=f"chord failed: {exc}",
+    )
 
 
 @shared_task(name=broker.RECONCILE, bind=True)
-def reconcile(self: Task) -> list[dict[str, Any]]:
+def reconcile_task(self: Task) -> list[dict[str, Any]]:
     """Periodic (beat): finalize or fail runs that would otherwise stay RUNNING forever."""
-    actions = reconcile_runs(settings_of(self.app))
+    actions = reconcile(settings_of(self.app))
     for action in actions:
         with bind_run_context(run_id=action.run_id, mapref=action.mapref):
-            log.warning("reconcile: run %s %s -> %s", action.run_id, action.action,
-                        action.status)
+            log.warning("reconcile: run %s %s -> %s", action.run_id, action.action, action.status)
     return [asdict(a) for a in actions]
 
 
 @shared_task(name=broker.DISPATCH_DUE, bind=True, ignore_result=True)
-def dispatch_due(self: Task) -> list[dict[str, Any]]:
+def dispatch_due_task(self: Task) -> list[dict[str, Any]]:
     """Periodic (beat, every few seconds): launch the mappings whose schedule slot is due
     (``coordinator/schedule.py``). Each slot is claimed once in the metadata database, so
     extra dispatches (two beats, redelivery) are harmless."""
-    from coordinator.schedule import dispatch_due as dispatch
+    from coordinator.schedule import dispatch_due
 
     claimer = f"{self.request.hostname or 'worker'}/{os.getpid()}"
-    return [o.to_json() for o in dispatch(settings_of(self.app), claimed_by=claimer)]
+    return [o.to_json() for o in dispatch_due(settings_of(self.app), claimed_by=claimer)]

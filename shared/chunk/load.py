@@ -13,10 +13,12 @@ Between two PostgreSQL databases a chunk relays COPY text from source to stage w
 parsing a value (``shared/dialects/relay.py``); batches that need a closer look are read
 back as rows, and a batch refused for its data restarts the chunk on the typed path.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
@@ -29,8 +31,13 @@ from shared.config.settings import Settings
 from shared.dialects import adapter_for
 from shared.dialects.relay import Relay, relay_between
 from shared.engines import READ_ONLY, get_engine
-from shared.errors import (RelayRefused, StopRequested, describe_db_error, is_data_error,
-                           is_transient_db_error)
+from shared.errors import (
+    RelayRefused,
+    StopRequested,
+    describe_db_error,
+    is_data_error,
+    is_transient_db_error,
+)
 from shared.lifecycle.finalize import finalize_run
 from shared.metadata import store
 from shared.metadata.store import BatchProgress, ChunkStartOutcome, RecordedBatch
@@ -57,18 +64,31 @@ class Pass(Enum):
     # duplicates
 
 
-def load_chunk(settings: Settings, run_id: str, chunk: ChunkRange, worker: str,
-               task_id: str | None = None, retries_done: int = 0) -> ChunkResult:
+def load_chunk(
+    settings: Settings,
+    run_id: str,
+    chunk: ChunkRange,
+    worker: str,
+    task_id: str | None = None,
+    retries_done: int = 0,
+) -> ChunkResult:
     metadata = get_engine(settings.metadata, pre_ping=False)
-    start = store.begin_chunk(metadata, run_id, chunk.chunk_no, f"{worker}/{os.getpid()}",
-                              task_id)
+    start = store.begin_chunk(metadata, run_id, chunk.chunk_no, f"{worker}/{os.getpid()}", task_id)
     if start.outcome is ChunkStartOutcome.SUPERSEDED:
-        log.info("run %s chunk %s: task %s belongs to an earlier launch; nothing to do", run_id,
-                 chunk.chunk_no, task_id)
+        log.info(
+            "run %s chunk %s: task %s belongs to an earlier launch; nothing to do",
+            run_id,
+            chunk.chunk_no,
+            task_id,
+        )
         return ChunkResult(chunk.chunk_no, ChunkStatus.REVOKED, error="superseded by a resume")
     if start.outcome is ChunkStartOutcome.ENDED:
-        log.info("run %s chunk %s is already %s; this delivery does nothing", run_id,
-                 chunk.chunk_no, start.status.value)
+        log.info(
+            "run %s chunk %s is already %s; this delivery does nothing",
+            run_id,
+            chunk.chunk_no,
+            start.status.value,
+        )
         return ChunkResult(chunk.chunk_no, start.status, error=start.message)
     if start.outcome is ChunkStartOutcome.STOPPED:
         if store.open_chunk_count(metadata, run_id) == 0:
@@ -88,15 +108,26 @@ def load_chunk(settings: Settings, run_id: str, chunk: ChunkRange, worker: str,
         result.error = describe_db_error(exc)
         retries = plan.spec.retries
         if is_transient_db_error(exc) and retries_done < retries.max:
-            result.retry_in_s = chunk_retry_delay_s(retries, retries_done,
-                                                    settings.visibility_timeout_s)
+            result.retry_in_s = chunk_retry_delay_s(
+                retries, retries_done, settings.visibility_timeout_s
+            )
             result.status = ChunkStatus.PENDING
-            store.retry_chunk(metadata, run_id, chunk.chunk_no,
-                              f"attempt {retries_done + 1} failed ({result.error}); retry "
-                              f"{retries_done + 1}/{retries.max} in {result.retry_in_s:.1f}s")
-            log.warning("run %s chunk %s: transient error, retry %d/%d in %.1fs: %s", run_id,
-                        chunk.chunk_no, retries_done + 1, retries.max, result.retry_in_s,
-                        result.error)
+            store.retry_chunk(
+                metadata,
+                run_id,
+                chunk.chunk_no,
+                f"attempt {retries_done + 1} failed ({result.error}); retry "
+                f"{retries_done + 1}/{retries.max} in {result.retry_in_s:.1f}s",
+            )
+            log.warning(
+                "run %s chunk %s: transient error, retry %d/%d in %.1fs: %s",
+                run_id,
+                chunk.chunk_no,
+                retries_done + 1,
+                retries.max,
+                result.retry_in_s,
+                result.error,
+            )
             return result
         result.status = ChunkStatus.FAILED
         if is_transient_db_error(exc):
@@ -109,8 +140,12 @@ def load_chunk(settings: Settings, run_id: str, chunk: ChunkRange, worker: str,
     # the run's row, so the last one always counts zero open chunks; the count keeps the other
     # chunks from loading the whole run.
     last_batch = load.unrecorded if load is not None else None
-    if store.finish_chunk(metadata, run_id, chunk.chunk_no, result.status, result.error,
-                          last_batch) == 0:
+    if (
+        store.finish_chunk(
+            metadata, run_id, chunk.chunk_no, result.status, result.error, last_batch
+        )
+        == 0
+    ):
         finalize_run(settings, run_id)
     return result
 
@@ -133,8 +168,14 @@ def run_plan(metadata: Engine, run_id: str, launch: int) -> RunPlan:
 class ChunkLoad:
     """One attempt at one chunk: the streaming loop and the per-batch apply."""
 
-    def __init__(self, settings: Settings, plan: RunPlan, chunk: ChunkRange,
-                 result: ChunkResult, replay: bool = False):
+    def __init__(
+        self,
+        settings: Settings,
+        plan: RunPlan,
+        chunk: ChunkRange,
+        result: ChunkResult,
+        replay: bool = False,
+    ):
         spec = plan.spec
         self.replay = replay  # an earlier attempt of this run may have written these rows
         self.plan = plan
@@ -163,8 +204,12 @@ class ChunkLoad:
                         if self._run_relayed(tconn, relay):
                             return
                     except RelayRefused as exc:
-                        log.info("run %s chunk %s: %s; loading it again typed, to isolate the "
-                                 "bad rows", self.plan.run_id, self.chunk.chunk_no, exc)
+                        log.info(
+                            "run %s chunk %s: %s; loading it again typed, to isolate the bad rows",
+                            self.plan.run_id,
+                            self.chunk.chunk_no,
+                            exc,
+                        )
                         self._restart_typed()
                 self._run_typed(tconn)
             finally:
@@ -176,17 +221,24 @@ class ChunkLoad:
 
     def _chunk_sql(self) -> tuple[str, dict[str, Any]]:
         spec = self.plan.spec
-        return chunk_select(self.source_adapter, spec.source.query, self.plan.columns,
-                            self.plan.window, self.plan.split_columns, self.chunk,
-                            order_by=spec.keys)
+        return chunk_select(
+            self.source_adapter,
+            spec.source.query,
+            self.plan.columns,
+            self.plan.window,
+            self.plan.split_columns,
+            self.chunk,
+            order_by=spec.keys,
+        )
 
     def _ensure_stage(self, tconn: Connection) -> None:
         """The stage typed batches load through, made on first use (a relayed chunk may
         never need it)."""
         if not self.stage:
             with tconn.begin():
-                self.stage = self.target_adapter.chunk_stage(tconn, self.plan.spec.target,
-                                                              self.plan.columns)
+                self.stage = self.target_adapter.chunk_stage(
+                    tconn, self.plan.spec.target, self.plan.columns
+                )
 
     def _run_typed(self, tconn: Connection) -> None:
         """Read the chunk as Python rows and load them batch by batch."""
@@ -274,36 +326,49 @@ class ChunkLoad:
         rows, values = self.checkpoint.in_window(rows)
         resolved = self.duplicates.resolve(rows, values)
         with tconn.begin():
-            counts, bad = (self._apply_slice(tconn, resolved.fresh, self._pass())
-                           if resolved.fresh else (ApplyCounts(), []))
-            rewrite_bad = (self._apply_slice(tconn, resolved.rewrites, Pass.REWRITE)[1]
-                           if resolved.rewrites else [])
+            counts, bad = (
+                self._apply_slice(tconn, resolved.fresh, self._pass())
+                if resolved.fresh
+                else (ApplyCounts(), [])
+            )
+            rewrite_bad = (
+                self._apply_slice(tconn, resolved.rewrites, Pass.REWRITE)[1]
+                if resolved.rewrites
+                else []
+            )
         bad += rewrite_bad
         self.duplicates.reject([row for row, _ in bad])
         bad_ids = {id(row) for row, _ in bad}
         good_max = max_value([v for row, v in zip(rows, values) if id(row) not in bad_ids])
-        self._record(len(rows), counts, bad,
-                     resolved.dropped + len(resolved.rewrites) - len(rewrite_bad), good_max)
+        self._record(
+            len(rows),
+            counts,
+            bad,
+            resolved.dropped + len(resolved.rewrites) - len(rewrite_bad),
+            good_max,
+        )
 
-    def _apply_slice(self, tconn: Connection, rows: list[tuple],
-                     how: Pass) -> tuple[ApplyCounts, list[tuple[tuple, str]]]:
+    def _apply_slice(
+        self, tconn: Connection, rows: list[tuple], how: Pass
+    ) -> tuple[ApplyCounts, list[tuple[tuple, str]]]:
         """Stage and apply ``rows`` in a savepoint, bisecting around rows the target
         rejects for their data. Returns the counts of what was applied and the
         (row, message) pairs that were rejected."""
         adapter, columns = self.target_adapter, self.plan.columns
 
-        def attempt(part: list[tuple]) -> ApplyCounts:
+        def attempt(part: Sequence[tuple]) -> ApplyCounts:
             adapter.clear_stage(tconn, self.stage)
             adapter.load_stage(tconn, self.stage, columns, part)
             return self._apply(tconn, self.stage, len(part), self._has_null_keys(part), how)
 
         return bisect(tconn, rows, attempt, ApplyCounts.__add__, ApplyCounts())
 
-    def _has_null_keys(self, rows: list[tuple]) -> bool:
+    def _has_null_keys(self, rows: Sequence[tuple]) -> bool:
         return any(row[i] is None for row in rows for i in self.key_positions)
 
-    def _apply(self, conn: Connection, stage: str, staged_rows: int, has_null_keys: bool,
-               how: Pass) -> ApplyCounts:
+    def _apply(
+        self, conn: Connection, stage: str, staged_rows: int, has_null_keys: bool, how: Pass
+    ) -> ApplyCounts:
         """Apply the staged rows. A REWRITE or REPLAY first overwrites, in place, the
         versions this run wrote for these keys; a REWRITE is then counted by the caller (as
         duplicates), a REPLAY as the earlier attempt counted it."""
@@ -311,18 +376,24 @@ class ChunkLoad:
         now = utcnow()
         if how is not Pass.FIRST:
             scd.replace_own_versions(conn, target, stage, has_null_keys, now=now)
-        counts = scd.apply(conn, target, stage, staged_rows, has_null_keys,
-                           valid_from=plan.valid_from, now=now)
+        counts = scd.apply(
+            conn, target, stage, staged_rows, has_null_keys, valid_from=plan.valid_from, now=now
+        )
         if how is Pass.REWRITE:
             return ApplyCounts()
         if how is Pass.REPLAY and counts.unchanged:
-            counts += scd.count_applied_by_run(conn, target, stage, has_null_keys,
-                                               plan.valid_from)
+            counts += scd.count_applied_by_run(conn, target, stage, has_null_keys, plan.valid_from)
         return counts
 
     # -- progress -------------------------------------------------------------------------------
-    def _record(self, rows_read: int, counts: ApplyCounts, bad: list[tuple[tuple, str]],
-                duplicate: int, batch_max: Value) -> None:
+    def _record(
+        self,
+        rows_read: int,
+        counts: ApplyCounts,
+        bad: list[tuple[tuple, str]],
+        duplicate: int,
+        batch_max: Value,
+    ) -> None:
         """Add a committed batch to the chunk's result; chunk_log gets it from
         ``_record_previous`` or with the chunk's end (one metadata write fewer per chunk)."""
         result = self.result
@@ -334,19 +405,22 @@ class ChunkLoad:
         result.counts.errored += len(bad)
         result.counts.duplicate += duplicate
         self.unrecorded = RecordedBatch(
-            BatchProgress(rows_read, counts.inserted, counts.changed, counts.unchanged, len(bad),
-                          duplicate),
-            encode_value(result.max_checkpoint), [self._error_row(row, msg) for row, msg in bad])
+            BatchProgress(
+                rows_read, counts.inserted, counts.changed, counts.unchanged, len(bad), duplicate
+            ),
+            encode_value(result.max_checkpoint),
+            [self._error_row(row, msg) for row, msg in bad],
+        )
 
     def _record_previous(self) -> None:
         """Before the next batch: record the previous one (progress, heartbeat) and stop
         here if the run has a stop request (begin_chunk checked before the first batch)."""
         batch, self.unrecorded = self.unrecorded, None
-        if batch is not None and store.record_batch(self.metadata, self.plan.run_id,
-                                                    self.chunk.chunk_no, batch):
+        if batch is not None and store.record_batch(
+            self.metadata, self.plan.run_id, self.chunk.chunk_no, batch
+        ):
             raise StopRequested()
 
     def _error_row(self, row: tuple, message: str) -> dict[str, Any]:
         data = {c: json_safe(v) for c, v in zip(self.plan.columns, row)}
-        return {"key": {k: data[k] for k in self.plan.spec.keys}, "row": data,
-                "message": message}
+        return {"key": {k: data[k] for k in self.plan.spec.keys}, "row": data, "message": message}

@@ -1,4 +1,5 @@
 """What one chunk attempt reports: its counts, checkpoint maximum, status and error."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,10 @@ class ChunkResult:
 
     def to_json(self) -> dict[str, Any]:
         """What the task returns through the result backend: small and JSON only."""
-        return {"chunk_no": self.chunk_no, "status": self.status.value,
-                "counts": asdict(self.counts), "max_checkpoint": encode_value(self.max_checkpoint),
-                "error": self.error}
+        return {
+            "chunk_no": self.chunk_no,
+            "status": self.status.value,
+            "counts": asdict(self.counts),
+            "max_checkpoint": encode_value(self.max_checkpoint),
+            "error": self.error,
+        }

@@ -8,37 +8,52 @@ each mapping is due. Slot times are computed from the cron expression alone, so 
 dispatcher - whichever worker, whichever beat process sent it - names the same slot the same
 way, and the metadata database can refuse a second claim of it (``shared/metadata/slots.py``).
 """
+
 from __future__ import annotations
 
 import datetime as dt
 
 from celery.schedules import crontab, crontab_parser
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 CRON_FIELDS = (  # name, crontab_parser(max, min)
-    ("minute", 60, 0), ("hour", 24, 0), ("day-of-month", 31, 1), ("month", 12, 1),
-    ("day-of-week", 7, 0))
+    ("minute", 60, 0),
+    ("hour", 24, 0),
+    ("day-of-month", 31, 1),
+    ("month", 12, 1),
+    ("day-of-week", 7, 0),
+)
 CRON_HELP = "minute hour day-of-month month day-of-week, in UTC; e.g. '*/15 * * * *'"
+
 
 def parse_cron(expr: str) -> crontab:
     """A cron expression as a Celery crontab; ValueError says which field is wrong and why."""
     fields = expr.split()
     if len(fields) != 5:
-        raise ValueError(f"schedule {expr!r} is not a cron expression: it needs 5 fields "
-                         f"({CRON_HELP}), got {len(fields)}")
+        raise ValueError(
+            f"schedule {expr!r} is not a cron expression: it needs 5 fields "
+            f"({CRON_HELP}), got {len(fields)}"
+        )
     for value, (name, max_, min_) in zip(fields, CRON_FIELDS):
         try:
             crontab_parser(max_, min_).parse(value)
         except Exception as err:  # noqa: BLE001 - crontab_parser raises several types
-            raise ValueError(f"schedule {expr!r}: the {name} field {value!r} is invalid: "
-                             f"{err} ({CRON_HELP})") from None
+            raise ValueError(
+                f"schedule {expr!r}: the {name} field {value!r} is invalid: {err} ({CRON_HELP})"
+            ) from None
     minute, hour, day_of_month, month, day_of_week = fields
     try:
-        return crontab(minute=minute, hour=hour, day_of_month=day_of_month,
-                       month_of_year=month, day_of_week=day_of_week)
+        return crontab(
+            minute=minute,
+            hour=hour,
+            day_of_month=day_of_month,
+            month_of_year=month,
+            day_of_week=day_of_week,
+        )
     except Exception as err:  # noqa: BLE001 - e.g. "day_of_month '30' never occurs in '2'"
-        raise ValueError(f"schedule {expr!r} never fires or is invalid: {err} "
-                         f"({CRON_HELP})") from None
+        raise ValueError(
+            f"schedule {expr!r} never fires or is invalid: {err} ({CRON_HELP})"
+        ) from None
 
 
 def next_after(cron: crontab, when: dt.datetime) -> dt.datetime:

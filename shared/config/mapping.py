@@ -3,6 +3,7 @@
 A mapping is stored with each run as planned (``process_log.mapping``), so every chunk of a
 run uses the same definition even if the config file changes mid-run.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -96,13 +97,22 @@ def parse_timestamp_text(value: str) -> dt.date | dt.datetime:
 class ScdSpec(_Strict):
     type: Literal[1, 2] = 2
     audit_columns: AuditColumns = AuditColumns()
-    valid_from: str | None = Field(default=None, description="SCD2: source column whose value "
-                                   "starts a version (default: the run's start time)")
-    current_valid_to: str | None = Field(default=None, description="SCD2: valid_to of current "
-                                         "versions, e.g. '9999-12-31' (default: NULL)")
-    tracked: list[str] | None = Field(default=None, min_length=1, description="SCD2: columns "
-                                      "whose change makes a new version; the others are "
-                                      "updated in place on the current version")
+    valid_from: str | None = Field(
+        default=None,
+        description="SCD2: source column whose value "
+        "starts a version (default: the run's start time)",
+    )
+    current_valid_to: str | None = Field(
+        default=None,
+        description="SCD2: valid_to of current versions, e.g. '9999-12-31' (default: NULL)",
+    )
+    tracked: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="SCD2: columns "
+        "whose change makes a new version; the others are "
+        "updated in place on the current version",
+    )
     deletes: DeletesMode = DeletesMode.IGNORE
 
     def audit_names(self) -> dict[str, str]:
@@ -120,8 +130,10 @@ class ScdSpec(_Strict):
         try:
             parse_timestamp_text(value)
         except ValueError:
-            raise ValueError(f"'{value}' is not an ISO date or timestamp "
-                             f"(e.g. '9999-12-31' or '9999-12-31 23:59:59')") from None
+            raise ValueError(
+                f"'{value}' is not an ISO date or timestamp "
+                f"(e.g. '9999-12-31' or '9999-12-31 23:59:59')"
+            ) from None
         return value.strip()
 
     @field_validator("tracked")
@@ -132,35 +144,52 @@ class ScdSpec(_Strict):
         return tracked
 
     @model_validator(mode="after")
-    def _distinct_audit_names(self) -> "ScdSpec":
+    def _distinct_audit_names(self) -> ScdSpec:
         names = list(self.audit_names().values())
         if len(set(names)) != len(names):
             raise ValueError(f"audit_columns must be distinct names, got {names}")
         return self
 
     @model_validator(mode="after")
-    def _type2_options(self) -> "ScdSpec":
+    def _type2_options(self) -> ScdSpec:
         if self.type == 1:
-            used = [name for name in ("valid_from", "current_valid_to", "tracked")
-                    if getattr(self, name) is not None]
+            used = [
+                name
+                for name in ("valid_from", "current_valid_to", "tracked")
+                if getattr(self, name) is not None
+            ]
             if used:
-                raise ValueError(f"{', '.join(used)} only apply to SCD type 2 (a type 1 target "
-                                 f"keeps no versions)")
+                raise ValueError(
+                    f"{', '.join(used)} only apply to SCD type 2 (a type 1 target "
+                    f"keeps no versions)"
+                )
             if self.deletes is DeletesMode.NEW_RECORD:
-                raise ValueError("deletes: new_record needs SCD type 2 (a 'deleted' version); "
-                                 "on type 1 use deletes: invalidate, which deletes the row")
+                raise ValueError(
+                    "deletes: new_record needs SCD type 2 (a 'deleted' version); "
+                    "on type 1 use deletes: invalidate, which deletes the row"
+                )
         return self
 
 
 class CheckpointSpec(_Strict):
     strategy: CheckpointStrategy = CheckpointStrategy.NONE
     column: str | None = None
-    columns: list[str] | None = Field(default=None, min_length=1, description="several "
-                                      "columns, compared as a row value (c1, c2) >= (v1, v2)")
-    function: str | None = Field(default=None, description="PYTHON: 'package.module:function', "
-                                 "called with each row as a dict; returns its checkpoint value")
-    lag: int | float = Field(default=0, ge=0, description="re-read this far below the stored "
-                             "checkpoint: seconds (timestamps), days (dates), units (numbers)")
+    columns: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="several columns, compared as a row value (c1, c2) >= (v1, v2)",
+    )
+    function: str | None = Field(
+        default=None,
+        description="PYTHON: 'package.module:function', "
+        "called with each row as a dict; returns its checkpoint value",
+    )
+    lag: int | float = Field(
+        default=0,
+        ge=0,
+        description="re-read this far below the stored "
+        "checkpoint: seconds (timestamps), days (dates), units (numbers)",
+    )
 
     @property
     def column_list(self) -> list[str]:
@@ -176,49 +205,65 @@ class CheckpointSpec(_Strict):
         return self.strategy
 
     @model_validator(mode="after")
-    def _column_matches_strategy(self) -> "CheckpointSpec":
+    def _column_matches_strategy(self) -> CheckpointSpec:
         if self.column and self.columns:
             raise ValueError("give either 'column' or 'columns', not both")
         if self.columns and len(set(self.columns)) != len(self.columns):
             raise ValueError("'columns' lists a column twice")
         strategy = self.resolved
         if strategy is CheckpointStrategy.KEY and not self.column_list:
-            raise ValueError("strategy KEY needs 'column': the source column that only grows "
-                             "(e.g. updated_at), or 'columns' for several")
+            raise ValueError(
+                "strategy KEY needs 'column': the source column that only grows "
+                "(e.g. updated_at), or 'columns' for several"
+            )
         if strategy is CheckpointStrategy.NONE and self.column_list:
-            raise ValueError("strategy NONE takes no 'column'; use strategy KEY to load "
-                             "incrementally on it")
+            raise ValueError(
+                "strategy NONE takes no 'column'; use strategy KEY to load incrementally on it"
+            )
         if strategy is CheckpointStrategy.PYTHON:
             if self.column_list:
-                raise ValueError("strategy PYTHON takes no 'column': its 'function' computes "
-                                 "each row's checkpoint value")
+                raise ValueError(
+                    "strategy PYTHON takes no 'column': its 'function' computes "
+                    "each row's checkpoint value"
+                )
             if not self.function:
-                raise ValueError("strategy PYTHON needs 'function': "
-                                 "\"package.module:function\"")
+                raise ValueError("strategy PYTHON needs 'function': \"package.module:function\"")
         if self.function is not None:
             if strategy is not CheckpointStrategy.PYTHON:
                 raise ValueError("'function' is only used by strategy PYTHON")
             module, _, name = self.function.partition(":")
-            if not module or not name or not all(
-                    part.isidentifier() for part in [*module.split("."), name]):
-                raise ValueError(f"function '{self.function}' must look like "
-                                 f"\"package.module:function\"")
+            if (
+                not module
+                or not name
+                or not all(part.isidentifier() for part in [*module.split("."), name])
+            ):
+                raise ValueError(
+                    f"function '{self.function}' must look like \"package.module:function\""
+                )
         if self.lag and strategy is CheckpointStrategy.NONE:
             raise ValueError("lag needs a checkpoint (strategy KEY or PYTHON)")
         return self
 
 
 class ChunkingSpec(_Strict):
-    strategy: ChunkStrategy = Field(default=ChunkStrategy.QUANTILE, description="quantile: "
-                                    "balanced boundaries; range: equal strides between min and "
-                                    "max; offset: every n-th key in key order")
+    strategy: ChunkStrategy = Field(
+        default=ChunkStrategy.QUANTILE,
+        description="quantile: "
+        "balanced boundaries; range: equal strides between min and "
+        "max; offset: every n-th key in key order",
+    )
     column: str | None = Field(default=None, description="split column; default: first key")
     rows_per_chunk: int = Field(default=50_000, ge=1)
     min_rows_for_parallel: int = Field(default=100_000, ge=0)
     max_chunks: int = Field(default=256, ge=1, le=10_000)
-    parallelism: int = Field(default=1, ge=1, le=10_000, description="worker slots (pool "
-                             "processes over all workers) this mapping's chunks run on; the "
-                             "chunk count is rounded up to a multiple of it")
+    parallelism: int = Field(
+        default=1,
+        ge=1,
+        le=10_000,
+        description="worker slots (pool "
+        "processes over all workers) this mapping's chunks run on; the "
+        "chunk count is rounded up to a multiple of it",
+    )
     exact_count: bool = False
 
 
@@ -248,8 +293,11 @@ class MappingSpec(_Strict):
     run_timeout_s: int = Field(default=6 * 3600, ge=1, description="reconcile fails runs past it")
     retries: RetrySpec = RetrySpec()
     errors: ErrorsSpec = ErrorsSpec()
-    schedule: str | None = Field(default=None, description="cron, UTC: minute hour day-of-month "
-                                 "month day-of-week; beat launches the mapping at these times")
+    schedule: str | None = Field(
+        default=None,
+        description="cron, UTC: minute hour day-of-month "
+        "month day-of-week; beat launches the mapping at these times",
+    )
     enabled: bool = Field(default=True, description="false: beat does not launch this mapping")
 
     @field_validator("schedule")
@@ -300,20 +348,24 @@ class MappingSpec(_Strict):
         return columns[0] if columns else None
 
     @model_validator(mode="after")
-    def _deletes_need_full_loads(self) -> "MappingSpec":
-        if self.scd.deletes is not DeletesMode.IGNORE and \
-                self.checkpoint_strategy is not CheckpointStrategy.NONE:
+    def _deletes_need_full_loads(self) -> MappingSpec:
+        if (
+            self.scd.deletes is not DeletesMode.IGNORE
+            and self.checkpoint_strategy is not CheckpointStrategy.NONE
+        ):
             raise ValueError(
                 f"scd.deletes: {self.scd.deletes.value} needs full loads (checkpoint strategy "
                 f"NONE): an incremental {self.checkpoint_strategy.value} load reads only rows "
                 f"that changed, so a key missing from it has not been deleted; use "
-                f"checkpoint strategy NONE, or scd.deletes: ignore")
+                f"checkpoint strategy NONE, or scd.deletes: ignore"
+            )
         return self
 
     @model_validator(mode="after")
-    def _split_column_is_a_key(self) -> "MappingSpec":
+    def _split_column_is_a_key(self) -> MappingSpec:
         if self.chunking.column and self.chunking.column not in self.keys:
             raise ValueError(
                 f"chunking.column '{self.chunking.column}' is not a business key; the split "
-                f"column must be one of keys {self.keys} so that no two chunks touch one key")
+                f"column must be one of keys {self.keys} so that no two chunks touch one key"
+            )
         return self

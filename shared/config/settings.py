@@ -12,6 +12,7 @@ the broker and the metadata database. Every problem is reported with its path in
 Settings are passed explicitly to whatever needs them (the CLI loads them once per command,
 the worker's Celery app is built from them); there is no process-wide settings object.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shared.errors import ConfigError
 from shared.config.mapping import MappingSpec
+from shared.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "chordload.yaml"
 CONFIG_ENV = "CHORDLOAD_CONFIG"
@@ -37,6 +38,8 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "CHORDLOAD_DISPATCH_INTERVAL_S": ("schedule", "dispatch_interval_s"),
     "CHORDLOAD_RECONCILE_INTERVAL_S": ("schedule", "reconcile_interval_s"),
     "CHORDLOAD_SCHEDULE_GRACE_S": ("schedule", "grace_s"),
+    "CHORDLOAD_PROGRESS_INTERVAL_S": ("progress_interval_s",),
+    "CHORDLOAD_LOG_JSON": ("log_json",),
 }
 ENV_ONLY_REQUIRED = ("CHORDLOAD_BROKER_URL", "CHORDLOAD_METADATA_URL")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -52,13 +55,17 @@ def _database_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ValueError("not a valid database URL (expected the SQLAlchemy form "
-                         "dialect+driver://user:password@host:port/database)") from None
+        raise ValueError(
+            "not a valid database URL (expected the SQLAlchemy form "
+            "dialect+driver://user:password@host:port/database)"
+        ) from None
     try:
         parsed.get_dialect()
     except NoSuchModuleError:
-        raise ValueError(f"unknown database dialect/driver '{parsed.drivername}' "
-                         "(e.g. postgresql+psycopg2, sqlite)") from None
+        raise ValueError(
+            f"unknown database dialect/driver '{parsed.drivername}' "
+            "(e.g. postgresql+psycopg2, sqlite)"
+        ) from None
     return url
 
 
@@ -73,8 +80,10 @@ def _metadata_url(url: str) -> str:
 
     backend = make_url(url).get_backend_name()
     if backend not in METADATA_BACKENDS:
-        raise ValueError(f"the metadata database must be PostgreSQL (or SQLite on one machine), "
-                         f"not {backend}; warehouses on {backend} go under 'connections'")
+        raise ValueError(
+            f"the metadata database must be PostgreSQL (or SQLite on one machine), "
+            f"not {backend}; warehouses on {backend} go under 'connections'"
+        )
     return url
 
 
@@ -112,9 +121,16 @@ class Settings(BaseModel):
     mappings: dict[str, MappingSpec] = Field(default_factory=dict)
     celery: CelerySpec = CelerySpec()
     schedule: ScheduleSpec = ScheduleSpec()
+    log_json: bool = Field(default=False, description="workers and beat log JSON lines")
+    progress_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="how often `run --wait` and `watch` print a progress "
+        "line when the output is not a terminal",
+    )
 
     @model_validator(mode="after")
-    def _connections_exist(self) -> "Settings":
+    def _connections_exist(self) -> Settings:
         for name, mapping in self.mappings.items():
             for role in ("source", "target"):
                 conn = getattr(mapping, role).connection
@@ -122,7 +138,8 @@ class Settings(BaseModel):
                     known = ", ".join(sorted(self.connections)) or "none defined"
                     raise ValueError(
                         f"mapping '{name}': {role}.connection '{conn}' is not defined under "
-                        f"'connections' (known: {known})")
+                        f"'connections' (known: {known})"
+                    )
         return self
 
     def mapping(self, mapref: str) -> MappingSpec:
@@ -130,7 +147,9 @@ class Settings(BaseModel):
             return self.mappings[mapref]
         except KeyError:
             known = ", ".join(sorted(self.mappings)) or "none"
-            raise ConfigError(f"unknown mapping '{mapref}' (mappings in the config: {known})") from None
+            raise ConfigError(
+                f"unknown mapping '{mapref}' (mappings in the config: {known})"
+            ) from None
 
     @property
     def visibility_timeout_s(self) -> int:
@@ -141,9 +160,11 @@ class Settings(BaseModel):
         try:
             return self.connections[name]
         except KeyError:
-            raise ConfigError(f"connection '{name}' is not defined under 'connections' in this "
-                              "process's config; workers resolve connection names from their "
-                              "own config/env") from None
+            raise ConfigError(
+                f"connection '{name}' is not defined under 'connections' in this "
+                "process's config; workers resolve connection names from their "
+                "own config/env"
+            ) from None
 
 
 def protect_env_refs(text: str) -> tuple[str, list[re.Match[str]]]:
@@ -158,13 +179,16 @@ def protect_env_refs(text: str) -> tuple[str, list[re.Match[str]]]:
     return _VAR.sub(repl, text), refs
 
 
-def substitute_env(value: Any, source: str, refs: list[re.Match[str]],
-                   path: tuple[Any, ...] = ()) -> Any:
+def substitute_env(
+    value: Any, source: str, refs: list[re.Match[str]], path: tuple[Any, ...] = ()
+) -> Any:
     """Replace ``${VAR}`` / ``${VAR:-default}`` placeholders in every string of the parsed
     file; an unset variable without default is an error naming where it is used."""
     if isinstance(value, dict):
-        return {substitute_env(k, source, refs, path): substitute_env(v, source, refs, (*path, k))
-                for k, v in value.items()}
+        return {
+            substitute_env(k, source, refs, path): substitute_env(v, source, refs, (*path, k))
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [substitute_env(v, source, refs, (*path, i)) for i, v in enumerate(value)]
     if not isinstance(value, str):
@@ -176,8 +200,10 @@ def substitute_env(value: Any, source: str, refs: list[re.Match[str]],
         if env is None:
             if default is None:
                 where = ".".join(str(p) for p in path) or "(top level)"
-                raise ConfigError(f"{source}: {where}: environment variable ${{{name}}} is not "
-                                  f"set (set it, or write ${{{name}:-default}})")
+                raise ConfigError(
+                    f"{source}: {where}: environment variable ${{{name}}} is not "
+                    f"set (set it, or write ${{{name}:-default}})"
+                )
             return default
         return env
 
@@ -225,8 +251,11 @@ def settings_from_dict(raw: dict[str, Any], source: str = "config") -> Settings:
         return Settings.model_validate(_set_environment_overrides(raw))
     except ValidationError as err:
         message = format_validation_error(err, source)
-        names = [env for env, path in ENV_OVERRIDES.items()
-                 if os.environ.get(env) and ".".join(path) in message]
+        names = [
+            env
+            for env, path in ENV_OVERRIDES.items()
+            if os.environ.get(env) and ".".join(path) in message
+        ]
         if names:
             message += f"\n  (set from the environment: {', '.join(names)})"
         raise ConfigError(message) from None
@@ -251,7 +280,8 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         raise ConfigError(
             f"config file {config_path} not found: pass --config PATH or set {CONFIG_ENV} "
             f"(`chordload` and `celery -A workers` read the same file), or set "
-            f"{' and '.join(ENV_ONLY_REQUIRED)} to run from the environment alone")
+            f"{' and '.join(ENV_ONLY_REQUIRED)} to run from the environment alone"
+        )
     try:
         text, refs = protect_env_refs(config_path.read_text())
     except (OSError, UnicodeDecodeError) as err:

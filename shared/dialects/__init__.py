@@ -1,4 +1,5 @@
 """Dialect adapters: everything that differs between databases lives behind one interface."""
+
 from __future__ import annotations
 
 from sqlalchemy import Engine
@@ -22,10 +23,13 @@ def adapter_for(engine: Engine) -> DialectAdapter:
         return SqliteAdapter(engine)
     if name in ("mysql", "mariadb"):
         if driver != "pymysql":
-            raise ConfigError(f"MariaDB/MySQL connections must use the PyMySQL driver "
-                              f"(mysql+pymysql://...), not '{name}+{driver}'")
+            raise ConfigError(
+                f"MariaDB/MySQL connections must use the PyMySQL driver "
+                f"(mysql+pymysql://...), not '{name}+{driver}'"
+            )
         from shared.dialects.mysql import MysqlAdapter
 
         return MysqlAdapter(engine)
-    raise ConfigError(f"database '{name}' (driver '{driver}') is not supported; supported: "
-                      f"{', '.join(SUPPORTED)}")
+    raise ConfigError(
+        f"database '{name}' (driver '{driver}') is not supported; supported: {', '.join(SUPPORTED)}"
+    )

@@ -30,6 +30,7 @@ What differs from the generic SQL, and how this adapter handles it:
 - Row estimate: ``EXPLAIN`` (rows x filtered for the top-level select), exact count when
   asked. Split boundaries: ``ntile`` (MariaDB 10.2+, MySQL 8+).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -44,31 +45,45 @@ from pymysql.charset import charset_by_id
 from pymysql.constants import CLIENT, FIELD_TYPE, FLAG
 from sqlalchemy import Connection, Engine, event, text
 
+from shared.config.mapping import AuditColumns, TargetSpec
 from shared.dialects.base import STAGE_TABLE, DialectAdapter
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 from shared.errors import ConfigError, LoadError
-from shared.config.mapping import AuditColumns, TargetSpec
 
 CURRENT_KEY_COLUMN = "cl_current_key"
 KEY_HASH_COLUMN = "cl_key_hash"
 TZ_COMMENT = "chordload:timestamptz"
-VARCHAR_MAX_CHARS = 768          # longer (or unbounded) text becomes LONGTEXT
-INDEX_PREFIX_CHARS = 191         # longest key part indexed in full (191 * 4 bytes < 767)
-INDEX_MAX_BYTES = 3072           # InnoDB's limit for one index (DYNAMIC row format)
-STREAM_WRITE_TIMEOUT_S = 3600    # net_write_timeout while a source is streamed
+VARCHAR_MAX_CHARS = 768  # longer (or unbounded) text becomes LONGTEXT
+INDEX_PREFIX_CHARS = 191  # longest key part indexed in full (191 * 4 bytes < 767)
+INDEX_MAX_BYTES = 3072  # InnoDB's limit for one index (DYNAMIC row format)
+STREAM_WRITE_TIMEOUT_S = 3600  # net_write_timeout while a source is streamed
 
-_UTC = dt.timezone.utc
-_MAXLEN = {"utf8mb4": 4, "utf8mb3": 3, "utf8": 3, "ucs2": 2, "utf16": 4, "utf16le": 4,
-           "utf32": 4, "big5": 2, "gbk": 2, "gb2312": 2, "sjis": 2, "cp932": 2, "euckr": 2,
-           "ujis": 3, "eucjpms": 3, "gb18030": 4}
+_UTC = dt.UTC
+_MAXLEN = {
+    "utf8mb4": 4,
+    "utf8mb3": 3,
+    "utf8": 3,
+    "ucs2": 2,
+    "utf16": 4,
+    "utf16le": 4,
+    "utf32": 4,
+    "big5": 2,
+    "gbk": 2,
+    "gb2312": 2,
+    "sjis": 2,
+    "cp932": 2,
+    "euckr": 2,
+    "ujis": 3,
+    "eucjpms": 3,
+    "gb18030": 4,
+}
 _TEXT_CODES = {FIELD_TYPE.VARCHAR, FIELD_TYPE.VAR_STRING, FIELD_TYPE.STRING}
-_BLOB_CODES = {FIELD_TYPE.TINY_BLOB, FIELD_TYPE.MEDIUM_BLOB, FIELD_TYPE.LONG_BLOB,
-               FIELD_TYPE.BLOB}
+_BLOB_CODES = {FIELD_TYPE.TINY_BLOB, FIELD_TYPE.MEDIUM_BLOB, FIELD_TYPE.LONG_BLOB, FIELD_TYPE.BLOB}
 _DATETIME_CODES = {FIELD_TYPE.DATETIME, FIELD_TYPE.TIMESTAMP}
 
 
 # -- engine hooks (installed by shared.engines for mysql/mariadb URLs) --------------------------
-def _escape_datetime_utc(value: dt.datetime, mapping=None) -> str:  # noqa: ANN001
+def _escape_datetime_utc(value: dt.datetime, mapping=None) -> str:
     """PyMySQL drops tzinfo when it binds a datetime; convert aware values to UTC first."""
     if value.tzinfo is not None:
         value = value.astimezone(_UTC).replace(tzinfo=None)
@@ -77,7 +92,7 @@ def _escape_datetime_utc(value: dt.datetime, mapping=None) -> str:  # noqa: ANN0
 
 def install_engine_hooks(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+    def _on_connect(dbapi_conn, _record):
         encoders = getattr(dbapi_conn, "encoders", None)
         if encoders is not None:
             encoders[dt.datetime] = _escape_datetime_utc
@@ -162,7 +177,7 @@ def _result_fields(cursor: Any) -> list[Any]:
 def _row_converters(fields: Sequence[Any]) -> list[tuple[int, Callable[[Any], Any]]]:
     """Per-column fixes for values PyMySQL returns in a form other databases cannot take:
     TINYINT(1)/BIT(1) as bool, TIMESTAMP as aware UTC, TIME (a timedelta) as a time."""
-    converters = []
+    converters: list[tuple[int, Callable[[Any], Any]]] = []
     for i, field in enumerate(fields):
         kind = _field_column_type(field).kind
         if kind is TypeKind.BOOLEAN:
@@ -203,15 +218,14 @@ def _abandon_stream(conn: Connection) -> None:
     socket closes, and the pool opens a fresh connection next time."""
     dbapi = conn.connection.dbapi_connection
     pending = getattr(dbapi, "_result", None)
-    if pending is not None and getattr(pending, "unbuffered_active", False):
+    if dbapi is not None and pending is not None and getattr(pending, "unbuffered_active", False):
         pending.unbuffered_active = False
         dbapi._result = None
     conn.invalidate()
 
 
 # -- LOAD DATA text format ---------------------------------------------------------------------
-_INFILE_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r",
-                                 "\0": "\\0"})
+_INFILE_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"})
 
 
 class _NotInfileValue(Exception):
@@ -262,12 +276,16 @@ class MysqlAdapter(DialectAdapter):
             result.close()
         return [SourceColumn(f.name, _field_column_type(f)) for f in fields]
 
-    def estimate_rows(self, conn: Connection, query: str, where: str, params: dict[str, Any],
-                      exact: bool) -> int:
+    def estimate_rows(
+        self, conn: Connection, query: str, where: str, params: dict[str, Any], exact: bool
+    ) -> int:
         if exact:
             return super().estimate_rows(conn, query, where, params, exact)
-        plan = conn.execute(text(f"EXPLAIN SELECT 1 FROM ({query}) src WHERE {where}"),
-                            params).mappings().all()
+        plan = (
+            conn.execute(text(f"EXPLAIN SELECT 1 FROM ({query}) src WHERE {where}"), params)
+            .mappings()
+            .all()
+        )
         top = [row for row in plan if str(row.get("id")) == "1"] or plan
         estimate, counted = 1.0, False
         for row in top:
@@ -280,13 +298,15 @@ class MysqlAdapter(DialectAdapter):
         if not counted:
             impossible = any("impossible" in str(row.get("Extra") or "").lower() for row in plan)
             return 0 if impossible else 1
-        return int(round(estimate))
+        return round(estimate)
 
-    def stream(self, conn: Connection, sql: str, params: dict[str, Any],
-               batch_rows: int) -> Iterator[Sequence[tuple]]:
+    def stream(
+        self, conn: Connection, sql: str, params: dict[str, Any], batch_rows: int
+    ) -> Iterator[Sequence[tuple]]:
         conn.exec_driver_sql(f"SET SESSION net_write_timeout = {STREAM_WRITE_TIMEOUT_S}")
         result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(
-            text(sql), params)
+            text(sql), params
+        )
         converters = _row_converters(_result_fields(result.cursor))
         finished = False
         try:
@@ -322,10 +342,17 @@ class MysqlAdapter(DialectAdapter):
         if kind is TypeKind.TIMESTAMPTZ:
             return f"DATETIME(6) COMMENT '{TZ_COMMENT}'"
         return {
-            TypeKind.SMALLINT: "SMALLINT", TypeKind.INTEGER: "INT", TypeKind.BIGINT: "BIGINT",
-            TypeKind.FLOAT: "DOUBLE", TypeKind.BOOLEAN: "BOOLEAN", TypeKind.DATE: "DATE",
-            TypeKind.TIME: "TIME(6)", TypeKind.TIMESTAMP: "DATETIME(6)",
-            TypeKind.BYTES: "LONGBLOB", TypeKind.JSON: "LONGTEXT", TypeKind.UUID: "CHAR(36)",
+            TypeKind.SMALLINT: "SMALLINT",
+            TypeKind.INTEGER: "INT",
+            TypeKind.BIGINT: "BIGINT",
+            TypeKind.FLOAT: "DOUBLE",
+            TypeKind.BOOLEAN: "BOOLEAN",
+            TypeKind.DATE: "DATE",
+            TypeKind.TIME: "TIME(6)",
+            TypeKind.TIMESTAMP: "DATETIME(6)",
+            TypeKind.BYTES: "LONGBLOB",
+            TypeKind.JSON: "LONGTEXT",
+            TypeKind.UUID: "CHAR(36)",
         }[kind]
 
     def timestamp_ddl(self) -> str:
@@ -341,42 +368,71 @@ class MysqlAdapter(DialectAdapter):
         version = getattr(dialect, "server_version_info", None) or (0,)
         return "utf8mb4_0900_bin" if version >= (8,) else "utf8mb4_bin"
 
-    def create_target(self, conn: Connection, target: TargetSpec, columns: list[SourceColumn],
-                      keys: Sequence[str], scd_type: int, audit: AuditColumns,
-                      **options: Any) -> None:
+    def create_target(
+        self,
+        conn: Connection,
+        target: TargetSpec,
+        columns: list[SourceColumn],
+        keys: Sequence[str],
+        scd_type: int,
+        audit: AuditColumns,
+        **options: Any,
+    ) -> None:
         clash = {CURRENT_KEY_COLUMN, KEY_HASH_COLUMN} & {c.name for c in columns}
         if clash:
-            raise ConfigError(f"the source returns a column named {', '.join(sorted(clash))}, "
-                              f"which chordload uses on MariaDB/MySQL targets; alias it")
+            raise ConfigError(
+                f"the source returns a column named {', '.join(sorted(clash))}, "
+                f"which chordload uses on MariaDB/MySQL targets; alias it"
+            )
         self._collation = self._binary_collation(conn)
         super().create_target(conn, target, columns, keys, scd_type, audit, **options)
 
     def create_table_sql(self, table: str, columns_ddl: Sequence[str]) -> str:
-        return (f"CREATE TABLE {table} ({', '.join(columns_ddl)}) ENGINE=InnoDB "
-                f"DEFAULT CHARSET=utf8mb4 COLLATE={self._collation}")
+        return (
+            f"CREATE TABLE {table} ({', '.join(columns_ddl)}) ENGINE=InnoDB "
+            f"DEFAULT CHARSET=utf8mb4 COLLATE={self._collation}"
+        )
 
-    def target_columns_ddl(self, columns: Sequence[SourceColumn], keys: Sequence[str],
-                           scd_type: int, audit: AuditColumns, **options: Any) -> list[str]:
+    def target_columns_ddl(
+        self,
+        columns: Sequence[SourceColumn],
+        keys: Sequence[str],
+        scd_type: int,
+        audit: AuditColumns,
+        **options: Any,
+    ) -> list[str]:
         ddl = super().target_columns_ddl(columns, keys, scd_type, audit, **options)
         key_hash = self.row_hash_expr([self.q(k) for k in keys])
         if scd_type == 1:
             ddl.append(f"{self.q(KEY_HASH_COLUMN)} CHAR(32) AS ({key_hash}) STORED")
         else:
-            ddl.append(f"{self.q(CURRENT_KEY_COLUMN)} CHAR(32) AS "
-                       f"(IF({self.q(audit.is_current)}, {key_hash}, NULL)) STORED")
+            ddl.append(
+                f"{self.q(CURRENT_KEY_COLUMN)} CHAR(32) AS "
+                f"(IF({self.q(audit.is_current)}, {key_hash}, NULL)) STORED"
+            )
         return ddl
 
-    def target_index_sql(self, table: str, target: TargetSpec, columns: Sequence[SourceColumn],
-                         keys: Sequence[str], scd_type: int, audit: AuditColumns) -> list[str]:
+    def target_index_sql(
+        self,
+        table: str,
+        target: TargetSpec,
+        columns: Sequence[SourceColumn],
+        keys: Sequence[str],
+        scd_type: int,
+        audit: AuditColumns,
+    ) -> list[str]:
         """A UNIQUE index on the key hash (SCD1) or the current-key hash (SCD2), and a lookup
         index on the key columns for the apply statements' joins."""
         name = target.table_name
-        unique_column, suffix = ((KEY_HASH_COLUMN, "uniq") if scd_type == 1
-                                 else (CURRENT_KEY_COLUMN, "current"))
-        return [f"CREATE UNIQUE INDEX {self.q(self.index_name(name, suffix))} ON {table} "
-                f"({self.q(unique_column)})",
-                f"CREATE INDEX {self.q(self.index_name(name, 'key'))} ON {table} "
-                f"({self._key_index_parts(columns, keys)})"]
+        unique_column, suffix = (
+            (KEY_HASH_COLUMN, "uniq") if scd_type == 1 else (CURRENT_KEY_COLUMN, "current")
+        )
+        return [
+            f"CREATE UNIQUE INDEX {self.q(self.index_name(name, suffix))} ON {table} "
+            f"({self.q(unique_column)})",
+            f"CREATE INDEX {self.q(self.index_name(name, 'key'))} ON {table} "
+            f"({self._key_index_parts(columns, keys)})",
+        ]
 
     def _key_index_parts(self, columns: Sequence[SourceColumn], keys: Sequence[str]) -> str:
         types = {c.name: c.type for c in columns}
@@ -400,13 +456,18 @@ class MysqlAdapter(DialectAdapter):
         stage = STAGE_TABLE
         cols = ", ".join(self.q(c) for c in columns)
         conn.execute(text(f"DROP TEMPORARY TABLE IF EXISTS {stage}"))
-        conn.execute(text(f"CREATE TEMPORARY TABLE {stage} AS SELECT {cols} FROM "
-                          f"{self.table_ref(target)} WHERE 1 = 0"))
+        conn.execute(
+            text(
+                f"CREATE TEMPORARY TABLE {stage} AS SELECT {cols} FROM "
+                f"{self.table_ref(target)} WHERE 1 = 0"
+            )
+        )
         result = conn.execute(text(f"SELECT * FROM {stage} LIMIT 0"))
         codes = [d[1] for d in result.cursor.description]
         result.close()
-        self._stage_datetimes[stage] = [i for i, code in enumerate(codes)
-                                        if code in _DATETIME_CODES]
+        self._stage_datetimes[stage] = [
+            i for i, code in enumerate(codes) if code in _DATETIME_CODES
+        ]
         return stage
 
     def clear_stage(self, conn: Connection, stage: str) -> None:
@@ -418,12 +479,16 @@ class MysqlAdapter(DialectAdapter):
 
     def index_stage(self, conn: Connection, stage: str, columns: Sequence[str]) -> None:
         """Text and blob columns are indexed by a prefix (InnoDB cannot index them whole)."""
-        types = {row[0]: str(row[1]).lower() for row in conn.execute(text(
-            f"SHOW COLUMNS FROM {stage}"))}
+        types = {
+            row[0]: str(row[1]).lower() for row in conn.execute(text(f"SHOW COLUMNS FROM {stage}"))
+        }
         long_types = ("text", "blob", "json")
-        parts = [f"{self.q(c)}({INDEX_PREFIX_CHARS})"
-                 if any(t in types.get(c, "") for t in long_types) else self.q(c)
-                 for c in columns]
+        parts = [
+            f"{self.q(c)}({INDEX_PREFIX_CHARS})"
+            if any(t in types.get(c, "") for t in long_types)
+            else self.q(c)
+            for c in columns
+        ]
         conn.execute(text(f"CREATE INDEX cl_stage_keys ON {stage} ({', '.join(parts)})"))
 
     def _coerce_datetimes(self, stage: str, rows: Sequence[tuple]) -> Sequence[tuple]:
@@ -453,8 +518,9 @@ class MysqlAdapter(DialectAdapter):
             out.append(row if values is None else tuple(values))
         return out
 
-    def load_stage(self, conn: Connection, stage: str, columns: Sequence[str],
-                   rows: Sequence[tuple]) -> None:
+    def load_stage(
+        self, conn: Connection, stage: str, columns: Sequence[str], rows: Sequence[tuple]
+    ) -> None:
         if not rows:
             return
         rows = self._coerce_datetimes(stage, rows)
@@ -470,8 +536,9 @@ class MysqlAdapter(DialectAdapter):
         dbapi = conn.connection.dbapi_connection
         return bool(getattr(dbapi, "client_flag", 0) & CLIENT.LOCAL_FILES)
 
-    def _load_data(self, conn: Connection, stage: str, columns: Sequence[str],
-                   rows: Sequence[tuple]) -> bool:
+    def _load_data(
+        self, conn: Connection, stage: str, columns: Sequence[str], rows: Sequence[tuple]
+    ) -> bool:
         """LOAD DATA LOCAL INFILE from a temporary file; False when a value cannot be written
         in its text format (the caller falls back to INSERT)."""
         fd, path = tempfile.mkstemp(prefix="chordload-", suffix=".tsv")
@@ -486,8 +553,10 @@ class MysqlAdapter(DialectAdapter):
                     return False
             cols = ", ".join(self.q(c) for c in columns)
             quoted = pymysql_converters.escape_string(path)
-            conn.exec_driver_sql(f"LOAD DATA LOCAL INFILE '{quoted}' INTO TABLE {stage} "
-                                 f"CHARACTER SET utf8mb4 ({cols})")
+            conn.exec_driver_sql(
+                f"LOAD DATA LOCAL INFILE '{quoted}' INTO TABLE {stage} "
+                f"CHARACTER SET utf8mb4 ({cols})"
+            )
             warnings = conn.exec_driver_sql("SELECT @@warning_count").scalar_one()
             if warnings:
                 first = conn.exec_driver_sql("SHOW WARNINGS LIMIT 1").one()
@@ -506,12 +575,14 @@ class MysqlAdapter(DialectAdapter):
     def row_hash_expr(self, qualified_columns: Sequence[str]) -> str:
         """md5 over the values, each as ``<char length>:<value>`` or ``~`` for NULL, joined
         by ``|``: NULL differs from every value and values cannot run into each other."""
-        parts = ", ".join(f"IFNULL(CONCAT(CHAR_LENGTH({c}), ':', {c}), '~')"
-                          for c in qualified_columns)
+        parts = ", ".join(
+            f"IFNULL(CONCAT(CHAR_LENGTH({c}), ':', {c}), '~')" for c in qualified_columns
+        )
         return f"MD5(CONCAT_WS('|', {parts}))"
 
-    def update_from_sql(self, table: str, hashed: str, match: str,
-                        sets: Sequence[tuple[str, str]], where: str) -> str:
+    def update_from_sql(
+        self, table: str, hashed: str, match: str, sets: Sequence[tuple[str, str]], where: str
+    ) -> str:
         assignments = ", ".join(f"t.{self.q(column)} = {expr}" for column, expr in sets)
         return f"UPDATE {table} t JOIN {hashed} s ON {match} SET {assignments} WHERE {where}"
 

@@ -13,6 +13,7 @@ The relay is an optional capability of a pair of dialects, stated here as two pr
 describes the staged batch. ``relay_between`` gives the pair when both sides have it
 (PostgreSQL to PostgreSQL today), else None, and the loader takes the typed path.
 """
+
 from __future__ import annotations
 
 import queue
@@ -20,6 +21,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from shared.dialects.base import dbapi_connection
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -49,8 +52,9 @@ class CopyRelay:
         self._abandoned = threading.Event()
         self._parts: list[bytes] = []
         self.finished = False  # the whole output was read
-        self._thread = threading.Thread(target=self._produce, name="chordload-copy-relay",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._produce, name="chordload-copy-relay", daemon=True
+        )
 
     # -- consumer ---------------------------------------------------------------------------
     def __iter__(self) -> Iterator[bytes]:
@@ -141,8 +145,9 @@ class RelayedShape:
 
 @runtime_checkable
 class RelaySource(Protocol):
-    def relay(self, conn: Connection, sql: str, params: dict[str, Any],
-              batch_rows: int) -> CopyRelay:
+    def relay(
+        self, conn: Connection, sql: str, params: dict[str, Any], batch_rows: int
+    ) -> CopyRelay:
         """The rows of ``sql`` as bulk text, in batches of whole lines."""
 
 
@@ -151,12 +156,14 @@ class RelayTarget(Protocol):
     def relay_stage(self, conn: Connection, target: TargetSpec, columns: Sequence[str]) -> str:
         """A stage for relayed text that numbers its rows in arrival order."""
 
-    def load_relayed(self, conn: Connection, stage: str, columns: Sequence[str],
-                     lines: bytes) -> None:
+    def load_relayed(
+        self, conn: Connection, stage: str, columns: Sequence[str], lines: bytes
+    ) -> None:
         """Bulk-load one batch of relayed text into the stage."""
 
-    def relayed_shape(self, conn: Connection, stage: str, keys: Sequence[str],
-                      checkpoint: str | None) -> RelayedShape:
+    def relayed_shape(
+        self, conn: Connection, stage: str, keys: Sequence[str], checkpoint: str | None
+    ) -> RelayedShape:
         """Counts, key facts and checkpoint maximum of the staged batch, in one query."""
 
     def relayed_rows(self, conn: Connection, stage: str, columns: Sequence[str]) -> list[tuple]:
@@ -173,13 +180,17 @@ class Relay:
     @staticmethod
     def same_encoding(source_conn: Connection, target_conn: Connection) -> bool:
         """Text passes unchanged only between connections with one client encoding."""
-        return bool(source_conn.connection.dbapi_connection.encoding
-                    == target_conn.connection.dbapi_connection.encoding)
+        return bool(
+            dbapi_connection(source_conn).encoding == dbapi_connection(target_conn).encoding
+        )
 
 
 def relay_between(source: DialectAdapter, target: DialectAdapter) -> Relay | None:
     """The relay from ``source`` to ``target``, if the two dialects have one."""
-    if (isinstance(source, RelaySource) and isinstance(target, RelayTarget)
-            and source.relays_to(target)):
+    if (
+        isinstance(source, RelaySource)
+        and isinstance(target, RelayTarget)
+        and source.relays_to(target)
+    ):
         return Relay(source, target)
     return None

@@ -1,5 +1,6 @@
 """A neutral column type model, so a target on one database can be created from a source on
 another: each adapter reads source types into ``ColumnType`` and writes DDL from it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -10,6 +10,7 @@ consistent; a key that arrives or goes meanwhile is judged as it is at the end. 
 that does not fit the target's key column (one the chunks quarantined) cannot match a
 target key and is skipped.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,8 +34,9 @@ def retire_deleted_keys(settings: Settings, plan: RunPlan) -> int:
     source = get_engine(settings.connection_url(spec.source.connection))
     target = get_engine(settings.connection_url(spec.target.connection))
     source_adapter, target_adapter = adapter_for(source), adapter_for(target)
-    sql, params = chunk_select(source_adapter, spec.source.query, keys, plan.window,
-                               plan.split_columns, ChunkRange(0))
+    sql, params = chunk_select(
+        source_adapter, spec.source.query, keys, plan.window, plan.split_columns, ChunkRange(0)
+    )
     with target.connect() as tconn:
         with tconn.begin():
             stage = target_adapter.create_stage(tconn, spec.target, keys)
@@ -51,14 +53,18 @@ def retire_deleted_keys(settings: Settings, plan: RunPlan) -> int:
                         _, bad = bisect(tconn, list(rows), load, lambda a, b: 0, 0)
                         skipped += len(bad)
                 target_adapter.index_stage(tconn, stage, keys)
-                retired = retire_absent_keys(tconn, plan.scd_target(target_adapter), stage,
-                                             spec.scd.deletes, plan.deleted_at)
+                retired = retire_absent_keys(
+                    tconn, plan.scd_target(target_adapter), stage, spec.scd.deletes, plan.deleted_at
+                )
         finally:
             if tconn.in_transaction():
                 tconn.rollback()
             with tconn.begin():
                 target_adapter.drop_stage(tconn, stage)
     if skipped:
-        log.info("run %s: %d source keys do not fit the target's key columns; skipped",
-                 plan.run_id, skipped)
+        log.info(
+            "run %s: %d source keys do not fit the target's key columns; skipped",
+            plan.run_id,
+            skipped,
+        )
     return retired

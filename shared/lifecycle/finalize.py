@@ -6,6 +6,7 @@ body, the errback, stop and reconcile may all call it, and only the first one th
 run active writes anything. The chunk_log rows are the truth (not the chord's result list),
 so every caller computes the same outcome.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -50,14 +51,21 @@ def _decide(chunks: list[ChunkLog], max_error_rows: int) -> tuple[RunStatus, str
         return RunStatus.FAILED, f"{len(unfinished)} chunks never finished"
     errored = sum(c.rows_errored for c in chunks)
     if errored > max_error_rows:
-        return RunStatus.FAILED, (f"{errored} error rows exceed errors.max_rows={max_error_rows}; "
-                                  f"see `chordload errors {chunks[0].run_id}`")
+        return RunStatus.FAILED, (
+            f"{errored} error rows exceed errors.max_rows={max_error_rows}; "
+            f"see `chordload errors {chunks[0].run_id}`"
+        )
     return RunStatus.SUCCESS, None
 
 
-def finalize_run(settings: Settings, run_id: str, *,
-                 unfinished_chunks: ChunkStatus | None = None, reason: str | None = None,
-                 launch: int | None = None) -> FinalizeOutcome | None:
+def finalize_run(
+    settings: Settings,
+    run_id: str,
+    *,
+    unfinished_chunks: ChunkStatus | None = None,
+    reason: str | None = None,
+    launch: int | None = None,
+) -> FinalizeOutcome | None:
     """Finalize ``run_id`` if it is still active.
 
     By default a run with chunks still PENDING/RUNNING is left alone (returns None): the chord
@@ -83,14 +91,14 @@ def finalize_run(settings: Settings, run_id: str, *,
     try:
         deleted = DeletePassResult(retired=_retire(retire_deleted_keys, settings, outcome.plan))
     except Exception as exc:  # noqa: BLE001 - the run ends FAILED with the reason
-        deleted = DeletePassResult(error=f"the hard-delete pass failed: "
-                                         f"{describe_db_error(exc)}")
-    return _finalize(engine, run_id, None, None, None, lease, deleted)
+        deleted = DeletePassResult(error=f"the hard-delete pass failed: {describe_db_error(exc)}")
+    final = _finalize(engine, run_id, None, None, None, lease, deleted)
+    assert not isinstance(final, _DeletePass)  # given the pass's result, it never asks again
+    return final
 
 
 @retry_transient(FINALIZE)
-def _retire(function: Callable[[Settings, RunPlan], int], settings: Settings,
-            plan: RunPlan) -> int:
+def _retire(function: Callable[[Settings, RunPlan], int], settings: Settings, plan: RunPlan) -> int:
     return function(settings, plan)
 
 
@@ -108,18 +116,31 @@ class DeletePassResult:
 
 
 @retry_transient(FINALIZE)
-def _finalize(engine: Engine, run_id: str, unfinished_chunks: ChunkStatus | None,
-              reason: str | None, launch: int | None, lease: dt.timedelta,
-              deleted: DeletePassResult | None) -> FinalizeOutcome | _DeletePass | None:
+def _finalize(
+    engine: Engine,
+    run_id: str,
+    unfinished_chunks: ChunkStatus | None,
+    reason: str | None,
+    launch: int | None,
+    lease: dt.timedelta,
+    deleted: DeletePassResult | None,
+) -> FinalizeOutcome | _DeletePass | None:
     """One metadata transaction. ``deleted``: the hard-delete pass's outcome when it has run;
     None before."""
     with session(engine) as s, s.begin():
-        run = s.scalars(select(ProcessLog).where(ProcessLog.run_id == run_id)
-                        .with_for_update()).one()
+        run = s.scalars(
+            select(ProcessLog).where(ProcessLog.run_id == run_id).with_for_update()
+        ).one()
         if run.status not in ACTIVE_RUN_STATUSES or (launch is not None and launch != run.launches):
             return FinalizeOutcome(run_id, run.status, changed=False)
-        chunks = list(s.scalars(select(ChunkLog).where(ChunkLog.run_id == run_id)
-                                .order_by(ChunkLog.chunk_no).with_for_update()))
+        chunks = list(
+            s.scalars(
+                select(ChunkLog)
+                .where(ChunkLog.run_id == run_id)
+                .order_by(ChunkLog.chunk_no)
+                .with_for_update()
+            )
+        )
         if any(not c.status.is_terminal for c in chunks):
             if unfinished_chunks is None:
                 return None
@@ -161,20 +182,32 @@ def _finalize(engine: Engine, run_id: str, unfinished_chunks: ChunkStatus | None
         return FinalizeOutcome(run_id, status, changed=True)
 
 
-def _store_checkpoint(s: Session, run: ProcessLog, plan: RunPlan, chunks: list[ChunkLog],
-                      now: dt.datetime) -> None:
+def _store_checkpoint(
+    s: Session, run: ProcessLog, plan: RunPlan, chunks: list[ChunkLog], now: dt.datetime
+) -> None:
     """Store the checkpoint the run advanced to (``shared/checkpoint.py`` says which)."""
-    stored = s.get(Checkpoint, run.mapref)
-    new = checkpoint.advanced(plan.spec, plan.mode, decode_value(stored.value) if stored else None,
-                              [decode_value(c.max_checkpoint) for c in chunks])
     if not checkpoint.stores(plan.spec, plan.mode):
         return
+    stored = s.get(Checkpoint, run.mapref)
+    new = checkpoint.advanced(
+        plan.spec,
+        plan.mode,
+        decode_value(stored.value) if stored else None,
+        [decode_value(c.max_checkpoint) for c in chunks],
+    )
     run.checkpoint_to = encode_value(new)
     if new is None:
         return
     if stored is None:
-        s.add(Checkpoint(mapref=run.mapref, value=encode_value(new), value_type=value_type_name(new),
-                         run_id=run.run_id, updated_at=now))
+        s.add(
+            Checkpoint(
+                mapref=run.mapref,
+                value=encode_value(new),
+                value_type=value_type_name(new),
+                run_id=run.run_id,
+                updated_at=now,
+            )
+        )
     else:
         stored.value = encode_value(new)
         stored.value_type = value_type_name(new)

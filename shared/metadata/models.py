@@ -1,19 +1,38 @@
 """SQLAlchemy models of the metadata tables. Alembic migrations create them; these classes
 are what the code reads and writes. Works on Postgres and SQLite."""
+
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Enum, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.run.statuses import ChunkStatus, RunStatus
 
 
 def _status(enum_cls: type) -> Enum:
-    return Enum(enum_cls, native_enum=False, length=16, create_constraint=False,
-                values_callable=lambda e: [m.value for m in e], validate_strings=True)
+    return Enum(
+        enum_cls,
+        native_enum=False,
+        length=16,
+        create_constraint=False,
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+    )
 
 
 class Base(DeclarativeBase):
@@ -56,9 +75,13 @@ class ProcessLog(Base):
     __table_args__ = (
         Index("ix_process_log_mapref_created", "mapref", "created_at"),
         # One active run per mapping, enforced by the database under races.
-        Index("ux_process_log_one_active_run", "mapref", unique=True,
-              postgresql_where=text("status IN ('QUEUED', 'RUNNING')"),
-              sqlite_where=text("status IN ('QUEUED', 'RUNNING')")),
+        Index(
+            "ux_process_log_one_active_run",
+            "mapref",
+            unique=True,
+            postgresql_where=text("status IN ('QUEUED', 'RUNNING')"),
+            sqlite_where=text("status IN ('QUEUED', 'RUNNING')"),
+        ),
     )
 
 
@@ -67,8 +90,9 @@ class ChunkLog(Base):
 
     __tablename__ = "chunk_log"
 
-    run_id: Mapped[str] = mapped_column(String(32), ForeignKey("process_log.run_id", ondelete="CASCADE"),
-                                        primary_key=True)
+    run_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("process_log.run_id", ondelete="CASCADE"), primary_key=True
+    )
     chunk_no: Mapped[int] = mapped_column(Integer, primary_key=True)
     lower_bound: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     upper_bound: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -108,8 +132,9 @@ class StopRequest(Base):
 
     __tablename__ = "stop_request"
 
-    run_id: Mapped[str] = mapped_column(String(32), ForeignKey("process_log.run_id", ondelete="CASCADE"),
-                                        primary_key=True)
+    run_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("process_log.run_id", ondelete="CASCADE"), primary_key=True
+    )
     requested_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     requested_by: Mapped[str] = mapped_column(String(200), nullable=False)
     reason: Mapped[str | None] = mapped_column(Text)
@@ -121,10 +146,12 @@ class ErrorRow(Base):
     __tablename__ = "error_row"
     __table_args__ = (Index("ix_error_row_run_chunk", "run_id", "chunk_no"),)
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-                                    autoincrement=True)
-    run_id: Mapped[str] = mapped_column(String(32), ForeignKey("process_log.run_id", ondelete="CASCADE"),
-                                        nullable=False)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    run_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("process_log.run_id", ondelete="CASCADE"), nullable=False
+    )
     chunk_no: Mapped[int] = mapped_column(Integer, nullable=False)
     row_key: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     row_data: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)

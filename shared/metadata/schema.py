@@ -1,4 +1,5 @@
 """Migrating the metadata database (``chordload db upgrade``) and checking it is migrated."""
+
 from __future__ import annotations
 
 import logging
@@ -31,7 +32,9 @@ def upgrade(engine: Engine) -> str:
 
 
 def head_revision() -> str:
-    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None  # migrations/versions/ always holds revisions
+    return head
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -48,4 +51,5 @@ def require_current(engine: Engine) -> None:
     if current != head_revision():
         raise MetadataNotReadyError(
             f"the metadata database is at revision {current or 'none'}, expected "
-            f"{head_revision()}: run `chordload db upgrade` first")
+            f"{head_revision()}: run `chordload db upgrade` first"
+        )

@@ -6,6 +6,7 @@ redelivered ``dispatch_due``, a worker whose clock is a little off - into an Int
 i.e. "someone else has it". The price is at-most-once: a dispatcher that dies between claim
 and launch leaves the slot CLAIMED and it is not retried; the next slot runs as usual.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -34,33 +35,59 @@ def claim(engine: Engine, mapref: str, scheduled_for: dt.datetime, claimed_by: s
     """
     try:
         with engine.begin() as conn:
-            newest = conn.execute(select(func.max(ScheduleSlot.scheduled_for)).where(
-                ScheduleSlot.mapref == mapref)).scalar_one_or_none()
+            newest = conn.execute(
+                select(func.max(ScheduleSlot.scheduled_for)).where(ScheduleSlot.mapref == mapref)
+            ).scalar_one_or_none()
             if newest is not None and as_utc(newest) >= scheduled_for:
                 return False
-            conn.execute(insert(ScheduleSlot).values(
-                mapref=mapref, scheduled_for=scheduled_for, claimed_at=utcnow(),
-                claimed_by=claimed_by[:200], status=SlotStatus.CLAIMED.value))
+            conn.execute(
+                insert(ScheduleSlot).values(
+                    mapref=mapref,
+                    scheduled_for=scheduled_for,
+                    claimed_at=utcnow(),
+                    claimed_by=claimed_by[:200],
+                    status=SlotStatus.CLAIMED.value,
+                )
+            )
     except IntegrityError:
         return False
     return True
 
 
-def finish(engine: Engine, mapref: str, scheduled_for: dt.datetime, status: SlotStatus, *,
-           run_id: str | None = None, reason: str | None = None) -> None:
+def finish(
+    engine: Engine,
+    mapref: str,
+    scheduled_for: dt.datetime,
+    status: SlotStatus,
+    *,
+    run_id: str | None = None,
+    reason: str | None = None,
+) -> None:
     with engine.begin() as conn:
-        conn.execute(update(ScheduleSlot).where(
-            ScheduleSlot.mapref == mapref, ScheduleSlot.scheduled_for == scheduled_for).values(
-            status=status.value, run_id=run_id, reason=reason, finished_at=utcnow()))
+        conn.execute(
+            update(ScheduleSlot)
+            .where(ScheduleSlot.mapref == mapref, ScheduleSlot.scheduled_for == scheduled_for)
+            .values(status=status.value, run_id=run_id, reason=reason, finished_at=utcnow())
+        )
 
 
 def latest(engine: Engine, mapref: str) -> ScheduleSlot | None:
     with session(engine) as s:
-        return s.scalars(select(ScheduleSlot).where(ScheduleSlot.mapref == mapref)
-                         .order_by(ScheduleSlot.scheduled_for.desc()).limit(1)).first()
+        return s.scalars(
+            select(ScheduleSlot)
+            .where(ScheduleSlot.mapref == mapref)
+            .order_by(ScheduleSlot.scheduled_for.desc())
+            .limit(1)
+        ).first()
 
 
 def for_mapping(engine: Engine, mapref: str, limit: int = 100) -> list[ScheduleSlot]:
     with session(engine) as s:
-        return list(s.scalars(select(ScheduleSlot).where(ScheduleSlot.mapref == mapref)
-                              .order_by(ScheduleSlot.scheduled_for.desc()).limit(limit)))
+        return list(
+            s.scalars(
+                select(ScheduleSlot)
+                .where(ScheduleSlot.mapref == mapref)
+                .order_by(ScheduleSlot.scheduled_for.desc())
+                .limit(limit)
+            )
+        )

@@ -3,6 +3,7 @@
 Workers call these once per chunk start, once per batch (progress) and once per chunk end;
 the coordinator once per plan. Nothing here holds a transaction open across a batch load.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,10 +15,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.errors import NotFoundError, RaceError, RunRefusedError
-from shared.retry import retry_transient
 from shared.metadata.models import Checkpoint, ChunkLog, ErrorRow, ProcessLog, StopRequest
-from shared.run.task_ids import chunk_task_id
+from shared.retry import retry_transient
 from shared.run.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
+from shared.run.task_ids import chunk_task_id
 from shared.timeutil import utcnow
 
 
@@ -35,6 +36,7 @@ class BatchProgress:
 class RecordedBatch:
     """A committed batch as chunk_log records it: its counts, the chunk's checkpoint maximum
     so far (encoded) and the batch's quarantined rows."""
+
     progress: BatchProgress
     max_checkpoint: dict[str, Any] | None = None
     error_rows: list[dict[str, Any]] = field(default_factory=list)
@@ -46,9 +48,12 @@ def session(engine: Engine) -> Session:
 
 def active_run(engine: Engine, mapref: str) -> ProcessLog | None:
     with session(engine) as s:
-        return s.scalars(select(ProcessLog).where(
-            ProcessLog.mapref == mapref,
-            ProcessLog.status.in_([st.value for st in ACTIVE_RUN_STATUSES]))).first()
+        return s.scalars(
+            select(ProcessLog).where(
+                ProcessLog.mapref == mapref,
+                ProcessLog.status.in_([st.value for st in ACTIVE_RUN_STATUSES]),
+            )
+        ).first()
 
 
 @retry_transient()
@@ -68,12 +73,20 @@ def create_run(engine: Engine, run: ProcessLog, chunks: list[ChunkLog]) -> None:
         active_id = active.run_id if active else None
         raise RunRefusedError(
             f"mapping '{run.mapref}' already has an active run {active_id or '(just finished)'}; "
-            f"wait for it (chordload status {active_id}) or stop it", active_id) from None
+            f"wait for it (chordload status {active_id}) or stop it",
+            active_id,
+        ) from None
 
 
 @retry_transient()
-def set_run_status(engine: Engine, run_id: str, status: RunStatus, *, only_from: set[RunStatus],
-                   message: str | None = None) -> bool:
+def set_run_status(
+    engine: Engine,
+    run_id: str,
+    status: RunStatus,
+    *,
+    only_from: set[RunStatus],
+    message: str | None = None,
+) -> bool:
     values: dict[str, Any] = {"status": status}
     if status is RunStatus.RUNNING:
         values["started_at"] = utcnow()
@@ -82,9 +95,13 @@ def set_run_status(engine: Engine, run_id: str, status: RunStatus, *, only_from:
     if message is not None:
         values["message"] = message
     with engine.begin() as conn:
-        result = conn.execute(update(ProcessLog).where(
-            ProcessLog.run_id == run_id,
-            ProcessLog.status.in_([st.value for st in only_from])).values(**values))
+        result = conn.execute(
+            update(ProcessLog)
+            .where(
+                ProcessLog.run_id == run_id, ProcessLog.status.in_([st.value for st in only_from])
+            )
+            .values(**values)
+        )
         return result.rowcount == 1
 
 
@@ -104,25 +121,37 @@ def find_run(engine: Engine, run_id: str) -> ProcessLog | None:
 
 def latest_run(engine: Engine, mapref: str) -> ProcessLog | None:
     with session(engine) as s:
-        return s.scalars(select(ProcessLog).where(ProcessLog.mapref == mapref)
-                         .order_by(ProcessLog.created_at.desc()).limit(1)).first()
+        return s.scalars(
+            select(ProcessLog)
+            .where(ProcessLog.mapref == mapref)
+            .order_by(ProcessLog.created_at.desc())
+            .limit(1)
+        ).first()
 
 
 def recent_runs(engine: Engine, limit: int = 20) -> list[ProcessLog]:
     with session(engine) as s:
-        return list(s.scalars(select(ProcessLog).order_by(ProcessLog.created_at.desc())
-                              .limit(limit)))
+        return list(
+            s.scalars(select(ProcessLog).order_by(ProcessLog.created_at.desc()).limit(limit))
+        )
 
 
 @retry_transient()
 def get_chunks(engine: Engine, run_id: str) -> list[ChunkLog]:
     with session(engine) as s:
-        return list(s.scalars(select(ChunkLog).where(ChunkLog.run_id == run_id)
-                              .order_by(ChunkLog.chunk_no)))
+        return list(
+            s.scalars(select(ChunkLog).where(ChunkLog.run_id == run_id).order_by(ChunkLog.chunk_no))
+        )
 
 
-_COUNTERS = ("rows_read", "rows_inserted", "rows_changed", "rows_unchanged", "rows_errored",
-             "rows_duplicate")
+_COUNTERS = (
+    "rows_read",
+    "rows_inserted",
+    "rows_changed",
+    "rows_unchanged",
+    "rows_errored",
+    "rows_duplicate",
+)
 
 
 class ChunkStartOutcome(str, Enum):
@@ -145,8 +174,9 @@ _OPEN = (ChunkStatus.PENDING.value, ChunkStatus.RUNNING.value)
 
 
 @retry_transient()
-def begin_chunk(engine: Engine, run_id: str, chunk_no: int, worker: str,
-                task_id: str | None = None) -> ChunkStart:
+def begin_chunk(
+    engine: Engine, run_id: str, chunk_no: int, worker: str, task_id: str | None = None
+) -> ChunkStart:
     """Claim the chunk for a new attempt, if it is still open, still this task's (a resume
     gives chunks new task ids) and its run has no stop request: one UPDATE in the common
     case, as it runs once per chunk and its round trips are part of a chunk's fixed cost.
@@ -165,45 +195,70 @@ def begin_chunk(engine: Engine, run_id: str, chunk_no: int, worker: str,
     if task_id is not None:
         claim = claim.where(ChunkLog.task_id == task_id)
     claim = claim.values(
-        status=ChunkStatus.RUNNING, attempts=ChunkLog.attempts + 1, worker=worker,
-        started_at=now, heartbeat_at=now, ended_at=None, message=None, batches_done=0,
-        **{c: 0 for c in _COUNTERS}).returning(ChunkLog.attempts, launches)
+        status=ChunkStatus.RUNNING,
+        attempts=ChunkLog.attempts + 1,
+        worker=worker,
+        started_at=now,
+        heartbeat_at=now,
+        ended_at=None,
+        message=None,
+        batches_done=0,
+        **dict.fromkeys(_COUNTERS, 0),
+    ).returning(ChunkLog.attempts, launches)
     with engine.begin() as conn:
         for _ in range(3):  # a stop request withdrawn by a resume in between: claim again
             claimed = conn.execute(claim).first()
             if claimed is not None:
                 break
-            chunk = conn.execute(select(ChunkLog.task_id, ChunkLog.status, ChunkLog.attempts,
-                                        ChunkLog.message, launches, stop_requested)
-                                 .where(*chunk_where).with_for_update()).first()
+            chunk = conn.execute(
+                select(
+                    ChunkLog.task_id,
+                    ChunkLog.status,
+                    ChunkLog.attempts,
+                    ChunkLog.message,
+                    launches,
+                    stop_requested,
+                )
+                .where(*chunk_where)
+                .with_for_update()
+            ).first()
             if chunk is None:
                 raise NotFoundError(f"run '{run_id}' has no chunk {chunk_no}")
             status, launch = ChunkStatus(chunk.status), chunk[4]
             if task_id is not None and chunk.task_id != task_id:
                 return ChunkStart(ChunkStartOutcome.SUPERSEDED, status, launch)
             if status.is_terminal:
-                return ChunkStart(ChunkStartOutcome.ENDED, status, launch, chunk.attempts,
-                                  chunk.message)
+                return ChunkStart(
+                    ChunkStartOutcome.ENDED, status, launch, chunk.attempts, chunk.message
+                )
             if chunk[5]:
                 message = "stopped by request before it started"
-                conn.execute(update(ChunkLog).where(*chunk_where).values(
-                    status=ChunkStatus.STOPPED, ended_at=now, message=message))
-                return ChunkStart(ChunkStartOutcome.STOPPED, ChunkStatus.STOPPED, launch,
-                                  chunk.attempts, message)
+                conn.execute(
+                    update(ChunkLog)
+                    .where(*chunk_where)
+                    .values(status=ChunkStatus.STOPPED, ended_at=now, message=message)
+                )
+                return ChunkStart(
+                    ChunkStartOutcome.STOPPED, ChunkStatus.STOPPED, launch, chunk.attempts, message
+                )
         if claimed is not None:
             if claimed.attempts > 1:
-                conn.execute(delete(ErrorRow).where(ErrorRow.run_id == run_id,
-                                                    ErrorRow.chunk_no == chunk_no))
-            return ChunkStart(ChunkStartOutcome.STARTED, ChunkStatus.RUNNING, claimed[1],
-                              claimed.attempts)
-    raise RaceError(f"run {run_id} chunk {chunk_no}: the claim kept racing with a "
-                         f"change of the chunk; retrying")
+                conn.execute(
+                    delete(ErrorRow).where(ErrorRow.run_id == run_id, ErrorRow.chunk_no == chunk_no)
+                )
+            return ChunkStart(
+                ChunkStartOutcome.STARTED, ChunkStatus.RUNNING, claimed[1], claimed.attempts
+            )
+    raise RaceError(
+        f"run {run_id} chunk {chunk_no}: the claim kept racing with a change of the chunk; retrying"
+    )
 
 
 def _batch_values(batch: RecordedBatch) -> dict[str, Any]:
     p = batch.progress
-    deltas = zip(_COUNTERS, (p.rows_read, p.inserted, p.changed, p.unchanged, p.errored,
-                             p.duplicate))
+    deltas = zip(
+        _COUNTERS, (p.rows_read, p.inserted, p.changed, p.unchanged, p.errored, p.duplicate)
+    )
     values: dict[str, Any] = {c: getattr(ChunkLog, c) + v for c, v in deltas}
     values.update(batches_done=ChunkLog.batches_done + 1, heartbeat_at=utcnow())
     if batch.max_checkpoint is not None:
@@ -214,9 +269,20 @@ def _batch_values(batch: RecordedBatch) -> dict[str, Any]:
 def _insert_error_rows(conn: Any, run_id: str, chunk_no: int, batch: RecordedBatch) -> None:
     if batch.error_rows:
         now = utcnow()
-        conn.execute(insert(ErrorRow), [
-            {"run_id": run_id, "chunk_no": chunk_no, "row_key": e["key"], "row_data": e["row"],
-             "message": e["message"], "created_at": now} for e in batch.error_rows])
+        conn.execute(
+            insert(ErrorRow),
+            [
+                {
+                    "run_id": run_id,
+                    "chunk_no": chunk_no,
+                    "row_key": e["key"],
+                    "row_data": e["row"],
+                    "message": e["message"],
+                    "created_at": now,
+                }
+                for e in batch.error_rows
+            ],
+        )
 
 
 @retry_transient()
@@ -228,9 +294,12 @@ def record_batch(engine: Engine, run_id: str, chunk_no: int, batch: RecordedBatc
     would make every chunk of the run queue on that one row."""
     stop_requested = select(StopRequest.run_id).where(StopRequest.run_id == run_id).exists()
     with engine.begin() as conn:
-        stop = conn.execute(update(ChunkLog).where(
-            ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no)
-            .values(**_batch_values(batch)).returning(stop_requested)).scalar_one()
+        stop = conn.execute(
+            update(ChunkLog)
+            .where(ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no)
+            .values(**_batch_values(batch))
+            .returning(stop_requested)
+        ).scalar_one()
         _insert_error_rows(conn, run_id, chunk_no, batch)
     return bool(stop)
 
@@ -240,17 +309,30 @@ def restart_chunk(engine: Engine, run_id: str, chunk_no: int) -> None:
     """Count a running chunk from zero again within its attempt (the loader starts it over
     on another path); its quarantined rows go with the counts."""
     with engine.begin() as conn:
-        conn.execute(update(ChunkLog).where(ChunkLog.run_id == run_id,
-                                            ChunkLog.chunk_no == chunk_no).values(
-            batches_done=0, max_checkpoint=None, heartbeat_at=utcnow(),
-            **{c: 0 for c in _COUNTERS}))
-        conn.execute(delete(ErrorRow).where(ErrorRow.run_id == run_id,
-                                            ErrorRow.chunk_no == chunk_no))
+        conn.execute(
+            update(ChunkLog)
+            .where(ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no)
+            .values(
+                batches_done=0,
+                max_checkpoint=None,
+                heartbeat_at=utcnow(),
+                **dict.fromkeys(_COUNTERS, 0),
+            )
+        )
+        conn.execute(
+            delete(ErrorRow).where(ErrorRow.run_id == run_id, ErrorRow.chunk_no == chunk_no)
+        )
 
 
 @retry_transient()
-def finish_chunk(engine: Engine, run_id: str, chunk_no: int, status: ChunkStatus,
-                 message: str | None = None, last_batch: RecordedBatch | None = None) -> int:
+def finish_chunk(
+    engine: Engine,
+    run_id: str,
+    chunk_no: int,
+    status: ChunkStatus,
+    message: str | None = None,
+    last_batch: RecordedBatch | None = None,
+) -> int:
     """End the chunk's attempt, recording its last batch with it (``last_batch``); a chunk
     already made terminal elsewhere (revoked by stop, failed by reconcile) keeps that status.
     Returns how many chunks of the run are still open: the chunk that sees 0 finalizes the
@@ -262,29 +344,42 @@ def finish_chunk(engine: Engine, run_id: str, chunk_no: int, status: ChunkStatus
         values.update(_batch_values(last_batch))
     with engine.begin() as conn:
         conn.execute(select(ProcessLog.run_id).where(ProcessLog.run_id == run_id).with_for_update())
-        ended = conn.execute(update(ChunkLog).where(
-            ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no,
-            ChunkLog.status.in_(open_)).values(**values)).rowcount
+        ended = conn.execute(
+            update(ChunkLog)
+            .where(
+                ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no, ChunkLog.status.in_(open_)
+            )
+            .values(**values)
+        ).rowcount
         if ended and last_batch is not None:
             _insert_error_rows(conn, run_id, chunk_no, last_batch)
-        return conn.execute(select(func.count()).where(
-            ChunkLog.run_id == run_id, ChunkLog.status.in_(open_))).scalar_one()
+        return conn.execute(
+            select(func.count()).where(ChunkLog.run_id == run_id, ChunkLog.status.in_(open_))
+        ).scalar_one()
 
 
 @retry_transient()
 def retry_chunk(engine: Engine, run_id: str, chunk_no: int, message: str) -> None:
     """Back to PENDING while a Celery retry of the same task waits out its backoff."""
     with engine.begin() as conn:
-        conn.execute(update(ChunkLog).where(
-            ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no,
-            ChunkLog.status == ChunkStatus.RUNNING).values(status=ChunkStatus.PENDING,
-                                                          message=message))
+        conn.execute(
+            update(ChunkLog)
+            .where(
+                ChunkLog.run_id == run_id,
+                ChunkLog.chunk_no == chunk_no,
+                ChunkLog.status == ChunkStatus.RUNNING,
+            )
+            .values(status=ChunkStatus.PENDING, message=message)
+        )
 
 
 def error_rows(engine: Engine, run_id: str, limit: int | None = None) -> list[ErrorRow]:
     with session(engine) as s:
-        query = select(ErrorRow).where(ErrorRow.run_id == run_id).order_by(ErrorRow.chunk_no,
-                                                                          ErrorRow.id)
+        query = (
+            select(ErrorRow)
+            .where(ErrorRow.run_id == run_id)
+            .order_by(ErrorRow.chunk_no, ErrorRow.id)
+        )
         return list(s.scalars(query.limit(limit) if limit else query))
 
 
@@ -299,10 +394,13 @@ def get_chunk(engine: Engine, run_id: str, chunk_no: int) -> ChunkLog:
 def progress_totals(engine: Engine, run_id: str) -> dict[str, int]:
     """Live totals of a run, summed over its chunks: row counters and chunks by status."""
     with engine.connect() as conn:
-        groups = conn.execute(select(ChunkLog.status, func.count(),
-                                     *(func.sum(getattr(ChunkLog, c)) for c in _COUNTERS))
-                              .where(ChunkLog.run_id == run_id)
-                              .group_by(ChunkLog.status)).all()
+        groups = conn.execute(
+            select(
+                ChunkLog.status, func.count(), *(func.sum(getattr(ChunkLog, c)) for c in _COUNTERS)
+            )
+            .where(ChunkLog.run_id == run_id)
+            .group_by(ChunkLog.status)
+        ).all()
     by_status = {ChunkStatus(g[0]).value: g[1] for g in groups}
     return {
         **{c: sum(int(g[2 + i] or 0) for g in groups) for i, c in enumerate(_COUNTERS)},
@@ -312,8 +410,9 @@ def progress_totals(engine: Engine, run_id: str) -> dict[str, int]:
     }
 
 
-def with_live_totals(engine: Engine, run: ProcessLog,
-                     totals: dict[str, int] | None = None) -> ProcessLog:
+def with_live_totals(
+    engine: Engine, run: ProcessLog, totals: dict[str, int] | None = None
+) -> ProcessLog:
     """An active run with its row and chunk counters filled in from its chunks (the run's
     row gets them when it is finalized), for display; not written back."""
     if run.status in ACTIVE_RUN_STATUSES:
@@ -327,9 +426,11 @@ def with_live_totals(engine: Engine, run: ProcessLog,
 def open_chunk_count(engine: Engine, run_id: str) -> int:
     """Chunks of the run still PENDING or RUNNING (one indexed count)."""
     with engine.connect() as conn:
-        return conn.execute(select(func.count()).where(
-            ChunkLog.run_id == run_id,
-            ChunkLog.status.in_([ChunkStatus.PENDING.value, ChunkStatus.RUNNING.value]))
+        return conn.execute(
+            select(func.count()).where(
+                ChunkLog.run_id == run_id,
+                ChunkLog.status.in_([ChunkStatus.PENDING.value, ChunkStatus.RUNNING.value]),
+            )
         ).scalar_one()
 
 
@@ -344,8 +445,11 @@ def request_stop(engine: Engine, run_id: str, requested_by: str, reason: str | N
     """Write the stop request (the source of truth for stopping); False if one exists."""
     try:
         with session(engine) as s, s.begin():
-            s.add(StopRequest(run_id=run_id, requested_at=utcnow(), requested_by=requested_by,
-                              reason=reason))
+            s.add(
+                StopRequest(
+                    run_id=run_id, requested_at=utcnow(), requested_by=requested_by, reason=reason
+                )
+            )
     except IntegrityError:
         return False
     return True
@@ -353,8 +457,10 @@ def request_stop(engine: Engine, run_id: str, requested_by: str, reason: str | N
 
 def stop_requested(engine: Engine, run_id: str) -> bool:
     with engine.connect() as conn:
-        return conn.execute(select(StopRequest.run_id).where(
-            StopRequest.run_id == run_id)).first() is not None
+        return (
+            conn.execute(select(StopRequest.run_id).where(StopRequest.run_id == run_id)).first()
+            is not None
+        )
 
 
 @retry_transient()
@@ -362,19 +468,30 @@ def revoke_pending_chunks(engine: Engine, run_id: str, reason: str) -> list[str]
     """Mark the run's PENDING chunks REVOKED; returns their task ids (to revoke in Celery)."""
     with engine.begin() as conn:
         conn.execute(select(ProcessLog.run_id).where(ProcessLog.run_id == run_id).with_for_update())
-        task_ids = list(conn.execute(select(ChunkLog.task_id).where(
-            ChunkLog.run_id == run_id, ChunkLog.status == ChunkStatus.PENDING)
-            .with_for_update()).scalars())
-        conn.execute(update(ChunkLog).where(ChunkLog.run_id == run_id,
-                                            ChunkLog.status == ChunkStatus.PENDING).values(
-            status=ChunkStatus.REVOKED, ended_at=utcnow(), message=reason))
+        task_ids = list(
+            conn.execute(
+                select(ChunkLog.task_id)
+                .where(ChunkLog.run_id == run_id, ChunkLog.status == ChunkStatus.PENDING)
+                .with_for_update()
+            ).scalars()
+        )
+        conn.execute(
+            update(ChunkLog)
+            .where(ChunkLog.run_id == run_id, ChunkLog.status == ChunkStatus.PENDING)
+            .values(status=ChunkStatus.REVOKED, ended_at=utcnow(), message=reason)
+        )
     return task_ids
 
 
 def active_runs(engine: Engine) -> list[ProcessLog]:
     with session(engine) as s:
-        return list(s.scalars(select(ProcessLog).where(
-            ProcessLog.status.in_([st.value for st in ACTIVE_RUN_STATUSES]))))
+        return list(
+            s.scalars(
+                select(ProcessLog).where(
+                    ProcessLog.status.in_([st.value for st in ACTIVE_RUN_STATUSES])
+                )
+            )
+        )
 
 
 @retry_transient()
@@ -385,14 +502,17 @@ def reopen_for_resume(engine: Engine, run_id: str) -> tuple[ProcessLog, list[Chu
     with session(engine) as s:
         try:
             with s.begin():
-                run = s.scalars(select(ProcessLog).where(ProcessLog.run_id == run_id)
-                                .with_for_update()).first()
+                run = s.scalars(
+                    select(ProcessLog).where(ProcessLog.run_id == run_id).with_for_update()
+                ).first()
                 if run is None:
                     raise NotFoundError(f"no run with id '{run_id}' in the metadata database")
                 if run.status not in (RunStatus.FAILED, RunStatus.STOPPED):
                     raise RunRefusedError(
                         f"run {run_id} is {run.status.value}; only a FAILED or STOPPED run can "
-                        f"be resumed", run_id if run.status in ACTIVE_RUN_STATUSES else None)
+                        f"be resumed",
+                        run_id if run.status in ACTIVE_RUN_STATUSES else None,
+                    )
                 s.execute(delete(StopRequest).where(StopRequest.run_id == run_id))
                 run.launches += 1
                 run.status = RunStatus.RUNNING
@@ -400,9 +520,13 @@ def reopen_for_resume(engine: Engine, run_id: str) -> tuple[ProcessLog, list[Chu
                 run.message = None
                 run.deletes_started_at = None
                 run.rows_deleted = 0
-                chunks = list(s.scalars(select(ChunkLog).where(
-                    ChunkLog.run_id == run_id, ChunkLog.status != ChunkStatus.SUCCESS)
-                    .order_by(ChunkLog.chunk_no)))
+                chunks = list(
+                    s.scalars(
+                        select(ChunkLog)
+                        .where(ChunkLog.run_id == run_id, ChunkLog.status != ChunkStatus.SUCCESS)
+                        .order_by(ChunkLog.chunk_no)
+                    )
+                )
                 for chunk in chunks:
                     chunk.status = ChunkStatus.PENDING
                     chunk.task_id = chunk_task_id(run_id, chunk.chunk_no, run.launches)
@@ -414,5 +538,6 @@ def reopen_for_resume(engine: Engine, run_id: str) -> tuple[ProcessLog, list[Chu
             raise RunRefusedError(
                 f"cannot resume run {run_id}: mapping already has an active run "
                 f"{active.run_id if active else '(just finished)'}",
-                active.run_id if active else None) from None
+                active.run_id if active else None,
+            ) from None
     return run, chunks

@@ -1,4 +1,5 @@
 """What kind of run a run is: how it was asked for (mode) and what it loads (load kind)."""
+
 from __future__ import annotations
 
 from enum import Enum

@@ -7,6 +7,7 @@ rebuild the plan from that row instead of reading the config file, so a config c
 mid-run cannot split one run across two definitions. ``to_document`` writes it and
 ``from_row`` reads it: nothing else parses the document.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -14,9 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.checkpoint import PythonFilter
+from shared.config.mapping import CheckpointStrategy, DeletesMode, MappingSpec, parse_timestamp_text
 from shared.dialects.base import DialectAdapter
-from shared.config.mapping import (CheckpointStrategy, DeletesMode, MappingSpec,
-                                   parse_timestamp_text)
 from shared.metadata.models import ProcessLog
 from shared.run.modes import LoadKind, RunMode
 from shared.run.values import Value, decode_value
@@ -24,7 +24,7 @@ from shared.run.window import Window
 from shared.scd.target import Scd2Options, ScdTarget
 from shared.timeutil import as_utc
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def bind_moment(value: dt.date | dt.datetime | None, kind: str | None) -> Any:
@@ -67,11 +67,16 @@ class RunPlan:
 
     # -- the stored document (process_log.mapping) ----------------------------------------
     def to_document(self) -> dict[str, Any]:
-        return {"spec": self.spec.model_dump(mode="json"), "columns": list(self.columns),
-                "run": {"mode": self.mode.value, "window": self.window.to_document(),
-                        "python": self.python_filter.to_document() if self.python_filter
-                        else None,
-                        "validity_kind": self.validity_kind}}
+        return {
+            "spec": self.spec.model_dump(mode="json"),
+            "columns": list(self.columns),
+            "run": {
+                "mode": self.mode.value,
+                "window": self.window.to_document(),
+                "python": self.python_filter.to_document() if self.python_filter else None,
+                "validity_kind": self.validity_kind,
+            },
+        }
 
     @classmethod
     def from_row(cls, run: ProcessLog) -> RunPlan:
@@ -83,12 +88,28 @@ class RunPlan:
         doc = run.mapping.get("run")
         if doc is None:  # planned before these options existed
             window = Window(spec.checkpoint_column, checkpoint_from, decode_value(run.hwm))
-            return cls(run.run_id, run.mapref, spec, columns, window, created_at,
-                       checkpoint_from=checkpoint_from)
+            return cls(
+                run.run_id,
+                run.mapref,
+                spec,
+                columns,
+                window,
+                created_at,
+                checkpoint_from=checkpoint_from,
+            )
         python = PythonFilter.from_document(doc["python"]) if doc.get("python") else None
-        return cls(run.run_id, run.mapref, spec, columns, Window.from_document(doc["window"]),
-                   created_at, RunMode(doc["mode"]), python, doc.get("validity_kind"),
-                   checkpoint_from)
+        return cls(
+            run.run_id,
+            run.mapref,
+            spec,
+            columns,
+            Window.from_document(doc["window"]),
+            created_at,
+            RunMode(doc["mode"]),
+            python,
+            doc.get("validity_kind"),
+            checkpoint_from,
+        )
 
     # -- what the SCD statements need --------------------------------------------------------
     @property
@@ -108,8 +129,10 @@ class RunPlan:
             valid_from_column=scd.valid_from,
             current_valid_to=bind_moment(sentinel, self.validity_kind),
             tracked=tuple(scd.tracked) if scd.tracked else None,
-            is_deleted=(scd.audit_columns.is_deleted
-                        if scd.deletes is DeletesMode.NEW_RECORD else None))
+            is_deleted=(
+                scd.audit_columns.is_deleted if scd.deletes is DeletesMode.NEW_RECORD else None
+            ),
+        )
 
     @property
     def deleted_at(self) -> Any:
@@ -119,6 +142,13 @@ class RunPlan:
     def scd_target(self, dialect: DialectAdapter) -> ScdTarget:
         """The target as the SCD statements see it, on ``dialect``."""
         spec = self.spec
-        return ScdTarget(dialect, dialect.table_ref(spec.target), tuple(self.columns),
-                         tuple(spec.keys), spec.scd.audit_columns, spec.scd.type, self.run_id,
-                         self.scd2_options())
+        return ScdTarget(
+            dialect,
+            dialect.table_ref(spec.target),
+            tuple(self.columns),
+            tuple(spec.keys),
+            spec.scd.audit_columns,
+            spec.scd.type,
+            self.run_id,
+            self.scd2_options(),
+        )

@@ -1,4 +1,5 @@
 """Run and chunk statuses, as enums (stored as their string values)."""
+
 from __future__ import annotations
 
 from enum import Enum

@@ -8,12 +8,15 @@ broker, logs can name the run and chunk of any task, and a late task of an earli
 - ``<run_id>.<chunk_no>.r<n>``: that chunk in the n-th resume;
 - ``<first chunk's id>.finalize``: the chord body.
 """
+
 from __future__ import annotations
 
 import re
 
-TASK_ID = re.compile(r"^(?P<run_id>[A-Za-z0-9_-]+)\.(?P<chunk_no>\d+)(?:\.r\d+)?"
-                     r"(?P<finalize>\.finalize)?$")
+TASK_ID = re.compile(
+    r"^(?P<run_id>[A-Za-z0-9_-]+)\.(?P<chunk_no>\d+)(?:\.r\d+)?"
+    r"(?P<finalize>\.finalize)?$"
+)
 
 
 def chunk_task_id(run_id: str, chunk_no: int, launch: int = 1) -> str:

@@ -9,6 +9,7 @@ checkpoint or a composite chunk bound is a tuple, stored as ``{"type": "row", "v
 Also here: the arithmetic on such values that planning needs (a checkpoint minus its lag,
 equal strides between a minimum and a maximum) and reading a value typed on the command line.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -20,7 +21,7 @@ from typing import Any
 ScalarValue = int | float | Decimal | str | dt.date | dt.datetime | bool | None
 Value = ScalarValue | tuple  # a tuple: one value per column of a multi-column checkpoint
 
-_UTC = dt.timezone.utc
+_UTC = dt.UTC
 
 
 def encode_value(value: Value) -> dict[str, Any] | None:
@@ -80,8 +81,11 @@ def display_value(encoded: dict[str, Any] | None) -> str:
     if encoded is None:
         return "-"
     if encoded["type"] == "row":
-        return "(" + ", ".join("NULL" if v is None else display_value(v)
-                               for v in encoded["value"]) + ")"
+        return (
+            "("
+            + ", ".join("NULL" if v is None else display_value(v) for v in encoded["value"])
+            + ")"
+        )
     return str(encoded["value"])
 
 
@@ -93,7 +97,8 @@ def max_value(values: list[Value]) -> Value:
     """The maximum of non-NULL values, or None. Rows with a NULL part are left out (SQL's row
     comparison cannot order them either), so a checkpoint never passes a row it did not
     compare. Mixed naive/aware datetimes are refused."""
-    present = [v for v in values if _complete(v)]
+    # Any: the values are of one comparable type at runtime, which the Value union cannot say
+    present: list[Any] = [v for v in values if _complete(v)]
     return max(present) if present else None
 
 
@@ -155,9 +160,13 @@ def minus_lag(value: Value, lag: float) -> Value:
     if isinstance(value, str):
         parsed = _parse_iso_text(value)
         if parsed is not None:
-            return _format_like(minus_lag(parsed[0], lag), parsed[1])
-    raise TypeError(f"a checkpoint value {value!r} ({type(value).__name__}) has no lag "
-                    f"arithmetic; lag needs a number, date or timestamp")
+            lagged = minus_lag(parsed[0], lag)
+            assert isinstance(lagged, dt.date)  # a date (or datetime) minus a timedelta
+            return _format_like(lagged, parsed[1])
+    raise TypeError(
+        f"a checkpoint value {value!r} ({type(value).__name__}) has no lag "
+        f"arithmetic; lag needs a number, date or timestamp"
+    )
 
 
 # -- equal strides (chunking.strategy: range) -------------------------------------------------
@@ -175,9 +184,7 @@ def stride_bounds(low: Any, high: Any, parts: int) -> list[Any]:
         raise TypeError(f"values of type {type(low).__name__} have no equal strides")
     if isinstance(low, int):
         raw = [low + (high - low) * i // parts for i in range(1, parts)]
-    elif isinstance(low, (float, Decimal)):
-        raw = [low + (high - low) * i / parts for i in range(1, parts)]
-    elif isinstance(low, dt.datetime):
+    elif isinstance(low, (float, Decimal, dt.datetime)):
         raw = [low + (high - low) * i / parts for i in range(1, parts)]
     elif isinstance(low, dt.date):
         days = (high - low).days

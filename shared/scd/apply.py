@@ -13,6 +13,7 @@ and may prepare the transaction for the key lookups (``DialectAdapter.prepare_ap
   (retry, redelivery, resume) and a later duplicate of a key leave one version per key per
   run, counted as one clean pass would count it.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,8 +24,16 @@ from shared.scd import sql
 from shared.scd.target import ApplyCounts, ScdTarget
 
 
-def apply(conn: Connection, target: ScdTarget, stage: str, staged_rows: int,
-          has_null_keys: bool, *, valid_from: Any, now: Any) -> ApplyCounts:
+def apply(
+    conn: Connection,
+    target: ScdTarget,
+    stage: str,
+    staged_rows: int,
+    has_null_keys: bool,
+    *,
+    valid_from: Any,
+    now: Any,
+) -> ApplyCounts:
     """Apply the staged rows as the target's SCD type says."""
     target.dialect.prepare_apply(conn, target.table, target.keys)
     if target.scd2:
@@ -32,14 +41,14 @@ def apply(conn: Connection, target: ScdTarget, stage: str, staged_rows: int,
     return apply_scd1(conn, target, stage, staged_rows, has_null_keys, now)
 
 
-def apply_scd1(conn: Connection, target: ScdTarget, stage: str, staged_rows: int,
-               has_null_keys: bool, now: Any) -> ApplyCounts:
+def apply_scd1(
+    conn: Connection, target: ScdTarget, stage: str, staged_rows: int, has_null_keys: bool, now: Any
+) -> ApplyCounts:
     """Update changed rows in place, insert new keys; equal hashes are not written."""
     q, audit, dialect, table = target.q, target.audit, target.dialect, target.table
     columns, keys = target.columns, target.keys
     sets = [(c, f"s.{q(c)}") for c in columns if c not in keys]
-    sets += [(audit.row_hash, "s.cl_hash"), (audit.updated_at, ":now"),
-             (audit.run_id, ":run_id")]
+    sets += [(audit.row_hash, "s.cl_hash"), (audit.updated_at, ":now"), (audit.run_id, ":run_id")]
     cols = ", ".join(q(c) for c in columns)
     s_cols = ", ".join(f"s.{q(c)}" for c in columns)
     params = {"now": now, "run_id": target.run_id}
@@ -47,79 +56,145 @@ def apply_scd1(conn: Connection, target: ScdTarget, stage: str, staged_rows: int
     for null_safe in sql.null_passes(has_null_keys):
         match = sql.key_match(target, "t", "s", null_safe)
         hashed = sql.hashed_stage(target, stage, sql.key_filter(target, "st", null_safe))
-        changed += conn.execute(text(dialect.update_from_sql(
-            table, hashed, match, sets, f"t.{q(audit.row_hash)} <> s.cl_hash")),
-            params).rowcount
-        inserted += conn.execute(text(
-            f"INSERT INTO {table} ({cols}, {q(audit.row_hash)}, {q(audit.inserted_at)}, "
-            f"{q(audit.updated_at)}, {q(audit.run_id)}) SELECT {s_cols}, s.cl_hash, :now, "
-            f":now, :run_id FROM {hashed} s WHERE NOT EXISTS (SELECT 1 FROM {table} t "
-            f"WHERE {match})"), params).rowcount
-    return ApplyCounts(inserted=inserted, changed=changed,
-                       unchanged=staged_rows - inserted - changed)
+        changed += conn.execute(
+            text(
+                dialect.update_from_sql(
+                    table, hashed, match, sets, f"t.{q(audit.row_hash)} <> s.cl_hash"
+                )
+            ),
+            params,
+        ).rowcount
+        inserted += conn.execute(
+            text(
+                f"INSERT INTO {table} ({cols}, {q(audit.row_hash)}, {q(audit.inserted_at)}, "
+                f"{q(audit.updated_at)}, {q(audit.run_id)}) SELECT {s_cols}, s.cl_hash, :now, "
+                f":now, :run_id FROM {hashed} s WHERE NOT EXISTS (SELECT 1 FROM {table} t "
+                f"WHERE {match})"
+            ),
+            params,
+        ).rowcount
+    return ApplyCounts(
+        inserted=inserted, changed=changed, unchanged=staged_rows - inserted - changed
+    )
 
 
-def apply_scd2(conn: Connection, target: ScdTarget, stage: str, staged_rows: int,
-               has_null_keys: bool, valid_from: Any) -> ApplyCounts:
+def apply_scd2(
+    conn: Connection,
+    target: ScdTarget,
+    stage: str,
+    staged_rows: int,
+    has_null_keys: bool,
+    valid_from: Any,
+) -> ApplyCounts:
     """Expire current versions whose hash changed, then insert a current version for every
     staged key that has none (new keys and the ones just expired). With ``tracked``
     columns, a change in the other columns updates the current version in place."""
-    q, audit, dialect, table, opts = (target.q, target.audit, target.dialect, target.table,
-                                      target.options)
+    q, audit, dialect, table, opts = (
+        target.q,
+        target.audit,
+        target.dialect,
+        target.table,
+        target.options,
+    )
     current = q(audit.is_current)
     in_place = target.in_place_columns
     vf = f"s.{q(opts.valid_from_column)}" if opts.valid_from_column else ":valid_from"
-    insert_cols = [q(c) for c in target.columns] + [q(audit.row_hash), q(audit.valid_from),
-                                                   q(audit.valid_to), current, q(audit.run_id)]
-    insert_vals = [f"s.{q(c)}" for c in target.columns] + ["s.cl_hash", vf,
-                                                          ":valid_to_current", ":true_",
-                                                          ":run_id"]
+    insert_cols = [q(c) for c in target.columns] + [
+        q(audit.row_hash),
+        q(audit.valid_from),
+        q(audit.valid_to),
+        current,
+        q(audit.run_id),
+    ]
+    insert_vals = [f"s.{q(c)}" for c in target.columns] + [
+        "s.cl_hash",
+        vf,
+        ":valid_to_current",
+        ":true_",
+        ":run_id",
+    ]
     if opts.is_deleted:
         insert_cols.append(q(opts.is_deleted))
         insert_vals.append(":false_")
-    params = {"valid_from": valid_from, "run_id": target.run_id,
-              "valid_to_current": opts.current_valid_to, **target.flags()}
+    params = {
+        "valid_from": valid_from,
+        "run_id": target.run_id,
+        "valid_to_current": opts.current_valid_to,
+        **target.flags(),
+    }
     expire = [(audit.valid_to, vf), (audit.is_current, ":false_")]
     changed = written = updated = 0
     for null_safe in sql.null_passes(has_null_keys):
         match = sql.key_match(target, "t", "s", null_safe)
-        hashed = sql.hashed_stage(target, stage, sql.key_filter(target, "st", null_safe),
-                                  target.hashed_columns)
+        hashed = sql.hashed_stage(
+            target, stage, sql.key_filter(target, "st", null_safe), target.hashed_columns
+        )
         if in_place:
-            updated += conn.execute(text(dialect.update_from_sql(
-                table, hashed, match, [(c, f"s.{q(c)}") for c in in_place],
-                f"t.{current} = :true_ AND t.{q(audit.row_hash)} = s.cl_hash AND "
-                f"{sql.differs(target, 't', 's', in_place)}")), params).rowcount
-        changed += conn.execute(text(dialect.update_from_sql(
-            table, hashed, match, expire,
-            f"t.{current} = :true_ AND t.{q(audit.row_hash)} <> s.cl_hash")),
-            params).rowcount
-        written += conn.execute(text(
-            f"INSERT INTO {table} ({', '.join(insert_cols)}) SELECT {', '.join(insert_vals)} "
-            f"FROM {hashed} s WHERE NOT EXISTS (SELECT 1 "
-            f"FROM {table} t WHERE {match} AND t.{current} = :true_)"), params).rowcount
-    return ApplyCounts(inserted=written - changed, changed=changed + updated,
-                       unchanged=staged_rows - written - updated)
+            updated += conn.execute(
+                text(
+                    dialect.update_from_sql(
+                        table,
+                        hashed,
+                        match,
+                        [(c, f"s.{q(c)}") for c in in_place],
+                        f"t.{current} = :true_ AND t.{q(audit.row_hash)} = s.cl_hash AND "
+                        f"{sql.differs(target, 't', 's', in_place)}",
+                    )
+                ),
+                params,
+            ).rowcount
+        changed += conn.execute(
+            text(
+                dialect.update_from_sql(
+                    table,
+                    hashed,
+                    match,
+                    expire,
+                    f"t.{current} = :true_ AND t.{q(audit.row_hash)} <> s.cl_hash",
+                )
+            ),
+            params,
+        ).rowcount
+        written += conn.execute(
+            text(
+                f"INSERT INTO {table} ({', '.join(insert_cols)}) SELECT {', '.join(insert_vals)} "
+                f"FROM {hashed} s WHERE NOT EXISTS (SELECT 1 "
+                f"FROM {table} t WHERE {match} AND t.{current} = :true_)"
+            ),
+            params,
+        ).rowcount
+    return ApplyCounts(
+        inserted=written - changed,
+        changed=changed + updated,
+        unchanged=staged_rows - written - updated,
+    )
 
 
-def replace_own_versions(conn: Connection, target: ScdTarget, stage: str,
-                         has_null_keys: bool, *, now: Any = None) -> int:
+def replace_own_versions(
+    conn: Connection, target: ScdTarget, stage: str, has_null_keys: bool, *, now: Any = None
+) -> int:
     """Overwrite, in place, the current rows that this same run wrote and that differ from
     the staged row: a later duplicate of a key that won, or a replayed batch that reads
     other rows than the attempt before it. A run thus writes one version per key however
     often the key occurs in its extract, and the apply that follows finds these rows
     unchanged. SCD2 with valid_from from a source column: the predecessor's valid_to
     moves along. SCD1: ``now`` is the new updated_at. Returns the rows overwritten."""
-    q, audit, dialect, table, opts = (target.q, target.audit, target.dialect, target.table,
-                                      target.options)
+    q, audit, dialect, table, opts = (
+        target.q,
+        target.audit,
+        target.dialect,
+        target.table,
+        target.options,
+    )
     target.dialect.prepare_apply(conn, table, target.keys)
     current = q(audit.is_current)
     in_place = target.in_place_columns
     params = {"run_id": target.run_id, "now": now, **target.flags()}
     replaced = 0
     for null_safe in sql.null_passes(has_null_keys):
-        hashed = sql.hashed_stage(target, stage, sql.key_filter(target, "st", null_safe),
-                                  target.hashed_columns)
+        hashed = sql.hashed_stage(
+            target, stage, sql.key_filter(target, "st", null_safe), target.hashed_columns
+        )
 
         def differs(t: str, s: str) -> str:
             found = f"{t}.{q(audit.row_hash)} <> {s}.cl_hash"
@@ -135,21 +210,34 @@ def replace_own_versions(conn: Connection, target: ScdTarget, stage: str,
             sets.append((audit.updated_at, ":now"))
         elif opts.valid_from_column:
             vf = f"s.{q(opts.valid_from_column)}"
-            owned = (f"(SELECT s2.*, o.{q(audit.valid_from)} AS cl_old_vf FROM {hashed} s2 "
-                     f"JOIN {table} o ON {sql.key_match(target, 'o', 's2', null_safe)}"
-                     f" AND o.{current} = :true_ AND {sql.written_by_run(target, 'o', 's2')}"
-                     f" AND {differs('o', 's2')})")
-            conn.execute(text(dialect.update_from_sql(
-                table, owned, match, [(audit.valid_to, vf)],
-                f"t.{current} = :false_ AND t.{q(audit.valid_to)} = s.cl_old_vf")), params)
+            owned = (
+                f"(SELECT s2.*, o.{q(audit.valid_from)} AS cl_old_vf FROM {hashed} s2 "
+                f"JOIN {table} o ON {sql.key_match(target, 'o', 's2', null_safe)}"
+                f" AND o.{current} = :true_ AND {sql.written_by_run(target, 'o', 's2')}"
+                f" AND {differs('o', 's2')})"
+            )
+            conn.execute(
+                text(
+                    dialect.update_from_sql(
+                        table,
+                        owned,
+                        match,
+                        [(audit.valid_to, vf)],
+                        f"t.{current} = :false_ AND t.{q(audit.valid_to)} = s.cl_old_vf",
+                    )
+                ),
+                params,
+            )
             sets.append((audit.valid_from, vf))
-        replaced += conn.execute(text(dialect.update_from_sql(table, hashed, match, sets, own)),
-                                 params).rowcount
+        replaced += conn.execute(
+            text(dialect.update_from_sql(table, hashed, match, sets, own)), params
+        ).rowcount
     return replaced
 
 
-def count_applied_by_run(conn: Connection, target: ScdTarget, stage: str, has_null_keys: bool,
-                         valid_from: Any) -> ApplyCounts:
+def count_applied_by_run(
+    conn: Connection, target: ScdTarget, stage: str, has_null_keys: bool, valid_from: Any
+) -> ApplyCounts:
     """Among staged rows the apply found unchanged, those that this same run had already
     written (an earlier attempt of a retried or redelivered chunk, or the launch before a
     resume), split into inserted and changed. Run only on replays, so counts stay exact
@@ -158,26 +246,35 @@ def count_applied_by_run(conn: Connection, target: ScdTarget, stage: str, has_nu
     q, audit, table = target.q, target.audit, target.table
     target.dialect.prepare_apply(conn, table, target.keys)
     if not target.scd2:  # changed: inserted before this run (at valid_from), updated since
-        changed_expr = (f"CASE WHEN t.{q(audit.inserted_at)} < t.{q(audit.updated_at)} AND "
-                        f"t.{q(audit.inserted_at)} < :valid_from THEN 1 ELSE 0 END")
+        changed_expr = (
+            f"CASE WHEN t.{q(audit.inserted_at)} < t.{q(audit.updated_at)} AND "
+            f"t.{q(audit.inserted_at)} < :valid_from THEN 1 ELSE 0 END"
+        )
         current = "1 = 1"
     else:
         current = f"t.{q(audit.is_current)} = :true_"
-        changed_expr = (f"CASE WHEN EXISTS (SELECT 1 FROM {table} o WHERE "
-                        f"{{match_o}} AND o.{q(audit.is_current)} = :false_ AND "
-                        f"o.{q(audit.valid_to)} = t.{q(audit.valid_from)}) THEN 1 ELSE 0 END")
+        changed_expr = (
+            f"CASE WHEN EXISTS (SELECT 1 FROM {table} o WHERE "
+            f"{{match_o}} AND o.{q(audit.is_current)} = :false_ AND "
+            f"o.{q(audit.valid_to)} = t.{q(audit.valid_from)}) THEN 1 ELSE 0 END"
+        )
     params = {"run_id": target.run_id, "valid_from": valid_from, **target.flags()}
     total = changed = 0
     for null_safe in sql.null_passes(has_null_keys):
         match = sql.key_match(target, "t", "s", null_safe)
         match_o = sql.key_match(target, "o", "t", null_safe)
-        hashed = sql.hashed_stage(target, stage, sql.key_filter(target, "st", null_safe),
-                                  target.hashed_columns)
-        row = conn.execute(text(
-            f"SELECT count(*), sum({changed_expr.format(match_o=match_o)}) FROM {hashed} s "
-            f"JOIN {table} t ON {match} AND {current} WHERE "
-            f"{sql.written_by_run(target, 't', 's')} AND "
-            f"t.{q(audit.row_hash)} = s.cl_hash"), params).one()
+        hashed = sql.hashed_stage(
+            target, stage, sql.key_filter(target, "st", null_safe), target.hashed_columns
+        )
+        row = conn.execute(
+            text(
+                f"SELECT count(*), sum({changed_expr.format(match_o=match_o)}) FROM {hashed} s "
+                f"JOIN {table} t ON {match} AND {current} WHERE "
+                f"{sql.written_by_run(target, 't', 's')} AND "
+                f"t.{q(audit.row_hash)} = s.cl_hash"
+            ),
+            params,
+        ).one()
         total += int(row[0] or 0)
         changed += int(row[1] or 0)
     return ApplyCounts(inserted=total - changed, changed=changed, unchanged=-total)

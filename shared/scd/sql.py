@@ -4,6 +4,7 @@
 Aliases: ``t`` is the target, ``s`` the hashed stage (the stage plus ``cl_hash``), ``st``
 the stage itself.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -11,20 +12,23 @@ from collections.abc import Sequence
 from shared.scd.target import ScdTarget
 
 
-def hashed_stage(target: ScdTarget, stage: str, only: str,
-                 hashed: Sequence[str] | None = None) -> str:
+def hashed_stage(
+    target: ScdTarget, stage: str, only: str, hashed: Sequence[str] | None = None
+) -> str:
     """The stage's rows that pass ``only``, each with its row hash as ``cl_hash``."""
     q = target.q
-    hash_expr = target.dialect.row_hash_expr([f"st.{q(c)}" for c in
-                                              (hashed if hashed is not None else target.columns)])
+    hash_expr = target.dialect.row_hash_expr(
+        [f"st.{q(c)}" for c in (hashed if hashed is not None else target.columns)]
+    )
     return f"(SELECT st.*, {hash_expr} AS cl_hash FROM {stage} st WHERE {only})"
 
 
 def key_match(target: ScdTarget, left: str, right: str, null_safe: bool) -> str:
     q = target.q
     if null_safe:
-        return " AND ".join(target.dialect.null_safe_eq(f"{left}.{q(k)}", f"{right}.{q(k)}")
-                            for k in target.keys)
+        return " AND ".join(
+            target.dialect.null_safe_eq(f"{left}.{q(k)}", f"{right}.{q(k)}") for k in target.keys
+        )
     return " AND ".join(f"{left}.{q(k)} = {right}.{q(k)}" for k in target.keys)
 
 
@@ -47,12 +51,16 @@ def written_by_run(target: ScdTarget, target_alias: str, stage_alias: str) -> st
     plain restriction on the target it is estimated from the target's statistics, which
     during a load are stale (they know few or no rows of this run); PostgreSQL then
     prefers scanning the whole target once per staged row to probing its key index."""
-    return (f"{target_alias}.{target.q(target.audit.run_id)} = CASE WHEN {stage_alias}.cl_hash "
-            f"IS NULL THEN NULL ELSE :run_id END")
+    return (
+        f"{target_alias}.{target.q(target.audit.run_id)} = CASE WHEN {stage_alias}.cl_hash "
+        f"IS NULL THEN NULL ELSE :run_id END"
+    )
 
 
 def differs(target: ScdTarget, left: str, right: str, columns: Sequence[str]) -> str:
     """The columns of two row aliases differ (compared by hash, so NULLs are values)."""
     q, row_hash = target.q, target.dialect.row_hash_expr
-    return (f"{row_hash([f'{left}.{q(c)}' for c in columns])} <> "
-            f"{row_hash([f'{right}.{q(c)}' for c in columns])}")
+    return (
+        f"{row_hash([f'{left}.{q(c)}' for c in columns])} <> "
+        f"{row_hash([f'{right}.{q(c)}' for c in columns])}"
+    )

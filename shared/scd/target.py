@@ -5,6 +5,7 @@ business columns and keys, the audit column names, the SCD type and its options,
 They used to be re-exploded from the mapping at every call (ten parameters each); a
 ``ScdTarget`` is built once per chunk and handed to every statement instead.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,8 +27,11 @@ class ApplyCounts:
     unchanged: int = 0
 
     def __add__(self, other: ApplyCounts) -> ApplyCounts:
-        return ApplyCounts(self.inserted + other.inserted, self.changed + other.changed,
-                           self.unchanged + other.unchanged)
+        return ApplyCounts(
+            self.inserted + other.inserted,
+            self.changed + other.changed,
+            self.unchanged + other.unchanged,
+        )
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-28
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -42,12 +43,22 @@ def upgrade() -> None:
         sa.Column("mapping", sa.JSON, nullable=False),
     )
     op.create_index("ix_process_log_mapref_created", "process_log", ["mapref", "created_at"])
-    op.create_index("ux_process_log_one_active_run", "process_log", ["mapref"], unique=True,
-                    postgresql_where=sa.text(ACTIVE), sqlite_where=sa.text(ACTIVE))
+    op.create_index(
+        "ux_process_log_one_active_run",
+        "process_log",
+        ["mapref"],
+        unique=True,
+        postgresql_where=sa.text(ACTIVE),
+        sqlite_where=sa.text(ACTIVE),
+    )
     op.create_table(
         "chunk_log",
-        sa.Column("run_id", sa.String(32), sa.ForeignKey("process_log.run_id", ondelete="CASCADE"),
-                  primary_key=True),
+        sa.Column(
+            "run_id",
+            sa.String(32),
+            sa.ForeignKey("process_log.run_id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
         sa.Column("chunk_no", sa.Integer, primary_key=True),
         sa.Column("lower_bound", sa.JSON),
         sa.Column("upper_bound", sa.JSON),
