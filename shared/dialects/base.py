@@ -6,6 +6,7 @@ expression, the DDL types used to create targets, and how to spell an UPDATE wit
 The SCD algorithm is written once from those pieces in ``shared/scd/``; a dialect that can
 relay bulk text also implements the protocols in ``shared/dialects/relay.py``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,13 +14,21 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.engine.interfaces import DBAPIConnection
 
+from shared.config.mapping import AuditColumns, TargetSpec
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 from shared.errors import ConfigError
-from shared.config.mapping import AuditColumns, TargetSpec
 
 STAGE_TABLE = "cl_stage"
 
+
+def dbapi_connection(conn: Connection) -> DBAPIConnection:
+    """The driver's connection under ``conn``. SQLAlchemy types it Optional (a pooled entry
+    can be detached or invalidated), but an open Connection always has one."""
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None, "the connection was invalidated or closed"
+    return dbapi
 
 
 class DialectAdapter:
@@ -51,13 +60,14 @@ class DialectAdapter:
         cols = ", ".join(f"src.{self.q(c)}" for c in columns)
         return f"SELECT {cols} FROM ({query}) src"
 
-    def relays_to(self, target: "DialectAdapter") -> bool:
+    def relays_to(self, target: DialectAdapter) -> bool:
         """Whether a chunk can move rows from this source to ``target`` as the databases'
         own bulk text, without parsing values in Python (PostgreSQL to PostgreSQL)."""
         return False
 
-    def estimate_rows(self, conn: Connection, query: str, where: str, params: dict[str, Any],
-                      exact: bool) -> int:
+    def estimate_rows(
+        self, conn: Connection, query: str, where: str, params: dict[str, Any], exact: bool
+    ) -> int:
         sql = f"SELECT count(*) FROM ({query}) src WHERE {where}"
         return int(conn.execute(text(sql), params).scalar_one())
 
@@ -85,24 +95,41 @@ class DialectAdapter:
         sql = self.limit_sql(
             f"SELECT {', '.join(refs)} FROM ({query}) src WHERE "
             f"{' AND '.join(f'{r} IS NOT NULL' for r in refs)} "
-            f"ORDER BY {', '.join(f'{r} DESC' for r in refs)}", 1)
+            f"ORDER BY {', '.join(f'{r} DESC' for r in refs)}",
+            1,
+        )
         row = conn.execute(text(sql)).first()
         return tuple(row) if row is not None else None
 
-    def min_max(self, conn: Connection, query: str, where: str, params: dict[str, Any],
-                column: str) -> tuple[Any, Any]:
+    def min_max(
+        self, conn: Connection, query: str, where: str, params: dict[str, Any], column: str
+    ) -> tuple[Any, Any]:
         col = f"src.{self.q(column)}"
-        row = conn.execute(text(f"SELECT min({col}), max({col}) FROM ({query}) src WHERE "
-                                f"({where}) AND {col} IS NOT NULL"), params).one()
+        row = conn.execute(
+            text(
+                f"SELECT min({col}), max({col}) FROM ({query}) src WHERE "
+                f"({where}) AND {col} IS NOT NULL"
+            ),
+            params,
+        ).one()
         return row[0], row[1]
 
-    def split_boundaries(self, conn: Connection, query: str, where: str,
-                         params: dict[str, Any], column: str, parts: int) -> list[Any]:
+    def split_boundaries(
+        self,
+        conn: Connection,
+        query: str,
+        where: str,
+        params: dict[str, Any],
+        column: str,
+        parts: int,
+    ) -> list[Any]:
         """Upper bounds of ``parts`` equal-count buckets of the split column (quantiles)."""
         col = f"src.{self.q(column)}"
-        sql = (f"SELECT max(v) AS upper_value FROM (SELECT {col} AS v, ntile(:parts) OVER "
-               f"(ORDER BY {col}) AS bucket FROM ({query}) src WHERE ({where}) AND {col} IS NOT NULL"
-               f") buckets GROUP BY bucket ORDER BY upper_value")
+        sql = (
+            f"SELECT max(v) AS upper_value FROM (SELECT {col} AS v, ntile(:parts) OVER "
+            f"(ORDER BY {col}) AS bucket FROM ({query}) src WHERE ({where}) AND {col} IS NOT NULL"
+            f") buckets GROUP BY bucket ORDER BY upper_value"
+        )
         uppers = [row[0] for row in conn.execute(text(sql), {**params, "parts": parts})]
         bounds: list[Any] = []
         for value in uppers[:-1]:  # ascending in the database's own order (its collation)
@@ -110,15 +137,24 @@ class DialectAdapter:
                 bounds.append(value)
         return bounds
 
-    def offset_boundaries(self, conn: Connection, query: str, where: str,
-                          params: dict[str, Any], columns: Sequence[str], parts: int,
-                          total: int) -> list[Any]:
+    def offset_boundaries(
+        self,
+        conn: Connection,
+        query: str,
+        where: str,
+        params: dict[str, Any],
+        columns: Sequence[str],
+        parts: int,
+        total: int,
+    ) -> list[Any]:
         """Upper bounds at every ``total / parts``-th row of the source ordered by
         ``columns``, each read with ``ORDER BY columns LIMIT 1 OFFSET k``: a scalar for one
         column, a row for several. Rows with a NULL part are left out (chunk 0 takes them)."""
         refs = [f"src.{self.q(c)}" for c in columns]
-        base = (f"SELECT {', '.join(refs)} FROM ({query}) src WHERE ({where}) AND "
-                f"{' AND '.join(f'{r} IS NOT NULL' for r in refs)} ORDER BY {', '.join(refs)}")
+        base = (
+            f"SELECT {', '.join(refs)} FROM ({query}) src WHERE ({where}) AND "
+            f"{' AND '.join(f'{r} IS NOT NULL' for r in refs)} ORDER BY {', '.join(refs)}"
+        )
         bounds: list[Any] = []
         for i in range(1, parts):
             position = total * i // parts
@@ -132,10 +168,12 @@ class DialectAdapter:
                 bounds.append(value)
         return bounds
 
-    def stream(self, conn: Connection, sql: str, params: dict[str, Any],
-               batch_rows: int) -> Iterator[Sequence[tuple]]:
+    def stream(
+        self, conn: Connection, sql: str, params: dict[str, Any], batch_rows: int
+    ) -> Iterator[Sequence[tuple]]:
         result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(
-            text(sql), params)
+            text(sql), params
+        )
         for part in result.partitions(batch_rows):
             yield [tuple(row) for row in part]
 
@@ -162,36 +200,52 @@ class DialectAdapter:
         return inspect(conn).has_table(target.table_name, schema=target.schema_name)
 
     def target_column_names(self, conn: Connection, target: TargetSpec) -> list[str]:
-        return [c["name"] for c in inspect(conn).get_columns(target.table_name,
-                                                            schema=target.schema_name)]
+        return [
+            c["name"]
+            for c in inspect(conn).get_columns(target.table_name, schema=target.schema_name)
+        ]
 
-    def target_columns_ddl(self, columns: Sequence[SourceColumn], keys: Sequence[str],
-                           scd_type: int, audit: AuditColumns, *,
-                           valid_from_type: ColumnType | None = None,
-                           is_deleted: bool = False) -> list[str]:
+    def target_columns_ddl(
+        self,
+        columns: Sequence[SourceColumn],
+        keys: Sequence[str],
+        scd_type: int,
+        audit: AuditColumns,
+        *,
+        valid_from_type: ColumnType | None = None,
+        is_deleted: bool = False,
+    ) -> list[str]:
         """Column definitions of a new target: business columns from the source's types plus
         the SCD contract's audit columns. SCD2 ``valid_from``/``valid_to`` take the type of
         the source column that gives valid_from, if one does; ``is_deleted`` is added for
         deletes: new_record."""
-        business = [f"{self.q(c.name)} "
-                    f"{self.key_ddl_type(c.type) if c.name in keys else self.ddl_type(c.type)}"
-                    for c in columns]
+        business = [
+            f"{self.q(c.name)} "
+            f"{self.key_ddl_type(c.type) if c.name in keys else self.ddl_type(c.type)}"
+            for c in columns
+        ]
         ts = self.timestamp_ddl()
         hash_ddl = self.ddl_type(ColumnType(TypeKind.TEXT, length=32))
         run_ddl = self.ddl_type(ColumnType(TypeKind.TEXT, length=32))
         if scd_type == 1:
-            return [*business, f"{self.q(audit.row_hash)} {hash_ddl} NOT NULL",
-                    f"{self.q(audit.inserted_at)} {ts} NOT NULL",
-                    f"{self.q(audit.updated_at)} {ts} NOT NULL",
-                    f"{self.q(audit.run_id)} {run_ddl} NOT NULL"]
+            return [
+                *business,
+                f"{self.q(audit.row_hash)} {hash_ddl} NOT NULL",
+                f"{self.q(audit.inserted_at)} {ts} NOT NULL",
+                f"{self.q(audit.updated_at)} {ts} NOT NULL",
+                f"{self.q(audit.run_id)} {run_ddl} NOT NULL",
+            ]
         validity = self.ddl_type(valid_from_type) if valid_from_type is not None else ts
         boolean = self.ddl_type(ColumnType(TypeKind.BOOLEAN))
-        ddl = [f"{self.q(audit.sk)} {self.surrogate_key_ddl()}", *business,
-               f"{self.q(audit.row_hash)} {hash_ddl} NOT NULL",
-               f"{self.q(audit.valid_from)} {validity} NOT NULL",
-               f"{self.q(audit.valid_to)} {validity}",
-               f"{self.q(audit.is_current)} {boolean} NOT NULL",
-               f"{self.q(audit.run_id)} {run_ddl} NOT NULL"]
+        ddl = [
+            f"{self.q(audit.sk)} {self.surrogate_key_ddl()}",
+            *business,
+            f"{self.q(audit.row_hash)} {hash_ddl} NOT NULL",
+            f"{self.q(audit.valid_from)} {validity} NOT NULL",
+            f"{self.q(audit.valid_to)} {validity}",
+            f"{self.q(audit.is_current)} {boolean} NOT NULL",
+            f"{self.q(audit.run_id)} {run_ddl} NOT NULL",
+        ]
         if is_deleted:
             ddl.append(f"{self.q(audit.is_deleted)} {boolean} NOT NULL")
         return ddl
@@ -199,39 +253,77 @@ class DialectAdapter:
     def create_table_sql(self, table: str, columns_ddl: Sequence[str]) -> str:
         return f"CREATE TABLE {table} ({', '.join(columns_ddl)})"
 
-    def target_index_sql(self, table: str, target: TargetSpec, columns: Sequence[SourceColumn],
-                         keys: Sequence[str], scd_type: int, audit: AuditColumns) -> list[str]:
+    def target_index_sql(
+        self,
+        table: str,
+        target: TargetSpec,
+        columns: Sequence[SourceColumn],
+        keys: Sequence[str],
+        scd_type: int,
+        audit: AuditColumns,
+    ) -> list[str]:
         """SCD1: a unique index on the keys. SCD2: one current row per key, enforced by a
-        unique partial index, plus a plain index on the keys."""
+        unique partial index, plus a plain index on the keys. A NULL key part is one value
+        in both unique indexes (``unique_key_sql``), as it is one key to the loader."""
         key_cols = ", ".join(self.q(k) for k in keys)
         name = target.table_name
+        unique = self.unique_key_sql(keys)
         if scd_type == 1:
-            return [f"CREATE UNIQUE INDEX {self.q(self.index_name(name, 'key'))} "
-                    f"ON {table} ({key_cols})"]
-        return [f"CREATE UNIQUE INDEX {self.q(self.index_name(name, 'current'))} ON {table} "
-                f"({key_cols}) WHERE {self.q(audit.is_current)}",
-                f"CREATE INDEX {self.q(self.index_name(name, 'key'))} ON {table} ({key_cols})"]
+            return [
+                f"CREATE UNIQUE INDEX {self.q(self.index_name(name, 'key'))} ON {table} {unique}"
+            ]
+        return [
+            f"CREATE UNIQUE INDEX {self.q(self.index_name(name, 'current'))} ON {table} "
+            f"{unique} WHERE {self.q(audit.is_current)}",
+            f"CREATE INDEX {self.q(self.index_name(name, 'key'))} ON {table} ({key_cols})",
+        ]
 
-    def create_target(self, conn: Connection, target: TargetSpec, columns: list[SourceColumn],
-                      keys: Sequence[str], scd_type: int, audit: AuditColumns,
-                      **options: Any) -> None:
+    def unique_key_sql(self, keys: Sequence[str]) -> str:
+        """The indexed part of a unique index on the business key in which NULL equals NULL,
+        so the target itself refuses two rows (SCD2: two current rows) of one key that has
+        NULL parts. By default the plain column list: a database whose unique indexes treat
+        NULLs as distinct must override this."""
+        return "(" + ", ".join(self.q(k) for k in keys) + ")"
+
+    def create_target(
+        self,
+        conn: Connection,
+        target: TargetSpec,
+        columns: list[SourceColumn],
+        keys: Sequence[str],
+        scd_type: int,
+        audit: AuditColumns,
+        **options: Any,
+    ) -> None:
         """Create the target from the source's column types, with the SCD contract's columns
         and indexes (SCD2: one current row per key). ``options``: see target_columns_ddl."""
         table = self.table_ref(target)
-        conn.execute(text(self.create_table_sql(
-            table, self.target_columns_ddl(columns, keys, scd_type, audit, **options))))
+        conn.execute(
+            text(
+                self.create_table_sql(
+                    table, self.target_columns_ddl(columns, keys, scd_type, audit, **options)
+                )
+            )
+        )
         for statement in self.target_index_sql(table, target, columns, keys, scd_type, audit):
             conn.execute(text(statement))
 
-    def check_target(self, conn: Connection, target: TargetSpec, business: Sequence[str],
-                     scd_type: int, audit_names: Sequence[str]) -> None:
+    def check_target(
+        self,
+        conn: Connection,
+        target: TargetSpec,
+        business: Sequence[str],
+        scd_type: int,
+        audit_names: Sequence[str],
+    ) -> None:
         have = set(self.target_column_names(conn, target))
         missing = [c for c in (*business, *audit_names) if c not in have]
         if missing:
             raise ConfigError(
                 f"target table {target.table} exists but lacks column(s) {', '.join(missing)} "
                 f"needed for an SCD{scd_type} load of this source; drop the table to let chordload "
-                f"create it, or add the columns")
+                f"create it, or add the columns"
+            )
 
     # -- staging -----------------------------------------------------------------------
     def create_stage(self, conn: Connection, target: TargetSpec, columns: Sequence[str]) -> str:
@@ -257,11 +349,13 @@ class DialectAdapter:
     def index_stage(self, conn: Connection, stage: str, columns: Sequence[str]) -> None:
         """Index the stage on ``columns`` (the hard-delete pass probes it once per target
         key); dropped with the stage."""
-        conn.execute(text(f"CREATE INDEX cl_stage_keys ON {stage} "
-                          f"({', '.join(self.q(c) for c in columns)})"))
+        conn.execute(
+            text(f"CREATE INDEX cl_stage_keys ON {stage} ({', '.join(self.q(c) for c in columns)})")
+        )
 
-    def load_stage(self, conn: Connection, stage: str, columns: Sequence[str],
-                   rows: Sequence[tuple]) -> None:
+    def load_stage(
+        self, conn: Connection, stage: str, columns: Sequence[str], rows: Sequence[tuple]
+    ) -> None:
         raise NotImplementedError
 
     def row_hash_expr(self, qualified_columns: Sequence[str]) -> str:
@@ -272,8 +366,9 @@ class DialectAdapter:
         """Equality that treats NULL = NULL as true (a NULL business key is one key)."""
         return f"{left} IS NOT DISTINCT FROM {right}"
 
-    def update_from_sql(self, table: str, hashed: str, match: str,
-                        sets: Sequence[tuple[str, str]], where: str) -> str:
+    def update_from_sql(
+        self, table: str, hashed: str, match: str, sets: Sequence[tuple[str, str]], where: str
+    ) -> str:
         """UPDATE the target rows ``t`` that join the hashed stage ``s`` on ``match`` and
         satisfy ``where``; ``sets`` are (target column, expression) pairs."""
         assignments = ", ".join(f"{self.q(column)} = {expr}" for column, expr in sets)

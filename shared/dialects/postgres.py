@@ -17,6 +17,7 @@ What here is about speed (docs/benchmarks.md has the numbers):
   quadratic. With an index on the first key the apply's joins are nested loops over the
   stage, so a batch costs what its rows cost.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -25,24 +26,39 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol, cast
 
 import psycopg2.extensions
 from sqlalchemy import Connection, text
 
-from shared.dialects.base import STAGE_TABLE, DialectAdapter
+from shared.config.mapping import TargetSpec
+from shared.dialects.base import STAGE_TABLE, DialectAdapter, dbapi_connection
 from shared.dialects.relay import CopyRelay, RelayedShape
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
-from shared.config.mapping import TargetSpec
 
 _OID_KINDS = {
-    16: TypeKind.BOOLEAN, 20: TypeKind.BIGINT, 21: TypeKind.SMALLINT, 23: TypeKind.INTEGER,
-    26: TypeKind.BIGINT, 700: TypeKind.FLOAT, 701: TypeKind.FLOAT, 1700: TypeKind.NUMERIC,
-    25: TypeKind.TEXT, 1043: TypeKind.TEXT, 1042: TypeKind.TEXT, 18: TypeKind.TEXT,
-    19: TypeKind.TEXT, 1082: TypeKind.DATE, 1083: TypeKind.TIME, 1114: TypeKind.TIMESTAMP,
-    1184: TypeKind.TIMESTAMPTZ, 17: TypeKind.BYTES, 114: TypeKind.JSON, 3802: TypeKind.JSON,
+    16: TypeKind.BOOLEAN,
+    20: TypeKind.BIGINT,
+    21: TypeKind.SMALLINT,
+    23: TypeKind.INTEGER,
+    26: TypeKind.BIGINT,
+    700: TypeKind.FLOAT,
+    701: TypeKind.FLOAT,
+    1700: TypeKind.NUMERIC,
+    25: TypeKind.TEXT,
+    1043: TypeKind.TEXT,
+    1042: TypeKind.TEXT,
+    18: TypeKind.TEXT,
+    19: TypeKind.TEXT,
+    1082: TypeKind.DATE,
+    1083: TypeKind.TIME,
+    1114: TypeKind.TIMESTAMP,
+    1184: TypeKind.TIMESTAMPTZ,
+    17: TypeKind.BYTES,
+    114: TypeKind.JSON,
+    3802: TypeKind.JSON,
     2950: TypeKind.UUID,
 }
 
@@ -53,11 +69,13 @@ _NONE_TYPE = type(None)
 KEY_INDEX_TTL_S = 60
 _COLUMN_TYPES_SQL = (
     "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-    "WHERE attrelid = to_regclass(:table) AND attnum > 0 AND NOT attisdropped")
+    "WHERE attrelid = to_regclass(:table) AND attnum > 0 AND NOT attisdropped"
+)
 _KEY_INDEX_SQL = (
     "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
     "AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass(:table) AND i.indisvalid "
-    "AND a.attname = :key)")
+    "AND a.attname = :key)"
+)
 
 
 def copy_text_value(value: Any) -> str:
@@ -80,9 +98,15 @@ def copy_text_value(value: Any) -> str:
 
 
 # per exact type: the C function that gives its COPY text (the same as copy_text_value)
-_FORMATTERS = {int: int.__repr__, float: float.__repr__, Decimal: Decimal.__str__,
-               uuid.UUID: uuid.UUID.__str__, dt.datetime: dt.datetime.isoformat,
-               dt.date: dt.date.isoformat, dt.time: dt.time.isoformat}
+_FORMATTERS: dict[type, Callable[[Any], str]] = {
+    int: int.__repr__,
+    float: float.__repr__,
+    Decimal: Decimal.__str__,
+    uuid.UUID: uuid.UUID.__str__,
+    dt.datetime: dt.datetime.isoformat,
+    dt.date: dt.date.isoformat,
+    dt.time: dt.time.isoformat,
+}
 
 
 def copy_text_column(values: Sequence[Any]) -> list[str]:
@@ -113,6 +137,16 @@ def copy_text(rows: Sequence[tuple]) -> str:
     return "\n".join(map("\t".join, zip(*columns))) + "\n"
 
 
+class _PgColumn(Protocol):
+    """The attributes read from psycopg2's ``cursor.description`` items (its Column)."""
+
+    name: str
+    type_code: int
+    internal_size: int | None
+    precision: int | None
+    scale: int | None
+
+
 class PostgresAdapter(DialectAdapter):
     name = "postgresql"
 
@@ -120,18 +154,20 @@ class PostgresAdapter(DialectAdapter):
     def relays_to(self, target: DialectAdapter) -> bool:
         return isinstance(target, PostgresAdapter)
 
-    def relay(self, conn: Connection, sql: str, params: dict[str, Any],
-              batch_rows: int) -> CopyRelay:
+    def relay(
+        self, conn: Connection, sql: str, params: dict[str, Any], batch_rows: int
+    ) -> CopyRelay:
         """The rows of ``sql`` as COPY text in batches. COPY takes no bind parameters, so the
         values are inlined by the driver's own quoting. Floats are printed exactly (the
         default only since PostgreSQL 12)."""
         compiled = text(sql).compile(dialect=conn.dialect)
-        dbapi = conn.connection.dbapi_connection
+        dbapi = dbapi_connection(conn)
         cursor = dbapi.cursor()
         try:
             cursor.execute("SET LOCAL extra_float_digits = 3")
             query = cursor.mogrify(compiled.string, compiled.construct_params(params)).decode(
-                psycopg2.extensions.encodings[dbapi.encoding])
+                psycopg2.extensions.encodings[dbapi.encoding]
+            )
         finally:
             cursor.close()
         return CopyRelay(dbapi, f"COPY ({query}) TO STDOUT", batch_rows)
@@ -143,26 +179,29 @@ class PostgresAdapter(DialectAdapter):
         table = self.table_ref(target)
         name = self._stage_name(conn, "relay", table, columns)
         cols = ", ".join(self.q(c) for c in columns)
-        body = (f"BEGIN IF to_regclass('pg_temp.{name}') IS NULL THEN "
-                f"CREATE TEMP TABLE {name} ON COMMIT DELETE ROWS AS SELECT {cols} FROM {table} "
-                f"WHERE false; ALTER TABLE {name} ADD COLUMN cl_seq bigint GENERATED ALWAYS AS "
-                f"IDENTITY; END IF; END")
+        body = (
+            f"BEGIN IF to_regclass('pg_temp.{name}') IS NULL THEN "
+            f"CREATE TEMP TABLE {name} ON COMMIT DELETE ROWS AS SELECT {cols} FROM {table} "
+            f"WHERE false; ALTER TABLE {name} ADD COLUMN cl_seq bigint GENERATED ALWAYS AS "
+            f"IDENTITY; END IF; END"
+        )
         tag = next(t for t in (f"$cl{i}$" for i in range(len(body) + 1)) if t not in body)
         conn.execute(text(f"DO {tag}{body}{tag}".replace(":", "\\:")))
         return f"pg_temp.{name}"
 
-    def load_relayed(self, conn: Connection, stage: str, columns: Sequence[str],
-                     lines: bytes) -> None:
+    def load_relayed(
+        self, conn: Connection, stage: str, columns: Sequence[str], lines: bytes
+    ) -> None:
         cols = ", ".join(self.q(c) for c in columns)
-        cursor = conn.connection.dbapi_connection.cursor()
+        cursor = dbapi_connection(conn).cursor()
         try:
-            cursor.copy_expert(f"COPY {stage} ({cols}) FROM STDIN", io.BytesIO(lines),
-                               size=1 << 16)
+            cursor.copy_expert(f"COPY {stage} ({cols}) FROM STDIN", io.BytesIO(lines), size=1 << 16)
         finally:
             cursor.close()
 
-    def relayed_shape(self, conn: Connection, stage: str, keys: Sequence[str],
-                      checkpoint: str | None) -> RelayedShape:
+    def relayed_shape(
+        self, conn: Connection, stage: str, keys: Sequence[str], checkpoint: str | None
+    ) -> RelayedShape:
         """What the loader must know of a relayed batch, in one query: its rows, whether any
         key is NULL or occurs twice, its checkpoint maximum, and its first and last keys (the
         rows arrive in key order: a key may continue from the previous batch)."""
@@ -171,25 +210,36 @@ class PostgresAdapter(DialectAdapter):
         first = [f"(SELECT {c} FROM {stage} ORDER BY cl_seq LIMIT 1)" for c in k]
         last = [f"(SELECT {c} FROM {stage} ORDER BY cl_seq DESC LIMIT 1)" for c in k]
         cp = self.q(checkpoint) if checkpoint else None
-        row = conn.execute(text(
-            f"SELECT count(*), count(*) FILTER (WHERE {' OR '.join(f'{c} IS NULL' for c in k)}), "
-            f"count(DISTINCT {key_row}), {f'max({cp})' if cp else 'NULL'}, "
-            f"{f'(SELECT {cp} FROM {stage} ORDER BY cl_seq DESC LIMIT 1)' if cp else 'NULL'}, "
-            f"{', '.join(first + last)} FROM {stage}")).one()
+        any_null = " OR ".join(f"{c} IS NULL" for c in k)
+        cp_max = f"max({cp})" if cp else "NULL"
+        cp_last = f"(SELECT {cp} FROM {stage} ORDER BY cl_seq DESC LIMIT 1)" if cp else "NULL"
+        row = conn.execute(
+            text(
+                f"SELECT count(*), count(*) FILTER (WHERE {any_null}), "
+                f"count(DISTINCT {key_row}), {cp_max}, {cp_last}, "
+                f"{', '.join(first + last)} FROM {stage}"
+            )
+        ).one()
         n = len(keys)
-        return RelayedShape(rows=row[0], null_keys=row[1], distinct_keys=row[2],
-                            max_checkpoint=row[3], last_checkpoint=row[4],
-                            first_key=tuple(row[5:5 + n]), last_key=tuple(row[5 + n:5 + 2 * n]))
+        return RelayedShape(
+            rows=row[0],
+            null_keys=row[1],
+            distinct_keys=row[2],
+            max_checkpoint=row[3],
+            last_checkpoint=row[4],
+            first_key=tuple(row[5 : 5 + n]),
+            last_key=tuple(row[5 + n : 5 + 2 * n]),
+        )
 
     def relayed_rows(self, conn: Connection, stage: str, columns: Sequence[str]) -> list[tuple]:
         """The relayed batch as typed rows, in source order (for the loader's slow path)."""
         cols = ", ".join(self.q(c) for c in columns)
-        return [tuple(r) for r in conn.execute(text(f"SELECT {cols} FROM {stage} "
-                                                    f"ORDER BY cl_seq"))]
+        return [tuple(r) for r in conn.execute(text(f"SELECT {cols} FROM {stage} ORDER BY cl_seq"))]
 
     def source_columns(self, conn: Connection, query: str) -> list[SourceColumn]:
         result = conn.execute(text(f"SELECT * FROM ({query}) src LIMIT 0"))
-        description = result.cursor.description
+        # psycopg2's Column items, which the DB-API typing knows only as plain tuples
+        description = cast("Sequence[_PgColumn]", result.cursor.description)
         result.close()
         columns = []
         for col in description:
@@ -202,22 +252,25 @@ class PostgresAdapter(DialectAdapter):
             columns.append(SourceColumn(col.name, ColumnType(kind, precision, scale, length)))
         return columns
 
-    def estimate_rows(self, conn: Connection, query: str, where: str, params: dict[str, Any],
-                      exact: bool) -> int:
+    def estimate_rows(
+        self, conn: Connection, query: str, where: str, params: dict[str, Any], exact: bool
+    ) -> int:
         if exact:
             return super().estimate_rows(conn, query, where, params, exact)
-        plan = conn.execute(text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM ({query}) src WHERE {where}"),
-                            params).scalar_one()
+        plan = conn.execute(
+            text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM ({query}) src WHERE {where}"), params
+        ).scalar_one()
         if isinstance(plan, str):
             plan = json.loads(plan)
         return int(plan[0]["Plan"]["Plan Rows"])
 
-    def stream(self, conn: Connection, sql: str, params: dict[str, Any],
-               batch_rows: int) -> Iterator[Sequence[tuple]]:
+    def stream(
+        self, conn: Connection, sql: str, params: dict[str, Any], batch_rows: int
+    ) -> Iterator[Sequence[tuple]]:
         """Batches from a named (server-side) cursor, read with FETCH FORWARD batch_rows; an
         abandoned stream just closes the cursor, nothing more is read."""
         compiled = text(sql).compile(dialect=conn.dialect)  # :name -> %(name)s, % doubled
-        cursor = conn.connection.dbapi_connection.cursor(name=f"cl_stream_{uuid.uuid4().hex[:12]}")
+        cursor = dbapi_connection(conn).cursor(name=f"cl_stream_{uuid.uuid4().hex[:12]}")
         try:
             cursor.execute(compiled.string, compiled.construct_params(params))
             while True:
@@ -240,12 +293,26 @@ class PostgresAdapter(DialectAdapter):
         if kind is TypeKind.TEXT and column_type.length:
             return f"varchar({column_type.length})"
         return {
-            TypeKind.SMALLINT: "smallint", TypeKind.INTEGER: "integer", TypeKind.BIGINT: "bigint",
-            TypeKind.FLOAT: "double precision", TypeKind.TEXT: "text", TypeKind.BOOLEAN: "boolean",
-            TypeKind.DATE: "date", TypeKind.TIME: "time", TypeKind.TIMESTAMP: "timestamp",
-            TypeKind.TIMESTAMPTZ: "timestamptz", TypeKind.BYTES: "bytea", TypeKind.JSON: "jsonb",
+            TypeKind.SMALLINT: "smallint",
+            TypeKind.INTEGER: "integer",
+            TypeKind.BIGINT: "bigint",
+            TypeKind.FLOAT: "double precision",
+            TypeKind.TEXT: "text",
+            TypeKind.BOOLEAN: "boolean",
+            TypeKind.DATE: "date",
+            TypeKind.TIME: "time",
+            TypeKind.TIMESTAMP: "timestamp",
+            TypeKind.TIMESTAMPTZ: "timestamptz",
+            TypeKind.BYTES: "bytea",
+            TypeKind.JSON: "jsonb",
             TypeKind.UUID: "uuid",
         }[kind]
+
+    def unique_key_sql(self, keys: Sequence[str]) -> str:
+        """``NULLS NOT DISTINCT`` (PostgreSQL 15+; before it, NULL key parts stay distinct)."""
+        cols = super().unique_key_sql(keys)
+        version = self.engine.dialect.server_version_info or (0,)
+        return f"{cols} NULLS NOT DISTINCT" if version >= (15,) else cols
 
     def surrogate_key_ddl(self) -> str:
         return "bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
@@ -255,8 +322,12 @@ class PostgresAdapter(DialectAdapter):
         cols = ", ".join(self.q(c) for c in columns)
         conn.execute(text(f"DROP TABLE IF EXISTS {stage}"))
         # ON COMMIT DELETE ROWS: every batch transaction starts with an empty stage for free.
-        conn.execute(text(f"CREATE TEMP TABLE {STAGE_TABLE} ON COMMIT DELETE ROWS AS "
-                          f"SELECT {cols} FROM {self.table_ref(target)} WHERE false"))
+        conn.execute(
+            text(
+                f"CREATE TEMP TABLE {STAGE_TABLE} ON COMMIT DELETE ROWS AS "
+                f"SELECT {cols} FROM {self.table_ref(target)} WHERE false"
+            )
+        )
         return stage
 
     def chunk_stage(self, conn: Connection, target: TargetSpec, columns: Sequence[str]) -> str:
@@ -267,24 +338,28 @@ class PostgresAdapter(DialectAdapter):
         table = self.table_ref(target)
         name = self._stage_name(conn, "stage", table, columns)
         cols = ", ".join(self.q(c) for c in columns)
-        conn.execute(text(f"CREATE TEMP TABLE IF NOT EXISTS {name} ON COMMIT DELETE ROWS AS "
-                          f"SELECT {cols} FROM {table} WHERE false"))
+        conn.execute(
+            text(
+                f"CREATE TEMP TABLE IF NOT EXISTS {name} ON COMMIT DELETE ROWS AS "
+                f"SELECT {cols} FROM {table} WHERE false"
+            )
+        )
         return f"pg_temp.{name}"
 
-    def _stage_name(self, conn: Connection, kind: str, table: str,
-                    columns: Sequence[str]) -> str:
-        types = dict(conn.execute(text(_COLUMN_TYPES_SQL), {"table": table}).all())
+    def _stage_name(self, conn: Connection, kind: str, table: str, columns: Sequence[str]) -> str:
+        types: dict[str, str] = dict(conn.execute(text(_COLUMN_TYPES_SQL), {"table": table}).all())
         signature = "\x1f".join([kind, table, *(f"{c}\x1e{types.get(c)}" for c in columns)])
         return f"cl_{kind}_{hashlib.md5(signature.encode()).hexdigest()[:16]}"
 
     def release_stage(self, conn: Connection, stage: str) -> None:
         """Kept for the connection's next chunk (see chunk_stage); already empty."""
 
-    def load_stage(self, conn: Connection, stage: str, columns: Sequence[str],
-                   rows: Sequence[tuple]) -> None:
+    def load_stage(
+        self, conn: Connection, stage: str, columns: Sequence[str], rows: Sequence[tuple]
+    ) -> None:
         buffer = io.StringIO(copy_text(rows))
         cols = ", ".join(self.q(c) for c in columns)
-        cursor = conn.connection.dbapi_connection.cursor()
+        cursor = dbapi_connection(conn).cursor()
         try:
             cursor.copy_expert(f"COPY {stage} ({cols}) FROM STDIN", buffer, size=1 << 16)
         finally:
@@ -298,8 +373,9 @@ class PostgresAdapter(DialectAdapter):
         cache = conn.info.setdefault("chordload_key_index", {})
         known = cache.get((table, keys[0]))
         if known is None or known[1] < time.monotonic():
-            indexed = bool(conn.execute(text(_KEY_INDEX_SQL),
-                                        {"table": table, "key": keys[0]}).scalar())
+            indexed = bool(
+                conn.execute(text(_KEY_INDEX_SQL), {"table": table, "key": keys[0]}).scalar()
+            )
             known = cache[(table, keys[0])] = (indexed, time.monotonic() + KEY_INDEX_TTL_S)
         return known[0]
 

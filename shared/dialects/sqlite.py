@@ -1,5 +1,6 @@
 """SQLite: exact counts, executemany into a temp stage, a registered md5 row-hash function
 (see shared/engines.py). Used by the demo and for small local loads."""
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,12 @@ from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 
 sqlite3.register_adapter(Decimal, str)
 
-_RUNTIME_KINDS = {"integer": TypeKind.BIGINT, "real": TypeKind.FLOAT, "text": TypeKind.TEXT,
-                  "blob": TypeKind.BYTES}
+_RUNTIME_KINDS = {
+    "integer": TypeKind.BIGINT,
+    "real": TypeKind.FLOAT,
+    "text": TypeKind.TEXT,
+    "blob": TypeKind.BYTES,
+}
 
 
 def kind_from_declared(declared: str) -> TypeKind | None:
@@ -73,9 +78,12 @@ class SqliteAdapter(DialectAdapter):
                 name, declared = row[1], row[2] or ""
                 column_type = column_type_from_declared(declared)
                 if column_type is None:  # an expression: look at a value
-                    runtime = conn.execute(text(
-                        f"SELECT typeof({self.q(name)}) FROM {view} WHERE {self.q(name)} "
-                        f"IS NOT NULL LIMIT 1")).scalar()
+                    runtime = conn.execute(
+                        text(
+                            f"SELECT typeof({self.q(name)}) FROM {view} WHERE {self.q(name)} "
+                            f"IS NOT NULL LIMIT 1"
+                        )
+                    ).scalar()
                     column_type = ColumnType(_RUNTIME_KINDS.get(runtime or "text", TypeKind.TEXT))
                 columns.append(SourceColumn(name, column_type))
             return columns
@@ -90,15 +98,30 @@ class SqliteAdapter(DialectAdapter):
         if column_type.kind is TypeKind.TIMESTAMPTZ:
             return "TIMESTAMPTZ"
         return {
-            TypeKind.SMALLINT: "INTEGER", TypeKind.INTEGER: "INTEGER", TypeKind.BIGINT: "INTEGER",
-            TypeKind.NUMERIC: "NUMERIC", TypeKind.FLOAT: "REAL", TypeKind.TEXT: "TEXT",
-            TypeKind.BOOLEAN: "BOOLEAN", TypeKind.DATE: "DATE", TypeKind.TIME: "TEXT",
-            TypeKind.TIMESTAMP: "TIMESTAMP", TypeKind.TIMESTAMPTZ: "TIMESTAMP",
-            TypeKind.BYTES: "BLOB", TypeKind.JSON: "TEXT", TypeKind.UUID: "TEXT",
+            TypeKind.SMALLINT: "INTEGER",
+            TypeKind.INTEGER: "INTEGER",
+            TypeKind.BIGINT: "INTEGER",
+            TypeKind.NUMERIC: "NUMERIC",
+            TypeKind.FLOAT: "REAL",
+            TypeKind.TEXT: "TEXT",
+            TypeKind.BOOLEAN: "BOOLEAN",
+            TypeKind.DATE: "DATE",
+            TypeKind.TIME: "TEXT",
+            TypeKind.TIMESTAMP: "TIMESTAMP",
+            TypeKind.TIMESTAMPTZ: "TIMESTAMP",
+            TypeKind.BYTES: "BLOB",
+            TypeKind.JSON: "TEXT",
+            TypeKind.UUID: "TEXT",
         }[column_type.kind]
 
     def timestamp_ddl(self) -> str:
         return "TIMESTAMP"
+
+    def unique_key_sql(self, keys: Sequence[str]) -> str:
+        """SQLite's unique indexes treat NULLs as distinct: index each key part as the pair
+        (is it NULL, its value or 0), in which a NULL part is one value unlike any other."""
+        parts = [f"{self.q(k)} IS NULL, ifnull({self.q(k)}, 0)" for k in keys]
+        return "(" + ", ".join(parts) + ")"
 
     def surrogate_key_ddl(self) -> str:
         return "INTEGER PRIMARY KEY AUTOINCREMENT"
@@ -107,19 +130,28 @@ class SqliteAdapter(DialectAdapter):
         stage = f"temp.{STAGE_TABLE}"
         cols = ", ".join(self.q(c) for c in columns)
         conn.execute(text(f"DROP TABLE IF EXISTS {stage}"))
-        conn.execute(text(f"CREATE TEMP TABLE {STAGE_TABLE} AS SELECT {cols} FROM "
-                          f"{self.table_ref(target)} WHERE 0"))
+        conn.execute(
+            text(
+                f"CREATE TEMP TABLE {STAGE_TABLE} AS SELECT {cols} FROM "
+                f"{self.table_ref(target)} WHERE 0"
+            )
+        )
         return stage
 
     def clear_stage(self, conn: Connection, stage: str) -> None:
         conn.execute(text(f"DELETE FROM {stage}"))
 
     def index_stage(self, conn: Connection, stage: str, columns: Sequence[str]) -> None:
-        conn.execute(text(f"CREATE INDEX temp.cl_stage_keys ON {STAGE_TABLE} "
-                          f"({', '.join(self.q(c) for c in columns)})"))
+        conn.execute(
+            text(
+                f"CREATE INDEX temp.cl_stage_keys ON {STAGE_TABLE} "
+                f"({', '.join(self.q(c) for c in columns)})"
+            )
+        )
 
-    def load_stage(self, conn: Connection, stage: str, columns: Sequence[str],
-                   rows: Sequence[tuple]) -> None:
+    def load_stage(
+        self, conn: Connection, stage: str, columns: Sequence[str], rows: Sequence[tuple]
+    ) -> None:
         cols = ", ".join(self.q(c) for c in columns)
         marks = ", ".join("?" for _ in columns)
         conn.exec_driver_sql(f"INSERT INTO {stage} ({cols}) VALUES ({marks})", list(rows))

@@ -10,6 +10,7 @@ A chunk covers ``lower < split <= upper``; chunk 0 has no lower bound and also t
 split values. With ``chunking.strategy: offset`` the split is the whole business key (its
 bounds are rows) and chunk 0 takes every row with a NULL key part.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -28,8 +29,9 @@ def column_tuple(columns: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(columns)
 
 
-def compare(adapter: DialectAdapter, refs: Sequence[str], op: str, value: Value,
-            name: str) -> tuple[str, dict[str, Any]]:
+def compare(
+    adapter: DialectAdapter, refs: Sequence[str], op: str, value: Value, name: str
+) -> tuple[str, dict[str, Any]]:
     """``refs op value`` with ``value`` bound: a scalar for one column, a row for several."""
     if len(refs) == 1:
         if isinstance(value, tuple):
@@ -39,8 +41,7 @@ def compare(adapter: DialectAdapter, refs: Sequence[str], op: str, value: Value,
     if len(parts) != len(refs):
         raise ValueError(f"a row of {len(parts)} values for {len(refs)} columns")
     names = [f"{name}_{i}" for i in range(len(refs))]
-    return (adapter.row_compare(list(refs), op, [f":{n}" for n in names]),
-            dict(zip(names, parts)))
+    return (adapter.row_compare(list(refs), op, [f":{n}" for n in names]), dict(zip(names, parts)))
 
 
 def _any_null(refs: Sequence[str]) -> str:
@@ -81,14 +82,22 @@ class Window:
         return clause, params
 
     def to_document(self) -> dict[str, Any]:
-        return {"columns": list(self.columns), "lower": encode_value(self.lower),
-                "upper": encode_value(self.upper), "include_nulls": self.takes_nulls}
+        return {
+            "columns": list(self.columns),
+            "lower": encode_value(self.lower),
+            "upper": encode_value(self.upper),
+            "include_nulls": self.takes_nulls,
+        }
 
     @classmethod
-    def from_document(cls, doc: dict[str, Any]) -> "Window":
+    def from_document(cls, doc: dict[str, Any]) -> Window:
         columns = tuple(doc["columns"])
-        return cls(columns[0] if len(columns) == 1 else (columns or None),
-                   decode_value(doc["lower"]), decode_value(doc["upper"]), doc["include_nulls"])
+        return cls(
+            columns[0] if len(columns) == 1 else (columns or None),
+            decode_value(doc["lower"]),
+            decode_value(doc["upper"]),
+            doc["include_nulls"],
+        )
 
 
 @dataclass(frozen=True)
@@ -98,8 +107,9 @@ class ChunkRange:
     upper: Value = None  # inclusive; None = unbounded
     includes_nulls: bool = True
 
-    def predicate(self, adapter: DialectAdapter,
-                  split_columns: str | Sequence[str]) -> tuple[str, dict[str, Any]]:
+    def predicate(
+        self, adapter: DialectAdapter, split_columns: str | Sequence[str]
+    ) -> tuple[str, dict[str, Any]]:
         refs = [f"src.{adapter.q(c)}" for c in column_tuple(split_columns)]
         parts, params = [], {}
         if self.lower is not None:
@@ -115,28 +125,48 @@ class ChunkRange:
         clause = " AND ".join(parts)
         if self.includes_nulls:
             clause = f"({clause} OR {_any_null(refs)})"
+        elif len(refs) > 1:
+            # A row comparison can hold with a NULL part ((5, NULL) > (4, 0) is true), but
+            # such rows belong to chunk 0: without this they would be loaded twice.
+            clause += " AND " + " AND ".join(f"{r} IS NOT NULL" for r in refs)
         return clause, params
 
     def to_message(self) -> dict[str, Any]:
-        return {"chunk_no": self.chunk_no, "lower": encode_value(self.lower),
-                "upper": encode_value(self.upper), "includes_nulls": self.includes_nulls}
+        return {
+            "chunk_no": self.chunk_no,
+            "lower": encode_value(self.lower),
+            "upper": encode_value(self.upper),
+            "includes_nulls": self.includes_nulls,
+        }
 
     @classmethod
-    def from_message(cls, message: dict[str, Any]) -> "ChunkRange":
-        return cls(message["chunk_no"], decode_value(message["lower"]),
-                   decode_value(message["upper"]), message["includes_nulls"])
+    def from_message(cls, message: dict[str, Any]) -> ChunkRange:
+        return cls(
+            message["chunk_no"],
+            decode_value(message["lower"]),
+            decode_value(message["upper"]),
+            message["includes_nulls"],
+        )
 
 
 def ranges_from_bounds(bounds: list[Value]) -> list[ChunkRange]:
     """n sorted, distinct upper bounds -> n + 1 ranges covering everything (NULLs in chunk 0)."""
     edges: list[Value] = [None, *bounds, None]
-    return [ChunkRange(i, edges[i], edges[i + 1], includes_nulls=(i == 0))
-            for i in range(len(edges) - 1)]
+    return [
+        ChunkRange(i, edges[i], edges[i + 1], includes_nulls=(i == 0))
+        for i in range(len(edges) - 1)
+    ]
 
 
-def chunk_select(adapter: DialectAdapter, query: str, columns: list[str], window: Window,
-                 split_columns: str | Sequence[str], chunk: ChunkRange,
-                 order_by: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
+def chunk_select(
+    adapter: DialectAdapter,
+    query: str,
+    columns: list[str],
+    window: Window,
+    split_columns: str | Sequence[str],
+    chunk: ChunkRange,
+    order_by: Sequence[str] = (),
+) -> tuple[str, dict[str, Any]]:
     """The chunk's rows of the window; ``order_by`` (the business key) makes every key's
     rows arrive together, so the loader recognises duplicate keys with one batch of memory."""
     window_sql, params = window.predicate(adapter)
