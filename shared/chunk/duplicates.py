@@ -10,6 +10,7 @@ per key per run), and a later loser is not written.
 Pure logic, no database: the resolver remembers the keys of the latest batch only, so its
 memory is one batch whatever the size of the chunk.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -48,6 +49,9 @@ class DuplicateResolver:
         # key -> rank of the checkpoint value of the row that wins it so far, for the keys of
         # the latest batch only: rows arrive in key order, so no older key can come back
         self.winners: dict[Any, Any] = {}
+        # key -> the rank this attempt had already written for it, for the keys the latest
+        # batch rewrites: a rejected rewrite leaves that write in place
+        self.rewritten_from: dict[Any, Any] = {}
 
     def key(self, row: tuple) -> Any:
         return key_of(tuple(row[p] for p in self.key_positions))
@@ -61,18 +65,23 @@ class DuplicateResolver:
         self.winners = {key_of(parts): rank(value)}
 
     def reject(self, rows: Sequence[tuple]) -> None:
-        """These winners were quarantined: a later row of their key starts over."""
+        """These winners were quarantined. A key nothing was written for starts over with its
+        next row; a rejected rewrite leaves the version this attempt wrote before in place,
+        so the key's next row is compared with that one."""
         for row in rows:
-            self.winners[self.key(row)] = ERRORED
+            key = self.key(row)
+            self.winners[key] = self.rewritten_from.get(key, ERRORED)
 
     def reset(self) -> None:
         self.winners = {}
+        self.rewritten_from = {}
 
     def resolve(self, rows: list[tuple], values: list[Value]) -> Resolved:
         """One row per business key (see the module docstring)."""
-        earlier, current = self.winners, {}  # the previous batch's keys, this batch's
+        earlier = self.winners  # the previous batch's keys
+        current: dict[Any, Any] = {}  # this batch's
         best: dict[Any, int] = {}  # key -> index of its winning row in this batch
-        repeated: set[Any] = set()
+        repeated: dict[Any, Any] = {}  # key -> the rank written for it by an earlier batch
         dropped = 0
         for i, row in enumerate(rows):
             key = self.key(row)
@@ -84,7 +93,7 @@ class DuplicateResolver:
                     current[key] = ranked
                     best[key] = i
                     continue
-                repeated.add(key)  # the previous batch wrote (or dropped a loser of) the key
+                repeated[key] = previous  # the previous batch wrote (or dropped a loser of) it
                 current[key] = previous
             try:
                 loses = ranked < previous
@@ -98,9 +107,11 @@ class DuplicateResolver:
                 dropped += 1  # the earlier row of this batch is displaced
             best[key] = i
         self.winners = current
+        self.rewritten_from = repeated
         if not repeated and len(best) == len(rows):
             return Resolved(rows, [], 0)
-        fresh, rewrites = [], []
+        fresh: list[tuple] = []
+        rewrites: list[tuple] = []
         for key, i in sorted(best.items(), key=lambda item: item[1]):
             (rewrites if key in repeated else fresh).append(rows[i])
         return Resolved(fresh, rewrites, dropped)
