@@ -616,3 +616,42 @@ def test_mariadb_abandoned_stream_does_not_read_the_rest(mariadb_url):
     assert time.monotonic() - started < 2
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT 1").scalar_one() == 1
+
+
+@pytest.mark.e2e
+def test_bytea_arrives_in_mariadb_as_its_bytes(workers, make_settings, wh, schema, mariadb_url):
+    """psycopg2 hands bytea over as memoryview, which PyMySQL bound as the text
+    '<memory at 0x...>': the bytes must arrive as they are, and a rerun finds them unchanged."""
+    blobs = {1: b"\x00\x01\\\n\t\xff", 2: b"", 3: None, 4: bytes(range(256)) * 40}
+    with wh.begin() as conn:
+        conn.execute(text(f'CREATE TABLE "{schema}".blobs (id int PRIMARY KEY, payload bytea)'))
+        conn.execute(
+            text(f'INSERT INTO "{schema}".blobs VALUES (:id, :payload)'),
+            [{"id": k, "payload": v} for k, v in blobs.items()],
+        )
+    table = f"blobs_{uuid.uuid4().hex[:8]}"
+    settings = make_settings(
+        {
+            "blobs": {
+                "source": {
+                    "connection": "wh",
+                    "query": f'SELECT id, payload FROM "{schema}".blobs',
+                },
+                "target": {"connection": "mdb", "table": table},
+                "keys": ["id"],
+                "scd": {"type": 2},
+            }
+        }
+    )
+    first = _run(settings, "blobs")
+    assert (first.status, first.rows_inserted) == (RunStatus.SUCCESS, 4), first.message
+    mdb = get_engine(mariadb_url)
+    try:
+        with mdb.connect() as conn:
+            stored = dict(conn.execute(text(f"SELECT id, payload FROM `{table}`")).all())
+        assert {k: None if v is None else bytes(v) for k, v in stored.items()} == blobs
+        again = _run(settings, "blobs")
+        assert (again.rows_unchanged, again.rows_changed, again.rows_inserted) == (4, 0, 0)
+    finally:
+        with mdb.begin() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS `{table}`"))

@@ -96,6 +96,9 @@ def install_engine_hooks(engine: Engine) -> None:
         encoders = getattr(dbapi_conn, "encoders", None)
         if encoders is not None:
             encoders[dt.datetime] = _escape_datetime_utc
+            # psycopg2 returns bytea as memoryview, which PyMySQL would bind as the text
+            # "<memory at 0x...>": bind its bytes, as PyMySQL binds bytes
+            encoders[memoryview] = lambda value, _mapping=None: dbapi_conn.escape(bytes(value))
         cursor = dbapi_conn.cursor()
         try:
             cursor.execute("SET time_zone = '+00:00'")
