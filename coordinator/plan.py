@@ -27,6 +27,8 @@ from shared.run.modes import RunMode
 from shared.run.plan import RunPlan
 from shared.run.values import Value, stride_bounds
 from shared.run.window import ChunkRange, ranges_from_bounds
+from shared.scd.hashes import mark_new_target, upgrade_row_hashes
+from shared.scd.target import Scd2Options, ScdTarget
 from shared.timeutil import utcnow
 
 VALIDITY_KINDS = {
@@ -257,7 +259,7 @@ def plan_run(
             f"on {', '.join(spec.checkpoint_columns) or '-'}, chunks on "
             f"{', '.join(spec.split_columns)}): {describe_db_error(exc)}"
         ) from None
-    ensure_target(settings, mapref, spec, source_columns)
+    rehashed = ensure_target(settings, mapref, spec, source_columns)
     ranges = ranges_from_bounds(bounds)
     if parts > 1:
         if spec.chunking.strategy is not ChunkStrategy.QUANTILE:
@@ -266,6 +268,11 @@ def plan_run(
             note += f"; {len(ranges)} distinct key ranges"
     if planned.notes:
         note += "; " + "; ".join(planned.notes)
+    if rehashed:
+        note += (
+            f"; {rehashed} current rows of {spec.target.table} rehashed to the current "
+            f"row-hash definition (once)"
+        )
     run = RunPlan(
         new_run_id(),
         mapref,
@@ -300,9 +307,28 @@ def _target_options(spec: MappingSpec, source_columns: list[SourceColumn]) -> di
     return options
 
 
+def _hashed_target(
+    adapter: DialectAdapter, spec: MappingSpec, source_columns: list[SourceColumn]
+) -> ScdTarget:
+    """The target as the row-hash upgrade sees it (no run yet: only what is hashed)."""
+    tracked = tuple(spec.scd.tracked) if spec.scd.type == 2 and spec.scd.tracked else None
+    return ScdTarget(
+        adapter,
+        adapter.table_ref(spec.target),
+        tuple(c.name for c in source_columns),
+        tuple(spec.keys),
+        spec.scd.audit_columns,
+        spec.scd.type,
+        run_id="",
+        options=Scd2Options(tracked=tracked),
+    )
+
+
 def ensure_target(
     settings: Settings, mapref: str, spec: MappingSpec, source_columns: list[SourceColumn]
-) -> None:
+) -> int:
+    """Create the target if it is missing, or check that it fits; bring its stored row
+    hashes to the current definition (``shared/scd/hashes.py``). Returns the rows rehashed."""
     url = settings.connection_url(spec.target.connection)
     engine = get_engine(url)
     adapter = adapter_for(engine)
@@ -312,6 +338,7 @@ def ensure_target(
         raise _connect_error(mapref, "target", url, exc) from None
     try:
         with connection as conn, conn.begin():
+            hashed = _hashed_target(adapter, spec, source_columns)
             if adapter.target_exists(conn, spec.target):
                 adapter.check_target(
                     conn,
@@ -320,16 +347,18 @@ def ensure_target(
                     spec.scd.type,
                     list(spec.scd.audit_names().values()),
                 )
-            else:
-                adapter.create_target(
-                    conn,
-                    spec.target,
-                    source_columns,
-                    spec.keys,
-                    spec.scd.type,
-                    spec.scd.audit_columns,
-                    **_target_options(spec, source_columns),
-                )
+                return upgrade_row_hashes(conn, hashed, spec.target)
+            adapter.create_target(
+                conn,
+                spec.target,
+                source_columns,
+                spec.keys,
+                spec.scd.type,
+                spec.scd.audit_columns,
+                **_target_options(spec, source_columns),
+            )
+            mark_new_target(conn, hashed, spec.target)
+            return 0
     except ConfigError as err:  # an existing target that does not fit: name the mapping
         raise ConfigError(f"mapping '{mapref}': {err}") from None
     except DBAPIError as exc:
@@ -345,7 +374,7 @@ def ensure_target(
                     spec.scd.type,
                     list(spec.scd.audit_names().values()),
                 )
-                return
+                return 0
         raise ConfigError(
             f"mapping '{mapref}': cannot create target table "
             f"{spec.target.table}: {describe_db_error(exc)}"

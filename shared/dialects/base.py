@@ -31,8 +31,16 @@ def dbapi_connection(conn: Connection) -> DBAPIConnection:
     return dbapi
 
 
+MARKER_TABLE = "chordload_targets"  # per target database: which row hash a target holds
+
+
 class DialectAdapter:
     name = "base"
+    # The definition of this database's row hash (row_hash_expr). A target records the
+    # version its row_hash column was computed with (MARKER_TABLE); when the definition
+    # changes, existing targets are rehashed once (shared/scd/hashes.py) instead of seeing
+    # every row as changed.
+    row_hash_version = 1
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -277,6 +285,36 @@ class DialectAdapter:
             f"{unique} WHERE {self.q(audit.is_current)}",
             f"CREATE INDEX {self.q(self.index_name(name, 'key'))} ON {table} ({key_cols})",
         ]
+
+    # -- the row-hash marker of a target -------------------------------------------------------
+    def marker_ref(self, target: TargetSpec) -> str:
+        """The marker table, beside the target (same schema or database)."""
+        if target.schema_name:
+            return f"{self.q(target.schema_name)}.{self.q(MARKER_TABLE)}"
+        return self.q(MARKER_TABLE)
+
+    def stored_hash_version(self, conn: Connection, target: TargetSpec) -> int | None:
+        """The row-hash version the target's marker records; None for a target without one
+        (created before markers existed: the first definition, version 1)."""
+        conn.execute(
+            text(
+                f"CREATE TABLE IF NOT EXISTS {self.marker_ref(target)} "
+                f"(table_name VARCHAR(255) PRIMARY KEY, row_hash_version INTEGER NOT NULL)"
+            )
+        )
+        version = conn.execute(
+            text(f"SELECT row_hash_version FROM {self.marker_ref(target)} WHERE table_name = :t"),
+            {"t": target.table_name},
+        ).scalar()
+        return None if version is None else int(version)
+
+    def store_hash_version(self, conn: Connection, target: TargetSpec, version: int) -> None:
+        marker = self.marker_ref(target)
+        params = {"t": target.table_name, "v": version}
+        conn.execute(text(f"DELETE FROM {marker} WHERE table_name = :t"), params)
+        conn.execute(
+            text(f"INSERT INTO {marker} (table_name, row_hash_version) VALUES (:t, :v)"), params
+        )
 
     def unique_key_sql(self, keys: Sequence[str]) -> str:
         """The indexed part of a unique index on the business key in which NULL equals NULL,

@@ -147,8 +147,20 @@ class _PgColumn(Protocol):
     scale: int | None
 
 
+# The row hash is md5 of the row's text, and a row's text depends on these session settings:
+# pinned for every statement that hashes, whatever the worker's environment (PGTZ, PGDATESTYLE,
+# a role's defaults) says, so the hash depends on the values alone.
+HASH_SESSION = (
+    "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; "
+    "SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 3; "
+    "SET LOCAL bytea_output = 'hex'"
+)
+
+
 class PostgresAdapter(DialectAdapter):
     name = "postgresql"
+    # 2: the row's text under HASH_SESSION (1: under the session's own settings)
+    row_hash_version = 2
 
     # -- relay: COPY text from a PostgreSQL source straight into the stage (relay.py) --------
     def relays_to(self, target: DialectAdapter) -> bool:
@@ -158,13 +170,15 @@ class PostgresAdapter(DialectAdapter):
         self, conn: Connection, sql: str, params: dict[str, Any], batch_rows: int
     ) -> CopyRelay:
         """The rows of ``sql`` as COPY text in batches. COPY takes no bind parameters, so the
-        values are inlined by the driver's own quoting. Floats are printed exactly (the
-        default only since PostgreSQL 12)."""
+        values are inlined by the driver's own quoting. The text is printed under
+        HASH_SESSION: floats exactly (the default only since PostgreSQL 12), dates and
+        intervals in the forms every session parses, whatever the source session's own
+        DateStyle or IntervalStyle."""
         compiled = text(sql).compile(dialect=conn.dialect)
         dbapi = dbapi_connection(conn)
         cursor = dbapi.cursor()
         try:
-            cursor.execute("SET LOCAL extra_float_digits = 3")
+            cursor.execute(HASH_SESSION)
             query = cursor.mogrify(compiled.string, compiled.construct_params(params)).decode(
                 psycopg2.extensions.encodings[dbapi.encoding]
             )
@@ -380,10 +394,12 @@ class PostgresAdapter(DialectAdapter):
         return known[0]
 
     def prepare_apply(self, conn: Connection, table: str, keys: Sequence[str]) -> None:
-        """Hash and merge joins off for the rest of the batch transaction (``SET LOCAL``),
-        when an index can serve the key lookups; without one the planner's choice stands.
-        What follows the apply in that transaction is more of the same key lookups, and a
-        rolled-back savepoint undoes the settings with the rest of its slice."""
+        """Pin the settings the row hash depends on (HASH_SESSION), and turn hash and merge
+        joins off when an index can serve the key lookups (without one the planner's choice
+        stands), all for the rest of the batch transaction (``SET LOCAL``). What follows the
+        apply in that transaction is more of the same key lookups, and a rolled-back
+        savepoint undoes the settings with the rest of its slice."""
+        conn.execute(text(HASH_SESSION))
         if self._key_indexed(conn, table, keys):
             conn.execute(text("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"))
 

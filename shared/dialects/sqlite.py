@@ -67,6 +67,8 @@ def column_type_from_declared(declared: str) -> ColumnType | None:
 
 class SqliteAdapter(DialectAdapter):
     name = "sqlite"
+    # 2: typed, length-prefixed values (shared/engines.py _sqlite_row_hash)
+    row_hash_version = 2
 
     def source_columns(self, conn: Connection, query: str) -> list[SourceColumn]:
         view = f"cl_probe_{uuid.uuid4().hex[:10]}"
