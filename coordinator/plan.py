@@ -127,6 +127,9 @@ def read_source_columns(
 
 def chunk_count(spec: MappingSpec, estimated_rows: int, override: int | None) -> tuple[int, str]:
     if override is not None:
+        cap = spec.chunking.max_chunks
+        if override > cap:
+            return cap, (f"{cap} chunks: --chunks {override} capped by chunking.max_chunks ({cap})")
         return max(1, override), f"{override} chunks requested with --chunks"
     if estimated_rows < spec.chunking.min_rows_for_parallel:
         return 1, (

@@ -455,3 +455,20 @@ def test_sqlite_source_query_error_is_not_reported_as_unreachable(
     result = run_cli(capsys, "run", "lite_m", "--config", path)
     assert result.code == 2, result
     assert "cannot reach the source database" in result.err, result
+
+
+def test_a_mapping_name_given_twice_is_refused(tmp_path):
+    """YAML keeps the last of two equal keys silently: the config refuses the file and
+    names the key and both lines."""
+    path = tmp_path / "chordload.yaml"
+    path.write_text(
+        "metadata: sqlite:///m.db\n"
+        "connections: {c: 'sqlite:///w.db'}\n"
+        "mappings:\n"
+        "  dim: {source: {connection: c, query: 'SELECT 1 AS id'},\n"
+        "        target: {connection: c, table: t1}, keys: [id]}\n"
+        "  dim: {source: {connection: c, query: 'SELECT 2 AS id'},\n"
+        "        target: {connection: c, table: t2}, keys: [id]}\n"
+    )
+    with pytest.raises(ConfigError, match=r"found the key 'dim' twice \(first on line 4\)"):
+        load_settings(path)

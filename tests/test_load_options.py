@@ -895,3 +895,23 @@ def test_lag_stride_and_command_line_values():
     )
     row_value = (dt.datetime(2026, 1, 1), "x", None)
     assert decode_value(encode_value(row_value)) == row_value
+
+
+def test_query_with_colon_words_in_literals_and_a_trailing_comment(db, workers, make_settings):
+    """The query is taken literally: ':word' inside a string literal is no bind parameter,
+    and a query ending in a '-- comment' still loads (planning, chunking and loading)."""
+    rows = [row(i) for i in range(1, 31)]
+    source = db.create_source("src", rows)
+    query = (
+        f"SELECT {source.removeprefix('SELECT ').split(' FROM ')[0]}, 'at :noon or 10:30' AS note FROM {db.ident('src')} "
+        f"WHERE name <> ':missing' -- not :a parameter"
+    )
+    spec = mapping(db, query, "dim", chunking={"rows_per_chunk": 10, "min_rows_for_parallel": 0})
+    settings = make_settings({db.name("m"): spec})
+    first = run(settings, db.name("m"))
+    ok(first)
+    assert first.chunks_total >= 2 and first.rows_inserted == 30
+    notes = {r["note"] for r in db.rows("dim", ["note"])}
+    assert notes == {"at :noon or 10:30"}
+    again = run(settings, db.name("m"))
+    assert (again.rows_unchanged, again.rows_changed) == (30, 0)

@@ -261,6 +261,35 @@ def settings_from_dict(raw: dict[str, Any], source: str = "config") -> Settings:
         raise ConfigError(message) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: plain YAML keeps the
+    last one silently, so a mapping defined twice under one name would lose the first."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _value in node.value:
+        key = loader.construct_object(key_node)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line)
+        except TypeError:  # an unhashable key: YAML itself refuses it below
+            continue
+        if first != key_node.start_mark.line:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping",
+                node.start_mark,
+                f"found the key {key!r} twice (first on line {first + 1}); give it once",
+                key_node.start_mark,
+            )
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _unique_mapping,
+)
+
+
 def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
     if path:
         return Path(path)
@@ -287,7 +316,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read config file {config_path}: {err}") from None
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # a SafeLoader subclass
     except yaml.YAMLError as err:
         message = _PLACEHOLDER.sub(lambda m: refs[int(m.group(1))].group(0), str(err))
         raise ConfigError(f"{config_path} is not valid YAML: {message}") from None

@@ -64,9 +64,16 @@ class DialectAdapter:
     def source_columns(self, conn: Connection, query: str) -> list[SourceColumn]:
         raise NotImplementedError
 
+    @staticmethod
+    def from_query(query: str) -> str:
+        """The user's query as a derived table ``src``, taken literally: its colons are
+        escaped (a ``':word'`` inside a string literal is no bind parameter) and a newline
+        ends it (a trailing ``-- comment`` cannot swallow the closing parenthesis)."""
+        return "(" + query.replace(":", "\\:") + "\n) src"
+
     def wrap_query(self, query: str, columns: Sequence[str]) -> str:
         cols = ", ".join(f"src.{self.q(c)}" for c in columns)
-        return f"SELECT {cols} FROM ({query}) src"
+        return f"SELECT {cols} FROM {self.from_query(query)}"
 
     def relays_to(self, target: DialectAdapter) -> bool:
         """Whether a chunk can move rows from this source to ``target`` as the databases'
@@ -76,11 +83,11 @@ class DialectAdapter:
     def estimate_rows(
         self, conn: Connection, query: str, where: str, params: dict[str, Any], exact: bool
     ) -> int:
-        sql = f"SELECT count(*) FROM ({query}) src WHERE {where}"
+        sql = f"SELECT count(*) FROM {self.from_query(query)} WHERE {where}"
         return int(conn.execute(text(sql), params).scalar_one())
 
     def max_value(self, conn: Connection, query: str, column: str) -> Any:
-        sql = f"SELECT max(src.{self.q(column)}) FROM ({query}) src"
+        sql = f"SELECT max(src.{self.q(column)}) FROM {self.from_query(query)}"
         return conn.execute(text(sql)).scalar_one()
 
     def row_compare(self, left: Sequence[str], op: str, right: Sequence[str]) -> str:
@@ -101,7 +108,7 @@ class DialectAdapter:
             return self.max_value(conn, query, columns[0])
         refs = [f"src.{self.q(c)}" for c in columns]
         sql = self.limit_sql(
-            f"SELECT {', '.join(refs)} FROM ({query}) src WHERE "
+            f"SELECT {', '.join(refs)} FROM {self.from_query(query)} WHERE "
             f"{' AND '.join(f'{r} IS NOT NULL' for r in refs)} "
             f"ORDER BY {', '.join(f'{r} DESC' for r in refs)}",
             1,
@@ -115,7 +122,7 @@ class DialectAdapter:
         col = f"src.{self.q(column)}"
         row = conn.execute(
             text(
-                f"SELECT min({col}), max({col}) FROM ({query}) src WHERE "
+                f"SELECT min({col}), max({col}) FROM {self.from_query(query)} WHERE "
                 f"({where}) AND {col} IS NOT NULL"
             ),
             params,
@@ -135,7 +142,8 @@ class DialectAdapter:
         col = f"src.{self.q(column)}"
         sql = (
             f"SELECT max(v) AS upper_value FROM (SELECT {col} AS v, ntile(:parts) OVER "
-            f"(ORDER BY {col}) AS bucket FROM ({query}) src WHERE ({where}) AND {col} IS NOT NULL"
+            f"(ORDER BY {col}) AS bucket FROM {self.from_query(query)} WHERE ({where}) AND "
+            f"{col} IS NOT NULL"
             f") buckets GROUP BY bucket ORDER BY upper_value"
         )
         uppers = [row[0] for row in conn.execute(text(sql), {**params, "parts": parts})]
@@ -160,7 +168,7 @@ class DialectAdapter:
         column, a row for several. Rows with a NULL part are left out (chunk 0 takes them)."""
         refs = [f"src.{self.q(c)}" for c in columns]
         base = (
-            f"SELECT {', '.join(refs)} FROM ({query}) src WHERE ({where}) AND "
+            f"SELECT {', '.join(refs)} FROM {self.from_query(query)} WHERE ({where}) AND "
             f"{' AND '.join(f'{r} IS NOT NULL' for r in refs)} ORDER BY {', '.join(refs)}"
         )
         bounds: list[Any] = []

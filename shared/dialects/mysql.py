@@ -272,7 +272,7 @@ class MysqlAdapter(DialectAdapter):
 
     # -- source ------------------------------------------------------------------------
     def source_columns(self, conn: Connection, query: str) -> list[SourceColumn]:
-        result = conn.execute(text(f"SELECT * FROM ({query}) src LIMIT 0"))
+        result = conn.execute(text(f"SELECT * FROM {self.from_query(query)} LIMIT 0"))
         try:
             fields = _result_fields(result.cursor)
         finally:
@@ -285,7 +285,9 @@ class MysqlAdapter(DialectAdapter):
         if exact:
             return super().estimate_rows(conn, query, where, params, exact)
         plan = (
-            conn.execute(text(f"EXPLAIN SELECT 1 FROM ({query}) src WHERE {where}"), params)
+            conn.execute(
+                text(f"EXPLAIN SELECT 1 FROM {self.from_query(query)} WHERE {where}"), params
+            )
             .mappings()
             .all()
         )

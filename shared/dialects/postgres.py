@@ -251,7 +251,7 @@ class PostgresAdapter(DialectAdapter):
         return [tuple(r) for r in conn.execute(text(f"SELECT {cols} FROM {stage} ORDER BY cl_seq"))]
 
     def source_columns(self, conn: Connection, query: str) -> list[SourceColumn]:
-        result = conn.execute(text(f"SELECT * FROM ({query}) src LIMIT 0"))
+        result = conn.execute(text(f"SELECT * FROM {self.from_query(query)} LIMIT 0"))
         # psycopg2's Column items, which the DB-API typing knows only as plain tuples
         description = cast("Sequence[_PgColumn]", result.cursor.description)
         result.close()
@@ -272,7 +272,8 @@ class PostgresAdapter(DialectAdapter):
         if exact:
             return super().estimate_rows(conn, query, where, params, exact)
         plan = conn.execute(
-            text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM ({query}) src WHERE {where}"), params
+            text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {self.from_query(query)} WHERE {where}"),
+            params,
         ).scalar_one()
         if isinstance(plan, str):
             plan = json.loads(plan)

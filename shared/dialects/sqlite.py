@@ -72,7 +72,7 @@ class SqliteAdapter(DialectAdapter):
 
     def source_columns(self, conn: Connection, query: str) -> list[SourceColumn]:
         view = f"cl_probe_{uuid.uuid4().hex[:10]}"
-        conn.execute(text(f"CREATE TEMP VIEW {view} AS SELECT * FROM ({query}) src"))
+        conn.execute(text(f"CREATE TEMP VIEW {view} AS SELECT * FROM {self.from_query(query)}"))
         try:
             info = conn.execute(text(f"PRAGMA temp.table_info({view})")).all()
             columns = []

@@ -61,11 +61,17 @@ def test_chunk_count_without_override(chunking, estimated):
 
 @settings(max_examples=50)
 @given(chunkings, estimates, st.integers(-5, 20_000))
-def test_chunks_override_is_taken_as_given(chunking, estimated, override):
-    """--chunks N gives max(1, N) chunks, whatever estimate, parallelism or max_chunks say."""
-    n, note = chunk_count(spec_with(**chunking), estimated, override)
-    assert n == max(1, override)
-    assert f"{override} chunks requested with --chunks" in note
+def test_chunks_override_is_taken_up_to_max_chunks(chunking, estimated, override):
+    """--chunks N gives max(1, N) chunks whatever the estimate or parallelism say, but never
+    more than max_chunks, and the note says when it capped them."""
+    spec = spec_with(**chunking)
+    n, note = chunk_count(spec, estimated, override)
+    cap = spec.chunking.max_chunks
+    assert n == min(max(1, override), cap)
+    if override > cap:
+        assert f"--chunks {override} capped by chunking.max_chunks ({cap})" in note
+    else:
+        assert f"{override} chunks requested with --chunks" in note
 
 
 def test_chunk_count_examples():
