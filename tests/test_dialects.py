@@ -655,3 +655,25 @@ def test_bytea_arrives_in_mariadb_as_its_bytes(workers, make_settings, wh, schem
     finally:
         with mdb.begin() as conn:
             conn.execute(text(f"DROP TABLE IF EXISTS `{table}`"))
+
+
+def test_a_transaction_the_database_ended_surfaces_its_own_error(mariadb_url):
+    """InnoDB ends the whole transaction of a deadlock victim, savepoints and all, and the
+    rollback to the batch's savepoint then failed with 'SAVEPOINT sa_savepoint_1 does not
+    exist': that error hid the deadlock (transient, so the chunk would have retried) and
+    failed the chunk. Here the transaction ends inside the savepoint as a deadlock ends it,
+    and the statement's own error must be what the batch raises."""
+    from shared.scd.quarantine import bisect
+
+    engine = get_engine(mariadb_url)
+    with engine.connect() as conn, conn.begin():
+
+        def attempt(rows):
+            conn.exec_driver_sql("ROLLBACK")  # what InnoDB does to a deadlock victim
+            conn.execute(text("SELECT * FROM cl_no_such_table"))
+            return 0
+
+        with pytest.raises(Exception) as raised:
+            bisect(conn, [(1,)], attempt, lambda a, b: a + b, 0)
+    err = raised.value
+    assert getattr(err, "orig", err).args[0] == 1146, err  # the statement's, not 1305
