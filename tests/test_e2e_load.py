@@ -149,3 +149,22 @@ def test_scd1_initial_incremental_and_rerun(workers, make_settings, wh, schema):
 
     third = _run(settings, schema)
     assert (third.status, third.rows_inserted, third.rows_changed) == (RunStatus.SUCCESS, 0, 0)
+
+
+def test_a_successful_cli_run_prints_its_summary_and_nothing_on_stderr(
+    workers, base_config, wh, schema, tmp_path
+):
+    """`chordload run --wait`, as its own process: exit 0, the summary on stdout, and not a
+    byte on stderr (redis-py 8 printed a traceback at the exit of every such process)."""
+    from tests.cliutil import run_subprocess, write_config
+
+    create_customers(wh, schema, 3_000)
+    config = write_config(
+        tmp_path / "chordload.yaml", base_config, {"quiet": scd2_mapping(schema, target="dim_q")}
+    )
+    result = run_subprocess("run", "quiet", "--wait", "--config", config, timeout_s=180)
+    assert result.code == 0, result
+    assert "SUCCESS" in result.out, result.out
+    assert result.err == "", result.err
+    listed = run_subprocess("status", "--config", config)
+    assert (listed.code, listed.err) == (0, "")
