@@ -11,6 +11,7 @@ from shared.config.settings import Settings
 from shared.engines import get_engine
 from shared.metadata import store
 from shared.metadata.models import ProcessLog
+from shared.retry import ride_out
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,12 @@ def wait(
     poll_s: float = 0.5,
     on_progress: Callable[[RunSnapshot], None] | None = None,
 ) -> ProcessLog:
-    """Block until the run is terminal (or ``timeout_s`` passes: TimeoutError)."""
+    """Block until the run is terminal (or ``timeout_s`` passes: TimeoutError). A metadata
+    database that is unreachable for a while (up to ``POLL_OUTAGE_S``) is waited out."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        snap = snapshot(settings, run_id)
+        # a metadata blip is not the run's failure: keep asking (shared/retry.py)
+        snap = ride_out(lambda: snapshot(settings, run_id))
         if on_progress is not None:
             on_progress(snap)
         if snap.run.status.is_terminal:

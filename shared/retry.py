@@ -7,6 +7,8 @@ with every constant stated here.
 - ``TASK_METADATA``: a chunk task whose metadata database is unreachable even after
   ``METADATA_WRITE`` retries asks Celery to run it again later.
 - A chunk's own transient errors follow the mapping's ``retries`` (``chunk_retry_delay_s``).
+- ``ride_out``: what a person waits on (``run --wait``, ``watch``) keeps polling through a
+  metadata outage of up to ``POLL_OUTAGE_S`` instead of failing while the run goes on.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class RetryPolicy:
 METADATA_WRITE = RetryPolicy(attempts=6, base_s=0.05, max_s=5.0)
 FINALIZE = RetryPolicy(attempts=8, base_s=0.05, max_s=10.0)
 TASK_METADATA = RetryPolicy(attempts=5, base_s=1.0, max_s=30.0)
+POLL_OUTAGE_S = 300.0
+POLL_BACKOFF = RetryPolicy(attempts=0, base_s=0.5, max_s=5.0)  # attempts: bounded by time
 
 
 def retry_transient(
@@ -91,3 +95,29 @@ def chunk_retry_delay_s(
     died."""
     cap_s = min(retries.backoff_max_s, visibility_timeout_s / 2)
     return backoff_s(retries_done, retries.backoff_s, cap_s)
+
+
+def ride_out(
+    fn: Callable[[], T],
+    window_s: float = POLL_OUTAGE_S,
+    on_error: Callable[[BaseException, float], None] | None = None,
+) -> T:
+    """``fn()``, called again on transient errors until it succeeds or ``window_s`` has
+    passed since the first failure (then the last error is raised). ``on_error`` hears of
+    each failure and how long the outage has lasted."""
+    started: float | None = None
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_transient_db_error(exc):
+                raise
+            now = time.monotonic()
+            started = now if started is None else started
+            if now - started > window_s:
+                raise
+            if on_error is not None:
+                on_error(exc, now - started)
+            time.sleep(POLL_BACKOFF.backoff_s(attempt))
+            attempt += 1

@@ -1,6 +1,7 @@
-"""A small TCP forwarder for the multi-host test: it listens on a host-side veth address and
-forwards to a service on loopback, so workers in other network namespaces reach the
-machine's Redis and Postgres over the veth link only."""
+"""A small TCP forwarder: it listens on an address and forwards to a service on loopback.
+The multi-host test has workers in other network namespaces reach the machine's Redis and
+Postgres over a veth link only; outage tests ``cut`` it (every connection dropped, new ones
+refused) and ``restore`` it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ class TcpProxy:
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._cut = False
+        self.refused = 0  # connections refused while cut
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -28,6 +31,10 @@ class TcpProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            if self._cut:
+                self.refused += 1
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(self.upstream)
             except OSError:
@@ -52,12 +59,28 @@ class TcpProxy:
                 except OSError:
                     pass
 
+    def cut(self) -> None:
+        """An outage: drop every connection and refuse new ones until ``restore``."""
+        self._cut = True
+        self._drop_all()
+
+    def restore(self) -> None:
+        self._cut = False
+
+    def _drop_all(self) -> None:
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                s.close()
+            except OSError:
+                pass
+
     def close(self) -> None:
         self._closed = True
         self._server.close()
-        with self._lock:
-            for s in self._sockets:
-                try:
-                    s.close()
-                except OSError:
-                    pass
+        self._drop_all()

@@ -791,3 +791,59 @@ def test_hostile_identifiers_are_taken_literally(workers, make_settings, wh, sch
             .all()
         )
     assert rows == ["a", "b"]
+
+
+@pytest.mark.e2e
+def test_waiting_rides_out_a_metadata_outage(workers, make_settings, wh, schema):
+    """`run --wait` / `watch` poll the metadata database: cut off (every connection dropped,
+    new ones refused) while the run goes on, the wait keeps asking and returns the run's
+    real outcome instead of failing on the blip."""
+    from tests.tcp_proxy import TcpProxy
+
+    create_customers(wh, schema, 20_000)
+    settings = make_settings({schema: scd2_mapping(schema, batch_rows=1_000)})
+    proxy = TcpProxy("127.0.0.1", 5432)
+    host = PG_HOST.rsplit("@", 1)[1]  # 127.0.0.1:5432
+    proxied = settings.model_copy(
+        update={"metadata": settings.metadata.replace(host, f"127.0.0.1:{proxy.port}")}
+    )
+    metadata = get_engine(settings.metadata)
+    outcome: dict = {}
+    seen = threading.Event()
+    try:
+        run_id = launch(schema, settings=settings)
+
+        def waiter() -> None:
+            try:
+                outcome["run"] = wait(
+                    run_id,
+                    settings=proxied,
+                    timeout_s=120,
+                    poll_s=0.1,
+                    on_progress=lambda _snap: seen.set(),
+                )
+            except Exception as exc:
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=waiter, daemon=True)
+        thread.start()
+        assert seen.wait(30), "the wait never polled"
+        proxy.cut()
+        # the outage lasts until the run has ended (seen directly) and the wait has been
+        # refused a few times
+        wait_until(
+            lambda: (
+                store.get_run(metadata, run_id).status.is_terminal
+                and (proxy.refused >= 3 or not thread.is_alive())
+            ),
+            timeout_s=90,
+            what="the run to end while the wait is cut off",
+        )
+        assert thread.is_alive(), f"the wait gave up during the outage: {outcome}"
+        proxy.restore()
+        thread.join(60)
+        assert "error" not in outcome, outcome
+        assert outcome["run"].status is RunStatus.SUCCESS, outcome["run"].message
+        assert outcome["run"].rows_inserted == 20_000
+    finally:
+        proxy.close()
