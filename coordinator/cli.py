@@ -15,7 +15,7 @@ from rich.table import Table
 from sqlalchemy import Engine
 
 from shared.config.settings import Settings, load_settings
-from shared.errors import ChordloadError
+from shared.errors import ChordloadError, ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_REFUSED = 0, 1, 2, 3, 4
 
@@ -154,6 +154,55 @@ def cmd_errors(args: argparse.Namespace) -> int:
     for r in rows:
         table.add_row(str(r.chunk_no), str(r.row_key), r.message, str(r.row_data))
     console.print(table)
+    return EXIT_OK
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    from coordinator import checkpoint
+    from coordinator.progress import print_json
+
+    settings = _settings(args)
+    _metadata(settings)
+    if args.reason is not None and args.set_value is None and not args.reset:
+        raise ConfigError("--reason goes with --set or --reset")
+    if args.limit is not None and not args.history:
+        raise ConfigError("--limit goes with --history")
+    if args.history:
+        changes = checkpoint.history(settings, args.mapref, args.limit)
+        if args.json:
+            print_json([c.to_json() for c in changes])
+            return EXIT_OK
+        print(f"checkpoint changes of {args.mapref}, newest first: {len(changes)}")
+        for c in changes:
+            print(c.line())
+        return EXIT_OK
+    if args.set_value is not None or args.reset:
+        if args.reset:
+            change = checkpoint.reset_checkpoint(settings, args.mapref, reason=args.reason)
+        else:
+            change = checkpoint.set_checkpoint(
+                settings, args.mapref, args.set_value, reason=args.reason
+            )
+        if change is None:
+            message = (
+                f"mapping '{args.mapref}' has no stored checkpoint: nothing to reset "
+                f"(the next run is an initial load)"
+            )
+            if args.json:
+                print_json({"mapref": args.mapref, "action": "reset", "changed": False})
+            else:
+                print(message)
+            return EXIT_OK
+        if args.json:
+            print_json({**change.to_json(), "changed": True})
+        else:
+            print(change.confirmation())
+        return EXIT_OK
+    stored = checkpoint.show(settings, args.mapref)
+    if args.json:
+        print_json(stored.to_json())
+    else:
+        print("\n".join(stored.lines()))
     return EXIT_OK
 
 
@@ -440,6 +489,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", type=int, default=None, help="show at most this many")
     p.set_defaults(func=cmd_errors)
+
+    p = sub.add_parser(
+        "checkpoint",
+        parents=[common],
+        help="show, set or reset a mapping's stored checkpoint, or list its changes",
+        description="Show the stored checkpoint of MAPREF (value and type, who set it, when); "
+        "--set or --reset change it (refused while a run of the mapping is QUEUED or "
+        "RUNNING) and record who, when, old -> new and --reason; --history lists the changes.",
+    )
+    p.add_argument("mapref")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument(
+        "--set",
+        dest="set_value",
+        default=None,
+        metavar="VALUE",
+        help="store VALUE, read as the checkpoint's type (like the stored value, else the "
+        "source's current maximum); lower than the stored one is allowed. Several checkpoint "
+        "columns: comma-separated values",
+    )
+    action.add_argument(
+        "--reset", action="store_true", help="delete it: the next run is an initial load"
+    )
+    action.add_argument(
+        "--history",
+        action="store_true",
+        help="the changes, newest first: runs that moved it and changes by hand",
+    )
+    p.add_argument("--reason", default=None, metavar="TEXT", help="why (with --set or --reset)")
+    p.add_argument(
+        "--limit", type=_positive_int, default=None, help="--history: show at most this many"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_checkpoint)
 
     p = sub.add_parser(
         "reconcile",

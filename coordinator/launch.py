@@ -139,7 +139,7 @@ def launch(
     ``full``: ignore the stored checkpoint (a full reload; the new checkpoint is still set on
     success). ``window_from``/``window_to``: a backfill of that checkpoint window, which never
     moves the stored checkpoint. Refused (RunRefusedError) while another run of the mapping is
-    QUEUED or RUNNING.
+    QUEUED or RUNNING, or when its stored checkpoint changed while the run was being planned.
     """
     metadata = get_engine(settings.metadata)
     require_current(metadata)
@@ -162,7 +162,8 @@ def launch(
         window_to=window_to,
     )
     run, chunks = _rows_for(plan)
-    store.create_run(metadata, run, chunks)
+    # Refused if the stored checkpoint changed since planning read it (chordload checkpoint)
+    store.create_run(metadata, run, chunks, store.PlannedCheckpoint(plan.stored_checkpoint))
     store.set_run_status(metadata, plan.run.run_id, RunStatus.RUNNING, only_from={RunStatus.QUEUED})
     start_chord(settings, plan.run.run_id, chunks)
     return plan.run.run_id

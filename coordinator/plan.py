@@ -41,12 +41,14 @@ VALIDITY_KINDS = {
 @dataclass(frozen=True)
 class Plan:
     """A planned run (stored with it) and what planning found: the row estimate, the chunk
-    ranges and the note that explains them."""
+    ranges, the note that explains them and the stored checkpoint it was planned from (typed
+    JSON, as read: launching refuses the run if it changed meanwhile)."""
 
     run: RunPlan
     estimated_rows: int
     ranges: list[ChunkRange]
     note: str
+    stored_checkpoint: dict[str, Any] | None = None
 
 
 def new_run_id() -> str:
@@ -226,7 +228,8 @@ def plan_run(
         assert spec.checkpoint.function is not None
         load_function(spec.checkpoint.function)  # refuse now what workers could not import
     stored_row = store.get_checkpoint(metadata, mapref)
-    stored = checkpoint.stored_value(spec, stored_row.value if stored_row else None)
+    stored_encoded = stored_row.value if stored_row else None
+    stored = checkpoint.stored_value(spec, stored_encoded)
     url = settings.connection_url(spec.source.connection)
     query = spec.source.query
     try:
@@ -288,7 +291,27 @@ def plan_run(
         validity_kind,
         stored,
     )
-    return Plan(run, estimate, ranges, note)
+    return Plan(run, estimate, ranges, note, stored_encoded)
+
+
+def source_high_water(settings: Settings, mapref: str, spec: MappingSpec) -> Value:
+    """The source's current maximum of the KEY checkpoint column(s) (a row for several), or
+    None (no such columns, or no rows)."""
+    columns = spec.checkpoint_columns
+    if not columns:
+        return None
+    url = settings.connection_url(spec.source.connection)
+    adapter = adapter_for(get_engine(url))
+    try:
+        with _source_connection(adapter, mapref, url) as conn:
+            return adapter.max_row(conn, spec.source.query, columns)
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise _connect_error(mapref, "source", url, exc) from None
+        raise ConfigError(
+            f"mapping '{mapref}': reading the maximum of checkpoint column(s) "
+            f"{', '.join(columns)} from the source fails: {describe_db_error(exc)}"
+        ) from None
 
 
 def validate_mapping(settings: Settings, mapref: str) -> list[str]:

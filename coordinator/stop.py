@@ -8,10 +8,9 @@ finalizes the run itself.
 
 from __future__ import annotations
 
-import getpass
-import socket
 from dataclasses import dataclass
 
+from coordinator.operator import operator
 from shared.broker import client_app
 from shared.config.settings import Settings
 from shared.engines import get_engine
@@ -57,7 +56,7 @@ def stop(
         return StopOutcome(run.run_id, False, [], run.status)  # stopping twice is harmless
     if run.status.is_terminal:
         raise RunFinishedError(f"run {run.run_id} already finished: {run.status.value}")
-    who = requested_by or f"{getpass.getuser()}@{socket.gethostname()}"
+    who = requested_by or operator()
     new_request = store.request_stop(metadata, run.run_id, who, reason)
     task_ids = store.revoke_pending_chunks(metadata, run.run_id, "revoked by a stop request")
     if task_ids:

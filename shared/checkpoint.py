@@ -127,15 +127,24 @@ def check_mode(mapref: str, spec: MappingSpec, mode: RunMode, has_to: bool, has_
         raise ConfigError(f"mapping '{mapref}': --to needs --from")
 
 
+def type_name(example: Value) -> str:
+    """A checkpoint value's type as messages name it: datetime, date, int, Decimal, str..., a
+    row of them for several columns."""
+    if example is None:
+        return "value"
+    if isinstance(example, tuple):
+        return f"row ({', '.join(type_name(v) for v in example)})"
+    return type(example).__name__
+
+
 def typed(mapref: str, option: str, text: str, example: Value) -> Value:
-    """A --from/--to value read as the checkpoint's type (the source's high-water mark, or
-    the stored checkpoint)."""
+    """A --from/--to (or ``checkpoint --set``) value read as the checkpoint's type (the
+    source's high-water mark, or the stored checkpoint)."""
     try:
         return coerce_like(text, example)
     except ValueError as err:
-        kind = type(example).__name__ if example is not None else "value"
         raise ConfigError(
-            f"mapping '{mapref}': {option} '{text}' is not a {kind} like the "
+            f"mapping '{mapref}': {option} '{text}' is not a {type_name(example)} like the "
             f"checkpoint's values ({err})"
         ) from None
 

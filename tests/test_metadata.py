@@ -1,6 +1,7 @@
 """The metadata database through the CLI: ``db upgrade`` on Postgres and SQLite (idempotent),
-refusal to work on an un-migrated database, one active run per mapping (the unique partial
-index, exit 4 naming the active run), and ``status`` in all its forms."""
+refusal to work on an un-migrated database, migration 0006 (checkpoint_change) up and down,
+one active run per mapping (the unique partial index, exit 4 naming the active run), and
+``status`` in all its forms."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ METADATA_TABLES = {
     "checkpoint",
     "stop_request",
     "error_row",
+    "checkpoint_change",
     "alembic_version",
 }
 
@@ -72,6 +74,8 @@ def test_db_upgrade_is_needed_first_then_idempotent(
         ["errors", "abc123"],
         ["reconcile"],
         ["schedule"],
+        ["checkpoint", "m"],
+        ["checkpoint", "m", "--set", "1"],
     ):
         result = run_cli(capsys, *argv, "--config", path)
         assert result.code == 2, (argv, result)
@@ -106,6 +110,59 @@ def test_metadata_behind_head_is_refused(clean_cli_env, base_config, tmp_path, c
     assert "at revision 0001" in result.err and "chordload db upgrade" in result.err
     assert run_cli(capsys, "db", "upgrade", "--config", path).code == 0
     assert run_cli(capsys, "status", "--config", path).code == 0
+
+
+def test_migration_0006_checkpoint_change_up_and_down(fresh_metadata_url):
+    """0006 adds checkpoint_change and lets checkpoint.run_id be NULL (set by hand); down
+    drops the table and keeps a checkpoint set by hand, with run_id 'manual'."""
+    engine = get_engine(fresh_metadata_url)
+    cfg = _alembic_config()
+
+    def migrate(step, revision: str) -> None:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            step(cfg, revision)
+
+    def shape() -> tuple[set[str], bool, set[str]]:
+        with engine.connect() as conn:
+            inspector = inspect(conn)
+            tables = set(inspector.get_table_names())
+            [run_id] = [c for c in inspector.get_columns("checkpoint") if c["name"] == "run_id"]
+            indexes = (
+                {i["name"] for i in inspector.get_indexes("checkpoint_change")}
+                if "checkpoint_change" in tables
+                else set()
+            )
+        return tables, run_id["nullable"], indexes
+
+    migrate(command.upgrade, "0005")
+    tables, nullable, _ = shape()
+    assert "checkpoint_change" not in tables and not nullable
+    migrate(command.upgrade, "0006")
+    assert current_revision(engine) == "0006"
+    tables, nullable, indexes = shape()
+    assert "checkpoint_change" in tables and nullable
+    assert indexes == {"ix_checkpoint_change_mapref"}
+
+    value = {"type": "int", "value": 7}
+    change = store.change_checkpoint(engine, "m", value, changed_by="me@here", reason="test")
+    assert change is not None and (change.old_value, change.new_value) == (None, value)
+    assert store.get_checkpoint(engine, "m").run_id is None
+    assert [c.reason for c in store.checkpoint_changes(engine, "m")] == ["test"]
+
+    migrate(command.downgrade, "0005")
+    assert current_revision(engine) == "0005"
+    tables, nullable, _ = shape()
+    assert "checkpoint_change" not in tables and not nullable
+    with engine.connect() as conn:
+        kept = conn.execute(text("SELECT value, run_id FROM checkpoint")).one()
+    assert (json.loads(kept.value) if isinstance(kept.value, str) else kept.value) == value
+    assert kept.run_id == "manual"
+
+    upgrade(engine)
+    tables, nullable, _ = shape()
+    assert "checkpoint_change" in tables and nullable
+    assert store.checkpoint_changes(engine, "m") == []
 
 
 def _active_run(mapref: str, status: RunStatus = RunStatus.RUNNING) -> ProcessLog:

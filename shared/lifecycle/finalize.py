@@ -22,7 +22,7 @@ from shared.config.settings import Settings
 from shared.engines import get_engine
 from shared.errors import describe_db_error
 from shared.metadata.models import Checkpoint, ChunkLog, ProcessLog
-from shared.metadata.store import session
+from shared.metadata.store import record_checkpoint_change, session
 from shared.retry import FINALIZE, retry_transient
 from shared.run.plan import RunPlan
 from shared.run.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
@@ -185,14 +185,16 @@ def _finalize(
 def _store_checkpoint(
     s: Session, run: ProcessLog, plan: RunPlan, chunks: list[ChunkLog], now: dt.datetime
 ) -> None:
-    """Store the checkpoint the run advanced to (``shared/checkpoint.py`` says which)."""
+    """Store the checkpoint the run advanced to (``shared/checkpoint.py`` says which) and,
+    when it moved, record the change (checkpoint_change), in the finalizing transaction."""
     if not checkpoint.stores(plan.spec, plan.mode):
         return
     stored = s.get(Checkpoint, run.mapref)
+    old = stored.value if stored else None
     new = checkpoint.advanced(
         plan.spec,
         plan.mode,
-        decode_value(stored.value) if stored else None,
+        decode_value(old),
         [decode_value(c.max_checkpoint) for c in chunks],
     )
     run.checkpoint_to = encode_value(new)
@@ -213,3 +215,14 @@ def _store_checkpoint(
         stored.value_type = value_type_name(new)
         stored.run_id = run.run_id
         stored.updated_at = now
+    if encode_value(new) != old:
+        record_checkpoint_change(
+            s,
+            run.mapref,
+            old,
+            encode_value(new),
+            changed_at=now,
+            changed_by="run",
+            run_id=run.run_id,
+            reason=f"{run.load_kind} run",
+        )

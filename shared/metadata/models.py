@@ -116,15 +116,36 @@ class ChunkLog(Base):
 
 
 class Checkpoint(Base):
-    """The stored checkpoint of each mapping, set only by a successful run."""
+    """The stored checkpoint of each mapping, set by a successful run (``run_id``) or by hand
+    (``chordload checkpoint --set``: ``run_id`` is NULL, checkpoint_change says who)."""
 
     __tablename__ = "checkpoint"
 
     mapref: Mapped[str] = mapped_column(String(200), primary_key=True)
     value: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     value_type: Mapped[str | None] = mapped_column(String(16))
-    run_id: Mapped[str] = mapped_column(String(32), nullable=False)
+    run_id: Mapped[str | None] = mapped_column(String(32))
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class CheckpointChange(Base):
+    """One change of a mapping's stored checkpoint: by a run (``run_id``) or by hand
+    (``chordload checkpoint --set`` / ``--reset``: who, and why). Values are typed JSON; a
+    NULL value is no checkpoint (before the first run, or after a reset)."""
+
+    __tablename__ = "checkpoint_change"
+    __table_args__ = (Index("ix_checkpoint_change_mapref", "mapref", "id"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    mapref: Mapped[str] = mapped_column(String(200), nullable=False)
+    changed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    changed_by: Mapped[str] = mapped_column(String(200), nullable=False)
+    old_value: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    new_value: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    run_id: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
 
 
 class StopRequest(Base):

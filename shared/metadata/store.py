@@ -6,6 +6,7 @@ the coordinator once per plan. Nothing here holds a transaction open across a ba
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -15,10 +16,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.errors import NotFoundError, RaceError, RunRefusedError
-from shared.metadata.models import Checkpoint, ChunkLog, ErrorRow, ProcessLog, StopRequest
+from shared.metadata.models import (
+    Checkpoint,
+    CheckpointChange,
+    ChunkLog,
+    ErrorRow,
+    ProcessLog,
+    StopRequest,
+)
 from shared.retry import retry_transient
 from shared.run.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
 from shared.run.task_ids import chunk_task_id
+from shared.run.values import display_value
 from shared.timeutil import utcnow
 
 
@@ -56,17 +65,36 @@ def active_run(engine: Engine, mapref: str) -> ProcessLog | None:
         ).first()
 
 
+@dataclass(frozen=True)
+class PlannedCheckpoint:
+    """The stored checkpoint a run was planned from (typed JSON; None: none was stored)."""
+
+    value: dict[str, Any] | None
+
+
 @retry_transient()
-def create_run(engine: Engine, run: ProcessLog, chunks: list[ChunkLog]) -> None:
+def create_run(
+    engine: Engine,
+    run: ProcessLog,
+    chunks: list[ChunkLog],
+    planned_checkpoint: PlannedCheckpoint | None = None,
+) -> None:
     """Insert the run (QUEUED) and its chunks (PENDING) in one transaction.
 
     The unique partial index on active runs turns a concurrent second run of the same
     mapping into an IntegrityError, reported as a refusal naming the active run.
+
+    ``planned_checkpoint``: the stored checkpoint the plan read. Once the run's row holds the
+    mapping's one active slot (a checkpoint change waits for it, see ``change_checkpoint``),
+    a stored checkpoint that differs from it was changed while the run was being planned, by
+    hand or by a run that ended meanwhile: the run is refused, since its window is stale.
     """
     try:
         with session(engine) as s, s.begin():
             s.add(run)
             s.flush()
+            if planned_checkpoint is not None:
+                _refuse_stale_checkpoint(s, run, planned_checkpoint)
             s.add_all(chunks)
     except IntegrityError:
         active = active_run(engine, run.mapref)
@@ -434,9 +462,170 @@ def open_chunk_count(engine: Engine, run_id: str) -> int:
         ).scalar_one()
 
 
+# -- the checkpoint -------------------------------------------------------------------------
 def get_checkpoint(engine: Engine, mapref: str) -> Checkpoint | None:
     with session(engine) as s:
         return s.get(Checkpoint, mapref)
+
+
+def _stored_value(s: Session, mapref: str) -> dict[str, Any] | None:
+    row = s.execute(select(Checkpoint.value).where(Checkpoint.mapref == mapref)).first()
+    return row.value if row is not None else None
+
+
+def _latest_change(s: Session, mapref: str) -> CheckpointChange | None:
+    # By id, not by time: changes of one mapping are serialized (see change_checkpoint), and
+    # the clocks of the machines that make them need not agree.
+    return s.scalars(
+        select(CheckpointChange)
+        .where(CheckpointChange.mapref == mapref)
+        .order_by(CheckpointChange.id.desc())
+        .limit(1)
+    ).first()
+
+
+def _refuse_stale_checkpoint(s: Session, run: ProcessLog, planned: PlannedCheckpoint) -> None:
+    current = _stored_value(s, run.mapref)
+    if current == planned.value:
+        return
+    last = _latest_change(s, run.mapref)
+    by = ""
+    if last is not None:
+        who = f"run {last.run_id}" if last.run_id else last.changed_by
+        by = f", by {who} at {last.changed_at.isoformat(' ', 'seconds')}"
+    raise RunRefusedError(
+        f"mapping '{run.mapref}': its checkpoint changed while run {run.run_id} was being "
+        f"planned ({display_value(planned.value)} -> {display_value(current)}{by}); nothing "
+        f"was launched: launch it again to plan from the stored checkpoint"
+    )
+
+
+def record_checkpoint_change(
+    s: Session,
+    mapref: str,
+    old: dict[str, Any] | None,
+    new: dict[str, Any] | None,
+    *,
+    changed_at: Any,
+    changed_by: str,
+    run_id: str | None = None,
+    reason: str | None = None,
+) -> CheckpointChange:
+    """Add a checkpoint_change row to the caller's transaction (the one that changes the
+    checkpoint: finalize, or ``change_checkpoint``)."""
+    change = CheckpointChange(
+        mapref=mapref,
+        changed_at=changed_at,
+        changed_by=changed_by,
+        old_value=old,
+        new_value=new,
+        run_id=run_id,
+        reason=reason,
+    )
+    s.add(change)
+    return change
+
+
+def _hold_active_slot(s: Session, mapref: str, now: Any) -> ProcessLog:
+    """A placeholder active run of ``mapref``, flushed: it takes the mapping's entry in the
+    one-active-run unique index until the transaction ends. The caller deletes it before
+    committing, so no reader ever sees it."""
+    placeholder = ProcessLog(
+        run_id=f"hold-{uuid.uuid4().hex[:16]}",
+        mapref=mapref,
+        status=RunStatus.RUNNING,
+        created_at=now,
+        load_kind="checkpoint",
+        mapping={},
+        plan_note="placeholder: holds the mapping while its checkpoint is changed by hand",
+    )
+    s.add(placeholder)
+    s.flush()
+    return placeholder
+
+
+@retry_transient()
+def change_checkpoint(
+    engine: Engine,
+    mapref: str,
+    value: dict[str, Any] | None,
+    *,
+    changed_by: str,
+    reason: str | None = None,
+) -> CheckpointChange | None:
+    """Set the stored checkpoint of ``mapref`` to ``value`` (typed JSON), or delete it
+    (``value`` None), and record the change, in one transaction. Returns the change; None
+    when there was nothing to delete.
+
+    Refused (RunRefusedError naming the run) while a run of the mapping is QUEUED or RUNNING,
+    also under a race with a launch: the transaction first inserts a placeholder active run
+    of the mapping, which the one-active-run unique index refuses while a run is active, and
+    makes wait while a run is being created, resumed or finalized, until that commits. A
+    launch that comes while this transaction is open waits for it in turn, then finds the
+    checkpoint it was planned from changed and is refused (``create_run``)."""
+    now = utcnow()
+    try:
+        with session(engine) as s, s.begin():
+            placeholder = _hold_active_slot(s, mapref, now)
+            stored = s.scalars(
+                select(Checkpoint).where(Checkpoint.mapref == mapref).with_for_update()
+            ).first()
+            s.delete(placeholder)
+            old = stored.value if stored is not None else None
+            if value is None:
+                if stored is None:
+                    return None  # nothing to delete
+                s.delete(stored)
+            elif stored is None:
+                s.add(
+                    Checkpoint(
+                        mapref=mapref,
+                        value=value,
+                        value_type=value["type"],
+                        run_id=None,
+                        updated_at=now,
+                    )
+                )
+            else:
+                stored.value = value
+                stored.value_type = value["type"]
+                stored.run_id = None
+                stored.updated_at = now
+            change = record_checkpoint_change(
+                s, mapref, old, value, changed_at=now, changed_by=changed_by, reason=reason
+            )
+    except IntegrityError:
+        active = active_run(engine, mapref)
+        if active is None:  # it ended in between: try again
+            raise RaceError(
+                f"mapping '{mapref}': a run ended while the checkpoint was being changed"
+            ) from None
+        raise RunRefusedError(
+            f"mapping '{mapref}' has an active run {active.run_id} ({active.status.value}); "
+            f"its checkpoint cannot change while a run is QUEUED or RUNNING: wait for it "
+            f"(chordload watch {active.run_id}) or stop it (chordload stop {active.run_id}), "
+            f"then try again",
+            active.run_id,
+        ) from None
+    return change
+
+
+def latest_checkpoint_change(engine: Engine, mapref: str) -> CheckpointChange | None:
+    with session(engine) as s:
+        return _latest_change(s, mapref)
+
+
+def checkpoint_changes(
+    engine: Engine, mapref: str, limit: int | None = None
+) -> list[CheckpointChange]:
+    """The changes of a mapping's checkpoint, newest first."""
+    with session(engine) as s:
+        query = (
+            select(CheckpointChange)
+            .where(CheckpointChange.mapref == mapref)
+            .order_by(CheckpointChange.id.desc())
+        )
+        return list(s.scalars(query.limit(limit) if limit else query))
 
 
 # -- stop requests -----------------------------------------------------------------------
