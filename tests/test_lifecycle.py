@@ -342,3 +342,35 @@ def test_watch_plain_and_terminal(workers, dim_config, wh, schema):
     assert "\x1b[" in screen, "the live display redraws with control codes"
     assert "━" in screen and "100,000/100,000 rows" in screen
     assert "SUCCESS" in screen
+
+
+def test_a_resumed_run_gets_a_fresh_deadline(workers, make_settings, wh, schema):
+    """run_timeout_s counts from a launch's start: a run stopped, then resumed after its
+    deadline (counted from its first start) has passed, is not failed by reconcile; it ends
+    SUCCESS with the target equal to the source."""
+    create_customers(wh, schema, 5_000)
+    settings = make_settings({schema: scd2_mapping(schema, run_timeout_s=2)})
+    # a queue no worker reads: the run stays RUNNING with its chunks pending
+    idle = settings.model_copy(
+        update={"celery": settings.celery.model_copy(update={"queue": f"cl-{TOKEN}-idle"})}
+    )
+    metadata = get_engine(settings.metadata)
+    run_id = launch(schema, settings=idle)
+    assert stop(run_id, settings=idle).status is RunStatus.STOPPED
+    started = store.get_run(metadata, run_id).started_at
+    wait_until(
+        lambda: (
+            store.get_run(metadata, run_id).ended_at is not None
+            and time.time() - started.timestamp() > 3
+        ),
+        timeout_s=30,
+        what="the first launch's deadline to pass",
+    )
+    resume(run_id, settings=idle)  # pending again, on the idle queue
+    assert [a for a in reconcile(settings) if a.run_id == run_id] == [], "failed on resume"
+    assert store.get_run(metadata, run_id).status is RunStatus.RUNNING
+    stop(run_id, settings=idle)
+    resume(run_id, settings=settings)  # now on the workers' queue
+    run = wait(run_id, settings=settings, timeout_s=60)
+    assert run.status is RunStatus.SUCCESS, run.message
+    _target_matches_source(wh, schema)

@@ -705,6 +705,9 @@ def reopen_for_resume(engine: Engine, run_id: str) -> tuple[ProcessLog, list[Chu
                 s.execute(delete(StopRequest).where(StopRequest.run_id == run_id))
                 run.launches += 1
                 run.status = RunStatus.RUNNING
+                # the launch's start: run_timeout_s counts from here, so a run resumed hours
+                # after it first started is not failed by the next reconcile
+                run.started_at = utcnow()
                 run.ended_at = None
                 run.message = None
                 run.deletes_started_at = None
