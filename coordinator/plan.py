@@ -362,17 +362,24 @@ def ensure_target(
         connection = engine.connect()
     except DBAPIError as exc:
         raise _connect_error(mapref, "target", url, exc) from None
+
+    def fits(conn: Connection) -> bool:
+        """Whether the target exists; if it does, it must have the columns the load needs."""
+        if not adapter.target_exists(conn, spec.target):
+            return False
+        adapter.check_target(
+            conn,
+            spec.target,
+            [c.name for c in source_columns],
+            spec.scd.type,
+            list(spec.scd.audit_names().values()),
+        )
+        return True
+
     try:
         with connection as conn, conn.begin():
             hashed = _hashed_target(adapter, spec, source_columns)
-            if adapter.target_exists(conn, spec.target):
-                adapter.check_target(
-                    conn,
-                    spec.target,
-                    [c.name for c in source_columns],
-                    spec.scd.type,
-                    list(spec.scd.audit_names().values()),
-                )
+            if fits(conn):
                 return upgrade_row_hashes(conn, hashed, spec.target)
             adapter.create_target(
                 conn,
@@ -392,14 +399,7 @@ def ensure_target(
             raise _connect_error(mapref, "target", url, exc) from None
         # Two coordinators may race to create it: if it exists now, the other one won.
         with engine.begin() as conn:
-            if adapter.target_exists(conn, spec.target):
-                adapter.check_target(
-                    conn,
-                    spec.target,
-                    [c.name for c in source_columns],
-                    spec.scd.type,
-                    list(spec.scd.audit_names().values()),
-                )
+            if fits(conn):
                 return 0
         raise ConfigError(
             f"mapping '{mapref}': cannot create target table "
