@@ -1,25 +1,156 @@
 """Duplicate business keys in one extract: one row per key wins.
 
-The row with the highest checkpoint value wins (NULL lowest; with no checkpoint every row
-ties), then the last in the order the rows arrive; every other row of the key is counted
-as a duplicate. All rows of a key are in one chunk (chunks split on key columns) and arrive
-together (key order), but they can straddle a batch boundary: a later winner then
-overwrites, in place, the version this attempt wrote for the key (SCD2 keeps one version
-per key per run), and a later loser is not written.
+The rule: the row with the highest checkpoint value wins (NULL lowest; with no checkpoint
+every row ties); among rows tied on it, the row whose values sort last in a canonical order
+(``row_order``). That order is a total order over the values any driver returns, type by type,
+and it does not depend on the order the rows arrive in: the same extract gives the same
+winners whatever the batch size, the chunk count, the path (relay or typed) or the rerun.
+Every other row of the key is counted as a duplicate and never written.
 
-Pure logic, no database: the resolver remembers the keys of the latest batch only, so its
-memory is one batch whatever the size of the chunk.
+All rows of a key are in one chunk (chunks split on key columns) and arrive together (key
+order). The loader cuts the stream so that a key's rows never straddle two batches
+(``whole_keys``); only a key with more rows than a batch is handed on unfinished, and the
+resolver then holds that key's best row back (``DuplicateResolver.pending``) until the batch
+in which the key ends. So a key is written once per attempt, by its winner: a losing row is
+never applied and then overwritten.
+
+Pure logic, no database: memory is a batch and the one ahead (a third while one key fills
+whole batches) plus the best row of the one key that may continue.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+import json
+import math
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from decimal import Decimal
+from typing import Any, Protocol, TypeVar
 
-from shared.run.values import Value, rank
+from shared.run.values import Value, max_value
 
-ERRORED = object()  # a key whose winning row was rejected: the next row of it starts over
+# -- the canonical order of values ---------------------------------------------------------
+# Each value becomes a tuple whose first item is its kind; within a kind the rest compares
+# without error. Kinds never compare their payloads with each other, so rows of any types
+# (a SQLite column can hold several) are totally ordered.
+_NULL, _BOOL, _NUMBER, _TEXT, _BYTES, _DATE, _DATETIME, _DATETIME_TZ = range(8)
+_TIME, _TIME_TZ, _INTERVAL, _UUID, _JSON, _OTHER = range(8, 14)
+_MICROSECOND = dt.timedelta(microseconds=1)
+_NUMBER_TYPES = {int: 0, Decimal: 1, float: 2}
+
+
+def _micros(delta: dt.timedelta) -> int:
+    return delta // _MICROSECOND
+
+
+def _is_nan(value: int | float | Decimal) -> bool:
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, Decimal) and value.is_nan()
+
+
+def _number(value: int | float | Decimal, exact: bool) -> tuple:
+    if _is_nan(value):
+        # NaN sorts above every number (as PostgreSQL sorts it); its spellings last
+        return (_NUMBER, 1, type(value).__name__, str(value)) if exact else (_NUMBER, 1)
+    magnitude = value if isinstance(value, Decimal) else Decimal(value)  # exact for floats
+    if not exact:
+        return (_NUMBER, 0, magnitude)
+    # equal numbers of another type or spelling (1, 1.0, Decimal('1.00'), -0.0) still differ
+    kind = next((rank for t, rank in _NUMBER_TYPES.items() if isinstance(value, t)), 3)
+    return (_NUMBER, 0, magnitude, kind, str(value))
+
+
+def _clock(value: dt.time) -> int:
+    """Microseconds since midnight."""
+    return ((value.hour * 60 + value.minute) * 60 + value.second) * 1_000_000 + value.microsecond
+
+
+def _json_default(value: Any) -> Any:
+    """Values inside a JSON document that json cannot write: tagged, so they stay apart."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$bytes": bytes(value).hex()}
+    if isinstance(value, (dt.date, dt.time)):
+        return {"$" + type(value).__name__: value.isoformat()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(map(repr, value))
+    return {"$" + type(value).__name__: str(value)}
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
+        )
+    except (TypeError, ValueError):  # keys of mixed types, circular: the text Python gives
+        return repr(value)
+
+
+def value_order(value: Any, exact: bool = True) -> tuple:
+    """A sort key for one value of any type a driver returns: NULL lowest, then booleans,
+    numbers (int, Decimal and float by value; NaN above all), text, bytes, dates, naive
+    timestamps, aware timestamps (by instant), times, intervals, UUIDs, JSON documents and
+    lists (by their canonical JSON text), anything else (by type name and text).
+
+    ``exact``: values that are equal but not the same (1 and 1.0, Decimal('1.0') and
+    Decimal('1.00'), one instant at two offsets) get distinct keys, in a fixed order, so
+    the order is total over values. Without it they compare equal (checkpoint values)."""
+    if value is None:
+        return (_NULL,)
+    if isinstance(value, bool):
+        return (_BOOL, int(value))
+    if isinstance(value, (int, float, Decimal)):
+        return _number(value, exact)
+    if isinstance(value, str):
+        return (_TEXT, value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return (_BYTES, bytes(value))
+    if isinstance(value, dt.datetime):
+        local = _micros(value.replace(tzinfo=None) - dt.datetime.min)
+        offset = value.utcoffset()
+        if offset is None:
+            return (_DATETIME, local, value.fold) if exact else (_DATETIME, local)
+        instant = local - _micros(offset)
+        if not exact:
+            return (_DATETIME_TZ, instant)
+        return (_DATETIME_TZ, instant, _micros(offset), value.tzname() or "", value.fold)
+    if isinstance(value, dt.date):
+        return (_DATE, value.toordinal())
+    if isinstance(value, dt.time):
+        offset = value.utcoffset()
+        if offset is None:
+            return (_TIME, _clock(value), value.fold) if exact else (_TIME, _clock(value))
+        instant = _clock(value) - _micros(offset)
+        if not exact:
+            return (_TIME_TZ, instant)
+        return (_TIME_TZ, instant, _micros(offset), value.tzname() or "", value.fold)
+    if isinstance(value, dt.timedelta):
+        return (_INTERVAL, _micros(value))
+    if isinstance(value, uuid.UUID):
+        return (_UUID, value.int)
+    if isinstance(value, (dict, list, tuple)):
+        return (_JSON, _json_text(value))
+    return (_OTHER, type(value).__qualname__, str(value))
+
+
+def row_order(row: Sequence[Any]) -> tuple:
+    """The canonical sort key of a row: its values' ``value_order``, column by column. Two
+    rows get the same key only if their values are the same, so among tied rows the one
+    with the greatest key is a well-defined winner."""
+    return tuple(value_order(v) for v in row)
+
+
+def checkpoint_order(value: Value) -> tuple:
+    """The order of checkpoint values: NULL lowest, a row value (several checkpoint columns)
+    part by part with NULL parts lowest, values of one type in their natural order (equal
+    values tie), values of different types by kind (see ``value_order``)."""
+    if isinstance(value, tuple):
+        return (1, tuple(checkpoint_order(v) for v in value))
+    if value is None:
+        return (0,)
+    return (1, value_order(value, exact=False))
 
 
 def key_of(parts: tuple) -> Any:
@@ -32,86 +163,230 @@ def key_of(parts: tuple) -> Any:
     return key
 
 
+# -- one key's rows -------------------------------------------------------------------------
+class _Best:
+    """The rows of one key seen so far: the best of them, how many there were, and the
+    highest checkpoint value among the others."""
+
+    __slots__ = ("key", "losers_max", "order", "row", "rows", "tie", "value")
+
+    def __init__(self, key: Any, row: tuple, value: Value):
+        self.key, self.row, self.value = key, row, value
+        self.order = checkpoint_order(value)
+        self.tie: tuple | None = None  # row_order(row), computed on the first tie
+        self.rows = 1
+        self.losers_max: Value = None
+
+    def offer(self, row: tuple, value: Value) -> None:
+        order = checkpoint_order(value)
+        wins = order > self.order
+        if order == self.order:
+            if self.tie is None:
+                self.tie = row_order(self.row)
+            tie = row_order(row)
+            wins = tie > self.tie
+            if wins:
+                self.tie = tie
+        elif wins:
+            self.tie = None
+        self.rows += 1
+        if wins:
+            loser = self.value
+            self.row, self.value, self.order = row, value, order
+        else:
+            loser = value
+        self.losers_max = max_value([self.losers_max, loser])
+
+
 @dataclass(frozen=True)
 class Resolved:
-    """A batch after resolution: the winners whose key is new to this attempt, the winners
-    of keys an earlier batch of it already wrote (they overwrite that write), and how many
-    rows lost."""
+    """A batch after resolution: the winners to write (one per key, with their checkpoint
+    values), and the rows it settles: ``read`` = winners + ``dropped``. A key held back for
+    the next batch is in neither; the previous batch's held key, if it ends here, is in both.
+    ``dropped_max`` is the highest checkpoint value among the dropped rows."""
 
-    fresh: list[tuple]
-    rewrites: list[tuple]
+    rows: list[tuple]
+    values: list[Value]
     dropped: int
+    dropped_max: Value
+    read: int
+
+
+NO_KEY: Any = object()  # ``resolve(hold=...)`` when no key is held back (None is a NULL key)
 
 
 class DuplicateResolver:
     def __init__(self, key_positions: Sequence[int]):
         self.key_positions = list(key_positions)
-        # key -> rank of the checkpoint value of the row that wins it so far, for the keys of
-        # the latest batch only: rows arrive in key order, so no older key can come back
-        self.winners: dict[Any, Any] = {}
-        # key -> the rank this attempt had already written for it, for the keys the latest
-        # batch rewrites: a rejected rewrite leaves that write in place
-        self.rewritten_from: dict[Any, Any] = {}
+        # the best row so far of the key that the latest batch left unfinished (a key with
+        # more rows than a batch): not written yet, it meets the key's next rows first
+        self.pending: _Best | None = None
 
-    def key(self, row: tuple) -> Any:
+    def key(self, row: Sequence[Any]) -> Any:
         return key_of(tuple(row[p] for p in self.key_positions))
 
-    def seen(self, parts: tuple) -> bool:
-        """Whether the previous batch had this key (a relayed batch continues it)."""
-        return key_of(parts) in self.winners
-
-    def remember_only(self, parts: tuple, value: Value) -> None:
-        """After a batch applied without resolution: only its last key can continue."""
-        self.winners = {key_of(parts): rank(value)}
-
-    def reject(self, rows: Sequence[tuple]) -> None:
-        """These winners were quarantined. A key nothing was written for starts over with its
-        next row; a rejected rewrite leaves the version this attempt wrote before in place,
-        so the key's next row is compared with that one."""
-        for row in rows:
-            key = self.key(row)
-            self.winners[key] = self.rewritten_from.get(key, ERRORED)
-
     def reset(self) -> None:
-        self.winners = {}
-        self.rewritten_from = {}
+        self.pending = None
 
-    def resolve(self, rows: list[tuple], values: list[Value]) -> Resolved:
-        """One row per business key (see the module docstring)."""
-        earlier = self.winners  # the previous batch's keys
-        current: dict[Any, Any] = {}  # this batch's
-        best: dict[Any, int] = {}  # key -> index of its winning row in this batch
-        repeated: dict[Any, Any] = {}  # key -> the rank written for it by an earlier batch
-        dropped = 0
-        for i, row in enumerate(rows):
-            key = self.key(row)
-            ranked = rank(values[i])
-            previous = current.get(key)
-            if previous is None:  # the key's first row in this batch
-                previous = earlier.get(key)
-                if previous is None or previous is ERRORED:
-                    current[key] = ranked
-                    best[key] = i
-                    continue
-                repeated[key] = previous  # the previous batch wrote (or dropped a loser of) it
-                current[key] = previous
-            try:
-                loses = ranked < previous
-            except TypeError:  # values that do not compare: arrival order decides
-                loses = False
-            if loses:
-                dropped += 1
+    def resolve(self, rows: list[tuple], values: list[Value], hold: Any = NO_KEY) -> Resolved:
+        """One row per business key (see the module docstring). ``hold``: the key (as
+        ``key``; a NULL key is None) whose rows continue in the next batch; its best row is
+        kept back."""
+        pending, self.pending = self.pending, None
+        keys = [self.key(row) for row in rows]
+        groups: dict[Any, _Best] = {}  # keys with more than one row (or the pending one)
+        if pending is not None:
+            groups[pending.key] = pending
+        first: dict[Any, int] = {}
+        for i, key in enumerate(keys):
+            group = groups.get(key)
+            if group is not None:
+                group.offer(rows[i], values[i])
                 continue
-            current[key] = ranked
-            if key in best:
-                dropped += 1  # the earlier row of this batch is displaced
-            best[key] = i
-        self.winners = current
-        self.rewritten_from = repeated
-        if not repeated and len(best) == len(rows):
-            return Resolved(rows, [], 0)
-        fresh: list[tuple] = []
-        rewrites: list[tuple] = []
-        for key, i in sorted(best.items(), key=lambda item: item[1]):
-            (rewrites if key in repeated else fresh).append(rows[i])
-        return Resolved(fresh, rewrites, dropped)
+            j = first.setdefault(key, i)
+            if j != i:
+                group = groups[key] = _Best(key, rows[j], values[j])
+                group.offer(rows[i], values[i])
+        if hold is not NO_KEY:
+            held = groups.pop(hold, None)
+            if held is None and hold in first:
+                held = _Best(hold, rows[first[hold]], values[first[hold]])
+            self.pending = held
+        if not groups and hold is NO_KEY:
+            return Resolved(rows, values, 0, None, len(rows))
+        winners: list[tuple] = []
+        winner_values: list[Value] = []
+        dropped, losers = 0, []
+        if pending is not None and pending.key not in first and pending.key != hold:
+            first = {pending.key: -1, **first}  # it ends here, before this batch's keys
+        for key, i in first.items():
+            if key == hold:
+                continue
+            group = groups.get(key)
+            if group is None:
+                winners.append(rows[i])
+                winner_values.append(values[i])
+                continue
+            winners.append(group.row)
+            winner_values.append(group.value)
+            dropped += group.rows - 1
+            losers.append(group.losers_max)
+        return Resolved(winners, winner_values, dropped, max_value(losers), len(winners) + dropped)
+
+
+# -- batches that never split a key ------------------------------------------------------
+B = TypeVar("B")
+
+
+class Cutter(Protocol[B]):
+    """What ``whole_keys`` needs of a batch type (a sequence: empty is false)."""
+
+    def last_key(self, batch: B) -> Any:
+        """The key of the batch's last row."""
+
+    def split_leading(self, batch: B, key: Any) -> tuple[B, B]:
+        """The batch's leading rows of ``key``, and the rest."""
+
+    def size(self, batch: B) -> int:
+        """Its rows (asked only while one key fills whole batches)."""
+
+    def join(self, first: B, second: B) -> B: ...
+
+
+def whole_keys(batches: Iterable[B], cutter: Cutter[B], limit: int) -> Iterator[tuple[B, bool]]:
+    """The batches again, cut so that no key's rows are split between two of them, as
+    (batch, whole). Looks one batch ahead: the next batch's leading rows of the current
+    batch's last key move into the current batch. A key that goes on for a whole batch
+    makes a batch of at least ``limit`` rows; if the key goes on in the batch after that,
+    it is handed on with ``whole`` False: its last key continues in the next batch (the
+    resolver holds that key back)."""
+    held: B | None = None
+    full = False  # held ends with a key that filled a whole batch and reached the limit
+    for batch in batches:
+        if not batch:
+            continue
+        if held is None:
+            held = batch
+            continue
+        head, rest = cutter.split_leading(batch, cutter.last_key(held))
+        if full:
+            yield held, not head
+            held, full = batch, False
+            continue
+        if head:
+            held = cutter.join(held, head)
+        if not rest:  # the whole batch continued the key
+            full = cutter.size(held) >= limit
+            continue
+        yield held, True
+        held = rest
+    if held is not None:
+        yield held, True
+
+
+class RowCutter:
+    """``whole_keys`` over lists of rows, keys compared as the resolver compares them."""
+
+    def __init__(self, key: Callable[[Sequence[Any]], Any]):
+        self.key = key
+
+    def last_key(self, batch: list[tuple]) -> Any:
+        return self.key(batch[-1])
+
+    def split_leading(self, batch: list[tuple], key: Any) -> tuple[list[tuple], list[tuple]]:
+        n = 0
+        while n < len(batch) and self.key(batch[n]) == key:
+            n += 1
+        return (batch[:n], batch[n:]) if n else ([], batch)
+
+    def size(self, batch: list[tuple]) -> int:
+        return len(batch)
+
+    def join(self, first: list[tuple], second: list[tuple]) -> list[tuple]:
+        return first + second
+
+
+def _same_field(a: bytes, b: bytes) -> bool:
+    """Two key fields of COPY text hold the same key: the same text, or the same number
+    (numeric 1.0 and 1.00 are one key). Treating two keys as one only makes a batch longer."""
+    if a == b:
+        return True
+    try:
+        x, y = Decimal(a.decode("ascii")), Decimal(b.decode("ascii"))
+    except (ArithmeticError, ValueError):  # not numbers (UnicodeDecodeError is a ValueError)
+        return False
+    return x.is_finite() and y.is_finite() and x == y
+
+
+class LineCutter:
+    """``whole_keys`` over batches of COPY text lines (``shared/dialects/relay.py``): one row
+    a line, fields separated by tabs (tabs and newlines inside values are escaped), so a key
+    is read from its fields' text without parsing a value."""
+
+    def __init__(self, key_fields: Sequence[int]):
+        self.key_fields = list(key_fields)
+
+    def _key(self, line: bytes) -> list[bytes]:
+        fields = line.split(b"\t")
+        return [fields[i] for i in self.key_fields]
+
+    def last_key(self, batch: bytes) -> list[bytes]:
+        start = batch.rfind(b"\n", 0, len(batch) - 1) + 1
+        return self._key(batch[start : len(batch) - 1])
+
+    def split_leading(self, batch: bytes, key: list[bytes]) -> tuple[bytes, bytes]:
+        pos = 0
+        while pos < len(batch):
+            end = batch.find(b"\n", pos)
+            if end < 0:
+                end = len(batch)
+            if not all(map(_same_field, key, self._key(batch[pos:end]))):
+                break
+            pos = end + 1
+        return batch[:pos], batch[pos:]
+
+    def size(self, batch: bytes) -> int:
+        return batch.count(b"\n")
+
+    def join(self, first: bytes, second: bytes) -> bytes:
+        return first + second

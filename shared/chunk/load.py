@@ -4,10 +4,12 @@ to the target set-based, one transaction per batch.
 Per batch: keep the rows in the window (``shared/checkpoint.py``), resolve duplicate
 business keys (``duplicates.py``), stage the rows (COPY on PostgreSQL), apply the SCD SQL
 (``shared/scd/apply.py``), commit; then record progress in chunk_log. The chunk is read in
-business key order, so memory is one batch plus the keys of the previous batch, whatever the
-size of the chunk (``rows_per_chunk``). A batch rejected for its data is bisected until the
-bad rows are isolated (``shared/scd/quarantine.py``): the rest is loaded and each bad row is
-kept in error_row. Transient errors ask the task for a retry; the loader itself never raises.
+business key order and cut into batches that never split a key's rows
+(``duplicates.whole_keys``), so every key is resolved, and written once, within one batch;
+memory is about one batch whatever the size of the chunk (``rows_per_chunk``). A batch
+rejected for its data is bisected until the bad rows are isolated
+(``shared/scd/quarantine.py``): the rest is loaded and each bad row is kept in error_row.
+Transient errors ask the task for a retry; the loader itself never raises.
 
 Between two PostgreSQL databases a chunk relays COPY text from source to stage without
 parsing a value (``shared/dialects/relay.py``); batches that need a closer look are read
@@ -25,7 +27,14 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from shared.checkpoint import CheckpointReader
-from shared.chunk.duplicates import DuplicateResolver
+from shared.chunk.duplicates import (
+    NO_KEY,
+    DuplicateResolver,
+    LineCutter,
+    RowCutter,
+    key_of,
+    whole_keys,
+)
 from shared.chunk.result import ChunkCounts, ChunkResult
 from shared.config.settings import Settings
 from shared.dialects import adapter_for
@@ -59,9 +68,7 @@ class Pass(Enum):
 
     FIRST = "first"  # no version of this run can exist for these keys yet
     REPLAY = "replay"  # an earlier attempt (retry, redelivery, resume) may have written them:
-    # overwrite those versions and count them as that attempt did
-    REWRITE = "rewrite"  # later winners of keys this attempt wrote: overwrite, count as
-    # duplicates
+    # bring those versions to the staged rows and count them as one clean pass would
 
 
 def load_chunk(
@@ -190,6 +197,8 @@ class ChunkLoad:
         self.key_positions = [plan.columns.index(k) for k in spec.keys]
         self.checkpoint = CheckpointReader(spec, plan.columns, plan.python_filter)
         self.duplicates = DuplicateResolver(self.key_positions)
+        # the last key of the latest relayed batch, as the stage typed it (see _load_relayed)
+        self.relayed_last_key: tuple | None = None
         self.stage = ""
         # the latest committed batch, recorded when the next one is read (with the stop
         # check) or, for the chunk's last batch, with the chunk's end
@@ -244,10 +253,14 @@ class ChunkLoad:
         """Read the chunk as Python rows and load them batch by batch."""
         self._ensure_stage(tconn)
         sql, params = self._chunk_sql()
+        batch_rows = self.plan.spec.batch_rows
         with self.source.connect().execution_options(**READ_ONLY) as sconn:
-            for rows in self.source_adapter.stream(sconn, sql, params, self.plan.spec.batch_rows):
+            stream = (
+                list(rows) for rows in self.source_adapter.stream(sconn, sql, params, batch_rows)
+            )
+            for rows, whole in whole_keys(stream, RowCutter(self.duplicates.key), batch_rows):
                 self._record_previous()
-                self._load_batch(tconn, list(rows))
+                self._load_batch(tconn, rows, whole)
 
     # -- relayed: COPY text from source to stage (shared/dialects/relay.py) -----------------
     def _relay(self) -> Relay | None:
@@ -269,20 +282,28 @@ class ChunkLoad:
             if not relay.same_encoding(sconn, tconn):
                 return False
             stream = relay.source.relay(sconn, sql, params, spec.batch_rows)
+            cutter = LineCutter(self.key_positions)
             try:
-                for lines in stream:
+                for lines, whole in whole_keys(stream, cutter, spec.batch_rows):
                     self._record_previous()
-                    self._load_relayed(tconn, relay, stage, lines)
+                    self._load_relayed(tconn, relay, stage, lines, whole)
             finally:
                 if not stream.finished:
                     stream.close()
                     sconn.invalidate()  # its COPY was cut short
         return True
 
-    def _load_relayed(self, tconn: Connection, relay: Relay, stage: str, lines: bytes) -> None:
+    def _load_relayed(
+        self, tconn: Connection, relay: Relay, stage: str, lines: bytes, whole: bool
+    ) -> None:
         """COPY one batch of lines into the relay stage and apply it, if it is the common
-        case: no NULL key, no key twice, its first key not continued from the previous batch.
-        Otherwise read it back as rows and load those like a typed batch."""
+        case: no NULL key, no key twice, no key held back from the previous batch or
+        continuing into the next. Otherwise read it back as rows and load those like a typed
+        batch.
+
+        The batches are cut on the keys' text (``LineCutter``); should the database still
+        find a key continuing from the previous batch (text that differs for one value), the
+        chunk starts over on the typed path, which groups the rows by their values."""
         spec, plan = self.plan.spec, self.plan
         checkpoint = spec.checkpoint_columns[0] if spec.checkpoint_columns else None
         rows: list[tuple] | None = None
@@ -290,21 +311,33 @@ class ChunkLoad:
             with tconn.begin():
                 relay.target.load_relayed(tconn, stage, plan.columns, lines)
                 shape = relay.target.relayed_shape(tconn, stage, spec.keys, checkpoint)
-                continued = self.duplicates.seen(shape.first_key)
-                if shape.null_keys or shape.distinct_keys < shape.rows or continued:
+                if self.relayed_last_key is not None and self._same_key(
+                    shape.first_key, self.relayed_last_key
+                ):
+                    raise RelayRefused(
+                        f"key {shape.first_key!r} continues from the previous relayed batch"
+                    )
+                self.relayed_last_key = shape.last_key if whole else None
+                plain = not shape.null_keys and shape.distinct_keys == shape.rows
+                if not (plain and whole and self.duplicates.pending is None):
                     rows = relay.target.relayed_rows(tconn, stage, plan.columns)
                 else:
                     counts = self._apply(tconn, stage, shape.rows, False, self._pass())
+        except RelayRefused:
+            raise
         except Exception as exc:
             if is_data_error(exc):
                 raise RelayRefused(describe_db_error(exc)) from exc
             raise
         if rows is not None:
             self._ensure_stage(tconn)
-            self._load_batch(tconn, rows)
+            self._load_batch(tconn, rows, whole)
             return
-        self.duplicates.remember_only(shape.last_key, shape.last_checkpoint)
         self._record(shape.rows, counts, [], 0, shape.max_checkpoint)
+
+    @staticmethod
+    def _same_key(a: tuple, b: tuple) -> bool:
+        return bool(key_of(a) == key_of(b))
 
     def _restart_typed(self) -> None:
         """Start the chunk over on the typed path, which can bisect a batch to isolate bad
@@ -313,6 +346,7 @@ class ChunkLoad:
         self.result.counts = ChunkCounts()
         self.result.max_checkpoint = None
         self.duplicates.reset()
+        self.relayed_last_key = None
         self.replay = True
         self.unrecorded = None
         store.restart_chunk(self.metadata, self.plan.run_id, self.chunk.chunk_no)
@@ -321,32 +355,24 @@ class ChunkLoad:
     def _pass(self) -> Pass:
         return Pass.REPLAY if self.replay else Pass.FIRST
 
-    def _load_batch(self, tconn: Connection, rows: list[tuple]) -> None:
-        """Load one batch (typed rows) in one transaction."""
-        rows, values = self.checkpoint.in_window(rows)
-        resolved = self.duplicates.resolve(rows, values)
-        with tconn.begin():
-            counts, bad = (
-                self._apply_slice(tconn, resolved.fresh, self._pass())
-                if resolved.fresh
-                else (ApplyCounts(), [])
-            )
-            rewrite_bad = (
-                self._apply_slice(tconn, resolved.rewrites, Pass.REWRITE)[1]
-                if resolved.rewrites
-                else []
-            )
-        bad += rewrite_bad
-        self.duplicates.reject([row for row, _ in bad])
+    def _load_batch(self, tconn: Connection, batch: list[tuple], whole: bool = True) -> None:
+        """Load one batch (typed rows) in one transaction. ``whole`` False: the batch's last
+        key continues in the next batch, so its rows are only resolved, not written yet."""
+        hold = NO_KEY if whole or not batch else self.duplicates.key(batch[-1])
+        rows, values = self.checkpoint.in_window(batch)
+        resolved = self.duplicates.resolve(rows, values, hold)
+        winners = resolved.rows
+        if winners:
+            with tconn.begin():
+                counts, bad = self._apply_slice(tconn, winners, self._pass())
+        else:
+            counts, bad = ApplyCounts(), []
         bad_ids = {id(row) for row, _ in bad}
-        good_max = max_value([v for row, v in zip(rows, values) if id(row) not in bad_ids])
-        self._record(
-            len(rows),
-            counts,
-            bad,
-            resolved.dropped + len(resolved.rewrites) - len(rewrite_bad),
-            good_max,
+        good_max = max_value(
+            [v for row, v in zip(winners, resolved.values) if id(row) not in bad_ids]
+            + [resolved.dropped_max]
         )
+        self._record(resolved.read, counts, bad, resolved.dropped, good_max)
 
     def _apply_slice(
         self, tconn: Connection, rows: list[tuple], how: Pass
@@ -369,21 +395,20 @@ class ChunkLoad:
     def _apply(
         self, conn: Connection, stage: str, staged_rows: int, has_null_keys: bool, how: Pass
     ) -> ApplyCounts:
-        """Apply the staged rows. A REWRITE or REPLAY first overwrites, in place, the
-        versions this run wrote for these keys; a REWRITE is then counted by the caller (as
-        duplicates), a REPLAY as the earlier attempt counted it."""
+        """Apply the staged rows. A REPLAY first brings the versions an earlier attempt of
+        this run wrote for these keys to the staged rows (``replace_own_versions``) and counts
+        them, before the apply, as that attempt's inserts and changes: the apply then finds
+        them unchanged, and what it writes itself it counts itself."""
         target, plan = self.scd_target, self.plan
         now = utcnow()
-        if how is not Pass.FIRST:
+        earlier = ApplyCounts()
+        if how is Pass.REPLAY:
             scd.replace_own_versions(conn, target, stage, has_null_keys, now=now)
+            earlier = scd.count_applied_by_run(conn, target, stage, has_null_keys, plan.valid_from)
         counts = scd.apply(
             conn, target, stage, staged_rows, has_null_keys, valid_from=plan.valid_from, now=now
         )
-        if how is Pass.REWRITE:
-            return ApplyCounts()
-        if how is Pass.REPLAY and counts.unchanged:
-            counts += scd.count_applied_by_run(conn, target, stage, has_null_keys, plan.valid_from)
-        return counts
+        return counts + earlier
 
     # -- progress -------------------------------------------------------------------------------
     def _record(

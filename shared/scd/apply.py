@@ -10,8 +10,8 @@ and may prepare the transaction for the key lookups (``DialectAdapter.prepare_ap
   ``tracked`` columns a change in the other columns updates the current version in place.
 - Re-applying the same batch finds equal hashes and writes nothing, which makes
   redelivery harmless. ``replace_own_versions`` and ``count_applied_by_run`` make a replay
-  (retry, redelivery, resume) and a later duplicate of a key leave one version per key per
-  run, counted as one clean pass would count it.
+  (retry, redelivery, resume) that reads other rows than the attempt before it leave one
+  version per key per run, counted as one clean pass would count it.
 """
 
 from __future__ import annotations
@@ -173,12 +173,19 @@ def apply_scd2(
 def replace_own_versions(
     conn: Connection, target: ScdTarget, stage: str, has_null_keys: bool, *, now: Any = None
 ) -> int:
-    """Overwrite, in place, the current rows that this same run wrote and that differ from
-    the staged row: a later duplicate of a key that won, or a replayed batch that reads
-    other rows than the attempt before it. A run thus writes one version per key however
-    often the key occurs in its extract, and the apply that follows finds these rows
-    unchanged. SCD2 with valid_from from a source column: the predecessor's valid_to
-    moves along. SCD1: ``now`` is the new updated_at. Returns the rows overwritten."""
+    """Bring the current rows that this same run wrote and that differ from the staged row
+    to the staged row: a replayed batch (retry, redelivery, resume) that reads other rows
+    than the attempt before it. A run thus writes one version per key however often its
+    chunks are loaded, and the apply that follows finds these rows unchanged.
+
+    SCD2: if the staged row equals the version this run's version replaced (its hash), the
+    replacement is undone (``_revert_own_versions``): this run's version is deleted and the
+    one before it is current again, as if this run had never changed the key; the apply
+    then finds it unchanged. Otherwise this run's version is overwritten in place; with
+    valid_from from a source column the predecessor's valid_to moves along. SCD1: the row is
+    overwritten, ``now`` is its new updated_at (the row as it was before this run is gone, so
+    a staged row equal to it is not recognised as such). Returns the rows reverted or
+    overwritten."""
     q, audit, dialect, table, opts = (
         target.q,
         target.audit,
@@ -189,7 +196,12 @@ def replace_own_versions(
     target.dialect.prepare_apply(conn, table, target.keys)
     current = q(audit.is_current)
     in_place = target.in_place_columns
-    params = {"run_id": target.run_id, "now": now, **target.flags()}
+    params = {
+        "run_id": target.run_id,
+        "now": now,
+        "valid_to_current": opts.current_valid_to,
+        **target.flags(),
+    }
     replaced = 0
     for null_safe in sql.null_passes(has_null_keys):
         hashed = sql.hashed_stage(
@@ -203,6 +215,7 @@ def replace_own_versions(
         own = f"{sql.written_by_run(target, 't', 's')} AND {differs('t', 's')}"
         if target.scd2:
             own = f"t.{current} = :true_ AND {own}"
+            replaced += _revert_own_versions(conn, target, hashed, null_safe, params)
         match = sql.key_match(target, "t", "s", null_safe)
         sets = [(c, f"s.{q(c)}") for c in target.columns if c not in target.keys]
         sets.append((audit.row_hash, "s.cl_hash"))
@@ -235,14 +248,100 @@ def replace_own_versions(
     return replaced
 
 
+def _revert_own_versions(
+    conn: Connection,
+    target: ScdTarget,
+    hashed: str,
+    null_safe: bool,
+    params: dict[str, Any],
+) -> int:
+    """SCD2: undo this run's version of the staged keys whose staged row equals the version
+    it replaced (same row hash; the untracked columns are the apply's business): delete it
+    and make its predecessor current again, with the current ``valid_to``. A version equal
+    to the one it replaced is never right, so this also heals one an older release wrote.
+
+    Three statements, each reading the target through a derived table (MariaDB refuses a
+    statement that reads the table it changes otherwise): set this run's version aside (not
+    current), restore the newest predecessor of the keys left without a current version,
+    delete the versions set aside whose key is current again. Returns the keys reverted."""
+    q, audit, dialect, table = target.q, target.audit, target.dialect, target.table
+    current, sk, row_hash = q(audit.is_current), q(audit.sk), q(audit.row_hash)
+    valid_from, valid_to, run_id = q(audit.valid_from), q(audit.valid_to), q(audit.run_id)
+
+    def match(left: str, right: str) -> str:
+        return sql.key_match(target, left, right, null_safe)
+
+    # p: an expired version of another run that ends where o starts, equal to the staged row
+    replaced_by = (
+        f"p.{current} = :false_ AND p.{valid_to} = o.{valid_from} AND "
+        f"p.{row_hash} = s2.cl_hash AND p.{run_id} <> :run_id"
+    )
+    reverting = (
+        f"(SELECT s2.* FROM {hashed} s2 JOIN {table} o ON {match('o', 's2')} AND "
+        f"o.{current} = :true_ AND {sql.written_by_run(target, 'o', 's2')} WHERE EXISTS "
+        f"(SELECT 1 FROM {table} p WHERE {match('p', 's2')} AND {replaced_by}))"
+    )
+    reverted: int = conn.execute(
+        text(
+            dialect.update_from_sql(
+                table,
+                reverting,
+                match("t", "s"),
+                [(audit.is_current, ":false_")],
+                f"t.{current} = :true_ AND {sql.written_by_run(target, 't', 's')}",
+            )
+        ),
+        params,
+    ).rowcount
+    if not reverted:
+        return 0
+    set_aside = (
+        f"{hashed} s2 JOIN {table} o ON {match('o', 's2')} AND o.{current} = :false_ AND "
+        f"{sql.written_by_run(target, 'o', 's2')}"
+    )
+    restore = (
+        f"(SELECT p.{sk} AS cl_restore_sk FROM {set_aside} JOIN {table} p ON "
+        f"{match('p', 's2')} AND {replaced_by} WHERE NOT EXISTS (SELECT 1 FROM {table} c "
+        f"WHERE {match('c', 's2')} AND c.{current} = :true_) AND NOT EXISTS (SELECT 1 FROM "
+        f"{table} n WHERE {match('n', 'p')} AND n.{current} = :false_ AND "
+        f"n.{valid_to} = p.{valid_to} AND n.{row_hash} = p.{row_hash} AND "
+        f"n.{run_id} <> :run_id AND n.{sk} > p.{sk}))"
+    )
+    conn.execute(
+        text(
+            dialect.update_from_sql(
+                table,
+                restore,
+                f"t.{sk} = s.cl_restore_sk",
+                [(audit.is_current, ":true_"), (audit.valid_to, ":valid_to_current")],
+                f"t.{current} = :false_",
+            )
+        ),
+        params,
+    )
+    conn.execute(
+        text(
+            dialect.delete_where_sql(
+                table,
+                f"t.{current} = :false_ AND t.{sk} IN (SELECT d.cl_sk FROM (SELECT o.{sk} AS "
+                f"cl_sk FROM {set_aside} JOIN {table} c ON {match('c', 's2')} AND "
+                f"c.{current} = :true_ AND c.{run_id} <> :run_id) d)",
+            )
+        ),
+        params,
+    )
+    return reverted
+
+
 def count_applied_by_run(
     conn: Connection, target: ScdTarget, stage: str, has_null_keys: bool, valid_from: Any
 ) -> ApplyCounts:
-    """Among staged rows the apply found unchanged, those that this same run had already
-    written (an earlier attempt of a retried or redelivered chunk, or the launch before a
-    resume), split into inserted and changed. Run only on replays, so counts stay exact
-    without costing the first attempt anything. ``unchanged`` is negative: the rows to take
-    back from the apply's unchanged count."""
+    """The staged rows whose current version this same run already wrote, equal to them (an
+    earlier attempt of a retried or redelivered chunk, the launch before a resume, or the
+    relayed batches before a chunk restarted typed), split into inserted and changed. Run
+    on replays after ``replace_own_versions`` and before the apply, which finds these rows
+    unchanged: ``unchanged`` is negative, the rows to take back from the apply's unchanged
+    count. (Counted after the apply it would also count what the apply itself wrote.)"""
     q, audit, table = target.q, target.audit, target.table
     target.dialect.prepare_apply(conn, table, target.keys)
     if not target.scd2:  # changed: inserted before this run (at valid_from), updated since
