@@ -6,11 +6,11 @@ the earlier launch is recognised as superseded and does nothing.
 
 from __future__ import annotations
 
-from coordinator.launch import start_chord
 from shared.config.settings import Settings
 from shared.engines import get_engine
 from shared.lifecycle.finalize import finalize_run
 from shared.metadata import store
+from shared.run.chord import start_chord
 
 
 def resume(run_id: str, *, settings: Settings) -> str:

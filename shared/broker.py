@@ -121,3 +121,28 @@ def use_client_app(settings: Settings, app: Celery | None) -> None:
             _clients.pop(id(settings), None)
         else:
             _clients[id(settings)] = (settings, app)
+
+
+def queue_length(settings: Settings) -> int:
+    """Messages waiting in the settings' queue (all priority levels), as the broker sees it.
+
+    A non-passive declare: kombu's Redis transport checks a passive declare with EXISTS,
+    which it does not prefix with ``global_keyprefix``, so that declare finds no queue; the
+    count itself (LLEN) is prefixed. On Redis declaring a queue writes nothing."""
+    with client_app(settings).connection_for_write() as conn:
+        declared = conn.default_channel.queue_declare(queue=settings.celery.queue, passive=False)
+        return int(declared.message_count)
+
+
+def task_ids_held_by_workers(settings: Settings, timeout_s: float = 1.0) -> set[str]:
+    """The ids of the tasks that the workers replying within ``timeout_s`` are running,
+    have reserved (prefetched) or hold for later (a retry's countdown)."""
+    inspect = client_app(settings).control.inspect(timeout=timeout_s)
+    held: set[str] = set()
+    for entries in (inspect.active() or {}).values():
+        held.update(e["id"] for e in entries)
+    for entries in (inspect.reserved() or {}).values():
+        held.update(e["id"] for e in entries)
+    for entries in (inspect.scheduled() or {}).values():
+        held.update(e["request"]["id"] for e in entries)
+    return held

@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from coordinator.launch import chunk_range
 from shared.chunk.load import load_chunk
 from shared.engines import get_engine
 from shared.metadata import store
 from shared.metadata.models import ChunkLog, ProcessLog
+from shared.run.chord import chunk_range
 from shared.run.statuses import ChunkStatus, RunStatus
 from tests.optdata import T0, Db, chunks, mapping, row, run
 

@@ -584,7 +584,7 @@ def _pings(client) -> bool:
 
 def test_redis_restart_mid_run(base_config, metadata_ready, wh, schema, tmp_path):
     """A dedicated Redis (append-only) is restarted mid-run: workers reconnect and the run
-    completes (or reconcile finalizes it, as beat would)."""
+    completes (reconcile, as beat would, finalizes it or resends messages lost meanwhile)."""
     port = _free_port()
     url = f"redis://127.0.0.1:{port}/0"
     proc = _start_redis(port, tmp_path)
@@ -597,12 +597,15 @@ def test_redis_restart_mid_run(base_config, metadata_ready, wh, schema, tmp_path
         "broker": url,
         "result_backend": url,
         # A message the worker had reserved but not started when Redis went down stays in
-        # Redis's unacked set until the visibility timeout (4 h by default) brings it back.
-        # Chordload itself does not resend lost messages yet (the self-healing reconcile of
-        # the open fencing issue), so here the broker brings them back within seconds.
+        # Redis's unacked set until the visibility timeout (4 h by default) brings it back;
+        # one kombu drops while restoring unacked messages is gone. Reconcile resends a run's
+        # lost messages once nothing moved for lost_message_grace_s, the queue is empty and
+        # no worker holds them; the broker's own restore is kept short too (either copy
+        # of a chunk runs, the other is superseded).
         "celery": {
             "queue": f"cl-{TOKEN}-redis",
             "visibility_timeout_s": 30,
+            "lost_message_grace_s": 3,
             "broker_transport_options": {
                 "unacked_restore_interval": 1,
                 "unacked_restore_throttle": 1,

@@ -374,3 +374,94 @@ def test_a_resumed_run_gets_a_fresh_deadline(workers, make_settings, wh, schema)
     run = wait(run_id, settings=settings, timeout_s=60)
     assert run.status is RunStatus.SUCCESS, run.message
     _target_matches_source(wh, schema)
+
+
+def _with_queue(settings, queue: str, **celery):
+    return settings.model_copy(
+        update={"celery": settings.celery.model_copy(update={"queue": queue, **celery})}
+    )
+
+
+def test_reconcile_relaunches_chunks_whose_messages_were_lost(
+    workers, config_path, make_settings, wh, schema, tmp_path, redis_prefix
+):
+    """The chunk messages vanish from Redis (a restart without persistence): nothing is
+    queued, no worker holds them, nothing moves. Reconcile, called as beat would, relaunches
+    those chunks under a new launch; the run ends SUCCESS with the target equal to the source."""
+    create_customers(wh, schema, 30_000)
+    mapping = scd2_mapping(
+        schema, batch_rows=1_000, chunking={"rows_per_chunk": 5_000, "min_rows_for_parallel": 1}
+    )
+    queue = f"cl-{TOKEN}-lost"
+    settings = _with_queue(make_settings({schema: mapping}), queue, lost_message_grace_s=1)
+    metadata = get_engine(settings.metadata)
+    client = redis.Redis.from_url(REDIS_URL)
+    run_id = launch(schema, settings=settings)  # no worker reads this queue yet
+    chunks = store.get_chunks(metadata, run_id)
+    assert len(chunks) >= 6
+    # kombu's list for the queue, under the global key prefix: one message per chunk
+    assert client.llen(f"{redis_prefix}{queue}") == len(chunks)
+    assert client.delete(f"{redis_prefix}{queue}") == 1
+    worker = WorkerProcess(
+        config_path,
+        queue=queue,
+        name=f"lost-{TOKEN}",
+        concurrency=2,
+        log_path=tmp_path / "lost.log",
+    )
+    worker.start()
+    actions = []
+    try:
+
+        def terminal() -> bool:
+            actions.extend(a for a in reconcile(settings) if a.run_id == run_id)
+            return store.get_run(metadata, run_id).status.is_terminal
+
+        wait_until(terminal, timeout_s=60, interval_s=0.5, what="the relaunched run to finish")
+    finally:
+        worker.stop()
+    relaunched = [a for a in actions if a.action == "relaunched"]
+    assert len(relaunched) == 1, actions
+    assert relaunched[0].chunks == tuple(c.chunk_no for c in chunks)
+    run = store.get_run(metadata, run_id)
+    assert run.status is RunStatus.SUCCESS, run.message
+    assert run.launches == 2
+    assert "reconcile relaunched chunk(s) 0, 1" in run.plan_note  # shown by `chordload status`
+    final = store.get_chunks(metadata, run_id)
+    assert all(c.status is ChunkStatus.SUCCESS and c.task_id.endswith(".r1") for c in final)
+    _target_matches_source(wh, schema)
+
+
+def test_reconcile_leaves_queued_and_working_runs_alone(workers, make_settings, wh, schema):
+    """Messages waiting on a queue no worker reads yet are not lost; neither are the chunks of
+    a run that workers are loading: reconcile (with a 1 s grace) relaunches neither."""
+    create_customers(wh, schema, 30_000)
+    mapping = scd2_mapping(
+        schema, batch_rows=1_000, chunking={"rows_per_chunk": 5_000, "min_rows_for_parallel": 1}
+    )
+    settings = make_settings({schema: mapping})
+    eager = settings.model_copy(
+        update={"celery": settings.celery.model_copy(update={"lost_message_grace_s": 1})}
+    )
+    idle = _with_queue(settings, f"cl-{TOKEN}-waiting", lost_message_grace_s=1)
+    metadata = get_engine(settings.metadata)
+
+    run_id = launch(schema, settings=idle)
+    time.sleep(2)  # past the grace, with nothing moving
+    assert [a for a in reconcile(idle) if a.run_id == run_id] == []
+    run = store.get_run(metadata, run_id)
+    assert (run.status, run.launches) == (RunStatus.RUNNING, 1)
+    assert stop(run_id, settings=idle).status is RunStatus.STOPPED
+
+    run_id = launch(schema, settings=eager)
+    actions = []
+
+    def terminal() -> bool:
+        actions.extend(a for a in reconcile(eager) if a.run_id == run_id)
+        return store.get_run(metadata, run_id).status.is_terminal
+
+    wait_until(terminal, timeout_s=60, interval_s=0.2, what="the run to finish")
+    assert actions == [] or [a.action for a in actions] == ["finalized"], actions
+    run = store.get_run(metadata, run_id)
+    assert (run.status, run.launches) == (RunStatus.SUCCESS, 1), run.message
+    _target_matches_source(wh, schema)

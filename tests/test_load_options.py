@@ -623,10 +623,10 @@ def _replay_chunks(settings, mapref: str) -> None:
     task would (its attempt counts as a replay), and check the counts come out the same."""
     from sqlalchemy import update
 
-    from coordinator.launch import chunk_range
     from shared.chunk.load import load_chunk
     from shared.metadata import store
     from shared.metadata.models import ChunkLog
+    from shared.run.chord import chunk_range
     from shared.run.statuses import ChunkStatus
 
     metadata = get_engine(settings.metadata)

@@ -97,6 +97,9 @@ class CelerySpec(BaseModel):
     queue: str = Field(default="chordload", min_length=1)
     visibility_timeout_s: int = Field(default=4 * 3600, ge=1)
     heartbeat_grace_s: int = Field(default=300, ge=0)
+    # reconcile resends a run's PENDING chunks when nothing moved for this long and neither
+    # the queue nor any worker holds their messages (lost, e.g. by a Redis restart)
+    lost_message_grace_s: int = Field(default=120, ge=1)
     broker_transport_options: dict[str, Any] = Field(default_factory=dict)
     result_backend_transport_options: dict[str, Any] = Field(default_factory=dict)
 

@@ -6,7 +6,14 @@ every active run and
 - finalizes it when all its chunks are terminal (the callback was lost or never fired);
 - fails it when it is past its deadline (``run_timeout_s`` of the planned mapping);
 - fails it when a RUNNING chunk has not heart-beaten for longer than the broker's visibility
-  timeout plus a grace period (by then the broker would have redelivered it).
+  timeout plus a grace period (by then the broker would have redelivered it);
+- relaunches its PENDING chunks whose task messages were lost (a Redis restarted without
+  persistence, kombu failing to restore unacked messages): no chunk of the run showed
+  progress for ``celery.lost_message_grace_s``, the run's queue is empty and no worker holds
+  their task ids (running, reserved or scheduled). Those chunks get new task ids under a new
+  launch and one chord of their own, as a resume would; the run stays RUNNING. An old message
+  that comes back after all is superseded (``begin_chunk``), and the old chord's callback
+  carries the old launch, so it is ignored.
 A failed run also gets a stop request, so chunks still in flight quit at their next batch.
 Finalization is idempotent, so racing the chord body or a stop is harmless.
 """
@@ -14,24 +21,31 @@ Finalization is idempotent, so racing the chord body or a stop is harmless.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass
 
+from shared import broker
 from shared.config.settings import Settings
 from shared.engines import get_engine
+from shared.errors import LaunchError
 from shared.lifecycle.finalize import finalize_run
 from shared.metadata import store
-from shared.metadata.models import ChunkLog
+from shared.metadata.models import ChunkLog, ProcessLog
+from shared.run.chord import start_chord
 from shared.run.plan import RunPlan
 from shared.run.statuses import ChunkStatus
 from shared.timeutil import as_utc, utcnow
+
+log = logging.getLogger("chordload.reconcile")
 
 
 @dataclass(frozen=True)
 class ReconcileAction:
     run_id: str
     mapref: str
-    action: str
+    action: str  # finalized, failed or relaunched
     status: str
+    chunks: tuple[int, ...] = ()  # relaunched: the chunks resent
 
 
 def _last_heartbeat(chunk: ChunkLog) -> dt.datetime:
@@ -39,6 +53,65 @@ def _last_heartbeat(chunk: ChunkLog) -> dt.datetime:
     seen = as_utc(chunk.heartbeat_at or chunk.started_at)
     assert seen is not None  # the claim that makes a chunk RUNNING sets both timestamps
     return seen
+
+
+def _last_progress(run: ProcessLog, chunks: list[ChunkLog]) -> dt.datetime:
+    """When the run last showed any sign of life: its launch, or a chunk's start, heartbeat
+    or end."""
+    seen = [as_utc(run.started_at or run.created_at)]
+    for c in chunks:
+        seen.extend(as_utc(t) for t in (c.started_at, c.heartbeat_at, c.ended_at) if t)
+    return max(t for t in seen if t is not None)
+
+
+def _lost_chunks(
+    settings: Settings, run: ProcessLog, chunks: list[ChunkLog], now: dt.datetime
+) -> list[ChunkLog]:
+    """The run's PENDING chunks whose task messages are gone: nothing moved for
+    ``lost_message_grace_s``, the queue is empty and no worker holds their task ids. The
+    queue is read before the workers are asked, so a message on its way from the queue to a
+    worker is seen in one place or the other."""
+    pending = [c for c in chunks if c.status is ChunkStatus.PENDING]
+    grace = dt.timedelta(seconds=settings.celery.lost_message_grace_s)
+    if not pending or now - _last_progress(run, chunks) < grace:
+        return []
+    if broker.queue_length(settings) > 0:
+        return []
+    held = broker.task_ids_held_by_workers(settings)
+    return [c for c in pending if c.task_id not in held]
+
+
+def _relaunch(
+    settings: Settings, run: ProcessLog, lost: list[ChunkLog], now: dt.datetime
+) -> ReconcileAction | None:
+    """Resend ``lost`` as a new launch's chord (one metadata transaction, then the chord)."""
+    numbers = ", ".join(str(c.chunk_no) for c in lost)
+    note = (
+        f"{now.isoformat(' ', 'seconds')} reconcile relaunched chunk(s) {numbers}: their task "
+        f"messages were lost (empty queue, no worker holds them, no progress for "
+        f"{settings.celery.lost_message_grace_s} s)"
+    )
+    metadata = get_engine(settings.metadata)
+    task_ids = {c.chunk_no: c.task_id for c in lost}
+    reopened = store.relaunch_chunks(metadata, run.run_id, task_ids, note)
+    if reopened is None:  # it moved on meanwhile (a chunk started, a stop, the run ended)
+        return None
+    relaunched, chunks = reopened
+    numbers = ", ".join(str(c.chunk_no) for c in chunks)
+    try:
+        start_chord(settings, run.run_id, chunks, relaunched.launches)
+    except LaunchError as exc:  # the run is now FAILED (resumable)
+        log.error("reconcile: run %s: relaunching chunk(s) %s failed: %s", run.run_id, numbers, exc)
+        return ReconcileAction(run.run_id, run.mapref, "failed", "FAILED")
+    log.warning(
+        "reconcile: run %s: relaunched chunk(s) %s as launch %s; their task messages were lost",
+        run.run_id,
+        numbers,
+        relaunched.launches,
+    )
+    return ReconcileAction(
+        run.run_id, run.mapref, "relaunched", "RUNNING", tuple(c.chunk_no for c in chunks)
+    )
 
 
 def reconcile(settings: Settings, now: dt.datetime | None = None) -> list[ReconcileAction]:
@@ -50,7 +123,7 @@ def reconcile(settings: Settings, now: dt.datetime | None = None) -> list[Reconc
     actions = []
     for run in store.active_runs(metadata):
         chunks = store.get_chunks(metadata, run.run_id)
-        unfinished_reason = None
+        unfinished_reason: str | None = None
         if all(c.status.is_terminal for c in chunks):
             outcome = finalize_run(settings, run.run_id)
             if outcome and outcome.changed:
@@ -74,13 +147,21 @@ def reconcile(settings: Settings, now: dt.datetime | None = None) -> list[Reconc
                     f"{int(stale_after.total_seconds())} s: visibility timeout + grace); its "
                     f"worker is presumed dead"
                 )
-        if unfinished_reason:
-            store.request_stop(metadata, run.run_id, "reconcile", unfinished_reason)
-            outcome = finalize_run(
-                settings, run.run_id, unfinished_chunks=ChunkStatus.FAILED, reason=unfinished_reason
-            )
-            if outcome and outcome.changed:
-                actions.append(
-                    ReconcileAction(run.run_id, run.mapref, "failed", outcome.status.value)
-                )
+        if unfinished_reason is None:
+            try:
+                lost = _lost_chunks(settings, run, chunks, now)
+            except Exception as exc:  # noqa: BLE001 - broker unreachable: look again next time
+                log.warning("reconcile: run %s: cannot look for lost messages: %s", run.run_id, exc)
+                lost = []
+            if lost:
+                action = _relaunch(settings, run, lost, now)
+                if action is not None:
+                    actions.append(action)
+            continue
+        store.request_stop(metadata, run.run_id, "reconcile", unfinished_reason)
+        outcome = finalize_run(
+            settings, run.run_id, unfinished_chunks=ChunkStatus.FAILED, reason=unfinished_reason
+        )
+        if outcome and outcome.changed:
+            actions.append(ReconcileAction(run.run_id, run.mapref, "failed", outcome.status.value))
     return actions

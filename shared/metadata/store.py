@@ -684,6 +684,45 @@ def active_runs(engine: Engine) -> list[ProcessLog]:
 
 
 @retry_transient()
+def relaunch_chunks(
+    engine: Engine, run_id: str, task_ids: dict[int, str], note: str
+) -> tuple[ProcessLog, list[ChunkLog]] | None:
+    """Give the RUNNING run's chunks ``task_ids`` (chunk_no -> the task id whose message was
+    lost) new task ids under a new launch, in one transaction, for a chord of just those
+    chunks; the run stays RUNNING (its deadline is not reset) and ``note`` is appended to its
+    plan note. Only chunks still PENDING under the given task id are taken. None, and
+    nothing changed, if the run is no longer RUNNING, has a stop request or no chunk is left.
+    """
+    with session(engine) as s, s.begin():
+        run = s.scalars(
+            select(ProcessLog).where(ProcessLog.run_id == run_id).with_for_update()
+        ).first()
+        if run is None or run.status is not RunStatus.RUNNING:
+            return None
+        if s.execute(select(StopRequest.run_id).where(StopRequest.run_id == run_id)).first():
+            return None
+        chunks = [
+            c
+            for c in s.scalars(
+                select(ChunkLog)
+                .where(ChunkLog.run_id == run_id, ChunkLog.chunk_no.in_(list(task_ids)))
+                .order_by(ChunkLog.chunk_no)
+                .with_for_update()
+            )
+            if c.status is ChunkStatus.PENDING and c.task_id == task_ids[c.chunk_no]
+        ]
+        if not chunks:
+            return None
+        run.launches += 1
+        run.plan_note = f"{run.plan_note}; {note}" if run.plan_note else note
+        for chunk in chunks:
+            chunk.task_id = chunk_task_id(run_id, chunk.chunk_no, run.launches)
+            chunk.message = f"relaunched (launch {run.launches}): its task message was lost"
+        s.flush()
+    return run, chunks
+
+
+@retry_transient()
 def reopen_for_resume(engine: Engine, run_id: str) -> tuple[ProcessLog, list[ChunkLog]]:
     """Put a FAILED or STOPPED run back to RUNNING with its unsuccessful chunks PENDING under
     fresh task ids; returns the run and the chunks to launch. The one-active-run index refuses
