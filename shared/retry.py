@@ -5,7 +5,8 @@ with every constant stated here.
   running it again after a transient failure is safe.
 - ``FINALIZE``: finalizing a run and its hard-delete pass, which must not be lost to a blip.
 - ``TASK_METADATA``: a chunk task whose metadata database is unreachable even after
-  ``METADATA_WRITE`` retries asks Celery to run it again later.
+  ``METADATA_WRITE`` retries asks Celery to run it again later, for at least
+  ``TASK_METADATA.attempts`` times and up to ``TASK_METADATA_WINDOW_S`` into the outage.
 - A chunk's own transient errors follow the mapping's ``retries`` (``chunk_retry_delay_s``).
 - ``ride_out``: what a person waits on (``run --wait``, ``watch``) keeps polling through a
   metadata outage of up to ``POLL_OUTAGE_S`` instead of failing while the run goes on.
@@ -52,6 +53,7 @@ class RetryPolicy:
 METADATA_WRITE = RetryPolicy(attempts=6, base_s=0.05, max_s=5.0)
 FINALIZE = RetryPolicy(attempts=8, base_s=0.05, max_s=10.0)
 TASK_METADATA = RetryPolicy(attempts=5, base_s=1.0, max_s=30.0)
+TASK_METADATA_WINDOW_S = 300.0  # and for as long as the outage lasts up to this
 POLL_OUTAGE_S = 300.0
 POLL_BACKOFF = RetryPolicy(attempts=0, base_s=0.5, max_s=5.0)  # attempts: bounded by time
 
@@ -85,6 +87,12 @@ def retry_transient(
         return wrapper
 
     return decorate
+
+
+def retry_allowed(retries: RetrySpec, retries_done: int, failing_for_s: float) -> bool:
+    """Whether a chunk's transient error is retried: ``retries.max`` times at least, and
+    while the failure has lasted less than ``retries.window_s``."""
+    return retries_done < retries.max or failing_for_s < retries.window_s
 
 
 def chunk_retry_delay_s(

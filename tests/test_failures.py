@@ -129,7 +129,9 @@ def test_retries_exhausted_fail_with_the_reason(workers, make_settings, pg_urls)
     with aux.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     create_customers(aux, schema, 2_000)
-    mapping = scd2_mapping(schema, retries={"max": 2, "backoff_s": 0.1, "backoff_max_s": 0.5})
+    mapping = scd2_mapping(
+        schema, retries={"max": 2, "backoff_s": 0.1, "backoff_max_s": 0.5, "window_s": 0}
+    )
     mapping["source"]["connection"] = mapping["target"]["connection"] = "aux"
     settings = make_settings({schema: mapping})
     metadata = get_engine(settings.metadata)
@@ -868,3 +870,53 @@ def test_waiting_rides_out_a_metadata_outage(workers, make_settings, wh, schema)
         assert outcome["run"].rows_inserted == 20_000
     finally:
         proxy.close()
+
+
+@pytest.mark.e2e
+def test_retries_span_an_outage_longer_than_their_count(workers, make_settings, pg_urls):
+    """The warehouse refuses connections from before the chunk starts until it has failed
+    three times, longer than retries.max (1) would wait: the retries go on within
+    retries.window_s and the run ends SUCCESS and exact (a count alone failed it)."""
+    aux = get_engine(pg_urls["aux"])
+    database = pg_urls["aux"].rsplit("/", 1)[1]
+    schema = "t_" + uuid.uuid4().hex[:10]
+    with aux.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    create_customers(aux, schema, 2_000)
+    mapping = scd2_mapping(
+        schema, retries={"max": 1, "backoff_s": 0.2, "backoff_max_s": 0.5, "window_s": 120}
+    )
+    mapping["source"]["connection"] = mapping["target"]["connection"] = "aux"
+    settings = make_settings({schema: mapping})
+    metadata = get_engine(settings.metadata)
+    from coordinator import plan as planner
+
+    original = planner.ensure_target
+
+    def plan_then_cut(*args, **kwargs):
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _admin(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+            _kill_backends(database, "%")
+
+    try:
+        planner.ensure_target = plan_then_cut
+        try:
+            run_id = launch(schema, settings=settings)
+        finally:
+            planner.ensure_target = original
+        wait_until(
+            lambda: "retry 3 " in (store.get_chunks(metadata, run_id)[0].message or ""),
+            timeout_s=60,
+            what="the chunk to have failed three times",
+        )
+    finally:
+        _admin(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
+    run = wait(run_id, settings=settings, timeout_s=60)
+    assert run.status is RunStatus.SUCCESS, run.message
+    assert run.rows_inserted == 2_000
+    with aux.connect() as conn:
+        assert conn.execute(text(f'SELECT count(*) FROM "{schema}".dim_customer')).scalar() == 2_000
+    with aux.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))

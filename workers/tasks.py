@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -26,7 +27,7 @@ from shared.lifecycle.finalize import finalize_run
 from shared.lifecycle.reconcile import reconcile
 from shared.logging_context import bind_run_context
 from shared.metadata import store
-from shared.retry import TASK_METADATA
+from shared.retry import TASK_METADATA, TASK_METADATA_WINDOW_S
 from shared.run.statuses import ChunkStatus
 from shared.run.window import ChunkRange
 from workers.celery_app import settings_of
@@ -36,14 +37,19 @@ log = logging.getLogger("chordload.tasks")
 
 @shared_task(name=broker.LOAD_CHUNK, bind=True, max_retries=None)
 def load_chunk_task(
-    self: Task, run_id: str, chunk_no: int, bounds: dict[str, Any]
+    self: Task,
+    run_id: str,
+    chunk_no: int,
+    bounds: dict[str, Any],
+    failing_since: float | None = None,
 ) -> dict[str, Any]:
     """Header task of a run's chord: load one key range.
 
     Transient failures retry as a Celery retry of this same task id (the chord counts the
-    chunk once); everything else ends the chunk with a status, not an exception. Only a
-    metadata database that stays unreachable past its retries makes the task raise, and then
-    the chord's errback or reconcile finalizes the run.
+    chunk once), carrying when the failure began (``failing_since``) so the retries span
+    the outage (``retries.window_s``); everything else ends the chunk with a status, not an
+    exception. Only a metadata database that stays unreachable past its retries makes the
+    task raise, and then the chord's errback or reconcile finalizes the run.
     """
     chunk = ChunkRange.from_message(bounds)
     try:
@@ -54,13 +60,23 @@ def load_chunk_task(
             self.request.hostname or "worker",
             task_id=self.request.id,
             retries_done=self.request.retries,
+            failing_since=failing_since,
         )
     except Exception as exc:
-        if is_transient_db_error(exc) and self.request.retries < TASK_METADATA.attempts:
-            raise self.retry(countdown=TASK_METADATA.backoff_s(self.request.retries)) from exc
+        since = failing_since or time.time()
+        if is_transient_db_error(exc) and (
+            self.request.retries < TASK_METADATA.attempts
+            or time.time() - since < TASK_METADATA_WINDOW_S
+        ):
+            raise self.retry(
+                countdown=TASK_METADATA.backoff_s(self.request.retries),
+                kwargs={"failing_since": since},
+            ) from exc
         raise
     if result.retry_in_s is not None:
-        raise self.retry(countdown=result.retry_in_s)
+        raise self.retry(
+            countdown=result.retry_in_s, kwargs={"failing_since": result.failing_since}
+        )
     return result.to_json()
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from enum import Enum
 from typing import Any
@@ -50,7 +51,7 @@ from shared.errors import (
 from shared.lifecycle.finalize import finalize_run
 from shared.metadata import store
 from shared.metadata.store import BatchProgress, ChunkStartOutcome, RecordedBatch
-from shared.retry import chunk_retry_delay_s
+from shared.retry import chunk_retry_delay_s, retry_allowed
 from shared.run.plan import RunPlan
 from shared.run.statuses import ChunkStatus
 from shared.run.values import Value, encode_value, json_safe, max_value
@@ -78,7 +79,11 @@ def load_chunk(
     worker: str,
     task_id: str | None = None,
     retries_done: int = 0,
+    failing_since: float | None = None,
 ) -> ChunkResult:
+    """Load one chunk attempt. ``failing_since``: when (epoch seconds) the transient failure
+    this attempt retries began, carried from retry to retry so that ``retries.window_s``
+    measures the outage, not a count."""
     metadata = get_engine(settings.metadata, pre_ping=False)
     start = store.begin_chunk(metadata, run_id, chunk.chunk_no, f"{worker}/{os.getpid()}", task_id)
     if start.outcome is ChunkStartOutcome.SUPERSEDED:
@@ -114,31 +119,38 @@ def load_chunk(
     except Exception as exc:  # noqa: BLE001 - the task must end with a status, not raise
         result.error = describe_db_error(exc)
         retries = plan.spec.retries
-        if is_transient_db_error(exc) and retries_done < retries.max:
+        failing_since = failing_since or time.time()
+        failing_for_s = time.time() - failing_since
+        if is_transient_db_error(exc) and retry_allowed(retries, retries_done, failing_for_s):
             result.retry_in_s = chunk_retry_delay_s(
                 retries, retries_done, settings.visibility_timeout_s
             )
+            result.failing_since = failing_since
             result.status = ChunkStatus.PENDING
             store.retry_chunk(
                 metadata,
                 run_id,
                 chunk.chunk_no,
                 f"attempt {retries_done + 1} failed ({result.error}); retry "
-                f"{retries_done + 1}/{retries.max} in {result.retry_in_s:.1f}s",
+                f"{retries_done + 1} in {result.retry_in_s:.1f}s (failing for "
+                f"{failing_for_s:.0f} s; retries.max {retries.max}, "
+                f"window {retries.window_s:.0f} s)",
             )
             log.warning(
-                "run %s chunk %s: transient error, retry %d/%d in %.1fs: %s",
+                "run %s chunk %s: transient error, retry %d in %.1fs (failing for %.0f s): %s",
                 run_id,
                 chunk.chunk_no,
                 retries_done + 1,
-                retries.max,
                 result.retry_in_s,
+                failing_for_s,
                 result.error,
             )
             return result
         result.status = ChunkStatus.FAILED
         if is_transient_db_error(exc):
-            result.error = f"{result.error} (after {retries_done} retries)"
+            result.error = (
+                f"{result.error} (after {retries_done} retries over {failing_for_s:.0f} s)"
+            )
         log.warning("run %s chunk %s failed: %s", run_id, chunk.chunk_no, result.error)
     else:
         result.status = ChunkStatus.SUCCESS

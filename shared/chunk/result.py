@@ -27,6 +27,7 @@ class ChunkResult:
     max_checkpoint: Value = None
     error: str | None = None
     retry_in_s: float | None = None  # set: the task should retry itself after this delay
+    failing_since: float | None = None  # epoch seconds the failure being retried began
 
     def to_json(self) -> dict[str, Any]:
         """What the task returns through the result backend: small and JSON only."""

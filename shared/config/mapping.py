@@ -269,11 +269,14 @@ class ChunkingSpec(_Strict):
 
 class RetrySpec(_Strict):
     """Transient errors (lost connection, deadlock, timeout) retry the chunk as a Celery retry
-    of the same task id, with exponential backoff and full jitter."""
+    of the same task id, with exponential backoff capped at ``backoff_max_s``: at least
+    ``max`` times, and for as long as ``window_s`` has not passed since the first failure,
+    so an outage of a few minutes is ridden out rather than burning a count of retries."""
 
     max: int = Field(default=3, ge=0, le=100)
     backoff_s: float = Field(default=1.0, ge=0)
     backoff_max_s: float = Field(default=60.0, ge=0)
+    window_s: float = Field(default=300.0, ge=0)
 
 
 class ErrorsSpec(_Strict):
