@@ -22,11 +22,10 @@ blob (hypothesis also keeps failing examples in .hypothesis/ and replays them fi
 The breaches (the issue's numbering; 11 and 12 found by this suite) each have a deterministic
 regression test at the end. One that still reproduces is marked ``xfail(strict=True)``, so the
 file is green now and turns red the moment its fix lands (then drop the mark). Where a breach
-lies in the property's domain, the strategies avoid it, with a comment that names it (now:
-breach 12, in ``pair_keys``; breaches 6 and 7 are outside the value domain by design).
+lies in the property's domain, the strategies avoid it, with a comment that names it
+(breaches 6 and 7 are outside the value domain by design).
 
-Knobs for exploring, not for CI: ``CHORDLOAD_DIFF_EXAMPLES=N`` runs N examples per pairing;
-``CHORDLOAD_DIFF_UNCONSTRAINED=1`` drops the constraints that avoid known breaches.
+A knob for exploring, not for CI: ``CHORDLOAD_DIFF_EXAMPLES=N`` runs N examples per pairing.
 """
 
 from __future__ import annotations
@@ -67,7 +66,6 @@ from tests.scd_model import (
 pytestmark = pytest.mark.e2e
 
 EXAMPLES = int(os.environ.get("CHORDLOAD_DIFF_EXAMPLES", "0"))
-UNCONSTRAINED = os.environ.get("CHORDLOAD_DIFF_UNCONSTRAINED") == "1"
 
 # -- the source table -------------------------------------------------------------------------
 TYPES = {  # column -> its type in (pg, mdb, lite)
@@ -264,12 +262,9 @@ offsets = st.one_of(st.integers(0, 4), st.integers(-1500, -1))
 
 def pair_keys(source: str) -> st.SearchStrategy[tuple]:
     """(k1, k2), either part NULL sometimes. Text keys that differ only in case or trailing
-    spaces are distinct keys, except from a MariaDB source: its default collation makes them
-    equal in the source's key order, so one key's rows are not read together (breach 12,
-    test_breach_12_...; CHORDLOAD_DIFF_UNCONSTRAINED=1 draws them anyway)."""
-    texts = ["a", "b", "cc", "", "zz"]
-    if source != "mdb" or UNCONSTRAINED:
-        texts += ["A", "a ", "B"]
+    spaces are distinct keys, also from a MariaDB source whose default collation sorts them
+    as equal (breach 12, fixed: the chunk query breaks such ties by the key's bytes)."""
+    texts = ["a", "b", "cc", "", "zz", "A", "a ", "B"]
     return st.tuples(
         st.one_of(st.none(), st.integers(-3, 40)), st.one_of(st.none(), st.sampled_from(texts))
     )
@@ -754,7 +749,6 @@ def test_breach_11_a_loser_equal_to_the_current_version_hides_no_change(env, scd
 
 
 @pytest.mark.parametrize("scd", [1, 2])
-@breach(12, "a MariaDB source's collation splits a key's rows: written twice, loser last")
 def test_breach_12_mariadb_source_keys_that_differ_only_in_case(env, scd):
     """New (found by this suite): the keys (1, 'a') and (1, 'A') are distinct (the target's
     collation is binary), but a MariaDB source with the server's default collation (case-

@@ -97,6 +97,11 @@ class DialectAdapter:
             return f"{left[0]} {op} {right[0]}"
         return f"({', '.join(left)}) {op} ({', '.join(right)})"
 
+    def key_order(self, ref: str) -> str:
+        """``ref`` as an ORDER BY term that brings equal keys together: equal in the sort
+        means equal as a key (true of PostgreSQL's and SQLite's default collations)."""
+        return ref
+
     def limit_sql(self, sql: str, limit: int, offset: int = 0) -> str:
         """``sql`` (ending in ORDER BY) limited to ``limit`` rows after ``offset``."""
         return f"{sql} LIMIT {int(limit)} OFFSET {int(offset)}"

@@ -574,6 +574,12 @@ class MysqlAdapter(DialectAdapter):
             os.unlink(path)
 
     # -- SCD apply ---------------------------------------------------------------------
+    def key_order(self, ref: str) -> str:
+        """A case- or pad-insensitive collation sorts 'a', 'A' and 'a ' as equal and
+        interleaves their rows, though they are three keys (targets compare keys exactly):
+        the bytes break the tie, so each key's rows arrive together."""
+        return f"{ref}, CAST({ref} AS BINARY)"
+
     def null_safe_eq(self, left: str, right: str) -> str:
         return f"{left} <=> {right}"
 

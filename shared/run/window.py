@@ -173,5 +173,5 @@ def chunk_select(
     range_sql, range_params = chunk.predicate(adapter, split_columns)
     sql = f"{adapter.wrap_query(query, columns)} WHERE {window_sql} AND {range_sql}"
     if order_by:
-        sql += " ORDER BY " + ", ".join(f"src.{adapter.q(c)}" for c in order_by)
+        sql += " ORDER BY " + ", ".join(adapter.key_order(f"src.{adapter.q(c)}") for c in order_by)
     return sql, {**params, **range_params}
