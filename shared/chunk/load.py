@@ -332,7 +332,9 @@ class ChunkLoad:
                 self.relayed_last_key = shape.last_key if whole else None
                 plain = not shape.null_keys and shape.distinct_keys == shape.rows
                 if not (plain and whole and self.duplicates.pending is None):
-                    rows = relay.target.relayed_rows(tconn, stage, plan.columns)
+                    rows = relay.target.relayed_rows(
+                        tconn, stage, plan.columns, [*spec.keys, *spec.checkpoint_columns]
+                    )
                 else:
                     counts = self._apply(tconn, stage, shape.rows, False, self._pass())
         except RelayRefused:

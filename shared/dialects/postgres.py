@@ -245,9 +245,18 @@ class PostgresAdapter(DialectAdapter):
             last_key=tuple(row[5 + n : 5 + 2 * n]),
         )
 
-    def relayed_rows(self, conn: Connection, stage: str, columns: Sequence[str]) -> list[tuple]:
-        """The relayed batch as typed rows, in source order (for the loader's slow path)."""
-        cols = ", ".join(self.q(c) for c in columns)
+    def relayed_rows(
+        self, conn: Connection, stage: str, columns: Sequence[str], typed: Sequence[str] = ()
+    ) -> list[tuple]:
+        """The relayed batch as rows, in source order (for the loader's slow path). Only the
+        ``typed`` columns (keys and checkpoint: the loader compares them) become Python
+        values; every other column stays the database's own text (under HASH_SESSION), which
+        COPY parses back exactly: jsonb numbers keep their digits, infinity and BC dates stay
+        what they are."""
+        cols = ", ".join(
+            self.q(c) if c in typed else f"{self.q(c)}::text AS {self.q(c)}" for c in columns
+        )
+        conn.execute(text(HASH_SESSION))
         return [tuple(r) for r in conn.execute(text(f"SELECT {cols} FROM {stage} ORDER BY cl_seq"))]
 
     def source_columns(self, conn: Connection, query: str) -> list[SourceColumn]:

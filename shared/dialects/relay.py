@@ -166,8 +166,11 @@ class RelayTarget(Protocol):
     ) -> RelayedShape:
         """Counts, key facts and checkpoint maximum of the staged batch, in one query."""
 
-    def relayed_rows(self, conn: Connection, stage: str, columns: Sequence[str]) -> list[tuple]:
-        """The staged batch as typed rows, in arrival order."""
+    def relayed_rows(
+        self, conn: Connection, stage: str, columns: Sequence[str], typed: Sequence[str] = ()
+    ) -> list[tuple]:
+        """The staged batch as rows in arrival order: ``typed`` columns as Python values,
+        the others as text the stage's COPY parses back exactly."""
 
 
 @dataclass(frozen=True)
