@@ -120,19 +120,26 @@ def test_transient_errors_retry_and_complete(workers, make_settings, wh, schema,
         )
 
 
-def test_retries_exhausted_fail_with_the_reason(workers, make_settings, pg_urls):
-    """The target database refuses connections for good: the chunk retries max times, then
-    ends FAILED naming the database's message; the checkpoint does not move."""
+def _aux_load(pg_urls, retries: dict):
+    """A 2,000-row load from and into the aux database (tests cut that one off): its engine,
+    database name, schema and mapping."""
     aux = get_engine(pg_urls["aux"])
     database = pg_urls["aux"].rsplit("/", 1)[1]
     schema = "t_" + uuid.uuid4().hex[:10]
     with aux.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     create_customers(aux, schema, 2_000)
-    mapping = scd2_mapping(
-        schema, retries={"max": 2, "backoff_s": 0.1, "backoff_max_s": 0.5, "window_s": 0}
-    )
+    mapping = scd2_mapping(schema, retries=retries)
     mapping["source"]["connection"] = mapping["target"]["connection"] = "aux"
+    return aux, database, schema, mapping
+
+
+def test_retries_exhausted_fail_with_the_reason(workers, make_settings, pg_urls):
+    """The target database refuses connections for good: the chunk retries max times, then
+    ends FAILED naming the database's message; the checkpoint does not move."""
+    _aux, database, schema, mapping = _aux_load(
+        pg_urls, {"max": 2, "backoff_s": 0.1, "backoff_max_s": 0.5, "window_s": 0}
+    )
     settings = make_settings({schema: mapping})
     metadata = get_engine(settings.metadata)
     _admin(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
@@ -877,16 +884,9 @@ def test_retries_span_an_outage_longer_than_their_count(workers, make_settings, 
     """The warehouse refuses connections from before the chunk starts until it has failed
     three times, longer than retries.max (1) would wait: the retries go on within
     retries.window_s and the run ends SUCCESS and exact (a count alone failed it)."""
-    aux = get_engine(pg_urls["aux"])
-    database = pg_urls["aux"].rsplit("/", 1)[1]
-    schema = "t_" + uuid.uuid4().hex[:10]
-    with aux.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    create_customers(aux, schema, 2_000)
-    mapping = scd2_mapping(
-        schema, retries={"max": 1, "backoff_s": 0.2, "backoff_max_s": 0.5, "window_s": 120}
+    aux, database, schema, mapping = _aux_load(
+        pg_urls, {"max": 1, "backoff_s": 0.2, "backoff_max_s": 0.5, "window_s": 120}
     )
-    mapping["source"]["connection"] = mapping["target"]["connection"] = "aux"
     settings = make_settings({schema: mapping})
     metadata = get_engine(settings.metadata)
     from coordinator import plan as planner
