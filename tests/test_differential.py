@@ -20,10 +20,11 @@ A failure prints the differences, the drawn scenario (``Scenario(...)``, a plain
 blob (hypothesis also keeps failing examples in .hypothesis/ and replays them first).
 
 The breaches (the issue's numbering; 11 and 12 found by this suite) each have a deterministic
-regression test at the end. One that still reproduces is marked ``xfail(strict=True)``, so the
-file is green now and turns red the moment its fix lands (then drop the mark). Where a breach
-lies in the property's domain, the strategies avoid it, with a comment that names it
-(breaches 6 and 7 are outside the value domain by design).
+regression test at the end; all pass now. A breach found later gets one marked
+``pytest.mark.xfail(strict=True, reason="breach N: ...")`` until its fix lands, and the
+property's strategies avoid it meanwhile, with a comment that names it (the values of
+breaches 6 and 7 are outside the property's value domain by design: their own tests cover
+them).
 
 A knob for exploring, not for CI: ``CHORDLOAD_DIFF_EXAMPLES=N`` runs N examples per pairing.
 """
@@ -627,12 +628,6 @@ def test_pg_to_sqlite(env, scenario):
 
 
 # -- regression tests of the breaches (deterministic) ----------------------------------------
-def breach(number: int, what: str) -> pytest.MarkDecorator:
-    """A breach that still reproduces: the test fails now, and XPASS (strict: red) when the
-    fix lands; then drop the mark (and the property's constraint for it, if any)."""
-    return pytest.mark.xfail(strict=True, reason=f"breach {number}: {what}")
-
-
 @dataclass
 class Small:
     """One small mapping of the pairing in ``p`` over the differential source table, for the
@@ -871,14 +866,15 @@ def test_breach_6_relay_fallback_keeps_values(pg_value_loads, group):
 @pytest.mark.parametrize(
     "group",
     [
-        pytest.param("json numbers", marks=breach(7, "typed path rewrites json numbers")),
-        pytest.param("arrays", marks=breach(7, "typed path writes arrays as JSON")),
-        pytest.param("interval", marks=breach(7, "typed path turns months into days")),
-        pytest.param("infinity", marks=breach(7, "typed path turns infinity into dates")),
-        pytest.param("BC date", marks=breach(7, "typed path fails the run on a BC date")),
+        pytest.param("json numbers"),
+        pytest.param("arrays"),
+        pytest.param("interval"),
+        pytest.param("infinity"),
+        pytest.param("BC date"),
     ],
 )
 def test_breach_7_typed_path_keeps_values(pg_value_loads, group):
-    """e.g. int[] '{1,NULL,3}' -> '[1, null, 3]'; interval '1 mon 2 days ...' -> '32 days,
-    ...'; json 2E3 -> 2000.0; infinity and BC dates as on the fallback."""
+    """PG -> PG on the typed path (two checkpoint columns) keeps values exactly; it had
+    turned int[] '{1,NULL,3}' into '[1, null, 3]', interval '1 mon 2 days ...' into
+    '32 days, ...', json 2E3 into 2000.0, and failed on infinity and BC dates."""
     check_values(pg_value_loads("typed", group))

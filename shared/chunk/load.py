@@ -240,7 +240,7 @@ class ChunkLoad:
                     with tconn.begin():
                         self.target_adapter.release_stage(tconn, self.stage)
 
-    def _chunk_sql(self) -> tuple[str, dict[str, Any]]:
+    def _chunk_sql(self, as_text: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
         spec = self.plan.spec
         return chunk_select(
             self.source_adapter,
@@ -250,7 +250,19 @@ class ChunkLoad:
             self.plan.split_columns,
             self.chunk,
             order_by=spec.keys,
+            as_text=as_text,
         )
+
+    def _text_columns(self) -> list[str]:
+        """Columns the typed path can read as the source's text: between databases whose
+        text the target parses exactly (those that relay), all but the key and checkpoint
+        columns the loader compares as values. Python values of PostgreSQL's arrays,
+        intervals, json, infinity or BC dates would not come back as they were. A PYTHON
+        checkpoint function sees every column as a value, so it keeps them typed."""
+        if self.checkpoint.computed or not self.source_adapter.relays_to(self.target_adapter):
+            return []
+        compared = {*self.plan.spec.keys, *self.plan.spec.checkpoint_columns}
+        return [c for c in self.plan.columns if c not in compared]
 
     def _ensure_stage(self, tconn: Connection) -> None:
         """The stage typed batches load through, made on first use (a relayed chunk may
@@ -264,7 +276,7 @@ class ChunkLoad:
     def _run_typed(self, tconn: Connection) -> None:
         """Read the chunk as Python rows and load them batch by batch."""
         self._ensure_stage(tconn)
-        sql, params = self._chunk_sql()
+        sql, params = self._chunk_sql(self._text_columns())
         batch_rows = self.plan.spec.batch_rows
         with self.source.connect().execution_options(**READ_ONLY) as sconn:
             stream = (

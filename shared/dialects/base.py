@@ -71,8 +71,13 @@ class DialectAdapter:
         ends it (a trailing ``-- comment`` cannot swallow the closing parenthesis)."""
         return "(" + query.replace(":", "\\:") + "\n) src"
 
-    def wrap_query(self, query: str, columns: Sequence[str]) -> str:
-        cols = ", ".join(f"src.{self.q(c)}" for c in columns)
+    def wrap_query(self, query: str, columns: Sequence[str], as_text: Sequence[str] = ()) -> str:
+        """The query's ``columns``; those in ``as_text`` as the database's own text of the
+        value (for a target that parses that text exactly)."""
+        cols = ", ".join(
+            f"CAST(src.{self.q(c)} AS TEXT) AS {self.q(c)}" if c in as_text else f"src.{self.q(c)}"
+            for c in columns
+        )
         return f"SELECT {cols} FROM {self.from_query(query)}"
 
     def relays_to(self, target: DialectAdapter) -> bool:

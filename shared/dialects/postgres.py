@@ -294,6 +294,7 @@ class PostgresAdapter(DialectAdapter):
         """Batches from a named (server-side) cursor, read with FETCH FORWARD batch_rows; an
         abandoned stream just closes the cursor, nothing more is read."""
         compiled = text(sql).compile(dialect=conn.dialect)  # :name -> %(name)s, % doubled
+        conn.execute(text(HASH_SESSION))  # values read as text: in forms every session parses
         cursor = dbapi_connection(conn).cursor(name=f"cl_stream_{uuid.uuid4().hex[:12]}")
         try:
             cursor.execute(compiled.string, compiled.construct_params(params))

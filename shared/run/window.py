@@ -166,12 +166,14 @@ def chunk_select(
     split_columns: str | Sequence[str],
     chunk: ChunkRange,
     order_by: Sequence[str] = (),
+    as_text: Sequence[str] = (),
 ) -> tuple[str, dict[str, Any]]:
     """The chunk's rows of the window; ``order_by`` (the business key) makes every key's
-    rows arrive together, so the loader recognises duplicate keys with one batch of memory."""
+    rows arrive together, so the loader recognises duplicate keys with one batch of memory;
+    ``as_text`` columns come as the source's text of the value."""
     window_sql, params = window.predicate(adapter)
     range_sql, range_params = chunk.predicate(adapter, split_columns)
-    sql = f"{adapter.wrap_query(query, columns)} WHERE {window_sql} AND {range_sql}"
+    sql = f"{adapter.wrap_query(query, columns, as_text)} WHERE {window_sql} AND {range_sql}"
     if order_by:
         sql += " ORDER BY " + ", ".join(adapter.key_order(f"src.{adapter.q(c)}") for c in order_by)
     return sql, {**params, **range_params}
