@@ -367,6 +367,9 @@ def test_killed_worker_redelivers_without_duplicates(
         **celery_conf["broker_transport_options"],
         "unacked_restore_interval": 1,
         "unacked_restore_throttle": 1,
+        # a worker SIGKILLed while it holds kombu's restore mutex would keep every worker
+        # from restoring for the default 300 s: the chunk never came back within the test
+        "unacked_mutex_expire": 5,
     }
     worker_config = tmp_path / "redeliver.yaml"
     worker_config.write_text(yaml.safe_dump({**base_config, "celery": celery_conf}))
@@ -618,6 +621,7 @@ def test_redis_restart_mid_run(base_config, metadata_ready, wh, schema, tmp_path
             "broker_transport_options": {
                 "unacked_restore_interval": 1,
                 "unacked_restore_throttle": 1,
+                "unacked_mutex_expire": 5,
             },
         },
         "mappings": {schema: mapping},

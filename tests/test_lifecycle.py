@@ -254,8 +254,11 @@ def test_worker_killed_during_last_chunk(
     finally:
         worker.stop()
     assert store.get_run(metadata, run_id).status is RunStatus.RUNNING
-    actions = wait_until(
-        lambda: reconcile(doomed_settings), timeout_s=30, interval_s=0.5, what="reconcile to act"
+    actions = wait_until(  # this run's actions: runs other tests left behind are not ours
+        lambda: [a for a in reconcile(doomed_settings) if a.run_id == run_id],
+        timeout_s=30,
+        interval_s=0.5,
+        what="reconcile to act",
     )
     assert [(a.run_id, a.action, a.status) for a in actions] == [(run_id, "failed", "FAILED")]
     run = store.get_run(metadata, run_id)
