@@ -109,5 +109,5 @@ def launch(
     # Refused if the stored checkpoint changed since planning read it (chordload checkpoint)
     store.create_run(metadata, run, chunks, store.PlannedCheckpoint(plan.stored_checkpoint))
     store.set_run_status(metadata, plan.run.run_id, RunStatus.RUNNING, only_from={RunStatus.QUEUED})
-    start_chord(settings, plan.run.run_id, chunks)
+    start_chord(settings, plan.run.run_id, chunks, claim=plan.run)
     return plan.run.run_id

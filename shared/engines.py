@@ -12,12 +12,53 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from dataclasses import dataclass
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 _lock = threading.Lock()
-_engines: dict[tuple[int, str, bool, bool], Engine] = {}
+_engines: dict[tuple[int, str, bool, bool, SessionLimits | None], Engine] = {}
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """Server-side limits set on every session of an engine (see ``target_sessions`` in the
+    settings): how long a session may sit idle inside a transaction, and how long one
+    statement may run (0: no limit)."""
+
+    idle_in_transaction_s: int
+    statement_s: int = 0
+
+
+def _install_session_limits(engine: Engine, limits: SessionLimits) -> None:
+    backend = engine.url.get_backend_name()
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        cursor = dbapi_conn.cursor()
+        try:
+            if backend == "postgresql":
+                cursor.execute(
+                    "SET idle_in_transaction_session_timeout = "
+                    f"{limits.idle_in_transaction_s * 1000}"
+                )
+                cursor.execute(f"SET statement_timeout = {limits.statement_s * 1000}")
+            elif backend in ("mysql", "mariadb") and "mariadb" in _server_version(cursor):
+                cursor.execute(
+                    f"SET SESSION idle_transaction_timeout = {limits.idle_in_transaction_s}"
+                )
+                cursor.execute(f"SET SESSION max_statement_time = {limits.statement_s}")
+        finally:
+            cursor.close()
+        if backend == "postgresql":
+            dbapi_conn.commit()  # psycopg2 opened a transaction for the SETs
+
+
+def _server_version(cursor) -> str:
+    cursor.execute("SELECT VERSION()")
+    return str(cursor.fetchone()[0]).lower()
+
 
 SQLITE_BUSY_TIMEOUT_S = 120
 POOL_SIZE = 5  # per database per process; a chunk holds at most 2 (source + target) at once
@@ -116,20 +157,26 @@ def _new_engine(url: str, pre_ping: bool, quick: bool = False) -> Engine:
     return create_engine(url, **pooled)
 
 
-def get_engine(url: str, pre_ping: bool = True, quick: bool = False) -> Engine:
+def get_engine(
+    url: str, pre_ping: bool = True, quick: bool = False, limits: SessionLimits | None = None
+) -> Engine:
     """The process's pooled engine for ``url``. ``pre_ping=False`` skips the liveness round
     trip at every checkout, for callers that retry transient errors anyway (the chunk
     loader's metadata writes, several per chunk): a connection found dead fails once, the
     pool drops its connections, and the retry gets a fresh one. ``quick``: one connection
     that gives up within seconds, for lookups that must never hang (naming a run's mapping
-    in a log line)."""
-    key = (os.getpid(), url, pre_ping, quick)
+    in a log line). ``limits``: a pool of its own whose sessions carry those server-side
+    limits (the chunk loader's target writes)."""
+    key = (os.getpid(), url, pre_ping, quick, limits)
     engine = _engines.get(key)
     if engine is None:
         with _lock:
             engine = _engines.get(key)
             if engine is None:
-                engine = _engines[key] = _new_engine(url, pre_ping, quick)
+                engine = _new_engine(url, pre_ping, quick)
+                if limits is not None:
+                    _install_session_limits(engine, limits)
+                _engines[key] = engine
     return engine
 
 

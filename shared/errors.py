@@ -82,6 +82,12 @@ class RelayRefused(ChordloadError):
     """A relayed batch was refused for its data; the chunk starts over typed."""
 
 
+class FenceLost(ChordloadError):
+    """This chunk attempt no longer owns its chunk (a newer attempt took it, the run ended or
+    a newer run claimed the target, ``shared/fence.py``): it writes nothing more and ends
+    without touching the chunk's status or counts."""
+
+
 _TRANSIENT_SQLSTATES = {
     "40001",  # serialization_failure
     "40P01",  # deadlock_detected

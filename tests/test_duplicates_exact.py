@@ -24,9 +24,11 @@ from sqlalchemy import update
 
 from shared.chunk.load import load_chunk
 from shared.engines import get_engine
+from shared.fence import claim_target
 from shared.metadata import store
 from shared.metadata.models import ChunkLog, ProcessLog
 from shared.run.chord import chunk_range
+from shared.run.plan import RunPlan
 from shared.run.statuses import ChunkStatus, RunStatus
 from tests.optdata import T0, Db, chunks, mapping, row, run
 
@@ -124,6 +126,8 @@ def replay_chunks(settings, run_id: str) -> list[ChunkLog]:
     """Load every chunk of a finished run again in this process, as a redelivered task
     would (the attempt counts as a replay); returns the chunks as recorded after it."""
     metadata = get_engine(settings.metadata)
+    # the run's end closed the target's fence: reopen it for the run, as a resume does
+    claim_target(settings, RunPlan.from_row(store.get_run(metadata, run_id)))
     for chunk in store.get_chunks(metadata, run_id):
         with metadata.begin() as conn:
             conn.execute(

@@ -142,27 +142,23 @@ def test_retries_exhausted_fail_with_the_reason(workers, make_settings, pg_urls)
     )
     settings = make_settings({schema: mapping})
     metadata = get_engine(settings.metadata)
-    _admin(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
     try:
-        # plan first (it needs the database), then cut it off before the chunk starts
-        from coordinator import plan as planner
+        # plan and claim the target first (they need the database), then cut it off before
+        # the chunk starts
+        from shared.run import chord
 
-        original = planner.ensure_target
+        original = chord.send_chord
 
-        def plan_then_cut(*args, **kwargs):
-            _admin(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
-            try:
-                return original(*args, **kwargs)
-            finally:
-                _admin(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
-                _kill_backends(database, "%")
+        def cut_then_send(*args, **kwargs):
+            _admin(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+            _kill_backends(database, "%")
+            return original(*args, **kwargs)
 
-        _admin(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
-        planner.ensure_target = plan_then_cut
+        chord.send_chord = cut_then_send
         try:
             run_id = launch(schema, settings=settings)
         finally:
-            planner.ensure_target = original
+            chord.send_chord = original
         run = wait(run_id, settings=settings, timeout_s=60)
     finally:
         _admin(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
@@ -893,23 +889,22 @@ def test_retries_span_an_outage_longer_than_their_count(workers, make_settings, 
     )
     settings = make_settings({schema: mapping})
     metadata = get_engine(settings.metadata)
-    from coordinator import plan as planner
+    from shared.run import chord
 
-    original = planner.ensure_target
+    original = chord.send_chord
 
-    def plan_then_cut(*args, **kwargs):
-        try:
-            return original(*args, **kwargs)
-        finally:
-            _admin(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
-            _kill_backends(database, "%")
+    def cut_then_send(*args, **kwargs):
+        # planned, and the target claimed for the run: now the warehouse goes away
+        _admin(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+        _kill_backends(database, "%")
+        return original(*args, **kwargs)
 
     try:
-        planner.ensure_target = plan_then_cut
+        chord.send_chord = cut_then_send
         try:
             run_id = launch(schema, settings=settings)
         finally:
-            planner.ensure_target = original
+            chord.send_chord = original
         wait_until(
             lambda: "retry 3 " in (store.get_chunks(metadata, run_id)[0].message or ""),
             timeout_s=60,

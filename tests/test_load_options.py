@@ -624,9 +624,11 @@ def _replay_chunks(settings, mapref: str) -> None:
     from sqlalchemy import update
 
     from shared.chunk.load import load_chunk
+    from shared.fence import claim_target
     from shared.metadata import store
     from shared.metadata.models import ChunkLog
     from shared.run.chord import chunk_range
+    from shared.run.plan import RunPlan
     from shared.run.statuses import ChunkStatus
 
     metadata = get_engine(settings.metadata)
@@ -635,6 +637,8 @@ def _replay_chunks(settings, mapref: str) -> None:
         (c.rows_read, c.rows_inserted, c.rows_changed, c.rows_unchanged, c.rows_duplicate)
         for c in store.get_chunks(metadata, last.run_id)
     ]
+    # the run's end closed the target's fence: reopen it for the run, as a resume does
+    claim_target(settings, RunPlan.from_row(last))
     for chunk in store.get_chunks(metadata, last.run_id):
         with metadata.begin() as conn:
             conn.execute(

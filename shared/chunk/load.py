@@ -40,14 +40,16 @@ from shared.chunk.result import ChunkCounts, ChunkResult
 from shared.config.settings import Settings
 from shared.dialects import adapter_for
 from shared.dialects.relay import Relay, relay_between
-from shared.engines import READ_ONLY, get_engine
+from shared.engines import READ_ONLY, SessionLimits, get_engine
 from shared.errors import (
+    FenceLost,
     RelayRefused,
     StopRequested,
     describe_db_error,
     is_data_error,
     is_transient_db_error,
 )
+from shared.fence import TargetFence
 from shared.lifecycle.finalize import finalize_run
 from shared.metadata import store
 from shared.metadata.store import BatchProgress, ChunkStartOutcome, RecordedBatch
@@ -111,8 +113,10 @@ def load_chunk(
     result = ChunkResult(chunk.chunk_no, ChunkStatus.RUNNING)
     load: ChunkLoad | None = None
     try:
-        load = ChunkLoad(settings, plan, chunk, result, replay)
+        load = ChunkLoad(settings, plan, chunk, result, start.attempts, replay)
         load.run()
+    except FenceLost as exc:
+        return _superseded(run_id, chunk, start.attempts, exc)
     except StopRequested:
         result.status = ChunkStatus.STOPPED
         result.error = "stopped by request at a batch boundary"
@@ -127,7 +131,7 @@ def load_chunk(
             )
             result.failing_since = failing_since
             result.status = ChunkStatus.PENDING
-            store.retry_chunk(
+            if not store.retry_chunk(
                 metadata,
                 run_id,
                 chunk.chunk_no,
@@ -135,7 +139,9 @@ def load_chunk(
                 f"{retries_done + 1} in {result.retry_in_s:.1f}s (failing for "
                 f"{failing_for_s:.0f} s; retries.max {retries.max}, "
                 f"window {retries.window_s:.0f} s)",
-            )
+                attempt=start.attempts,
+            ):
+                return _superseded(run_id, chunk, start.attempts, exc)
             log.warning(
                 "run %s chunk %s: transient error, retry %d in %.1fs (failing for %.0f s): %s",
                 run_id,
@@ -159,14 +165,27 @@ def load_chunk(
     # the run's row, so the last one always counts zero open chunks; the count keeps the other
     # chunks from loading the whole run.
     last_batch = load.unrecorded if load is not None else None
-    if (
-        store.finish_chunk(
-            metadata, run_id, chunk.chunk_no, result.status, result.error, last_batch
-        )
-        == 0
-    ):
+    still_open = store.finish_chunk(
+        metadata, run_id, chunk.chunk_no, result.status, result.error, last_batch, start.attempts
+    )
+    if still_open is None:
+        return _superseded(run_id, chunk, start.attempts, result.error)
+    if still_open == 0:
         finalize_run(settings, run_id)
     return result
+
+
+def _superseded(run_id: str, chunk: ChunkRange, attempt: int, why: object) -> ChunkResult:
+    """The end of an attempt that lost its chunk (``shared/fence.py``): it wrote nothing
+    after that, and the chunk's status and counts are the owning attempt's."""
+    log.warning(
+        "run %s chunk %s: attempt %s no longer owns the chunk (%s); it ends without writing",
+        run_id,
+        chunk.chunk_no,
+        attempt,
+        why,
+    )
+    return ChunkResult(chunk.chunk_no, ChunkStatus.REVOKED, error="superseded by a newer attempt")
 
 
 _plan_cache: dict[tuple[str, int], RunPlan] = {}
@@ -193,6 +212,7 @@ class ChunkLoad:
         plan: RunPlan,
         chunk: ChunkRange,
         result: ChunkResult,
+        attempt: int,
         replay: bool = False,
     ):
         spec = plan.spec
@@ -200,11 +220,17 @@ class ChunkLoad:
         self.plan = plan
         self.chunk = chunk
         self.result = result
+        self.attempt = attempt  # chunk_log's attempt number: this attempt's fence token
         self.metadata = get_engine(settings.metadata, pre_ping=False)
         self.source = get_engine(settings.connection_url(spec.source.connection))
-        self.target = get_engine(settings.connection_url(spec.target.connection))
+        limits = settings.target_sessions
+        self.target = get_engine(
+            settings.connection_url(spec.target.connection),
+            limits=SessionLimits(limits.idle_in_transaction_timeout_s, limits.statement_timeout_s),
+        )
         self.source_adapter = adapter_for(self.source)
         self.target_adapter = adapter_for(self.target)
+        self.fence = TargetFence.of(self.target_adapter, plan)
         self.scd_target = plan.scd_target(self.target_adapter)
         self.key_positions = [plan.columns.index(k) for k in spec.keys]
         self.checkpoint = CheckpointReader(spec, plan.columns, plan.python_filter)
@@ -219,6 +245,11 @@ class ChunkLoad:
     def run(self) -> None:
         with self.target.connect() as tconn:
             try:
+                with tconn.begin():
+                    if not self.fence.enter(
+                        tconn, self.plan.run_id, self.chunk.chunk_no, self.attempt
+                    ):
+                        raise FenceLost("the target's fence names a newer attempt or run")
                 relay = self._relay()
                 if relay is not None:
                     try:
@@ -333,6 +364,7 @@ class ChunkLoad:
         rows: list[tuple] | None = None
         try:
             with tconn.begin():
+                self._hold_fence(tconn)
                 relay.target.load_relayed(tconn, stage, plan.columns, lines)
                 shape = relay.target.relayed_shape(tconn, stage, spec.keys, checkpoint)
                 if self.relayed_last_key is not None and self._same_key(
@@ -349,7 +381,7 @@ class ChunkLoad:
                     )
                 else:
                     counts = self._apply(tconn, stage, shape.rows, False, self._pass())
-        except RelayRefused:
+        except (RelayRefused, FenceLost):
             raise
         except Exception as exc:
             if is_data_error(exc):
@@ -375,7 +407,7 @@ class ChunkLoad:
         self.relayed_last_key = None
         self.replay = True
         self.unrecorded = None
-        store.restart_chunk(self.metadata, self.plan.run_id, self.chunk.chunk_no)
+        store.restart_chunk(self.metadata, self.plan.run_id, self.chunk.chunk_no, self.attempt)
 
     # -- one typed batch ----------------------------------------------------------------------
     def _pass(self) -> Pass:
@@ -390,6 +422,7 @@ class ChunkLoad:
         winners = resolved.rows
         if winners:
             with tconn.begin():
+                self._hold_fence(tconn)
                 counts, bad = self._apply_slice(tconn, winners, self._pass())
         else:
             counts, bad = ApplyCounts(), []
@@ -399,6 +432,11 @@ class ChunkLoad:
             + [resolved.dropped_max]
         )
         self._record(resolved.read, counts, bad, resolved.dropped, good_max)
+
+    def _hold_fence(self, tconn: Connection) -> None:
+        """First in every batch transaction: this attempt must still own the chunk."""
+        if not self.fence.hold(tconn, self.plan.run_id, self.chunk.chunk_no, self.attempt):
+            raise FenceLost("a newer attempt, the run's end or a newer run moved the fence")
 
     def _apply_slice(
         self, tconn: Connection, rows: list[tuple], how: Pass
@@ -468,7 +506,7 @@ class ChunkLoad:
         here if the run has a stop request (begin_chunk checked before the first batch)."""
         batch, self.unrecorded = self.unrecorded, None
         if batch is not None and store.record_batch(
-            self.metadata, self.plan.run_id, self.chunk.chunk_no, batch
+            self.metadata, self.plan.run_id, self.chunk.chunk_no, batch, self.attempt
         ):
             raise StopRequested()
 

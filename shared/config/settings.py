@@ -115,6 +115,19 @@ class ScheduleSpec(BaseModel):
     grace_s: float = Field(default=3600.0, ge=1.0)
 
 
+class TargetSessionSpec(BaseModel):
+    """Limits on the sessions chunk attempts write targets with. A worker frozen in the
+    middle of a batch (SIGSTOP, a VM pause, a swap storm) keeps its transaction and its row
+    locks until its session ends: the idle-in-transaction timeout ends it, so a newer attempt
+    or run waits at most that long. PostgreSQL: idle_in_transaction_session_timeout and
+    statement_timeout; MariaDB: idle_transaction_timeout and max_statement_time; SQLite and
+    MySQL have no such limits (a frozen writer there holds the target until it wakes)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    idle_in_transaction_timeout_s: int = Field(default=60, ge=1)
+    statement_timeout_s: int = Field(default=3600, ge=0, description="0: no limit")
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     metadata: MetadataUrl = Field(min_length=1)
@@ -124,6 +137,7 @@ class Settings(BaseModel):
     mappings: dict[str, MappingSpec] = Field(default_factory=dict)
     celery: CelerySpec = CelerySpec()
     schedule: ScheduleSpec = ScheduleSpec()
+    target_sessions: TargetSessionSpec = TargetSessionSpec()
     log_json: bool = Field(default=False, description="workers and beat log JSON lines")
     progress_interval_s: float = Field(
         default=5.0,

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from shared.config.settings import Settings
 from shared.dialects import adapter_for
 from shared.engines import READ_ONLY, get_engine
+from shared.errors import FenceLost
+from shared.fence import TargetFence
 from shared.run.plan import RunPlan
 from shared.run.window import ChunkRange, chunk_select
 from shared.scd.deletes import retire_absent_keys
@@ -53,6 +55,11 @@ def retire_deleted_keys(settings: Settings, plan: RunPlan) -> int:
                         _, bad = bisect(tconn, list(rows), load, lambda a, b: 0, 0)
                         skipped += len(bad)
                 target_adapter.index_stage(tconn, stage, keys)
+                if not TargetFence.of(target_adapter, plan).hold_run(tconn, plan.run_id):
+                    raise FenceLost(
+                        f"run {plan.run_id} no longer owns {spec.target.table}: a newer run "
+                        "claimed it or this run already ended"
+                    )
                 retired = retire_absent_keys(
                     tconn, plan.scd_target(target_adapter), stage, spec.scd.deletes, plan.deleted_at
                 )

@@ -21,6 +21,8 @@ from shared.config.mapping import DeletesMode
 from shared.config.settings import Settings
 from shared.engines import get_engine
 from shared.errors import describe_db_error
+from shared.fence import close_target
+from shared.metadata import store
 from shared.metadata.models import Checkpoint, ChunkLog, ProcessLog
 from shared.metadata.store import record_checkpoint_change, session
 from shared.retry import FINALIZE, retry_transient
@@ -84,17 +86,21 @@ def finalize_run(
     engine = get_engine(settings.metadata, pre_ping=False)
     lease = dt.timedelta(seconds=settings.visibility_timeout_s + settings.celery.heartbeat_grace_s)
     outcome = _finalize(engine, run_id, unfinished_chunks, reason, launch, lease, None)
-    if not isinstance(outcome, _DeletePass):
-        return outcome
-    from shared.lifecycle.deletes import retire_deleted_keys
+    if isinstance(outcome, _DeletePass):
+        from shared.lifecycle.deletes import retire_deleted_keys
 
-    try:
-        deleted = DeletePassResult(retired=_retire(retire_deleted_keys, settings, outcome.plan))
-    except Exception as exc:  # noqa: BLE001 - the run ends FAILED with the reason
-        deleted = DeletePassResult(error=f"the hard-delete pass failed: {describe_db_error(exc)}")
-    final = _finalize(engine, run_id, None, None, None, lease, deleted)
-    assert not isinstance(final, _DeletePass)  # given the pass's result, it never asks again
-    return final
+        try:
+            retired = _retire(retire_deleted_keys, settings, outcome.plan)
+            deleted = DeletePassResult(retired=retired)
+        except Exception as exc:  # noqa: BLE001 - the run ends FAILED with the reason
+            error = f"the hard-delete pass failed: {describe_db_error(exc)}"
+            deleted = DeletePassResult(error=error)
+        outcome = _finalize(engine, run_id, None, None, None, lease, deleted)
+        assert not isinstance(outcome, _DeletePass)  # given the pass's result, never again
+    if outcome is not None and outcome.changed:
+        # the run has ended: no attempt of it may write to the target any more
+        close_target(settings, RunPlan.from_row(store.get_run(engine, run_id)))
+    return outcome
 
 
 @retry_transient(FINALIZE)

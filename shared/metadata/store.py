@@ -15,7 +15,7 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.errors import NotFoundError, RaceError, RunRefusedError
+from shared.errors import FenceLost, NotFoundError, RaceError, RunRefusedError
 from shared.metadata.models import (
     Checkpoint,
     CheckpointChange,
@@ -313,40 +313,57 @@ def _insert_error_rows(conn: Any, run_id: str, chunk_no: int, batch: RecordedBat
         )
 
 
+def _owned(run_id: str, chunk_no: int, attempt: int | None) -> tuple[Any, ...]:
+    """The WHERE of a chunk attempt's own writes: the chunk's row, if ``attempt`` is still
+    its latest (a newer attempt restarted the counters; a stale one must not add to them)."""
+    where: tuple[Any, ...] = (ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no)
+    if attempt is not None:
+        where += (ChunkLog.attempts == attempt,)
+    return where
+
+
 @retry_transient()
-def record_batch(engine: Engine, run_id: str, chunk_no: int, batch: RecordedBatch) -> bool:
+def record_batch(
+    engine: Engine, run_id: str, chunk_no: int, batch: RecordedBatch, attempt: int | None = None
+) -> bool:
     """A batch, in one short transaction: the chunk's counters, heartbeat and checkpoint
     maximum and the batch's quarantined rows. Returns whether the run has a stop request, so
     the chunk stops before its next batch without another round trip. The run's live totals
     are the sums over its chunks (``progress_totals``): a per-batch update of the run's row
-    would make every chunk of the run queue on that one row."""
+    would make every chunk of the run queue on that one row. Raises FenceLost when
+    ``attempt`` is no longer the chunk's latest: its counts belong to no attempt."""
     stop_requested = select(StopRequest.run_id).where(StopRequest.run_id == run_id).exists()
     with engine.begin() as conn:
         stop = conn.execute(
             update(ChunkLog)
-            .where(ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no)
+            .where(*_owned(run_id, chunk_no, attempt))
             .values(**_batch_values(batch))
             .returning(stop_requested)
-        ).scalar_one()
+        ).first()
+        if stop is None:
+            raise FenceLost(f"run {run_id} chunk {chunk_no}: attempt {attempt} was superseded")
         _insert_error_rows(conn, run_id, chunk_no, batch)
-    return bool(stop)
+    return bool(stop[0])
 
 
 @retry_transient()
-def restart_chunk(engine: Engine, run_id: str, chunk_no: int) -> None:
+def restart_chunk(engine: Engine, run_id: str, chunk_no: int, attempt: int | None = None) -> None:
     """Count a running chunk from zero again within its attempt (the loader starts it over
-    on another path); its quarantined rows go with the counts."""
+    on another path); its quarantined rows go with the counts. FenceLost if ``attempt`` was
+    superseded meanwhile."""
     with engine.begin() as conn:
-        conn.execute(
+        restarted = conn.execute(
             update(ChunkLog)
-            .where(ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no)
+            .where(*_owned(run_id, chunk_no, attempt))
             .values(
                 batches_done=0,
                 max_checkpoint=None,
                 heartbeat_at=utcnow(),
                 **dict.fromkeys(_COUNTERS, 0),
             )
-        )
+        ).rowcount
+        if not restarted:
+            raise FenceLost(f"run {run_id} chunk {chunk_no}: attempt {attempt} was superseded")
         conn.execute(
             delete(ErrorRow).where(ErrorRow.run_id == run_id, ErrorRow.chunk_no == chunk_no)
         )
@@ -360,23 +377,29 @@ def finish_chunk(
     status: ChunkStatus,
     message: str | None = None,
     last_batch: RecordedBatch | None = None,
-) -> int:
+    attempt: int | None = None,
+) -> int | None:
     """End the chunk's attempt, recording its last batch with it (``last_batch``); a chunk
     already made terminal elsewhere (revoked by stop, failed by reconcile) keeps that status.
     Returns how many chunks of the run are still open: the chunk that sees 0 finalizes the
     run. The run's row is locked first, so chunks ending at the same moment take turns and
-    the last one always counts the others' ends."""
+    the last one always counts the others' ends. None, and nothing written, when
+    ``attempt`` is no longer the chunk's latest: a newer attempt ends the chunk."""
     open_ = [ChunkStatus.PENDING.value, ChunkStatus.RUNNING.value]
     values: dict[str, Any] = {"status": status, "ended_at": utcnow(), "message": message}
     if last_batch is not None:
         values.update(_batch_values(last_batch))
     with engine.begin() as conn:
         conn.execute(select(ProcessLog.run_id).where(ProcessLog.run_id == run_id).with_for_update())
+        if attempt is not None:
+            latest = conn.execute(
+                select(ChunkLog.attempts).where(*_owned(run_id, chunk_no, None))
+            ).scalar()
+            if latest != attempt:
+                return None
         ended = conn.execute(
             update(ChunkLog)
-            .where(
-                ChunkLog.run_id == run_id, ChunkLog.chunk_no == chunk_no, ChunkLog.status.in_(open_)
-            )
+            .where(*_owned(run_id, chunk_no, attempt), ChunkLog.status.in_(open_))
             .values(**values)
         ).rowcount
         if ended and last_batch is not None:
@@ -387,18 +410,22 @@ def finish_chunk(
 
 
 @retry_transient()
-def retry_chunk(engine: Engine, run_id: str, chunk_no: int, message: str) -> None:
-    """Back to PENDING while a Celery retry of the same task waits out its backoff."""
+def retry_chunk(
+    engine: Engine, run_id: str, chunk_no: int, message: str, attempt: int | None = None
+) -> bool:
+    """Back to PENDING while a Celery retry of the same task waits out its backoff. False,
+    and nothing changed, when ``attempt`` was superseded: the retry is not needed."""
     with engine.begin() as conn:
-        conn.execute(
+        if conn.execute(
             update(ChunkLog)
-            .where(
-                ChunkLog.run_id == run_id,
-                ChunkLog.chunk_no == chunk_no,
-                ChunkLog.status == ChunkStatus.RUNNING,
-            )
+            .where(*_owned(run_id, chunk_no, attempt), ChunkLog.status == ChunkStatus.RUNNING)
             .values(status=ChunkStatus.PENDING, message=message)
-        )
+        ).rowcount:
+            return True
+        latest = conn.execute(
+            select(ChunkLog.attempts).where(*_owned(run_id, chunk_no, None))
+        ).scalar()
+        return attempt is None or latest == attempt
 
 
 def error_rows(engine: Engine, run_id: str, limit: int | None = None) -> list[ErrorRow]:
@@ -687,10 +714,10 @@ def active_runs(engine: Engine) -> list[ProcessLog]:
 def relaunch_chunks(
     engine: Engine, run_id: str, task_ids: dict[int, str], note: str
 ) -> tuple[ProcessLog, list[ChunkLog]] | None:
-    """Give the RUNNING run's chunks ``task_ids`` (chunk_no -> the task id whose message was
-    lost) new task ids under a new launch, in one transaction, for a chord of just those
+    """Give the RUNNING run's chunks ``task_ids`` (chunk_no -> the task id that was lost) new
+    task ids under a new launch, PENDING, in one transaction, for a chord of just those
     chunks; the run stays RUNNING (its deadline is not reset) and ``note`` is appended to its
-    plan note. Only chunks still PENDING under the given task id are taken. None, and
+    plan note. Only chunks still open under the given task id are taken. None, and
     nothing changed, if the run is no longer RUNNING, has a stop request or no chunk is left.
     """
     with session(engine) as s, s.begin():
@@ -709,7 +736,8 @@ def relaunch_chunks(
                 .order_by(ChunkLog.chunk_no)
                 .with_for_update()
             )
-            if c.status is ChunkStatus.PENDING and c.task_id == task_ids[c.chunk_no]
+            if c.status in (ChunkStatus.PENDING, ChunkStatus.RUNNING)
+            and c.task_id == task_ids[c.chunk_no]
         ]
         if not chunks:
             return None
@@ -717,7 +745,8 @@ def relaunch_chunks(
         run.plan_note = f"{run.plan_note}; {note}" if run.plan_note else note
         for chunk in chunks:
             chunk.task_id = chunk_task_id(run_id, chunk.chunk_no, run.launches)
-            chunk.message = f"relaunched (launch {run.launches}): its task message was lost"
+            chunk.status = ChunkStatus.PENDING
+            chunk.message = f"relaunched (launch {run.launches}): its task was lost"
         s.flush()
     return run, chunks
 
@@ -740,6 +769,19 @@ def reopen_for_resume(engine: Engine, run_id: str) -> tuple[ProcessLog, list[Chu
                         f"run {run_id} is {run.status.value}; only a FAILED or STOPPED run can "
                         f"be resumed",
                         run_id if run.status in ACTIVE_RUN_STATUSES else None,
+                    )
+                newer = s.scalars(
+                    select(ProcessLog.run_id)
+                    .where(ProcessLog.mapref == run.mapref, ProcessLog.created_at > run.created_at)
+                    .order_by(ProcessLog.created_at)
+                    .limit(1)
+                ).first()
+                if newer is not None:
+                    raise RunRefusedError(
+                        f"run {run_id} cannot be resumed: run {newer} of mapping '{run.mapref}' "
+                        f"was launched after it, and resuming would write this run's older "
+                        f"window over what that run loaded; launch a new run instead "
+                        f"(chordload run {run.mapref})"
                     )
                 s.execute(delete(StopRequest).where(StopRequest.run_id == run_id))
                 run.launches += 1

@@ -15,9 +15,11 @@ from celery._state import _set_task_join_will_block, task_join_will_block
 from shared import broker
 from shared.config.settings import Settings
 from shared.engines import get_engine
-from shared.errors import LaunchError
+from shared.errors import LaunchError, describe_db_error
+from shared.fence import claim_target
 from shared.metadata import store
 from shared.metadata.models import ChunkLog
+from shared.run.plan import RunPlan
 from shared.run.statuses import RunStatus
 from shared.run.task_ids import finalize_task_id
 from shared.run.values import decode_value
@@ -62,9 +64,31 @@ def send_chord(settings: Settings, run_id: str, chunks: list[ChunkLog], launch: 
         _set_task_join_will_block(joining_was_blocked)
 
 
-def start_chord(settings: Settings, run_id: str, chunks: list[ChunkLog], launch: int = 1) -> None:
-    """Send the chord; if the broker cannot take it, the run is marked FAILED (resumable)."""
+def start_chord(
+    settings: Settings,
+    run_id: str,
+    chunks: list[ChunkLog],
+    launch: int = 1,
+    claim: RunPlan | None = None,
+) -> None:
+    """Send the chord; if the broker cannot take it, the run is marked FAILED (resumable).
+    ``claim`` (a launch or a resume): first give the run's target to the run
+    (``shared/fence.py``), so no attempt of an older run or launch writes to it any more."""
     metadata = get_engine(settings.metadata)
+    if claim is not None:
+        try:
+            claim_target(settings, claim)
+        except Exception as exc:  # noqa: BLE001 - the run is resumable once the target is back
+            message = (
+                f"could not claim target table {claim.spec.target.table} for the run: "
+                f"{describe_db_error(exc)}"
+            )
+            store.set_run_status(
+                metadata, run_id, RunStatus.FAILED, only_from={RunStatus.RUNNING}, message=message
+            )
+            raise LaunchError(f"run {run_id}: {message}") from None
+    if not chunks:  # a resume with nothing left to load only finalizes
+        return
     try:
         send_chord(settings, run_id, chunks, launch)
     except Exception as exc:  # noqa: BLE001 - whatever the broker did, the run is resumable

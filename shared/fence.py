@@ -1,0 +1,196 @@
+"""Fencing: only the chunk attempt that owns a chunk writes to the target.
+
+A chunk attempt can outlive its ownership: a worker frozen past the broker's visibility
+timeout (SIGSTOP, a VM pause, a swap storm) wakes after its message was delivered again, the
+chunk was loaded by a newer attempt, the run ended, or a newer run loaded newer data. Checks
+in the metadata database cannot stop it, because they are not in the target's transaction.
+So the target holds the fence itself: a small table ``chordload_fences`` beside the target,
+one row per (target table, mapping) for the run that owns the target and one per chunk for
+the attempt that owns the chunk. Every batch transaction first updates its chunk's row on
+the condition that it still names this run and attempt and is open; if it does not, the
+batch writes nothing and the attempt ends quietly.
+
+What moves the fence:
+- a launch or resume claims the target for its run (``claim``): every row of the target
+  now names that run, with no chunk attempt, so an attempt of an older run, or an older
+  launch of this run, owns nothing;
+- a chunk attempt enters (``enter``) with its attempt number from chunk_log, which only
+  grows: a newer attempt (retry, redelivery, resume, reconcile's relaunch) takes the chunk;
+- the run's end closes the fence (``close``): a woken attempt cannot write after the run
+  is SUCCESS, FAILED or STOPPED.
+The row updates take the rows' locks, so a claim or close waits for the batches in flight
+and every later batch sees it. A frozen writer's locks are bounded by the worker sessions'
+idle-in-transaction timeout (``target_sessions``, ``shared/engines.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, text
+
+from shared.config.settings import Settings
+from shared.dialects import adapter_for
+from shared.dialects.base import DialectAdapter
+from shared.engines import get_engine
+from shared.errors import describe_db_error
+from shared.run.plan import RunPlan
+
+log = logging.getLogger("chordload.fence")
+
+FENCE_TABLE = "chordload_fences"
+RUN_ROW = -1  # the chunk_no of the row naming the run that owns the target
+
+
+@dataclass(frozen=True)
+class TargetFence:
+    """The fence rows of one mapping's target table."""
+
+    dialect: DialectAdapter
+    ref: str  # the quoted fence table, beside the target
+    table_name: str
+    mapref: str
+
+    @classmethod
+    def of(cls, dialect: DialectAdapter, plan: RunPlan) -> TargetFence:
+        target = plan.spec.target
+        ref = dialect.q(FENCE_TABLE)
+        if target.schema_name:
+            ref = f"{dialect.q(target.schema_name)}.{ref}"
+        return cls(dialect, ref, target.table_name, plan.mapref)
+
+    def _params(self, **more: object) -> dict[str, object]:
+        return {"t": self.table_name, "m": self.mapref, **more}
+
+    _WHERE = "table_name = :t AND mapref = :m"
+
+    def ensure(self, conn: Connection) -> None:
+        """Create the fence table if this target database has none yet."""
+        conn.execute(
+            text(
+                f"CREATE TABLE IF NOT EXISTS {self.ref} ("
+                "table_name VARCHAR(255) NOT NULL, mapref VARCHAR(200) NOT NULL, "
+                "chunk_no INTEGER NOT NULL, run_id VARCHAR(32) NOT NULL, "
+                "attempt INTEGER NOT NULL, closed INTEGER NOT NULL, writes BIGINT NOT NULL, "
+                "PRIMARY KEY (table_name, mapref, chunk_no))"
+            )
+        )
+
+    def claim(self, conn: Connection, run_id: str) -> None:
+        """Give the target to ``run_id`` (a launch or a resume): every chunk row now names it
+        with no attempt, so no attempt of an older run or launch owns a chunk any more."""
+        conn.execute(
+            text(f"UPDATE {self.ref} SET run_id = :r, attempt = 0, closed = 0 WHERE {self._WHERE}"),
+            self._params(r=run_id),
+        )
+        if not self._has_row(conn, RUN_ROW):
+            conn.execute(
+                text(
+                    f"INSERT INTO {self.ref} "
+                    "(table_name, mapref, chunk_no, run_id, attempt, closed, writes) "
+                    "VALUES (:t, :m, :c, :r, 0, 0, 0)"
+                ),
+                self._params(c=RUN_ROW, r=run_id),
+            )
+
+    def close(self, conn: Connection, run_id: str) -> None:
+        """The run has ended: none of its attempts may write any more."""
+        conn.execute(
+            text(f"UPDATE {self.ref} SET closed = 1 WHERE {self._WHERE} AND run_id = :r"),
+            self._params(r=run_id),
+        )
+
+    def enter(self, conn: Connection, run_id: str, chunk_no: int, attempt: int) -> bool:
+        """Take the chunk for ``attempt``, if the run still owns the target and no attempt
+        as new holds the chunk. The run's row is locked for the moment it takes, so a claim
+        or close and the entries of the run's chunks happen one after the other."""
+        held = conn.execute(
+            text(
+                f"UPDATE {self.ref} SET writes = writes + 1 "
+                f"WHERE {self._WHERE} AND chunk_no = :c AND run_id = :r AND closed = 0"
+            ),
+            self._params(c=RUN_ROW, r=run_id),
+        ).rowcount
+        if held != 1:
+            return False
+        taken = conn.execute(
+            text(
+                f"UPDATE {self.ref} SET attempt = :a, writes = 0 "
+                f"WHERE {self._WHERE} AND chunk_no = :c AND run_id = :r AND attempt < :a"
+            ),
+            self._params(c=chunk_no, r=run_id, a=attempt),
+        ).rowcount
+        if taken == 1:
+            return True
+        if self._has_row(conn, chunk_no):
+            return False  # an attempt as new or newer holds it
+        conn.execute(
+            text(
+                f"INSERT INTO {self.ref} "
+                "(table_name, mapref, chunk_no, run_id, attempt, closed, writes) "
+                "VALUES (:t, :m, :c, :r, :a, 0, 0)"
+            ),
+            self._params(c=chunk_no, r=run_id, a=attempt),
+        )
+        return True
+
+    def hold(self, conn: Connection, run_id: str, chunk_no: int, attempt: int) -> bool:
+        """In a batch's transaction, before it writes: whether this attempt still owns the
+        chunk. The row stays locked until the batch commits."""
+        return (
+            conn.execute(
+                text(
+                    f"UPDATE {self.ref} SET writes = writes + 1 WHERE {self._WHERE} "
+                    "AND chunk_no = :c AND run_id = :r AND attempt = :a AND closed = 0"
+                ),
+                self._params(c=chunk_no, r=run_id, a=attempt),
+            ).rowcount
+            == 1
+        )
+
+    def hold_run(self, conn: Connection, run_id: str) -> bool:
+        """Whether ``run_id`` still owns the target and is open (its hard-delete pass)."""
+        return self.hold(conn, run_id, RUN_ROW, 0)
+
+    def _has_row(self, conn: Connection, chunk_no: int) -> bool:
+        return (
+            conn.execute(
+                text(f"SELECT 1 FROM {self.ref} WHERE {self._WHERE} AND chunk_no = :c"),
+                self._params(c=chunk_no),
+            ).first()
+            is not None
+        )
+
+
+CLOSE_LOCK_TIMEOUT_S = 10  # a close waits this long for batches in flight (PostgreSQL)
+
+
+def claim_target(settings: Settings, plan: RunPlan) -> None:
+    """Give the run's target to the run, before its chord is sent (a launch or a resume)."""
+    engine = get_engine(settings.connection_url(plan.spec.target.connection))
+    fence = TargetFence.of(adapter_for(engine), plan)
+    with engine.begin() as conn:
+        fence.ensure(conn)
+    with engine.begin() as conn:
+        fence.claim(conn, plan.run_id)
+
+
+def close_target(settings: Settings, plan: RunPlan) -> None:
+    """At the run's end: no attempt of it may write any more. Best effort: if the target is
+    out of reach, the next launch's claim moves the fence instead (and until then a woken
+    attempt of this run could write the run's own window once more)."""
+    try:
+        engine = get_engine(settings.connection_url(plan.spec.target.connection))
+        fence = TargetFence.of(adapter_for(engine), plan)
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execute(text(f"SET LOCAL lock_timeout = '{CLOSE_LOCK_TIMEOUT_S}s'"))
+            fence.close(conn, plan.run_id)
+    except Exception as exc:  # noqa: BLE001 - the run's end does not depend on it
+        log.warning(
+            "run %s: could not close the fence of its target %s: %s",
+            plan.run_id,
+            plan.spec.target.table,
+            describe_db_error(exc),
+        )

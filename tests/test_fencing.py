@@ -1,0 +1,259 @@
+"""Fencing (shared/fence.py): only the chunk attempt that owns a chunk writes to the target.
+
+The fence's rules on every target database; a claim that waits for the batch in flight; a
+worker frozen (SIGSTOP) past the visibility timeout while its chunk is delivered again, the
+run finished by another worker and a newer run loads newer data, then woken: the target
+still equals the source and every run's counts are exact; a resume refused once a newer
+run of the mapping exists."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+import yaml
+from sqlalchemy import text
+
+from coordinator.launch import launch
+from coordinator.watch import wait
+from shared.broker import client_app
+from shared.dialects import adapter_for
+from shared.engines import get_engine
+from shared.fence import FENCE_TABLE, TargetFence
+from shared.metadata import store
+from shared.run.statuses import ChunkStatus, RunStatus
+from tests.cliutil import run_cli, write_config
+from tests.conftest import TOKEN
+from tests.pgdata import BUSINESS_COLUMNS, create_customers, diff_count, scd2_mapping
+from tests.test_lifecycle import wait_until
+from tests.worker_process import WorkerProcess
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize("connection", ["wh", "mdb", "lite"])
+def test_fence_rules(session_settings, connection):
+    """Attempts only grow; a claim takes every chunk from older runs and launches; a close
+    ends the run's writes; a resume's claim opens them again."""
+    engine = get_engine(session_settings.connection_url(connection))
+    dialect = adapter_for(engine)
+    table = f"rules_{TOKEN}"
+    fence = TargetFence(dialect, dialect.q(FENCE_TABLE), table, f"m_{connection}")
+
+    def step(action, *args):
+        with engine.begin() as conn:
+            return getattr(fence, action)(conn, *args)
+
+    step("ensure")
+    step("claim", "r1")
+    assert step("enter", "r1", 0, 1) and step("hold", "r1", 0, 1)
+    assert step("enter", "r1", 0, 2), "a newer attempt takes the chunk"
+    assert not step("hold", "r1", 0, 1), "the older attempt lost it"
+    assert not step("enter", "r1", 0, 2), "an attempt enters once"
+    assert not step("enter", "r1", 0, 1), "an older attempt never takes it back"
+    assert step("enter", "r1", 1, 1) and step("hold", "r1", 1, 1)
+    step("claim", "r2")  # a newer run
+    assert not step("hold", "r1", 0, 2) and not step("hold", "r1", 1, 1)
+    assert not step("enter", "r1", 7, 9), "an attempt of the older run cannot even enter"
+    assert not step("hold_run", "r1") and step("hold_run", "r2")
+    assert step("enter", "r2", 0, 1) and step("hold", "r2", 0, 1)
+    step("close", "r2")  # the run ended
+    assert not step("hold", "r2", 0, 1) and not step("enter", "r2", 3, 5)
+    assert not step("hold_run", "r2")
+    step("claim", "r2")  # resumed: a new launch, new attempts
+    assert not step("hold", "r2", 0, 1), "an attempt of the earlier launch stays out"
+    assert step("enter", "r2", 0, 2) and step("hold", "r2", 0, 2) and step("hold_run", "r2")
+
+
+def test_a_claim_waits_for_the_batch_in_flight(session_settings, wh):
+    """The claim takes the rows' locks: it waits for a batch that holds its chunk, and the
+    batch after it finds the fence moved."""
+    dialect = adapter_for(wh)
+    fence = TargetFence(dialect, dialect.q(FENCE_TABLE), f"wait_{TOKEN}", "m")
+    with wh.begin() as conn:
+        fence.ensure(conn)
+        fence.claim(conn, "r1")
+        assert fence.enter(conn, "r1", 0, 1)
+    claimed = threading.Event()
+
+    def claim() -> None:
+        with get_engine(session_settings.connection_url("wh"), pre_ping=False).begin() as conn:
+            conn.execute(text("SET application_name = 'fence-claimer'"))
+            fence.claim(conn, "r2")
+        claimed.set()
+
+    with wh.connect() as batch:
+        with batch.begin():
+            assert fence.hold(batch, "r1", 0, 1)
+            claimer = threading.Thread(target=claim)
+            claimer.start()
+            # autocommit: pg_stat_activity is read once per transaction
+            with wh.connect().execution_options(isolation_level="AUTOCOMMIT") as probe:
+                wait_until(
+                    lambda: probe.execute(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                            "'fence-claimer' AND wait_event_type = 'Lock'"
+                        )
+                    ).scalar_one(),
+                    timeout_s=20,
+                    what="the claim waiting on the batch's lock",
+                )
+            assert not claimed.is_set()
+        claimer.join(20)
+        assert claimed.is_set()
+        with batch.begin():
+            assert not fence.hold(batch, "r1", 0, 1)
+
+
+ROWS = 8_000
+
+
+def _paced_mapping(schema: str) -> dict:
+    """One chunk read at about 1 ms a row, so a worker can be frozen in the middle of it."""
+    mapping = scd2_mapping(schema, batch_rows=400)
+    mapping["source"]["query"] = (
+        f'SELECT {BUSINESS_COLUMNS} FROM "{schema}"."customers" WHERE "{schema}".paced()'
+    )
+    return mapping
+
+
+def test_a_frozen_worker_never_overwrites_newer_data(
+    base_config, session_settings, make_settings, wh, schema, tmp_path
+):
+    """Worker A is frozen (SIGSTOP) mid-chunk. Past the visibility timeout the chunk is
+    delivered to worker B, which finishes the run; a newer run loads newer values; then A
+    wakes, with its old snapshot of the source still open. A writes nothing: the target
+    equals the source, two versions per key, and each run counts its rows once."""
+    create_customers(wh, schema, ROWS)
+    with wh.begin() as conn:
+        conn.execute(
+            text(
+                f'CREATE FUNCTION "{schema}".paced() RETURNS boolean LANGUAGE plpgsql VOLATILE '
+                "AS $$ BEGIN PERFORM pg_sleep(0.001); RETURN true; END $$"
+            )
+        )
+    mapref = f"{schema}_fenced"
+    queue = f"cl-{TOKEN}-fence"
+    settings = make_settings({mapref: _paced_mapping(schema)})
+    settings = settings.model_copy(
+        update={"celery": settings.celery.model_copy(update={"queue": queue})}
+    )
+    celery_conf = dict(base_config["celery"])
+    celery_conf["broker_transport_options"] = {
+        **celery_conf["broker_transport_options"],
+        # restore unacked messages every second (not every 100 s), so redelivery follows
+        # the visibility timeout closely
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": 5,
+    }
+    config = tmp_path / "fence.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                **base_config,
+                "celery": celery_conf,
+                # A frozen inside a batch loses its session (and its locks) after 3 s
+                "target_sessions": {"idle_in_transaction_timeout_s": 3},
+            }
+        )
+    )
+    env = {"CHORDLOAD_VISIBILITY_TIMEOUT_S": "8"}
+    workers = {
+        name: WorkerProcess(
+            config,
+            queue=queue,
+            name=f"{name}-{TOKEN}",
+            concurrency=1,
+            log_path=tmp_path / f"{name}.log",
+            extra_env=env,
+        )
+        for name in ("a", "b")
+    }
+    metadata = get_engine(settings.metadata)
+    frozen = None
+    try:
+        workers["a"].start()
+        first = launch(mapref, settings=settings, chunks_override=1)
+        chunk = wait_until(
+            lambda: next(
+                (
+                    c
+                    for c in store.get_chunks(metadata, first)
+                    if c.status is ChunkStatus.RUNNING and c.batches_done >= 3
+                ),
+                None,
+            ),
+            what="the chunk in the middle of its batches",
+        )
+        frozen = workers["a"].proc.pid
+        os.killpg(frozen, signal.SIGSTOP)
+        workers["b"].start()
+        run = wait(first, settings=settings, timeout_s=120)
+        assert run.status is RunStatus.SUCCESS, run.message
+        assert store.get_chunk(metadata, first, chunk.chunk_no).attempts >= 2
+
+        with wh.begin() as conn:  # newer data, then a newer run loads it
+            conn.execute(
+                text(
+                    f"UPDATE \"{schema}\".customers SET name = name || ' v2', "
+                    "updated_at = updated_at + INTERVAL '1 day'"
+                )
+            )
+        second = wait(launch(mapref, settings=settings), settings=settings, timeout_s=120)
+        assert second.status is RunStatus.SUCCESS, second.message
+
+        os.killpg(frozen, signal.SIGCONT)
+        frozen = None
+        inspect = client_app(settings).control.inspect(
+            destination=[workers["a"].hostname], timeout=2
+        )
+        wait_until(
+            lambda: (inspect.active() or {}).get(workers["a"].hostname) == [],
+            timeout_s=60,
+            what="the woken worker to end its attempt",
+        )
+    finally:
+        if frozen is not None:
+            os.killpg(frozen, signal.SIGCONT)
+        for worker in workers.values():
+            worker.stop()
+
+    target, source = f'"{schema}".dim_customer', f'"{schema}".customers'
+    current = f"SELECT {BUSINESS_COLUMNS} FROM {target} WHERE is_current"
+    assert diff_count(wh, current, f"SELECT {BUSINESS_COLUMNS} FROM {source}") == 0
+    with wh.connect() as conn:
+        versions = conn.execute(text(f"SELECT count(*), count(DISTINCT id) FROM {target}")).one()
+    assert tuple(versions) == (2 * ROWS, ROWS), "exactly one version per key and run"
+    first_run, second_run = (store.get_run(metadata, r) for r in (first, second.run_id))
+    assert (first_run.rows_read, first_run.rows_inserted, first_run.rows_changed) == (ROWS, ROWS, 0)
+    assert (second_run.rows_read, second_run.rows_inserted, second_run.rows_changed) == (
+        ROWS,
+        0,
+        ROWS,
+    )
+
+
+def test_a_run_is_not_resumed_over_a_newer_run(
+    workers, base_config, make_settings, wh, schema, tmp_path, capsys, clean_cli_env
+):
+    """Resuming an older run after a newer one loaded would write older values over newer:
+    refused (exit 4), with what to do instead."""
+    create_customers(wh, schema, 50)
+    settings = make_settings({schema: scd2_mapping(schema)})
+    metadata = get_engine(settings.metadata)
+    older = wait(launch(schema, settings=settings), settings=settings, timeout_s=60)
+    store.set_run_status(
+        metadata, older.run_id, RunStatus.FAILED, only_from={RunStatus.SUCCESS}, message="say"
+    )
+    newer = wait(launch(schema, settings=settings), settings=settings, timeout_s=60)
+    assert newer.status is RunStatus.SUCCESS
+    config = write_config(tmp_path / "resume.yaml", base_config)
+    result = run_cli(capsys, "--config", config, "resume", older.run_id)
+    code, err = result.code, result.err
+    assert code == 4, result
+    assert newer.run_id in err and f"chordload run {schema}" in err
+    assert store.get_run(metadata, older.run_id).status is RunStatus.FAILED
