@@ -435,6 +435,61 @@ def test_reconcile_relaunches_chunks_whose_messages_were_lost(
     _target_matches_source(wh, schema)
 
 
+def test_reconcile_relaunches_the_running_chunk_of_a_dead_worker(
+    config_path, make_settings, wh, schema, tmp_path
+):
+    """A whole worker is SIGKILLed mid-chunk: its message stays unacknowledged in Redis until
+    the visibility timeout (4 h by default), and the chunk stays RUNNING. Reconcile, called as
+    beat would, sees no worker holding the task and relaunches the chunk; a new worker loads
+    it and the run ends SUCCESS, exact, in seconds rather than hours."""
+    create_customers(wh, schema, 30_000)
+    mapping = scd2_mapping(schema, batch_rows=500)
+    queue = f"cl-{TOKEN}-dead"
+    settings = _with_queue(make_settings({schema: mapping}), queue, lost_message_grace_s=3)
+    metadata = get_engine(settings.metadata)
+
+    def worker(name: str) -> WorkerProcess:
+        process = WorkerProcess(
+            config_path,
+            queue=queue,
+            name=f"{name}-{TOKEN}",
+            concurrency=1,
+            log_path=tmp_path / f"{name}.log",
+        )
+        process.start()
+        return process
+
+    first = worker("doomed")
+    second = None
+    actions = []
+    try:
+        run_id = launch(schema, settings=settings, chunks_override=1)
+        wait_until(
+            lambda: store.get_chunks(metadata, run_id)[0].batches_done >= 2,
+            what="the chunk in the middle of its batches",
+        )
+        os.killpg(first.proc.pid, signal.SIGKILL)
+        first.proc.wait(10)
+        first.stop()
+        second = worker("heir")
+
+        def terminal() -> bool:
+            actions.extend(a for a in reconcile(settings) if a.run_id == run_id)
+            return store.get_run(metadata, run_id).status.is_terminal
+
+        wait_until(terminal, timeout_s=90, interval_s=0.5, what="the relaunched run to finish")
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert [a.action for a in actions if a.action == "relaunched"] == ["relaunched"], actions
+    run = store.get_run(metadata, run_id)
+    assert run.status is RunStatus.SUCCESS, run.message
+    assert (run.rows_read, run.rows_inserted) == (30_000, 30_000)
+    assert "reconcile relaunched chunk(s) 0" in run.plan_note
+    _target_matches_source(wh, schema)
+
+
 def test_reconcile_leaves_queued_and_working_runs_alone(workers, make_settings, wh, schema):
     """Messages waiting on a queue no worker reads yet are not lost; neither are the chunks of
     a run that workers are loading: reconcile (with a 1 s grace) relaunches neither."""

@@ -7,13 +7,15 @@ every active run and
 - fails it when it is past its deadline (``run_timeout_s`` of the planned mapping);
 - fails it when a RUNNING chunk has not heart-beaten for longer than the broker's visibility
   timeout plus a grace period (by then the broker would have redelivered it);
-- relaunches its PENDING chunks whose task messages were lost (a Redis restarted without
-  persistence, kombu failing to restore unacked messages): no chunk of the run showed
-  progress for ``celery.lost_message_grace_s``, the run's queue is empty and no worker holds
-  their task ids (running, reserved or scheduled). Those chunks get new task ids under a new
-  launch and one chord of their own, as a resume would; the run stays RUNNING. An old message
-  that comes back after all is superseded (``begin_chunk``), and the old chord's callback
-  carries the old launch, so it is ignored.
+- relaunches its open chunks whose tasks are gone: PENDING chunks whose messages were lost
+  (a Redis restarted without persistence, kombu failing to restore unacked messages) and
+  RUNNING chunks whose worker died or whose task gave up during a metadata outage: no chunk
+  of the run showed progress for ``celery.lost_message_grace_s``, the run's queue is empty
+  and no worker holds their task ids (running, reserved or scheduled). Fencing
+  (``shared/fence.py``) makes this safe even when the old attempt is only frozen. Those
+  chunks get new task ids under a new launch and one chord of their own, as a resume would;
+  the run stays RUNNING. An old message that comes back after all is superseded
+  (``begin_chunk``), and the old chord's callback carries the old launch, so it is ignored.
 A failed run also gets a stop request, so chunks still in flight quit at their next batch.
 Finalization is idempotent, so racing the chord body or a stop is harmless.
 """
@@ -67,18 +69,27 @@ def _last_progress(run: ProcessLog, chunks: list[ChunkLog]) -> dt.datetime:
 def _lost_chunks(
     settings: Settings, run: ProcessLog, chunks: list[ChunkLog], now: dt.datetime
 ) -> list[ChunkLog]:
-    """The run's PENDING chunks whose task messages are gone: nothing moved for
-    ``lost_message_grace_s``, the queue is empty and no worker holds their task ids. The
-    queue is read before the workers are asked, so a message on its way from the queue to a
-    worker is seen in one place or the other."""
-    pending = [c for c in chunks if c.status is ChunkStatus.PENDING]
+    """The run's open chunks whose tasks are gone: nothing moved for ``lost_message_grace_s``,
+    the queue is empty and no worker holds their task ids. PENDING: the message was lost
+    (a Redis restarted without persistence). RUNNING: its worker died with the message
+    unacknowledged (back only after the visibility timeout, hours by default), or its task
+    gave up during a metadata outage; should that attempt still be alive after all (a frozen
+    worker), fencing keeps it from writing once the new attempt has started. The queue is
+    read before the workers are asked, so a message on its way from the queue to a worker is
+    seen in one place or the other."""
     grace = dt.timedelta(seconds=settings.celery.lost_message_grace_s)
-    if not pending or now - _last_progress(run, chunks) < grace:
+    open_ = [
+        c
+        for c in chunks
+        if c.status is ChunkStatus.PENDING
+        or (c.status is ChunkStatus.RUNNING and now - _last_heartbeat(c) > grace)
+    ]
+    if not open_ or now - _last_progress(run, chunks) < grace:
         return []
     if broker.queue_length(settings) > 0:
         return []
     held = broker.task_ids_held_by_workers(settings)
-    return [c for c in pending if c.task_id not in held]
+    return [c for c in open_ if c.task_id not in held]
 
 
 def _relaunch(
@@ -87,8 +98,8 @@ def _relaunch(
     """Resend ``lost`` as a new launch's chord (one metadata transaction, then the chord)."""
     numbers = ", ".join(str(c.chunk_no) for c in lost)
     note = (
-        f"{now.isoformat(' ', 'seconds')} reconcile relaunched chunk(s) {numbers}: their task "
-        f"messages were lost (empty queue, no worker holds them, no progress for "
+        f"{now.isoformat(' ', 'seconds')} reconcile relaunched chunk(s) {numbers}: their "
+        f"tasks were lost (empty queue, no worker holds them, no progress for "
         f"{settings.celery.lost_message_grace_s} s)"
     )
     metadata = get_engine(settings.metadata)
@@ -104,7 +115,7 @@ def _relaunch(
         log.error("reconcile: run %s: relaunching chunk(s) %s failed: %s", run.run_id, numbers, exc)
         return ReconcileAction(run.run_id, run.mapref, "failed", "FAILED")
     log.warning(
-        "reconcile: run %s: relaunched chunk(s) %s as launch %s; their task messages were lost",
+        "reconcile: run %s: relaunched chunk(s) %s as launch %s; their tasks were lost",
         run.run_id,
         numbers,
         relaunched.launches,
