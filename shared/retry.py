@@ -52,7 +52,7 @@ class RetryPolicy:
 
 METADATA_WRITE = RetryPolicy(attempts=6, base_s=0.05, max_s=5.0)
 FINALIZE = RetryPolicy(attempts=8, base_s=0.05, max_s=10.0)
-TASK_METADATA = RetryPolicy(attempts=5, base_s=1.0, max_s=30.0)
+TASK_METADATA = RetryPolicy(attempts=5, base_s=1.0, max_s=10.0)
 TASK_METADATA_WINDOW_S = 300.0  # and for as long as the outage lasts up to this
 POLL_OUTAGE_S = 300.0
 POLL_BACKOFF = RetryPolicy(attempts=0, base_s=0.5, max_s=5.0)  # attempts: bounded by time

@@ -3,6 +3,7 @@ worker, one active run per mapping under races, bounded connections, faults, sec
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -823,60 +824,106 @@ def test_hostile_identifiers_are_taken_literally(workers, make_settings, wh, sch
     assert rows == ["a", "b"]
 
 
-@pytest.mark.e2e
-def test_waiting_rides_out_a_metadata_outage(workers, make_settings, wh, schema):
-    """`run --wait` / `watch` poll the metadata database: cut off (every connection dropped,
-    new ones refused) while the run goes on, the wait keeps asking and returns the run's
-    real outcome instead of failing on the blip."""
+OUTAGE_S = 60
+
+
+def test_a_minute_without_metadata_and_warehouse(base_config, metadata_ready, wh, schema, tmp_path):
+    """Mid-run, the metadata database and the warehouse are both cut off for a minute (a TCP
+    proxy drops every connection and refuses new ones), for the workers and for the
+    `run --wait --json` that follows the run. Chunks retry within retries.window_s, tasks
+    whose metadata writes fail are retried by Celery, the wait keeps polling: the CLI exits 0
+    with its JSON, the run is SUCCESS, and the target equals the source."""
+    from tests.cliutil import run_subprocess
     from tests.tcp_proxy import TcpProxy
 
-    create_customers(wh, schema, 20_000)
-    settings = make_settings({schema: scd2_mapping(schema, batch_rows=1_000)})
-    proxy = TcpProxy("127.0.0.1", 5432)
-    host = PG_HOST.rsplit("@", 1)[1]  # 127.0.0.1:5432
-    proxied = settings.model_copy(
-        update={"metadata": settings.metadata.replace(host, f"127.0.0.1:{proxy.port}")}
-    )
-    metadata = get_engine(settings.metadata)
-    outcome: dict = {}
-    seen = threading.Event()
-    try:
-        run_id = launch(schema, settings=settings)
-
-        def waiter() -> None:
-            try:
-                outcome["run"] = wait(
-                    run_id,
-                    settings=proxied,
-                    timeout_s=120,
-                    poll_s=0.1,
-                    on_progress=lambda _snap: seen.set(),
-                )
-            except Exception as exc:
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=waiter, daemon=True)
-        thread.start()
-        assert seen.wait(30), "the wait never polled"
-        proxy.cut()
-        # the outage lasts until the run has ended (seen directly) and the wait has been
-        # refused a few times
-        wait_until(
-            lambda: (
-                store.get_run(metadata, run_id).status.is_terminal
-                and (proxy.refused >= 3 or not thread.is_alive())
-            ),
-            timeout_s=90,
-            what="the run to end while the wait is cut off",
+    rows = 8_000
+    create_customers(wh, schema, rows)
+    with wh.begin() as conn:  # about 1 ms a row: the run is still loading when the cut comes
+        conn.execute(
+            text(
+                f'CREATE FUNCTION "{schema}".paced() RETURNS boolean LANGUAGE plpgsql VOLATILE '
+                "AS $$ BEGIN PERFORM pg_sleep(0.001); RETURN true; END $$"
+            )
         )
-        assert thread.is_alive(), f"the wait gave up during the outage: {outcome}"
-        proxy.restore()
-        thread.join(60)
-        assert "error" not in outcome, outcome
-        assert outcome["run"].status is RunStatus.SUCCESS, outcome["run"].message
-        assert outcome["run"].rows_inserted == 20_000
+    # retries back off up to 5 s (60 s by default), so the run goes on soon after the outage
+    mapping = scd2_mapping(schema, batch_rows=400, retries={"backoff_max_s": 5})
+    mapping["source"]["query"] = (
+        f'SELECT {BUSINESS_COLUMNS} FROM "{schema}"."customers" WHERE "{schema}".paced()'
+    )
+    metadata_proxy, warehouse_proxy = TcpProxy("127.0.0.1", 5432), TcpProxy("127.0.0.1", 5432)
+    host = PG_HOST.rsplit("@", 1)[1]  # 127.0.0.1:5432
+    queue = f"cl-{TOKEN}-outage"
+    config = {
+        **base_config,
+        "metadata": base_config["metadata"].replace(host, f"127.0.0.1:{metadata_proxy.port}"),
+        "connections": {
+            **base_config["connections"],
+            "wh": base_config["connections"]["wh"].replace(
+                host, f"127.0.0.1:{warehouse_proxy.port}"
+            ),
+        },
+        "celery": {**base_config["celery"], "queue": queue},
+        "mappings": {schema: mapping},
+    }
+    path = tmp_path / "outage.yaml"
+    path.write_text(yaml.safe_dump(config))
+    worker = WorkerProcess(
+        path, queue=queue, name=f"outage-{TOKEN}", concurrency=2, log_path=tmp_path / "w.log"
+    )
+    worker.start()
+    metadata = get_engine(base_config["metadata"])  # the test's own view, never cut
+    outcome: dict = {}
+
+    def run_and_wait() -> None:
+        outcome["cli"] = run_subprocess(
+            "--config", path, "run", schema, "--chunks", "2", "--wait", "--json", timeout_s=300
+        )
+
+    cli = threading.Thread(target=run_and_wait, daemon=True)
+    try:
+        cli.start()
+        run = wait_until(
+            lambda: next(
+                (
+                    r
+                    for r in store.recent_runs(metadata)
+                    if r.mapref == schema
+                    and any(c.batches_done >= 2 for c in store.get_chunks(metadata, r.run_id))
+                ),
+                None,
+            ),
+            timeout_s=60,
+            what="the run loading its chunks",
+        )
+        metadata_proxy.cut()
+        warehouse_proxy.cut()
+        cut_at = time.monotonic()
+        # the outage is the scenario: it lasts OUTAGE_S, while both sides keep knocking
+        wait_until(
+            lambda: time.monotonic() - cut_at >= OUTAGE_S,
+            timeout_s=OUTAGE_S + 5,
+            interval_s=1,
+            what="the outage to last its minute",
+        )
+        assert metadata_proxy.refused > 0 and warehouse_proxy.refused > 0
+        assert not store.get_run(metadata, run.run_id).status.is_terminal
+        metadata_proxy.restore()
+        warehouse_proxy.restore()
+        cli.join(240)
+        assert not cli.is_alive(), "run --wait never returned"
     finally:
-        proxy.close()
+        metadata_proxy.close()
+        warehouse_proxy.close()
+        worker.stop()
+    result = outcome["cli"]
+    assert result.code == 0, (result, worker.log_tail())
+    summary = json.loads(result.out)
+    assert (summary["run_id"], summary["status"]) == (run.run_id, "SUCCESS"), summary
+    assert (summary["rows_read"], summary["rows_inserted"]) == (rows, rows), summary
+    current = f'SELECT {BUSINESS_COLUMNS} FROM "{schema}".dim_customer WHERE is_current'
+    assert diff_count(wh, current, f'SELECT {BUSINESS_COLUMNS} FROM "{schema}".customers') == 0
+    with wh.connect() as conn:
+        assert conn.execute(text(f'SELECT count(*) FROM "{schema}".dim_customer')).scalar() == rows
 
 
 @pytest.mark.e2e
