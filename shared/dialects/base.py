@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
 
 from shared.config.mapping import AuditColumns, TargetSpec
+from shared.dialects.holds import ValueCheck
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 from shared.errors import ConfigError
 
@@ -416,6 +417,14 @@ class DialectAdapter:
 
     def row_hash_expr(self, qualified_columns: Sequence[str]) -> str:
         raise NotImplementedError
+
+    def value_check(
+        self, conn: Connection, target: TargetSpec, columns: Sequence[str]
+    ) -> ValueCheck:
+        """The values of ``columns`` the target would not hold as they are, found in Python
+        before staging (shared/dialects/holds.py). By default none: a database that refuses
+        by itself every value it cannot hold (PostgreSQL) needs no rules."""
+        return ValueCheck.none(columns)
 
     # -- SQL pieces of the SCD statements (shared/scd/) -------------------------------------
     def null_safe_eq(self, left: str, right: str) -> str:
