@@ -328,7 +328,13 @@ class PostgresAdapter(DialectAdapter):
             self.q(c) if c in typed else f"{self.q(c)}::text AS {self.q(c)}" for c in columns
         )
         conn.execute(text(HASH_SESSION))
-        return [tuple(r) for r in conn.execute(text(f"SELECT {cols} FROM {stage} ORDER BY cl_seq"))]
+        cursor = dbapi_connection(conn).cursor()
+        read_exactly(cursor)  # keys and checkpoint too: infinity stays infinity
+        try:
+            cursor.execute(f"SELECT {cols} FROM {stage} ORDER BY cl_seq")
+            return [tuple(r) for r in cursor.fetchall()]
+        finally:
+            cursor.close()
 
     def source_columns(self, conn: Connection, query: str) -> list[SourceColumn]:
         result = conn.execute(text(f"SELECT * FROM {self.from_query(query)} LIMIT 0"))
