@@ -342,6 +342,17 @@ class DialectAdapter:
         NULLs as distinct must override this."""
         return "(" + ", ".join(self.q(k) for k in keys) + ")"
 
+    def null_safe_key_index(self, conn: Connection, target: TargetSpec, name: str) -> bool | None:
+        """Whether the target's unique key index ``name`` treats a NULL key part as one value
+        (``unique_key_sql``); None if there is no such index, or nothing to upgrade (a
+        database whose key index always was NULL-safe)."""
+        return None
+
+    def drop_index_sql(self, target: TargetSpec, name: str) -> str:
+        if target.schema_name:
+            return f"DROP INDEX {self.q(target.schema_name)}.{self.q(name)}"
+        return f"DROP INDEX {self.q(name)}"
+
     def create_target(
         self,
         conn: Connection,

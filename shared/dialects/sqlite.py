@@ -196,6 +196,15 @@ class SqliteAdapter(DialectAdapter):
         parts = [f"{self.q(k)} IS NULL, ifnull({self.q(k)}, 0)" for k in keys]
         return "(" + ", ".join(parts) + ")"
 
+    def null_safe_key_index(self, conn: Connection, target: TargetSpec, name: str) -> bool | None:
+        """Whether the index's definition is the (IS NULL, ifnull) pairs of unique_key_sql."""
+        schema = self.q(target.schema_name) + "." if target.schema_name else ""
+        sql = conn.execute(
+            text(f"SELECT sql FROM {schema}sqlite_master WHERE type = 'index' AND name = :name"),
+            {"name": name},
+        ).scalar()
+        return None if sql is None else " IS NULL" in str(sql)
+
     def surrogate_key_ddl(self) -> str:
         return "INTEGER PRIMARY KEY AUTOINCREMENT"
 
