@@ -201,6 +201,10 @@ def _no_nul(shown: str) -> Any:
     return rule
 
 
+def _nul_free(values: list[str]) -> bool:
+    return "\x00" not in "".join(values)
+
+
 def _time_of_day(shown: str) -> Any:
     def rule(value: dt.timedelta) -> str:
         return f"duration {value} is not a time of day; {shown} cannot hold it"
@@ -524,7 +528,7 @@ class PostgresAdapter(DialectAdapter):
             if str(types.get(name, "")).startswith("time"):
                 column[dt.timedelta] = _time_of_day(shown)
             rules.append(column)
-        return ValueCheck(columns, rules)
+        return ValueCheck(columns, rules, screens={str: _nul_free})
 
     def row_hash_expr(self, qualified_columns: Sequence[str]) -> str:
         return f"md5(ROW({', '.join(qualified_columns)})::text)"
