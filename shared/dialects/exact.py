@@ -4,12 +4,12 @@ PostgreSQL dates and timestamps reach beyond Python's ``date``/``datetime``: ``i
 ``-infinity``, BC dates and years after 9999 (and ``time`` has ``24:00:00``). psycopg2 turns
 infinity into ``date.max``/``datetime.min`` silently and fails on the others. The PostgreSQL
 adapter reads such a value as one of the classes below instead: a subclass of the Python type
-that compares as its nearest end of the Python range (so sorting, duplicate resolution and
-checkpoint maxima still work), and carries ``source_text``, the value as the source printed
-it. A target that can hold the text stores that (PostgreSQL parses it back; SQLite keeps it
-as text); a target that cannot (MariaDB's ``DATE``/``DATETIME``) quarantines the row, naming
-the column and the value (``shared/dialects/holds.py``). Nothing turns one into its stand-in
-Python value silently.
+that sorts as its nearest end of the Python range (so sorting and checkpoint maxima still
+work), equals only the same source value, and carries ``source_text``, the value as the
+source printed it. A target that can hold the text stores that (PostgreSQL parses it back;
+SQLite keeps it as text); a target that cannot (MariaDB's ``DATE``/``DATETIME``) quarantines
+the row, naming the column and the value (``shared/dialects/holds.py``). Nothing turns one
+into its stand-in Python value silently.
 """
 
 from __future__ import annotations
@@ -25,6 +25,17 @@ class _SourceText:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source_text!r})"
+
+    # Equal only to the same source value: 'infinity' is not the key '9999-12-31 23:59:59.999999'
+    # (duplicate resolution groups rows by equal keys). Order stays the stand-in's.
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _SourceText) and other.source_text == self.source_text
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(self.source_text)
 
 
 class SourceDate(_SourceText, dt.date):
