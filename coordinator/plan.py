@@ -28,6 +28,7 @@ from shared.run.plan import RunPlan
 from shared.run.values import Value, stride_bounds
 from shared.run.window import ChunkRange, ranges_from_bounds
 from shared.scd.hashes import mark_new_target, upgrade_row_hashes
+from shared.scd.key_index import upgrade_key_index
 from shared.scd.target import Scd2Options, ScdTarget
 from shared.timeutil import utcnow
 
@@ -265,7 +266,7 @@ def plan_run(
             f"on {', '.join(spec.checkpoint_columns) or '-'}, chunks on "
             f"{', '.join(spec.split_columns)}): {describe_db_error(exc)}"
         ) from None
-    rehashed = ensure_target(settings, mapref, spec, source_columns)
+    target_notes = ensure_target(settings, mapref, spec, source_columns)
     ranges = ranges_from_bounds(bounds)
     if parts > 1:
         if spec.chunking.strategy is not ChunkStrategy.QUANTILE:
@@ -274,11 +275,8 @@ def plan_run(
             note += f"; {len(ranges)} distinct key ranges"
     if planned.notes:
         note += "; " + "; ".join(planned.notes)
-    if rehashed:
-        note += (
-            f"; {rehashed} current rows of {spec.target.table} rehashed to the current "
-            f"row-hash definition (once)"
-        )
+    if target_notes:
+        note += "; " + "; ".join(target_notes)
     run = RunPlan(
         new_run_id(),
         mapref,
@@ -352,9 +350,11 @@ def _hashed_target(
 
 def ensure_target(
     settings: Settings, mapref: str, spec: MappingSpec, source_columns: list[SourceColumn]
-) -> int:
+) -> list[str]:
     """Create the target if it is missing, or check that it fits; bring its stored row
-    hashes to the current definition (``shared/scd/hashes.py``). Returns the rows rehashed."""
+    hashes to the current definition (``shared/scd/hashes.py``) and its unique key index to
+    one that treats NULL key parts as one key (``shared/scd/key_index.py``). Returns notes
+    for the plan on what was upgraded."""
     url = settings.connection_url(spec.target.connection)
     engine = get_engine(url)
     adapter = adapter_for(engine)
@@ -380,7 +380,15 @@ def ensure_target(
         with connection as conn, conn.begin():
             hashed = _hashed_target(adapter, spec, source_columns)
             if fits(conn):
-                return upgrade_row_hashes(conn, hashed, spec.target)
+                notes = []
+                rehashed = upgrade_row_hashes(conn, hashed, spec.target)
+                if rehashed:
+                    notes.append(
+                        f"{rehashed} current rows of {spec.target.table} rehashed to the "
+                        f"current row-hash definition (once)"
+                    )
+                index_note = upgrade_key_index(conn, hashed, spec.target, source_columns)
+                return notes + ([index_note] if index_note else [])
             adapter.create_target(
                 conn,
                 spec.target,
@@ -391,7 +399,7 @@ def ensure_target(
                 **_target_options(spec, source_columns),
             )
             mark_new_target(conn, hashed, spec.target)
-            return 0
+            return []
     except ConfigError as err:  # an existing target that does not fit: name the mapping
         raise ConfigError(f"mapping '{mapref}': {err}") from None
     except DBAPIError as exc:
@@ -400,7 +408,7 @@ def ensure_target(
         # Two coordinators may race to create it: if it exists now, the other one won.
         with engine.begin() as conn:
             if fits(conn):
-                return 0
+                return []
         raise ConfigError(
             f"mapping '{mapref}': cannot create target table "
             f"{spec.target.table}: {describe_db_error(exc)}"

@@ -39,6 +39,7 @@ from shared.chunk.duplicates import (
 from shared.chunk.result import ChunkCounts, ChunkResult
 from shared.config.settings import Settings
 from shared.dialects import adapter_for
+from shared.dialects.holds import ValueCheck, no_checkpoint_beyond_range
 from shared.dialects.relay import Relay, relay_between
 from shared.engines import READ_ONLY, SessionLimits, get_engine
 from shared.errors import (
@@ -238,6 +239,7 @@ class ChunkLoad:
         # the last key of the latest relayed batch, as the stage typed it (see _load_relayed)
         self.relayed_last_key: tuple | None = None
         self.stage = ""
+        self.value_check = ValueCheck.none(plan.columns)  # set with the stage
         # the latest committed batch, recorded when the next one is read (with the stop
         # check) or, for the chunk's last batch, with the chunk's end
         self.unrecorded: RecordedBatch | None = None
@@ -287,9 +289,10 @@ class ChunkLoad:
     def _text_columns(self) -> list[str]:
         """Columns the typed path can read as the source's text: between databases whose
         text the target parses exactly (those that relay), all but the key and checkpoint
-        columns the loader compares as values. Python values of PostgreSQL's arrays,
-        intervals, json, infinity or BC dates would not come back as they were. A PYTHON
-        checkpoint function sees every column as a value, so it keeps them typed."""
+        columns the loader compares as values. Otherwise (a PYTHON checkpoint function sees
+        every column as a value; other targets) values are read typed, exactly as the source
+        adapter can (PostgreSQL: arrays, intervals, json as its text, infinity and BC dates
+        with their text, shared/dialects/exact.py)."""
         if self.checkpoint.computed or not self.source_adapter.relays_to(self.target_adapter):
             return []
         compared = {*self.plan.spec.keys, *self.plan.spec.checkpoint_columns}
@@ -299,9 +302,11 @@ class ChunkLoad:
         """The stage typed batches load through, made on first use (a relayed chunk may
         never need it)."""
         if not self.stage:
+            spec, columns = self.plan.spec, self.plan.columns
             with tconn.begin():
-                self.stage = self.target_adapter.chunk_stage(
-                    tconn, self.plan.spec.target, self.plan.columns
+                self.stage = self.target_adapter.chunk_stage(tconn, spec.target, columns)
+                self.value_check = self.target_adapter.value_check(tconn, spec.target, columns).add(
+                    spec.checkpoint_columns, no_checkpoint_beyond_range()
                 )
 
     def _run_typed(self, tconn: Connection) -> None:
@@ -442,16 +447,22 @@ class ChunkLoad:
         self, tconn: Connection, rows: list[tuple], how: Pass
     ) -> tuple[ApplyCounts, list[tuple[tuple, str]]]:
         """Stage and apply ``rows`` in a savepoint, bisecting around rows the target
-        rejects for their data. Returns the counts of what was applied and the
-        (row, message) pairs that were rejected."""
+        rejects for their data. Rows with a value the target cannot hold as it is are
+        rejected before staging (``value_check``: a database may round or clamp silently).
+        Returns the counts of what was applied and the (row, message) pairs that were
+        rejected."""
         adapter, columns = self.target_adapter, self.plan.columns
+        rows, refused = self.value_check.split(rows)
+        if not rows:
+            return ApplyCounts(), refused
 
         def attempt(part: Sequence[tuple]) -> ApplyCounts:
             adapter.clear_stage(tconn, self.stage)
             adapter.load_stage(tconn, self.stage, columns, part)
             return self._apply(tconn, self.stage, len(part), self._has_null_keys(part), how)
 
-        return bisect(tconn, rows, attempt, ApplyCounts.__add__, ApplyCounts())
+        counts, bad = bisect(tconn, rows, attempt, ApplyCounts.__add__, ApplyCounts())
+        return counts, refused + bad
 
     def _has_null_keys(self, rows: Sequence[tuple]) -> bool:
         return any(row[i] is None for row in rows for i in self.key_positions)

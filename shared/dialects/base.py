@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
 
 from shared.config.mapping import AuditColumns, TargetSpec
+from shared.dialects.holds import ValueCheck
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 from shared.errors import ConfigError
 
@@ -341,6 +342,17 @@ class DialectAdapter:
         NULLs as distinct must override this."""
         return "(" + ", ".join(self.q(k) for k in keys) + ")"
 
+    def null_safe_key_index(self, conn: Connection, target: TargetSpec, name: str) -> bool | None:
+        """Whether the target's unique key index ``name`` treats a NULL key part as one value
+        (``unique_key_sql``); None if there is no such index, or nothing to upgrade (a
+        database whose key index always was NULL-safe)."""
+        return None
+
+    def drop_index_sql(self, target: TargetSpec, name: str) -> str:
+        if target.schema_name:
+            return f"DROP INDEX {self.q(target.schema_name)}.{self.q(name)}"
+        return f"DROP INDEX {self.q(name)}"
+
     def create_target(
         self,
         conn: Connection,
@@ -416,6 +428,14 @@ class DialectAdapter:
 
     def row_hash_expr(self, qualified_columns: Sequence[str]) -> str:
         raise NotImplementedError
+
+    def value_check(
+        self, conn: Connection, target: TargetSpec, columns: Sequence[str]
+    ) -> ValueCheck:
+        """The values of ``columns`` the target would not hold as they are, found in Python
+        before staging (shared/dialects/holds.py). By default none: a database that refuses
+        by itself every value it cannot hold (PostgreSQL) needs no rules."""
+        return ValueCheck.none(columns)
 
     # -- SQL pieces of the SCD statements (shared/scd/) -------------------------------------
     def null_safe_eq(self, left: str, right: str) -> str:

@@ -47,6 +47,13 @@ from sqlalchemy import Connection, Engine, event, text
 
 from shared.config.mapping import AuditColumns, TargetSpec
 from shared.dialects.base import STAGE_TABLE, DialectAdapter
+from shared.dialects.holds import (
+    ValueCheck,
+    beyond_range,
+    finite_decimal,
+    finite_float,
+    fits_decimal,
+)
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 from shared.errors import ConfigError, LoadError
 
@@ -102,6 +109,11 @@ def install_engine_hooks(engine: Engine) -> None:
         cursor = dbapi_conn.cursor()
         try:
             cursor.execute("SET time_zone = '+00:00'")
+            # strict: a value the column cannot hold is an error, never clamped or cut
+            cursor.execute(
+                "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), "
+                "'STRICT_ALL_TABLES')"
+            )
         finally:
             cursor.close()
 
@@ -572,6 +584,43 @@ class MysqlAdapter(DialectAdapter):
             return True
         finally:
             os.unlink(path)
+
+    def value_check(
+        self, conn: Connection, target: TargetSpec, columns: Sequence[str]
+    ) -> ValueCheck:
+        """Per target column, the values MariaDB would not hold as they are: NaN and
+        infinity anywhere (PyMySQL writes the bare word ``nan``), dates and timestamps beyond
+        Python's range (infinity, BC, year 10000 from PostgreSQL), and in a ``DECIMAL(p, s)``
+        more digits after the point than ``s`` (rounded with a mere note, even in strict mode)
+        or before it than ``p - s``; an integer column rounds a fraction the same way."""
+        schema = "DATABASE()" if not target.schema_name else ":schema"
+        described = {
+            row[0]: row[1:]
+            for row in conn.execute(
+                text(
+                    "SELECT column_name, data_type, numeric_precision, numeric_scale, "
+                    "column_type FROM information_schema.columns WHERE table_schema = "
+                    f"{schema} AND table_name = :table"
+                ),
+                {"schema": target.schema_name, "table": target.table_name},
+            )
+        }
+        rules = []
+        for name in columns:
+            data_type, precision, scale, column_type = described.get(name, ("", None, None, ""))
+            data_type = str(data_type).lower()
+            shown = f"MariaDB {str(column_type).upper()}"
+            column: dict = {
+                **finite_float(shown),
+                **finite_decimal(shown),
+                **beyond_range(shown),
+            }
+            if data_type == "decimal" and precision is not None:
+                column.update(fits_decimal(int(precision), int(scale or 0), shown))
+            elif data_type in ("tinyint", "smallint", "mediumint", "int", "bigint"):
+                column.update({t: r for t, r in fits_decimal(65, 0, shown).items() if t is not int})
+            rules.append(column)
+        return ValueCheck(columns, rules)
 
     # -- SCD apply ---------------------------------------------------------------------
     def key_order(self, ref: str) -> str:

@@ -35,6 +35,8 @@ from sqlalchemy import Connection, text
 
 from shared.config.mapping import TargetSpec
 from shared.dialects.base import STAGE_TABLE, DialectAdapter, dbapi_connection
+from shared.dialects.exact import beyond_range, source_text
+from shared.dialects.holds import Rules, ValueCheck
 from shared.dialects.relay import CopyRelay, RelayedShape
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 
@@ -82,6 +84,8 @@ def copy_text_value(value: Any) -> str:
     """One value in COPY's text format (NULL is \\N; backslash, tab and newlines escaped)."""
     if value is None:
         return "\\N"
+    if (original := source_text(value)) is not None:  # infinity, a BC date: as read
+        return original.translate(_ESCAPES)
     if value is True:
         return "t"
     if value is False:
@@ -135,6 +139,77 @@ def copy_text(rows: Sequence[tuple]) -> str:
         return ""
     columns = [copy_text_column(values) for values in zip(*rows)]
     return "\n".join(map("\t".join, zip(*columns))) + "\n"
+
+
+# -- reading values exactly (the typed path: PostgreSQL to another database, PYTHON checkpoint) --
+# psycopg2 turns some values into Python objects that do not give the value back: arrays into
+# lists, intervals into timedeltas (months become 30 days), json numbers into floats, a time
+# with time zone into a time with an offset object, ranges into Range objects; infinity into
+# date.max, and a BC date or year 10000 fails the whole read. The stream's cursor reads those
+# types as PostgreSQL's own text (under HASH_SESSION), and dates, timestamps and times beyond
+# Python's range as shared/dialects/exact.py's stand-ins that carry the source's text.
+_RANGE_OIDS = {3904, 3906, 3908, 3910, 3912, 3926}
+_AS_TEXT_OIDS = tuple(
+    sorted(
+        {
+            oid
+            for oid, caster in psycopg2.extensions.string_types.items()
+            if caster.name.upper().endswith("ARRAY")
+        }
+        | _RANGE_OIDS
+        | {114, 3802, 199, 3807, 704, 1186, 1266, 2950, 2951}
+    )
+)
+_AS_TEXT = psycopg2.extensions.new_type(_AS_TEXT_OIDS, "CHORDLOAD_AS_TEXT", lambda v, _cur: v)
+
+
+def _temporal_caster(oid: int, kind: str, default: Any, tz: dt.tzinfo | None) -> Any:
+    def cast(value: str | None, cur: Any) -> Any:
+        if value is None:
+            return None
+        if value in ("infinity", "-infinity") or value.startswith("24:"):
+            return beyond_range(kind, value, tz)  # psycopg2: date.max, time 00:00
+        try:
+            return default(value, cur)
+        except ValueError:  # a BC date, year 10000, time 24:00:00
+            return beyond_range(kind, value, tz)
+
+    return psycopg2.extensions.new_type((oid,), f"CHORDLOAD_{kind.upper()}_{oid}", cast)
+
+
+_EXACT_CASTERS = (
+    _AS_TEXT,
+    _temporal_caster(1082, "date", psycopg2.extensions.PYDATE, None),
+    _temporal_caster(1114, "timestamp", psycopg2.extensions.PYDATETIME, None),
+    _temporal_caster(1184, "timestamp", psycopg2.extensions.PYDATETIMETZ, dt.UTC),
+    _temporal_caster(1083, "time", psycopg2.extensions.PYTIME, None),
+)
+
+
+def read_exactly(cursor: Any) -> None:
+    """Make ``cursor`` read values exactly (see above); every other type as psycopg2 does."""
+    for caster in _EXACT_CASTERS:
+        psycopg2.extensions.register_type(caster, cursor)
+
+
+def _no_nul(shown: str) -> Any:
+    def rule(value: str) -> str | None:
+        if "\x00" not in value:
+            return None
+        return f"{shown} cannot hold the NUL character (U+0000) in {value[:40]!r}"
+
+    return rule
+
+
+def _nul_free(values: list[str]) -> bool:
+    return "\x00" not in "".join(values)
+
+
+def _time_of_day(shown: str) -> Any:
+    def rule(value: dt.timedelta) -> str:
+        return f"duration {value} is not a time of day; {shown} cannot hold it"
+
+    return rule
 
 
 class _PgColumn(Protocol):
@@ -257,7 +332,13 @@ class PostgresAdapter(DialectAdapter):
             self.q(c) if c in typed else f"{self.q(c)}::text AS {self.q(c)}" for c in columns
         )
         conn.execute(text(HASH_SESSION))
-        return [tuple(r) for r in conn.execute(text(f"SELECT {cols} FROM {stage} ORDER BY cl_seq"))]
+        cursor = dbapi_connection(conn).cursor()
+        read_exactly(cursor)  # keys and checkpoint too: infinity stays infinity
+        try:
+            cursor.execute(f"SELECT {cols} FROM {stage} ORDER BY cl_seq")
+            return [tuple(r) for r in cursor.fetchall()]
+        finally:
+            cursor.close()
 
     def source_columns(self, conn: Connection, query: str) -> list[SourceColumn]:
         result = conn.execute(text(f"SELECT * FROM {self.from_query(query)} LIMIT 0"))
@@ -296,6 +377,7 @@ class PostgresAdapter(DialectAdapter):
         compiled = text(sql).compile(dialect=conn.dialect)  # :name -> %(name)s, % doubled
         conn.execute(text(HASH_SESSION))  # values read as text: in forms every session parses
         cursor = dbapi_connection(conn).cursor(name=f"cl_stream_{uuid.uuid4().hex[:12]}")
+        read_exactly(cursor)
         try:
             cursor.execute(compiled.string, compiled.construct_params(params))
             while True:
@@ -338,6 +420,21 @@ class PostgresAdapter(DialectAdapter):
         cols = super().unique_key_sql(keys)
         version = self.engine.dialect.server_version_info or (0,)
         return f"{cols} NULLS NOT DISTINCT" if version >= (15,) else cols
+
+    def null_safe_key_index(self, conn: Connection, target: TargetSpec, name: str) -> bool | None:
+        """``pg_index.indnullsnotdistinct`` of the index (PostgreSQL 15+; before it, there
+        is nothing to upgrade to)."""
+        if (self.engine.dialect.server_version_info or (0,)) < (15,):
+            return None
+        value = conn.execute(
+            text(
+                "SELECT i.indnullsnotdistinct FROM pg_index i JOIN pg_class c ON "
+                "c.oid = i.indexrelid WHERE i.indrelid = to_regclass(:table) AND "
+                "c.relname = :name"
+            ),
+            {"table": self.table_ref(target), "name": name},
+        ).scalar()
+        return None if value is None else bool(value)
 
     def surrogate_key_ddl(self) -> str:
         return "bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
@@ -413,6 +510,25 @@ class PostgresAdapter(DialectAdapter):
         conn.execute(text(HASH_SESSION))
         if self._key_indexed(conn, table, keys):
             conn.execute(text("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"))
+
+    def value_check(
+        self, conn: Connection, target: TargetSpec, columns: Sequence[str]
+    ) -> ValueCheck:
+        """PostgreSQL refuses by itself what a column cannot hold, but names neither the
+        column nor the value for two cases other databases produce: text with a NUL
+        character (MariaDB, SQLite), and a MariaDB ``TIME`` beyond a time of day (a duration
+        such as ``-838:59:59``) for a ``time`` column."""
+        types: dict[str, str] = dict(
+            conn.execute(text(_COLUMN_TYPES_SQL), {"table": self.table_ref(target)}).all()
+        )
+        rules: list[Rules] = []
+        for name in columns:
+            shown = f"PostgreSQL {types.get(name) or 'column'}"
+            column: dict = {str: _no_nul(shown)}
+            if str(types.get(name, "")).startswith("time"):
+                column[dt.timedelta] = _time_of_day(shown)
+            rules.append(column)
+        return ValueCheck(columns, rules, screens={str: _nul_free})
 
     def row_hash_expr(self, qualified_columns: Sequence[str]) -> str:
         return f"md5(ROW({', '.join(qualified_columns)})::text)"

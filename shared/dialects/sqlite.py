@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import sqlite3
 import uuid
@@ -11,10 +12,80 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
+from shared.config.mapping import TargetSpec
 from shared.dialects.base import STAGE_TABLE, DialectAdapter
+from shared.dialects.exact import SourceDate, SourceDateTime, SourceTime
+from shared.dialects.holds import (
+    INT64_MAX,
+    INT64_MIN,
+    Rules,
+    ValueCheck,
+    significant_digits,
+)
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 
 sqlite3.register_adapter(Decimal, str)
+sqlite3.register_adapter(dt.time, dt.time.isoformat)  # no default adapter (a TEXT column)
+# a date or timestamp beyond Python's range (infinity, BC) is stored as the source's text
+for _beyond in (SourceDate, SourceDateTime, SourceTime):
+    sqlite3.register_adapter(_beyond, lambda value: value.source_text)
+
+REAL_DIGITS = 15  # significant digits SQLite keeps converting a numeric text to REAL
+
+
+def affinity(declared: str) -> str:
+    """SQLite's column affinity of a declared type (its documented rules, in order)."""
+    name = declared.upper()
+    if "INT" in name:
+        return "INTEGER"
+    if any(t in name for t in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if "BLOB" in name or not name:
+        return "BLOB"
+    if any(t in name for t in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
+
+
+def _nan(value: float) -> str | None:
+    return None if value == value else "NaN cannot be held by SQLite (it stores NaN as NULL)"
+
+
+def _int64(value: int) -> str | None:
+    if INT64_MIN <= value <= INT64_MAX:
+        return None
+    return f"{value} is beyond SQLite's 64-bit integers"
+
+
+def _numeric_rules(column_affinity: str) -> Rules:
+    """A NUMERIC, INTEGER or REAL column turns a numeric text into an INTEGER when it is one
+    (64-bit) and into a REAL otherwise, keeping 15 significant digits: a decimal with more
+    would arrive altered (1.00000000000000000001 becomes 1)."""
+
+    def decimal(value: Decimal) -> str | None:
+        if not value.is_finite():
+            return None  # kept as the text 'NaN' / 'Infinity'
+        if (
+            column_affinity != "REAL"
+            and value == value.to_integral_value()
+            and INT64_MIN <= value <= INT64_MAX
+        ):
+            return None
+        digits = significant_digits(value)
+        if digits <= REAL_DIGITS:
+            return None
+        return (
+            f"{value} has {digits} significant digits; a SQLite {column_affinity} column "
+            f"keeps {REAL_DIGITS} (it would store {float(value)!r})"
+        )
+
+    def integer(value: int) -> str | None:
+        if column_affinity == "REAL" and abs(value) > 2**53:
+            return f"{value} cannot be held exactly by a SQLite REAL column"
+        return _int64(value)
+
+    return {Decimal: decimal, int: integer}
+
 
 _RUNTIME_KINDS = {
     "integer": TypeKind.BIGINT,
@@ -125,6 +196,15 @@ class SqliteAdapter(DialectAdapter):
         parts = [f"{self.q(k)} IS NULL, ifnull({self.q(k)}, 0)" for k in keys]
         return "(" + ", ".join(parts) + ")"
 
+    def null_safe_key_index(self, conn: Connection, target: TargetSpec, name: str) -> bool | None:
+        """Whether the index's definition is the (IS NULL, ifnull) pairs of unique_key_sql."""
+        schema = self.q(target.schema_name) + "." if target.schema_name else ""
+        sql = conn.execute(
+            text(f"SELECT sql FROM {schema}sqlite_master WHERE type = 'index' AND name = :name"),
+            {"name": name},
+        ).scalar()
+        return None if sql is None else " IS NULL" in str(sql)
+
     def surrogate_key_ddl(self) -> str:
         return "INTEGER PRIMARY KEY AUTOINCREMENT"
 
@@ -157,6 +237,27 @@ class SqliteAdapter(DialectAdapter):
         cols = ", ".join(self.q(c) for c in columns)
         marks = ", ".join("?" for _ in columns)
         conn.exec_driver_sql(f"INSERT INTO {stage} ({cols}) VALUES ({marks})", list(rows))
+
+    def value_check(
+        self, conn: Connection, target: TargetSpec, columns: Sequence[str]
+    ) -> ValueCheck:
+        """NaN anywhere (SQLite stores NULL), integers beyond 64 bits, and in a column of
+        numeric affinity decimals with more significant digits than a REAL keeps. Dates and
+        timestamps beyond Python's range are held as the source's text."""
+        table = target.table_name.replace('"', '""')
+        schema = self.q(target.schema_name) + "." if target.schema_name else ""
+        declared = {
+            row[1]: str(row[2] or "")
+            for row in conn.exec_driver_sql(f'PRAGMA {schema}table_info("{table}")')
+        }
+        rules: list[Rules] = []
+        for name in columns:
+            column_affinity = affinity(declared.get(name, ""))
+            column: dict = {float: _nan, int: _int64}
+            if column_affinity in ("NUMERIC", "INTEGER", "REAL"):
+                column.update(_numeric_rules(column_affinity))
+            rules.append(column)
+        return ValueCheck(columns, rules)
 
     def null_safe_eq(self, left: str, right: str) -> str:
         return f"{left} IS {right}"

@@ -248,8 +248,13 @@ def coerce_like(text: str, example: Value) -> Value:
 def json_safe(value: Any) -> Any:
     """A source value as JSON can hold it (for error rows): text for dates, decimals, UUIDs,
     hex for bytes."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # JSON has no NaN or infinity: 'nan', 'inf', '-inf'
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    original = getattr(value, "source_text", None)  # infinity, a BC date (dialects/exact.py)
+    if isinstance(original, str):
+        return original
     if isinstance(value, (dt.date, dt.datetime, dt.time)):
         return value.isoformat()
     if isinstance(value, (Decimal, uuid.UUID)):
