@@ -391,6 +391,28 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from coordinator.progress import print_json
+    from coordinator.verify import exit_code, print_report, verify
+
+    settings = _settings(args)
+    _metadata(settings)
+    report = verify(
+        settings,
+        args.mapref,
+        chunks_override=args.chunks,
+        last_window=args.window,
+        sample_pct=args.sample,
+        timeout_s=args.timeout_s,
+        show=args.show,
+    )
+    if args.json:
+        print_json(report)
+    else:
+        print_report(report, Console())
+    return exit_code(report)
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from shared.engines import get_engine, mask_url
     from shared.metadata.schema import upgrade
@@ -550,6 +572,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("mapref", nargs="?")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
+        "verify",
+        parents=[common],
+        help="prove the target's current rows equal the source's (exit 0 equal, 1 different)",
+        description="Compare the source query's rows with the target's current rows, key "
+        "range by key range on the workers; list the keys missing from the target, the keys "
+        "the source does not have and the keys whose values differ (with their columns).",
+    )
+    p.add_argument("mapref")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--chunks", type=_positive_int, default=None, metavar="N", help="verify in N key ranges"
+    )
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--window",
+        action="store_true",
+        help="only the rows of the last successful run's checkpoint window",
+    )
+    scope.add_argument("--all", action="store_true", help="every key (the default)")
+    p.add_argument(
+        "--sample",
+        type=float,
+        default=None,
+        metavar="P",
+        help="verify a random P%% of the key ranges (for very large tables)",
+    )
+    p.add_argument(
+        "--show", type=int, default=10, metavar="N", help="list the first N keys of each kind"
+    )
+    p.add_argument("--timeout-s", type=float, default=None, help="give up waiting after this")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("db", parents=[common], help="metadata database")
     dbsub = p.add_subparsers(dest="db_command", required=True)

@@ -1,0 +1,247 @@
+"""``chordload verify`` with real workers on PostgreSQL → PostgreSQL, PostgreSQL → MariaDB
+and SQLite → PostgreSQL: equal after a clean load; then, after deleting target rows,
+altering target values (NULL ↔ value, one byte of a long text, two columns of one key),
+adding keys the source lacks and changing the source, it lists exactly those keys and
+columns, at one key range (split again until small) and at four. Plus: refused while a run
+is active, bad input, and --window."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from coordinator.launch import launch
+from coordinator.watch import wait
+from shared.config.settings import load_settings
+from shared.dialects import adapter_for
+from shared.engines import get_engine
+from shared.run.statuses import RunStatus
+from tests.cliutil import run_cli, write_config
+
+pytestmark = pytest.mark.e2e
+
+ROWS = 2400  # one range of 2400 rows is split again (leaf: 1000 rows); four of 600 are not
+COLUMNS = ["id", "name", "note", "amount", "flag", "day", "updated_at"]
+COLS = ", ".join(COLUMNS)
+LONG = "lorem ipsum dolor sit amet " * 80  # ~2 KB
+DDL = {
+    "pg": (
+        "CREATE TABLE {t} (id bigint PRIMARY KEY, name varchar(40), note text, "
+        "amount numeric(12,3), flag boolean, day date, updated_at timestamp NOT NULL)"
+    ),
+    "lite": (
+        "CREATE TABLE {t} (id INTEGER PRIMARY KEY, name VARCHAR(40), note TEXT, "
+        "amount NUMERIC(12,3), flag BOOLEAN, day DATE, updated_at TIMESTAMP NOT NULL)"
+    ),
+}
+T0 = dt.datetime(2026, 1, 1)
+
+
+def source_row(i: int) -> dict[str, Any]:
+    return {
+        "id": i,
+        "name": None if i % 7 == 0 else f"name {i}",
+        "note": f"{LONG}{i}" if i % 3 == 0 else f"short {i}",
+        "amount": None if i % 5 == 0 else Decimal(i * 1237) / 1000,
+        "flag": None if i % 11 == 0 else i % 2 == 0,
+        "day": dt.date(2025, 1, 1) + dt.timedelta(days=i % 400),
+        "updated_at": T0 + dt.timedelta(seconds=i),
+    }
+
+
+class Side:
+    """A database of one pairing: where a table lives and how to write to it."""
+
+    def __init__(self, kind: str, connection: str, url: str, schema: str | None = None):
+        self.kind, self.connection, self.schema = kind, connection, schema
+        self.engine = get_engine(url)
+        self.adapter = adapter_for(self.engine)
+
+    def ident(self, table: str) -> str:
+        name = self.adapter.q(table)
+        return f"{self.adapter.q(self.schema)}.{name}" if self.schema else name
+
+    def config_name(self, table: str) -> str:
+        return f"{self.schema}.{table}" if self.schema else table
+
+    def bind(self, row: dict[str, Any]) -> dict[str, Any]:
+        if self.kind != "lite":
+            return row
+        out = {}
+        for key, value in row.items():  # what a SQLite file holds: ISO text, 0/1
+            if isinstance(value, (dt.date, Decimal)):
+                value = value.isoformat(" ") if isinstance(value, dt.datetime) else str(value)
+            elif isinstance(value, bool):
+                value = int(value)
+            out[key] = value
+        return out
+
+    def execute(self, sql: str, rows: list[dict[str, Any]] | dict[str, Any] | None = None) -> int:
+        with self.engine.begin() as conn:
+            if isinstance(rows, list):
+                return conn.execute(text(sql), [self.bind(r) for r in rows]).rowcount
+            return conn.execute(text(sql), self.bind(rows or {})).rowcount
+
+    def drop(self, table: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS {self.ident(table)}"))
+
+
+PAIRS = [("pg", "pg"), ("pg", "mdb"), ("lite", "pg")]
+
+
+@pytest.fixture
+def sides(pg_urls, mariadb_url, sqlite_url, schema):
+    return {
+        "pg": Side("pg", "wh", pg_urls["wh"], schema),
+        "mdb": Side("mdb", "mdb", mariadb_url),
+        "lite": Side("lite", "lite", sqlite_url),
+    }
+
+
+def _verify(capsys, path, mapref: str, *argv: str) -> tuple[int, dict[str, Any]]:
+    result = run_cli(
+        capsys, "verify", mapref, "--config", path, "--json", "--timeout-s", 120, *argv
+    )
+    assert result.code in (0, 1), result
+    return result.code, json.loads(result.out)
+
+
+def _found(report: dict[str, Any]) -> dict[str, Any]:
+    first = report["first"]
+    return {
+        "missing": sorted(k["id"] for k in first["missing"]),
+        "extra": sorted(k["id"] for k in first["extra"]),
+        "different": {d["key"]["id"]: sorted(d["columns"]) for d in first["different"]},
+    }
+
+
+def _stored(metadata_url: str, verify_id: str) -> dict[str, Any]:
+    with get_engine(metadata_url).connect() as conn:
+        rows = conn.execute(
+            text("SELECT kind, row_key, columns FROM verify_diff WHERE verify_id = :v"),
+            {"v": verify_id},
+        ).all()
+    found: dict[str, Any] = {"missing": [], "extra": [], "different": {}}
+    for kind, key, columns in rows:
+        key = json.loads(key) if isinstance(key, str) else key
+        if kind == "different":
+            columns = json.loads(columns) if isinstance(columns, str) else columns
+            found[kind][key["id"]] = sorted(columns)
+        else:
+            found[kind].append(key["id"])
+    found["missing"].sort()
+    found["extra"].sort()
+    return found
+
+
+@pytest.mark.parametrize(("source", "target"), PAIRS, ids=[f"{s}-to-{t}" for s, t in PAIRS])
+def test_verify_lists_exactly_the_keys_and_columns_that_differ(
+    source, target, sides, workers, base_config, tmp_path, capsys
+):
+    src, tgt = sides[source], sides[target]
+    suffix = uuid.uuid4().hex[:8]
+    src_table, tgt_table = f"vsrc_{suffix}", f"vdim_{suffix}"
+    mapref = f"verify_{source}_{target}_{suffix}"
+    with src.engine.begin() as conn:
+        conn.execute(text(DDL[src.kind].format(t=src.ident(src_table))))
+    marks = ", ".join(f":{c}" for c in COLUMNS)
+    insert = f"INSERT INTO {src.ident(src_table)} ({COLS}) VALUES ({marks})"
+    src.execute(insert, [source_row(i) for i in range(1, ROWS + 1)])
+    mapping = {
+        "source": {
+            "connection": src.connection,
+            "query": f"SELECT {COLS} FROM {src.ident(src_table)}",
+        },
+        "target": {"connection": tgt.connection, "table": tgt.config_name(tgt_table)},
+        "keys": ["id"],
+        "scd": {"type": 2},
+        "chunking": {"min_rows_for_parallel": 0, "rows_per_chunk": 600, "max_chunks": 4},
+        "batch_rows": 500,
+    }
+    path = write_config(tmp_path / "chordload.yaml", base_config, {mapref: mapping})
+    settings = load_settings(path)
+    loaded = wait(launch(mapref, settings=settings), settings=settings, timeout_s=120, poll_s=0.1)
+    assert loaded.status is RunStatus.SUCCESS, loaded.message
+    try:
+        code, equal = _verify(capsys, path, mapref, "--chunks", 3)
+        assert (code, equal["status"]) == (0, "EQUAL"), equal
+        assert (equal["rows_source"], equal["rows_target"], equal["ranges_total"]) == (
+            ROWS,
+            ROWS,
+            3,
+        )
+        assert equal["counts"] == {"missing": 0, "extra": 0, "different": 0}
+
+        t = tgt.ident(tgt_table)
+        current = "is_current"
+        # the target loses two keys, and gains two the source never had
+        tgt.execute(f"DELETE FROM {t} WHERE id IN (10, 1500)")
+        business = ", ".join(c for c in COLUMNS if c != "id")
+        audit = "row_hash, valid_from, valid_to, is_current, run_id"
+        for new_id in (5001, 5002):
+            tgt.execute(
+                f"INSERT INTO {t} (id, {business}, {audit}) SELECT {new_id}, {business}, "
+                f"{audit} FROM {t} WHERE id = 100 AND {current}"
+            )
+        # values change: value -> NULL, NULL -> value, one byte of a long text, two columns
+        tgt.execute(f"UPDATE {t} SET name = NULL WHERE id = 22 AND {current}")
+        tgt.execute(f"UPDATE {t} SET name = 'was null' WHERE id = 35 AND {current}")
+        tgt.execute(
+            f"UPDATE {t} SET note = :note WHERE id = 33 AND {current}",
+            {"note": f"{LONG[:1000]}X{LONG[1001:]}33"},
+        )
+        tgt.execute(
+            f"UPDATE {t} SET amount = amount + 1, flag = NOT flag WHERE id = 46 AND {current}"
+        )
+        # an old, expired version that differs is not the current row: not a difference
+        tgt.execute(f"UPDATE {t} SET name = 'old' WHERE id = 47")
+        tgt.execute(f"UPDATE {t} SET is_current = :no WHERE id = 47", {"no": False})
+        tgt.execute(
+            f"INSERT INTO {t} (id, {business}, {audit}) SELECT 47, :name, note, amount, flag, "
+            f"day, updated_at, row_hash, valid_from, valid_to, :yes, run_id FROM {t} WHERE id = 47",
+            {"name": "name 47", "yes": True},
+        )
+        # the source changes after the load
+        s = src.ident(src_table)
+        src.execute(f"UPDATE {s} SET name = 'changed' WHERE id = 60")
+        src.execute(f"DELETE FROM {s} WHERE id = 70")
+        src.execute(insert, [source_row(6000)])
+
+        expected = {
+            "missing": [10, 1500, 6000],
+            "extra": [70, 5001, 5002],
+            "different": {
+                22: ["name"],
+                33: ["note"],
+                35: ["name"],
+                46: ["amount", "flag"],
+                60: ["name"],
+            },
+        }
+        for chunks in (1, 4):
+            code, report = _verify(capsys, path, mapref, "--chunks", chunks, "--show", 50)
+            assert (code, report["status"]) == (1, "DIFFERENT"), report
+            assert report["ranges_total"] == chunks
+            assert _found(report) == expected, chunks
+            assert _stored(base_config["metadata"], report["verify_id"]) == expected
+            assert report["counts"] == {"missing": 3, "extra": 3, "different": 5}
+            assert (report["rows_source"], report["rows_target"]) == (ROWS, ROWS)
+            assert report["extra_explained_by_deletes"] is True  # scd.deletes: ignore
+
+        human = run_cli(capsys, "verify", mapref, "--config", path, "--show", 2)
+        assert human.code == 1, human
+        assert "DIFFERENT" in human.out
+        assert "keys missing from the target: 3, the first 2" in human.out
+        assert "  id=10" in human.out and "id=1500" in human.out and "id=6000" not in human.out
+        assert "explained by scd.deletes: ignore" in human.out
+        assert "keys whose values differ: 5, the first 2" in human.out
+    finally:
+        src.drop(src_table)
+        tgt.drop(tgt_table)
