@@ -21,7 +21,10 @@ from coordinator.watch import wait
 from shared.config.settings import load_settings
 from shared.dialects import adapter_for
 from shared.engines import get_engine
-from shared.run.statuses import RunStatus
+from shared.metadata import store
+from shared.metadata.models import ProcessLog
+from shared.run.statuses import ACTIVE_RUN_STATUSES, RunStatus
+from shared.timeutil import utcnow
 from tests.cliutil import run_cli, write_config
 
 pytestmark = pytest.mark.e2e
@@ -229,6 +232,9 @@ def test_verify_lists_exactly_the_keys_and_columns_that_differ(
             code, report = _verify(capsys, path, mapref, "--chunks", chunks, "--show", 50)
             assert (code, report["status"]) == (1, "DIFFERENT"), report
             assert report["ranges_total"] == chunks
+            # the differing keys lie in three parts of the key space: one range of 2400 rows
+            # is split until those parts are small, four ranges of 600 are compared as they are
+            assert report["ranges_compared"] == 3
             assert _found(report) == expected, chunks
             assert _stored(base_config["metadata"], report["verify_id"]) == expected
             assert report["counts"] == {"missing": 3, "extra": 3, "different": 5}
@@ -245,3 +251,124 @@ def test_verify_lists_exactly_the_keys_and_columns_that_differ(
     finally:
         src.drop(src_table)
         tgt.drop(tgt_table)
+
+
+def _small_pg_mapping(side: Side, src_table: str, tgt_table: str, **overrides: Any) -> dict:
+    mapping = {
+        "source": {
+            "connection": side.connection,
+            "query": f"SELECT {COLS} FROM {side.ident(src_table)}",
+        },
+        "target": {"connection": side.connection, "table": side.config_name(tgt_table)},
+        "keys": ["id"],
+        "scd": {"type": 2},
+        "chunking": {"min_rows_for_parallel": 0, "rows_per_chunk": 10, "max_chunks": 4},
+        "batch_rows": 7,
+    }
+    mapping.update(overrides)
+    return mapping
+
+
+def _pg_source(side: Side, table: str, ids: range) -> str:
+    with side.engine.begin() as conn:
+        conn.execute(text(DDL["pg"].format(t=side.ident(table))))
+    marks = ", ".join(f":{c}" for c in COLUMNS)
+    insert = f"INSERT INTO {side.ident(table)} ({COLS}) VALUES ({marks})"
+    side.execute(insert, [source_row(i) for i in ids])
+    return insert
+
+
+def test_verify_refused_while_a_run_is_active_and_bad_input(
+    sides, session_settings, base_config, tmp_path, capsys
+):
+    """Refused before anything is sent: exit 4 while a run is active, exit 2 for an unknown
+    mapping, a target not created yet, --window without a checkpoint, a bad --sample."""
+    pg = sides["pg"]
+    _pg_source(pg, "src", range(1, 6))
+    mapref = f"vbad_{pg.schema}"
+    path = write_config(
+        tmp_path / "chordload.yaml", base_config, {mapref: _small_pg_mapping(pg, "src", "dim")}
+    )
+
+    def verify(*argv: Any):
+        return run_cli(capsys, "verify", *argv, "--config", path)
+
+    unknown = verify("nope")
+    assert unknown.code == 2 and "unknown mapping 'nope'" in unknown.err, unknown
+    no_target = verify(mapref)
+    assert no_target.code == 2, no_target
+    assert f"the target table {pg.schema}.dim does not exist yet" in no_target.err
+    no_window = verify(mapref, "--window")
+    assert no_window.code == 2 and "has no KEY checkpoint column" in no_window.err, no_window
+    bad_sample = verify(mapref, "--sample", "0")
+    assert bad_sample.code == 2 and "--sample takes a percentage" in bad_sample.err
+
+    metadata = get_engine(base_config["metadata"])
+    active = ProcessLog(
+        run_id=uuid.uuid4().hex[:12],
+        mapref=mapref,
+        status=RunStatus.RUNNING,
+        created_at=utcnow(),
+        load_kind="full",
+        mapping={"spec": {}, "columns": []},
+    )
+    store.create_run(metadata, active, [])
+    try:
+        refused = verify(mapref)
+        assert refused.code == 4, refused
+        assert f"has an active run {active.run_id} (RUNNING): its target is moving" in refused.err
+        assert "Traceback" not in refused.err
+    finally:
+        store.set_run_status(
+            metadata, active.run_id, RunStatus.FAILED, only_from=set(ACTIVE_RUN_STATUSES)
+        )
+    with metadata.connect() as conn:
+        assert (
+            conn.execute(
+                text("SELECT count(*) FROM verify_log WHERE mapref = :m"), {"m": mapref}
+            ).scalar_one()
+            == 0
+        )
+
+
+def test_verify_window_and_sample(sides, workers, base_config, tmp_path, capsys):
+    """--window verifies only the last successful run's checkpoint window; --all every key;
+    --sample P verifies P% of the ranges, and says so."""
+    pg = sides["pg"]
+    insert = _pg_source(pg, "src", range(1, 31))
+    mapref = f"vwin_{pg.schema}"
+    spec = _small_pg_mapping(
+        pg, "src", "dim", checkpoint={"strategy": "KEY", "column": "updated_at"}
+    )
+    path = write_config(tmp_path / "chordload.yaml", base_config, {mapref: spec})
+    settings = load_settings(path)
+    for new_ids in (None, range(31, 41)):
+        if new_ids:
+            pg.execute(insert, [source_row(i) for i in new_ids])
+        run = wait(launch(mapref, settings=settings), settings=settings, timeout_s=120)
+        assert run.status is RunStatus.SUCCESS, run.message
+    # the last window is 30 (the re-read boundary) .. 40
+    dim = pg.ident("dim")
+    pg.execute(f"UPDATE {dim} SET name = 'x' WHERE id IN (5, 35) AND is_current")
+
+    code, window = _verify(capsys, path, mapref, "--window", "--show", 50)
+    assert (code, window["scope"], window["rows_source"]) == (1, "window", 11), window
+    assert window["window"]["columns"] == ["updated_at"]
+    assert _found(window) == {"missing": [], "extra": [], "different": {35: ["name"]}}
+
+    code, everything = _verify(capsys, path, mapref, "--all", "--show", 50)
+    assert (code, everything["scope"], everything["rows_source"]) == (1, "all", 40)
+    assert _found(everything)["different"] == {5: ["name"], 35: ["name"]}
+
+    pg.execute(f"UPDATE {dim} SET name = 'name 5' WHERE id = 5 AND is_current")
+    pg.execute(f"UPDATE {dim} SET name = NULL WHERE id = 35 AND is_current")  # 35: NULL name
+    code, sampled = _verify(capsys, path, mapref, "--chunks", 4, "--sample", 50)
+    assert (code, sampled["status"]) == (0, "EQUAL"), sampled
+    assert (sampled["sample_pct"], sampled["ranges_verified"], sampled["ranges_total"]) == (
+        50,
+        2,
+        4,
+    )
+    assert 0 < sampled["rows_source"] == sampled["rows_target"] < 40
+    human = run_cli(capsys, "verify", mapref, "--config", path, "--chunks", 4, "--sample", 50)
+    assert human.code == 0 and "a 50% sample: 2 of 4 ranges): EQUAL" in human.out, human

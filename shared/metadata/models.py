@@ -222,6 +222,8 @@ class VerifyLog(Base):
     missing: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     extra: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     different: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    # differing (sub)ranges that were compared key by key, after splitting
+    ranges_compared: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     run_id: Mapped[str | None] = mapped_column(String(32))  # the run verified after, if any
     plan: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     message: Mapped[str | None] = mapped_column(Text)

@@ -19,7 +19,14 @@ def finish_verify(
     verify = verifies.get_verify(metadata, verify_id)
     totals = {
         name: sum(int(o.get(name) or 0) for o in outcomes)
-        for name in ("rows_source", "rows_target", "missing", "extra", "different")
+        for name in (
+            "rows_source",
+            "rows_target",
+            "missing",
+            "extra",
+            "different",
+            "ranges_compared",
+        )
     }
     errors = [f"range {o['range_no']}: {o['error']}" for o in outcomes if o.get("error")]
     notes = []

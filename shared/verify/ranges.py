@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,7 +91,7 @@ class RangeOutcome:
     missing: int = 0
     extra: int = 0
     different: int = 0
-    compared_ranges: int = 0  # leaves compared key by key
+    ranges_compared: int = 0  # (sub)ranges compared key by key
     error: str | None = None
     _pending: list[DiffRow] = field(default_factory=list, repr=False)
 
@@ -102,7 +103,7 @@ class RangeOutcome:
             "missing": self.missing,
             "extra": self.extra,
             "different": self.different,
-            "compared_ranges": self.compared_ranges,
+            "ranges_compared": self.ranges_compared,
             "error": self.error,
         }
 
@@ -176,7 +177,7 @@ class RangeVerifier:
         window_sql, params = self.plan.window.predicate(adapter)
         range_sql, range_params = rng.predicate(adapter, spec.split_columns)
         where, params = f"({window_sql}) AND ({range_sql})", {**params, **range_params}
-        parts = min(SPLIT_PARTS, max(2, rows // max(1, self.plan.leaf_rows)))
+        parts = min(SPLIT_PARTS, max(2, math.ceil(rows / max(1, self.plan.leaf_rows))))
         with side.connect() as conn:
             if len(spec.split_columns) > 1:
                 bounds = adapter.offset_boundaries(
@@ -196,7 +197,7 @@ class RangeVerifier:
     def _compare(self, rng: ChunkRange) -> None:
         """Both sides in key order, matched key by key. A key waits in ``pending`` until the
         other side brings it (at once when both list keys in the same order)."""
-        self.outcome.compared_ranges += 1
+        self.outcome.ranges_compared += 1
         pending: tuple[dict[tuple, tuple], dict[tuple, tuple]] = ({}, {})
         streams = (self._keyed(self.source, rng), self._keyed(self.target, rng))
         for pair in itertools.zip_longest(*streams):

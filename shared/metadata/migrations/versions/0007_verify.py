@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("missing", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("extra", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("different", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("ranges_compared", sa.Integer, nullable=False, server_default="0"),
         sa.Column("run_id", sa.String(32)),
         sa.Column("plan", sa.JSON, nullable=False),
         sa.Column("message", sa.Text),
