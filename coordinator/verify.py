@@ -154,15 +154,17 @@ def start_verify(
     last_window: bool = False,
     sample_pct: float | None = None,
     run_id: str | None = None,
+    spec: MappingSpec | None = None,
 ) -> str:
     """Plan and launch a verify of ``mapref``; returns its id. Refused (exit 4) while a run
     of the mapping is QUEUED or RUNNING. ``sample_pct``: verify that share of the ranges,
-    chosen at random. ``run_id``: the run this verify follows (``verify.after_run``)."""
+    chosen at random. ``run_id``: the run this verify follows (``verify.after_run``), whose
+    stored ``spec`` it verifies (a worker's config need not name the mapping)."""
     if sample_pct is not None and not 0 < sample_pct <= 100:
         raise ConfigError(f"--sample takes a percentage above 0 and at most 100, not {sample_pct}")
     metadata = get_engine(settings.metadata)
     require_current(metadata)
-    spec = settings.mapping(mapref)
+    spec = spec or settings.mapping(mapref)
     active = store.active_run(metadata, mapref)
     if active is not None:
         raise RunRefusedError(

@@ -27,6 +27,7 @@ RECONCILE = "chordload.reconcile"
 DISPATCH_DUE = "chordload.dispatch_due"
 VERIFY_RANGE = "chordload.verify_range"
 FINISH_VERIFY = "chordload.finish_verify"
+VERIFY_AFTER_RUN = "chordload.verify_after_run"
 # where they are defined: a worker's app loads these modules by name
 WORKER_TASK_MODULES = ("workers.tasks", "workers.verify_tasks")
 

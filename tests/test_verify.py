@@ -17,6 +17,8 @@ import pytest
 from sqlalchemy import text
 
 from coordinator.launch import launch
+from coordinator.schedule import dispatch_due
+from coordinator.verify import wait_verify
 from coordinator.watch import wait
 from shared.config.settings import load_settings
 from shared.dialects import adapter_for
@@ -26,6 +28,7 @@ from shared.metadata.models import ProcessLog
 from shared.run.statuses import ACTIVE_RUN_STATUSES, RunStatus
 from shared.timeutil import utcnow
 from tests.cliutil import run_cli, write_config
+from tests.opsutil import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -372,3 +375,51 @@ def test_verify_window_and_sample(sides, workers, base_config, tmp_path, capsys)
     assert 0 < sampled["rows_source"] == sampled["rows_target"] < 40
     human = run_cli(capsys, "verify", mapref, "--config", path, "--chunks", 4, "--sample", 50)
     assert human.code == 0 and "a 50% sample: 2 of 4 ranges): EQUAL" in human.out, human
+
+
+def test_verify_after_run_marks_the_run_and_verify_schedule_dispatches(
+    sides, workers, base_config, tmp_path, capsys
+):
+    """verify: {after_run: true} verifies each successful run on the workers and marks it
+    VERIFIED or DIFFERENT (shown by status); verify.schedule starts verifies from beat's
+    dispatch, claimed once per slot."""
+    pg = sides["pg"]
+    _pg_source(pg, "src", range(1, 21))
+    mapref = f"vafter_{pg.schema}"
+    spec = _small_pg_mapping(
+        pg, "src", "dim", verify={"after_run": True, "schedule": "*/5 * * * *"}
+    )
+    path = write_config(tmp_path / "chordload.yaml", base_config, {mapref: spec})
+    settings = load_settings(path)
+    metadata = get_engine(settings.metadata)
+
+    def verified(run_id: str) -> str | None:
+        return store.get_run(metadata, run_id).verified
+
+    first = wait(launch(mapref, settings=settings), settings=settings, timeout_s=120)
+    assert first.status is RunStatus.SUCCESS, first.message
+    assert wait_for(lambda: verified(first.run_id), timeout_s=60, what="first verify") == (
+        "VERIFIED"
+    )
+    shown = run_cli(capsys, "status", first.run_id, "--config", path)
+    assert shown.code == 0 and "VERIFIED: chordload verify after the run" in shown.out, shown
+
+    pg.execute(f"UPDATE {pg.ident('dim')} SET name = 'x' WHERE id = 3 AND is_current")
+    second = wait(launch(mapref, settings=settings), settings=settings, timeout_s=120)
+    assert second.status is RunStatus.SUCCESS, second.message
+    assert wait_for(lambda: verified(second.run_id), timeout_s=60, what="second verify") == (
+        "DIFFERENT"
+    )
+    listed = run_cli(capsys, "status", second.run_id, "--config", path, "--json")
+    assert json.loads(listed.out)["verified"] == "DIFFERENT"
+
+    slot_time = dt.datetime(2026, 1, 5, 10, 5, 1, tzinfo=dt.UTC)
+    outcomes = dispatch_due(settings, now=slot_time, claimed_by="test")
+    assert [(o.mapref, o.status) for o in outcomes] == [(f"verify:{mapref}", "LAUNCHED")]
+    assert dispatch_due(settings, now=slot_time, claimed_by="other") == []  # claimed once
+    scheduled = wait_verify(settings, outcomes[0].run_id, timeout_s=60)
+    assert (scheduled.status.value, scheduled.different, scheduled.run_id) == (
+        "DIFFERENT",
+        1,
+        None,
+    )

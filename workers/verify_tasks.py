@@ -10,6 +10,10 @@ from typing import Any
 from celery import Task, shared_task
 
 from shared import broker
+from shared.engines import get_engine
+from shared.errors import ChordloadError
+from shared.metadata import store, verifies
+from shared.run.plan import RunPlan
 from shared.run.window import ChunkRange
 from shared.verify.finish import finish_verify
 from shared.verify.ranges import verify_range
@@ -23,6 +27,24 @@ def verify_range_task(self: Task, verify_id: str, bounds: dict[str, Any]) -> dic
     """Digest one key range on both sides, and list the keys that differ."""
     outcome = verify_range(settings_of(self.app), verify_id, ChunkRange.from_message(bounds))
     return outcome.to_json()
+
+
+@shared_task(name=broker.VERIFY_AFTER_RUN, bind=True, ignore_result=True)
+def verify_after_run_task(self: Task, run_id: str) -> str | None:
+    """Sent by finalize when a run of a mapping with ``verify.after_run`` ends SUCCESS:
+    launch its verify (the chord's body marks the run). A verify that cannot start (a new
+    run already began, the source is down) marks the run UNVERIFIED, with the reason logged."""
+    from coordinator.verify import start_verify
+
+    settings = settings_of(self.app)
+    metadata = get_engine(settings.metadata)
+    run = store.get_run(metadata, run_id)
+    try:
+        return start_verify(settings, run.mapref, run_id=run_id, spec=RunPlan.from_row(run).spec)
+    except ChordloadError as err:
+        log.warning("run %s: its verify could not start: %s", run_id, err)
+        verifies.mark_run_verified(metadata, run_id, "UNVERIFIED")
+        return None
 
 
 @shared_task(name=broker.FINISH_VERIFY, bind=True)

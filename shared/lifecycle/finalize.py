@@ -10,6 +10,7 @@ so every caller computes the same outcome.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from shared.run.plan import RunPlan
 from shared.run.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
 from shared.run.values import decode_value, encode_value, value_type_name
 from shared.timeutil import as_utc, utcnow
+
+log = logging.getLogger("chordload.finalize")
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ def finalize_run(
     lease = dt.timedelta(seconds=settings.visibility_timeout_s + settings.celery.heartbeat_grace_s)
     outcome = _finalize(engine, run_id, unfinished_chunks, reason, launch, lease, None)
     if not isinstance(outcome, _DeletePass):
+        _after_success(settings, engine, outcome)
         return outcome
     from shared.lifecycle.deletes import retire_deleted_keys
 
@@ -94,7 +98,30 @@ def finalize_run(
         deleted = DeletePassResult(error=f"the hard-delete pass failed: {describe_db_error(exc)}")
     final = _finalize(engine, run_id, None, None, None, lease, deleted)
     assert not isinstance(final, _DeletePass)  # given the pass's result, it never asks again
+    _after_success(settings, engine, final)
     return final
+
+
+def _after_success(settings: Settings, engine: Engine, outcome: FinalizeOutcome | None) -> None:
+    """A run this call just ended SUCCESS whose mapping asks for ``verify.after_run``: send
+    the task that verifies it (by name, as every chordload task). Sending failing leaves
+    the run SUCCESS and unmarked; it is logged, never raised."""
+    if outcome is None or not outcome.changed or outcome.status is not RunStatus.SUCCESS:
+        return
+    from shared import broker
+
+    try:
+        with session(engine) as s:
+            run = s.get(ProcessLog, outcome.run_id)
+            wanted = run is not None and (run.mapping.get("spec") or {}).get("verify", {}).get(
+                "after_run"
+            )
+        if wanted:
+            broker.client_app(settings).send_task(
+                broker.VERIFY_AFTER_RUN, args=(outcome.run_id,), queue=settings.celery.queue
+            )
+    except Exception as exc:  # noqa: BLE001 - the run succeeded whatever happens here
+        log.warning("run %s: could not send its verify: %s", outcome.run_id, exc)
 
 
 @retry_transient(FINALIZE)

@@ -88,6 +88,14 @@ def end_verify(engine: Engine, verify_id: str, status: VerifyStatus, **counts: A
     return bool(ended)
 
 
+@retry_transient()
+def mark_run_verified(engine: Engine, run_id: str, verified: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(ProcessLog).where(ProcessLog.run_id == run_id).values(verified=verified)
+        )
+
+
 def first_diffs(engine: Engine, verify_id: str, kind: str, limit: int | None) -> list[VerifyDiff]:
     """The verify's differing keys of one kind, in the order the ranges found them."""
     query = (
