@@ -243,7 +243,7 @@ def _report(args: argparse.Namespace, settings: Settings, run_id: str) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from coordinator.progress import print_json, print_summary, run_summary
     from shared.errors import NotFoundError
-    from shared.metadata import store
+    from shared.metadata import store, verifies
     from shared.run.values import display_value
 
     settings = _settings(args)
@@ -281,8 +281,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise NotFoundError(f"'{args.target}' is neither a run id nor a mapping in the config")
     run = store.with_live_totals(metadata, run)
     chunks = store.get_chunks(metadata, run.run_id)
+    verification = verifies.run_verification(metadata, run.run_id)  # verify.after_run
     if args.json:
         summary = run_summary(run)
+        summary["verified"] = verification[0] if verification else None
         summary["chunk_list"] = [
             {
                 "chunk_no": c.chunk_no,
@@ -302,6 +304,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print_json(summary)
         return EXIT_OK
     print_summary(run, console)
+    if verification:
+        mark, verify = verification
+        console.print(
+            f"verified    {mark} (chordload verify {verify.verify_id} after the run"
+            + (f": {verify.message})" if verify.message else ")"),
+            highlight=False,
+        )
     table = _table(
         "chunk",
         "status",

@@ -47,7 +47,6 @@ def run_summary(run: ProcessLog) -> dict[str, Any]:
         "duration_s": duration_s,
         "plan": run.plan_note,
         "message": run.message,
-        "verified": run.verified,
     }
 
 
@@ -58,8 +57,7 @@ def print_summary(run: ProcessLog, console: Console) -> None:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("run", f"{s['run_id']}  ({s['mapref']}, {s['load_kind']})")
-    verified = f"  ({s['verified']}: chordload verify after the run)" if s["verified"] else ""
-    table.add_row("status", f"[{colour}]{s['status']}[/{colour}]{verified}")
+    table.add_row("status", f"[{colour}]{s['status']}[/{colour}]")
     table.add_row(
         "chunks", f"{s['chunks_done']} done, {s['chunks_failed']} failed, {s['chunks']} total"
     )

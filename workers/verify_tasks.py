@@ -32,8 +32,9 @@ def verify_range_task(self: Task, verify_id: str, bounds: dict[str, Any]) -> dic
 @shared_task(name=broker.VERIFY_AFTER_RUN, bind=True, ignore_result=True)
 def verify_after_run_task(self: Task, run_id: str) -> str | None:
     """Sent by finalize when a run of a mapping with ``verify.after_run`` ends SUCCESS:
-    launch its verify (the chord's body marks the run). A verify that cannot start (a new
-    run already began, the source is down) marks the run UNVERIFIED, with the reason logged."""
+    launch its verify (``status`` shows the run VERIFIED or DIFFERENT from its outcome). A
+    verify that cannot start (a new run already began, the source is down) is stored FAILED
+    with the reason, so the run shows UNVERIFIED."""
     from coordinator.verify import start_verify
 
     settings = settings_of(self.app)
@@ -43,7 +44,7 @@ def verify_after_run_task(self: Task, run_id: str) -> str | None:
         return start_verify(settings, run.mapref, run_id=run_id, spec=RunPlan.from_row(run).spec)
     except ChordloadError as err:
         log.warning("run %s: its verify could not start: %s", run_id, err)
-        verifies.mark_run_verified(metadata, run_id, "UNVERIFIED")
+        verifies.record_unstarted(metadata, run.mapref, run_id, f"could not start: {err}")
         return None
 
 

@@ -72,8 +72,6 @@ class ProcessLog(Base):
     message: Mapped[str | None] = mapped_column(Text)
     mapping: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     launches: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
-    # verify.after_run: VERIFIED, DIFFERENT or UNVERIFIED (the verify failed or was refused)
-    verified: Mapped[str | None] = mapped_column(String(16))
 
     __table_args__ = (
         Index("ix_process_log_mapref_created", "mapref", "created_at"),

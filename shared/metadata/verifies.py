@@ -4,6 +4,7 @@ differing keys, the chord's body ends it."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -88,11 +89,53 @@ def end_verify(engine: Engine, verify_id: str, status: VerifyStatus, **counts: A
     return bool(ended)
 
 
+# what the verify after a run (``verify.after_run``) makes of the run
+RUN_MARK = {
+    VerifyStatus.RUNNING: "VERIFYING",
+    VerifyStatus.EQUAL: "VERIFIED",
+    VerifyStatus.DIFFERENT: "DIFFERENT",
+    VerifyStatus.FAILED: "UNVERIFIED",
+}
+
+
+def run_verification(engine: Engine, run_id: str) -> tuple[str, VerifyLog] | None:
+    """How the latest verify after run ``run_id`` ended (VERIFIED, DIFFERENT, UNVERIFIED
+    or VERIFYING), with that verify; None when none was made after it."""
+    with session(engine) as s:
+        verify = s.scalars(
+            select(VerifyLog)
+            .where(VerifyLog.run_id == run_id)
+            .order_by(VerifyLog.started_at.desc())
+            .limit(1)
+        ).first()
+    return None if verify is None else (RUN_MARK[verify.status], verify)
+
+
 @retry_transient()
-def mark_run_verified(engine: Engine, run_id: str, verified: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            update(ProcessLog).where(ProcessLog.run_id == run_id).values(verified=verified)
+def record_unstarted(engine: Engine, mapref: str, run_id: str, message: str) -> None:
+    """A verify after ``run_id`` that could not even be planned: stored FAILED, saying why."""
+    now = utcnow()
+    with session(engine) as s, s.begin():
+        s.add(
+            VerifyLog(
+                verify_id=uuid.uuid4().hex[:12],
+                mapref=mapref,
+                status=VerifyStatus.FAILED,
+                scope="all",
+                started_at=now,
+                ended_at=now,
+                ranges_total=0,
+                ranges_verified=0,
+                rows_source=0,
+                rows_target=0,
+                missing=0,
+                extra=0,
+                different=0,
+                ranges_compared=0,
+                run_id=run_id,
+                plan={},
+                message=message,
+            )
         )
 
 

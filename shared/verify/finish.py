@@ -9,13 +9,6 @@ from shared.engines import get_engine
 from shared.metadata import verifies
 from shared.run.statuses import VerifyStatus
 
-# what a verify after a run (``verify.after_run``) marks the run with (process_log.verified)
-RUN_MARK = {
-    VerifyStatus.EQUAL: "VERIFIED",
-    VerifyStatus.DIFFERENT: "DIFFERENT",
-    VerifyStatus.FAILED: "UNVERIFIED",
-}
-
 
 def finish_verify(
     settings: Settings, verify_id: str, outcomes: list[dict[str, Any]]
@@ -50,7 +43,7 @@ def finish_verify(
             f"run(s) {', '.join(moved)} of the mapping started during the verify: the target "
             f"was moving, verify again once they end"
         )
-    ended = verifies.end_verify(
+    verifies.end_verify(
         metadata,
         verify_id,
         status,
@@ -58,6 +51,4 @@ def finish_verify(
         message="; ".join(notes) or None,
         **totals,
     )
-    if ended and verify.run_id:
-        verifies.mark_run_verified(metadata, verify.run_id, RUN_MARK[status])
     return status

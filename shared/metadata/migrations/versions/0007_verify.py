@@ -1,5 +1,4 @@
-"""verify_log and verify_diff: every ``chordload verify`` and the keys it found differing;
-process_log.verified: VERIFIED, DIFFERENT or UNVERIFIED after a run's ``verify.after_run``
+"""verify_log and verify_diff: every ``chordload verify`` and the keys it found differing
 
 Revision ID: 0007
 Revises: 0006
@@ -59,12 +58,9 @@ def upgrade() -> None:
         sa.Column("explained", sa.Boolean),
     )
     op.create_index("ix_verify_diff_verify_kind", "verify_diff", ["verify_id", "kind", "id"])
-    op.add_column("process_log", sa.Column("verified", sa.String(16)))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("process_log") as batch:
-        batch.drop_column("verified")
     op.drop_index("ix_verify_diff_verify_kind", table_name="verify_diff")
     op.drop_table("verify_diff")
     op.drop_index("ix_verify_log_mapref_started", table_name="verify_log")
