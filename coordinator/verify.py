@@ -138,6 +138,7 @@ def _send(settings: Settings, verify_id: str, ranges: list[ChunkRange]) -> None:
         for r in ranges
     ]
     body = app.signature(broker.FINISH_VERIFY, args=(verify_id,)).set(queue=queue)
+    body = body.on_error(app.signature(broker.ON_VERIFY_ERROR, args=(verify_id,)).set(queue=queue))
     joining_was_blocked = task_join_will_block()  # never subscribe to the results (chord.py)
     _set_task_join_will_block(True)
     try:

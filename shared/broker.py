@@ -28,6 +28,7 @@ DISPATCH_DUE = "chordload.dispatch_due"
 VERIFY_RANGE = "chordload.verify_range"
 FINISH_VERIFY = "chordload.finish_verify"
 VERIFY_AFTER_RUN = "chordload.verify_after_run"
+ON_VERIFY_ERROR = "chordload.on_verify_error"
 # where they are defined: a worker's app loads these modules by name
 WORKER_TASK_MODULES = ("workers.tasks", "workers.verify_tasks")
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Task, current_app, shared_task
 
 from shared import broker
 from shared.engines import get_engine
 from shared.errors import ChordloadError
 from shared.metadata import store, verifies
 from shared.run.plan import RunPlan
+from shared.run.statuses import VerifyStatus
 from shared.run.window import ChunkRange
 from shared.verify.finish import finish_verify
 from shared.verify.ranges import verify_range
@@ -56,3 +57,18 @@ def finish_verify_task(
     status = finish_verify(settings_of(self.app), verify_id, outcomes)
     log.info("verify %s: %s", verify_id, status.value)
     return {"verify_id": verify_id, "status": status.value}
+
+
+@shared_task(name=broker.ON_VERIFY_ERROR)
+def on_verify_error(request: Any, exc: BaseException, traceback: Any, verify_id: str) -> None:
+    """Chord errback: a range task raised or was lost instead of returning its outcome (range
+    tasks report their own failures), so the body never runs; the verify ends FAILED. Not
+    bound: Celery calls only unbound errbacks with the failed request."""
+    settings = settings_of(current_app)
+    log.error("verify %s: chord error %r", verify_id, exc)
+    verifies.end_verify(
+        get_engine(settings.metadata),
+        verify_id,
+        VerifyStatus.FAILED,
+        message=f"a range task did not return: {exc}",
+    )
