@@ -424,3 +424,57 @@ def test_verify_after_run_marks_the_run_and_verify_schedule_dispatches(
         1,
         None,
     )
+
+
+def test_a_range_that_cannot_be_read_fails_the_verify_naming_it(
+    sides, workers, base_config, tmp_path, capsys
+):
+    """A source row the query cannot read any more (a cast that now fails) fails its range:
+    the verify is FAILED (exit 1), naming the range and the database's error, and proves
+    nothing, whatever the other ranges found."""
+    pg = sides["pg"]
+    _pg_source(pg, "src", range(1, 41))
+    mapref = f"vfail_{pg.schema}"
+    query = (
+        f"SELECT id, CAST(name AS varchar(40)) AS name, note, amount, flag, day, updated_at, "
+        f"CAST(substr(name, 6) AS integer) AS num FROM {pg.ident('src')} WHERE id % 7 <> 0"
+    )
+    spec = _small_pg_mapping(pg, "src", "dim")
+    spec["source"]["query"] = query
+    path = write_config(tmp_path / "chordload.yaml", base_config, {mapref: spec})
+    settings = load_settings(path)
+    run = wait(launch(mapref, settings=settings), settings=settings, timeout_s=120)
+    assert run.status is RunStatus.SUCCESS, run.message
+    pg.execute(f"UPDATE {pg.ident('src')} SET name = 'name x' WHERE id = 38")
+
+    result = run_cli(capsys, "verify", mapref, "--config", path, "--json", "--chunks", 4)
+    assert result.code == 1, result
+    report = json.loads(result.out)
+    assert (report["status"], report["ranges_total"], report["ranges_verified"]) == (
+        "FAILED",
+        4,
+        3,
+    )
+    assert report["message"].startswith("1 of 4 ranges failed: range 3: ")
+    assert 'invalid input syntax for type integer: "x"' in report["message"]
+
+
+def test_migration_0007_up_and_down(tmp_path):
+    """0007 adds verify_log and verify_diff; down drops them, up makes them again."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from shared.metadata.schema import _alembic_config, current_revision, upgrade
+
+    engine = get_engine(f"sqlite:///{tmp_path / 'meta.db'}")
+    upgrade(engine)
+    assert current_revision(engine) == "0007"
+    assert {"verify_log", "verify_diff"} <= set(inspect(engine).get_table_names())
+    cfg = _alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0006")
+    assert current_revision(engine) == "0006"
+    assert not {"verify_log", "verify_diff"} & set(inspect(engine).get_table_names())
+    upgrade(engine)
+    assert {"verify_log", "verify_diff"} <= set(inspect(engine).get_table_names())
