@@ -6,7 +6,8 @@ or bytes, a boolean or 0/1. Verify compares values, so each value is first broug
 canonical, type-tagged byte string, chosen by the source column's kind (the target's
 columns were created from those kinds):
 
-- numbers: ``D`` + the shortest exact decimal (1.50 = 1.5 = 1.5e0; -0 = 0); NaN and ±Inf
+- numbers: ``D`` + the exact decimal without trailing zeros or exponent (1.50 = 1.5 =
+  1.5e0; 100 = 1E+2; -0 = 0); NaN and ±Inf
 - booleans: ``B1`` / ``B0`` (true, 1 and '1' alike)
 - dates: ``d`` + ISO date; timestamps: ``t`` + ISO timestamp, aware ones in UTC (naive
   values are taken as they are: naive means UTC in chordload)
@@ -41,7 +42,29 @@ _EXACT = decimal.Context(prec=1000)  # normalize() rounds to the context's preci
 _TRUE_TEXT = {"1", "t", "true", "y", "yes", "on"}
 
 
+_PLAIN = frozenset("0123456789.-")
+
+
+def _plain(text: str) -> bytes | None:
+    """A float's repr or a Decimal's str without exponent, as the Decimal path writes it
+    (trailing zeros and point dropped, -0 = 0); None for anything else."""
+    if not _PLAIN.issuperset(text):
+        return None
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    if text in ("-0", "0", ""):
+        return b"D0"
+    return b"D" + text.encode()
+
+
 def _number(value: Any) -> bytes:
+    kind = type(value)
+    if kind is int:  # the common cases first, as the Decimal path would write them
+        return b"D%d" % value
+    if kind is float or kind is Decimal:
+        plain = _plain(repr(value) if kind is float else str(value))
+        if plain is not None:
+            return plain
     if isinstance(value, bool):
         return b"D1" if value else b"D0"
     if isinstance(value, float):
@@ -61,7 +84,7 @@ def _number(value: Any) -> bytes:
         return b"D-Inf" if number < 0 else b"DInf"
     if number == 0:
         return b"D0"
-    return b"D" + str(number.normalize(_EXACT)).encode()
+    return b"D" + format(number.normalize(_EXACT), "f").encode()  # 1E+2 -> 100
 
 
 def _boolean(value: Any) -> bytes:
@@ -187,13 +210,15 @@ class RowCoder:
     def for_kinds(cls, kinds: Sequence[TypeKind | None]) -> RowCoder:
         return cls(tuple(encoder(k) for k in kinds))
 
-    def codes(self, row: Sequence[Any]) -> tuple[bytes, ...]:
-        return tuple(code(value) for code, value in zip(self.encoders, row, strict=True))
+    def codes(self, row: Sequence[Any]) -> list[bytes]:
+        if len(row) != len(self.encoders):
+            raise ValueError(f"a row of {len(row)} values for {len(self.encoders)} columns")
+        return [code(value) for code, value in zip(self.encoders, row)]
 
     @staticmethod
     def hash64(codes: Sequence[bytes]) -> int:
         """The first 64 bits of the md5 of the length-prefixed codes."""
-        payload = b"".join(len(c).to_bytes(4, "big") + c for c in codes)
+        payload = b"".join([b"%d:%b" % (len(c), c) for c in codes])
         return int.from_bytes(hashlib.md5(payload).digest()[:8], "big")
 
 
