@@ -478,3 +478,49 @@ def test_migration_0007_up_and_down(tmp_path):
     assert not {"verify_log", "verify_diff"} & set(inspect(engine).get_table_names())
     upgrade(engine)
     assert {"verify_log", "verify_diff"} <= set(inspect(engine).get_table_names())
+
+
+def test_verify_scd1_targets_and_new_record_tombstones(
+    sides, workers, base_config, tmp_path, capsys
+):
+    """SCD1: every target row stands for a source row. SCD2 with deletes: new_record: the
+    'deleted' versions of keys the source dropped are not rows of the source, so a target
+    whose deletes were loaded is equal; extra keys are then not explained by deletes."""
+    pg = sides["pg"]
+    _pg_source(pg, "src", range(1, 31))
+    scd1, tomb = f"vscd1_{pg.schema}", f"vtomb_{pg.schema}"
+    mappings = {
+        scd1: _small_pg_mapping(
+            pg, "src", "dim1", scd={"type": 1, "audit_columns": {"updated_at": "dw_updated_at"}}
+        ),
+        tomb: _small_pg_mapping(pg, "src", "dim2", scd={"type": 2, "deletes": "new_record"}),
+    }
+    path = write_config(tmp_path / "chordload.yaml", base_config, mappings)
+    settings = load_settings(path)
+    for mapref in mappings:
+        run = wait(launch(mapref, settings=settings), settings=settings, timeout_s=120)
+        assert run.status is RunStatus.SUCCESS, run.message
+    pg.execute(f"DELETE FROM {pg.ident('src')} WHERE id IN (4, 5)")
+    run = wait(launch(tomb, settings=settings), settings=settings, timeout_s=120)
+    assert (run.status, run.rows_deleted) == (RunStatus.SUCCESS, 2), run.message
+
+    code, equal = _verify(capsys, path, tomb)
+    assert (code, equal["rows_source"], equal["rows_target"]) == (0, 28, 28), equal
+
+    dim1, dim2 = pg.ident("dim1"), pg.ident("dim2")
+    pg.execute(f"UPDATE {dim1} SET day = day + 1 WHERE id = 9")
+    code, report = _verify(capsys, path, scd1, "--chunks", 2)
+    assert code == 1 and _found(report) == {
+        "missing": [],
+        "extra": [4, 5],  # SCD1, deletes: ignore keeps them
+        "different": {9: ["day"]},
+    }, report
+    assert report["extra_explained_by_deletes"] is True
+
+    pg.execute(
+        f"UPDATE {dim2} SET is_deleted = :no WHERE id = 4 AND is_current", {"no": False}
+    )  # a tombstone that lost its mark: a live row the source does not have
+    code, report = _verify(capsys, path, tomb)
+    assert code == 1 and _found(report) == {"missing": [], "extra": [4], "different": {}}
+    assert report["extra_explained_by_deletes"] is False
+    assert "not explained by scd.deletes: new_record" in report["extra_note"]
