@@ -243,7 +243,7 @@ def _report(args: argparse.Namespace, settings: Settings, run_id: str) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from coordinator.progress import print_json, print_summary, run_summary
     from shared.errors import NotFoundError
-    from shared.metadata import store
+    from shared.metadata import store, verifies
     from shared.run.values import display_value
 
     settings = _settings(args)
@@ -281,8 +281,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise NotFoundError(f"'{args.target}' is neither a run id nor a mapping in the config")
     run = store.with_live_totals(metadata, run)
     chunks = store.get_chunks(metadata, run.run_id)
+    verification = verifies.run_verification(metadata, run.run_id)  # verify.after_run
     if args.json:
         summary = run_summary(run)
+        summary["verified"] = verification[0] if verification else None
         summary["chunk_list"] = [
             {
                 "chunk_no": c.chunk_no,
@@ -302,6 +304,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print_json(summary)
         return EXIT_OK
     print_summary(run, console)
+    if verification:
+        mark, verify = verification
+        console.print(
+            f"verified    {mark} (chordload verify {verify.verify_id} after the run"
+            + (f": {verify.message})" if verify.message else ")"),
+            highlight=False,
+        )
     table = _table(
         "chunk",
         "status",
@@ -389,6 +398,32 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         )
     Console().print(table)
     return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from coordinator.progress import print_json
+    from coordinator.verify import exit_code, print_report, verify
+
+    settings = _settings(args)
+    _metadata(settings)
+    try:
+        report = verify(
+            settings,
+            args.mapref,
+            chunks_override=args.chunks,
+            last_window=args.window,
+            sample_pct=args.sample,
+            timeout_s=args.timeout_s,
+            show=args.show,
+        )
+    except TimeoutError as err:  # the verify goes on; verify_log gets its verdict
+        print(f"error: {err}; it goes on, its verdict will be in verify_log", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print_json(report)
+    else:
+        print_report(report, Console())
+    return exit_code(report)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -550,6 +585,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("mapref", nargs="?")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
+        "verify",
+        parents=[common],
+        help="prove the target's current rows equal the source's (exit 0 equal, 1 different)",
+        description="Compare the source query's rows with the target's current rows, key "
+        "range by key range on the workers; list the keys missing from the target, the keys "
+        "the source does not have and the keys whose values differ (with their columns).",
+    )
+    p.add_argument("mapref")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--chunks", type=_positive_int, default=None, metavar="N", help="verify in N key ranges"
+    )
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--window",
+        action="store_true",
+        help="only the rows of the last successful run's checkpoint window",
+    )
+    scope.add_argument("--all", action="store_true", help="every key (the default)")
+    p.add_argument(
+        "--sample",
+        type=float,
+        default=None,
+        metavar="P",
+        help="verify a random P%% of the key ranges (for very large tables)",
+    )
+    p.add_argument(
+        "--show",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="list the first N keys of each kind",
+    )
+    p.add_argument("--timeout-s", type=float, default=None, help="give up waiting after this")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("db", parents=[common], help="metadata database")
     dbsub = p.add_subparsers(dest="db_command", required=True)

@@ -9,6 +9,10 @@ sends every few seconds. For each enabled mapping with a ``schedule`` it takes t
 - SKIPPED: the mapping still had an active run, named in ``reason``;
 - FAILED: planning or sending failed (bad config, source down, broker down), ``reason`` says.
 
+A mapping's ``verify.schedule`` is dispatched the same way: its slots are claimed under
+``verify:<mapref>`` and start a ``chordload verify`` of all keys (``run_id`` holds the
+verify id; SKIPPED while a run of the mapping is active).
+
 A slot that someone else claimed is left alone, so two beat processes, a redelivered dispatch
 or workers with slightly different clocks never start one slot twice.
 """
@@ -22,6 +26,7 @@ import socket
 from dataclasses import asdict, dataclass
 
 from coordinator.launch import launch
+from coordinator.verify import start_verify
 from shared.config.cron import latest_slot, next_after, parse_cron
 from shared.config.settings import Settings
 from shared.engines import get_engine
@@ -33,6 +38,7 @@ from shared.metadata.slots import SlotStatus
 from shared.timeutil import as_utc, utcnow
 
 log = logging.getLogger("chordload.schedule")
+VERIFY_SLOT_PREFIX = "verify:"  # the schedule_slot name of a mapping's verify.schedule
 
 
 @dataclass(frozen=True)
@@ -61,23 +67,30 @@ def dispatch_due(
     metadata = get_engine(settings.metadata)
     outcomes = []
     for mapref, spec in settings.mappings.items():
-        if not spec.schedule or not spec.enabled:
+        if not spec.enabled:
             continue
-        slot = latest_slot(parse_cron(spec.schedule), now, grace_s)
-        if slot is None or not slots.claim(metadata, mapref, slot, claimed_by):
-            continue
-        outcomes.append(_launch_slot(settings, mapref, slot, now))
+        if spec.schedule:
+            slot = latest_slot(parse_cron(spec.schedule), now, grace_s)
+            if slot is not None and slots.claim(metadata, mapref, slot, claimed_by):
+                outcomes.append(_launch_slot(settings, mapref, slot, now))
+        if spec.verify.schedule:
+            slot = latest_slot(parse_cron(spec.verify.schedule), now, grace_s)
+            name = VERIFY_SLOT_PREFIX + mapref
+            if slot is not None and slots.claim(metadata, name, slot, claimed_by):
+                outcomes.append(_launch_slot(settings, mapref, slot, now, verify=True))
     return outcomes
 
 
 def _launch_slot(
-    settings: Settings, mapref: str, slot: dt.datetime, now: dt.datetime
+    settings: Settings, mapref: str, slot: dt.datetime, now: dt.datetime, verify: bool = False
 ) -> SlotOutcome:
+    """Launch the slot's run (or, ``verify``, its verify) and record how that went."""
     metadata = get_engine(settings.metadata)
     run_id = reason = None
+    slot_name = VERIFY_SLOT_PREFIX + mapref if verify else mapref
     with bind_run_context(mapref=mapref):
         try:
-            run_id = launch(mapref, settings=settings)
+            run_id = start_verify(settings, mapref) if verify else launch(mapref, settings=settings)
         except RunRefusedError as err:
             status = SlotStatus.SKIPPED
             reason = (
@@ -91,7 +104,7 @@ def _launch_slot(
             status, reason = SlotStatus.FAILED, f"{type(err).__name__}: {describe_db_error(err)}"
         else:
             status = SlotStatus.LAUNCHED
-        slots.finish(metadata, mapref, slot, status, run_id=run_id, reason=reason)
+        slots.finish(metadata, slot_name, slot, status, run_id=run_id, reason=reason)
         late_s = (now - slot).total_seconds()
         with bind_run_context(run_id=run_id or "-", mapref=mapref):
             if status is SlotStatus.LAUNCHED:
@@ -106,7 +119,7 @@ def _launch_slot(
                 log.warning(
                     "schedule: slot %s of %s %s: %s", slot.isoformat(), mapref, status.value, reason
                 )
-    return SlotOutcome(mapref, slot.isoformat(), status.value, run_id, reason)
+    return SlotOutcome(slot_name, slot.isoformat(), status.value, run_id, reason)
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,12 @@ FINALIZE_RUN = "chordload.finalize_run"
 ON_RUN_ERROR = "chordload.on_run_error"
 RECONCILE = "chordload.reconcile"
 DISPATCH_DUE = "chordload.dispatch_due"
-# where they are defined: a worker's app loads this module by name
-WORKER_TASK_MODULES = ("workers.tasks",)
+VERIFY_RANGE = "chordload.verify_range"
+FINISH_VERIFY = "chordload.finish_verify"
+VERIFY_AFTER_RUN = "chordload.verify_after_run"
+ON_VERIFY_ERROR = "chordload.on_verify_error"
+# where they are defined: a worker's app loads these modules by name
+WORKER_TASK_MODULES = ("workers.tasks", "workers.verify_tasks")
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:

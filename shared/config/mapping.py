@@ -285,6 +285,24 @@ class ErrorsSpec(_Strict):
     max_rows: int = Field(default=0, ge=0)
 
 
+class VerifySpec(_Strict):
+    """``chordload verify`` without a person: after each successful run (the run is marked
+    VERIFIED or DIFFERENT) and/or on a cron schedule of its own (beat, UTC)."""
+
+    after_run: bool = False
+    schedule: str | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_cron(cls, schedule: str | None) -> str | None:
+        if schedule is None:
+            return None
+        from shared.config.cron import parse_cron
+
+        parse_cron(schedule)  # a ValueError names the fields and what is wrong
+        return " ".join(schedule.split())
+
+
 class MappingSpec(_Strict):
     source: SourceSpec
     target: TargetSpec
@@ -302,6 +320,7 @@ class MappingSpec(_Strict):
         "month day-of-week; beat launches the mapping at these times",
     )
     enabled: bool = Field(default=True, description="false: beat does not launch this mapping")
+    verify: VerifySpec = VerifySpec()
 
     @field_validator("schedule")
     @classmethod

@@ -10,6 +10,7 @@ so every caller computes the same outcome.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ from shared.run.plan import RunPlan
 from shared.run.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
 from shared.run.values import decode_value, encode_value, value_type_name
 from shared.timeutil import as_utc, utcnow
+
+log = logging.getLogger("chordload.finalize")
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,30 @@ def finalize_run(
     if outcome is not None and outcome.changed:
         # the run has ended: no attempt of it may write to the target any more
         close_target(settings, RunPlan.from_row(store.get_run(engine, run_id)))
+    _after_success(settings, engine, outcome)
     return outcome
+
+
+def _after_success(settings: Settings, engine: Engine, outcome: FinalizeOutcome | None) -> None:
+    """A run this call just ended SUCCESS whose mapping asks for ``verify.after_run``: send
+    the task that verifies it (by name, as every chordload task). Sending failing leaves
+    the run SUCCESS and unmarked; it is logged, never raised."""
+    if outcome is None or not outcome.changed or outcome.status is not RunStatus.SUCCESS:
+        return
+    from shared import broker
+
+    try:
+        with session(engine) as s:
+            run = s.get(ProcessLog, outcome.run_id)
+            wanted = run is not None and (run.mapping.get("spec") or {}).get("verify", {}).get(
+                "after_run"
+            )
+        if wanted:
+            broker.client_app(settings).send_task(
+                broker.VERIFY_AFTER_RUN, args=(outcome.run_id,), queue=settings.celery.queue
+            )
+    except Exception as exc:  # noqa: BLE001 - the run succeeded whatever happens here
+        log.warning("run %s: could not send its verify: %s", outcome.run_id, exc)
 
 
 @retry_transient(FINALIZE)

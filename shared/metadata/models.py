@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -21,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.run.statuses import ChunkStatus, RunStatus
+from shared.run.statuses import ChunkStatus, RunStatus, VerifyStatus
 
 
 def _status(enum_cls: type) -> Enum:
@@ -196,3 +197,55 @@ class ScheduleSlot(Base):
     run_id: Mapped[str | None] = mapped_column(String(32))
     reason: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class VerifyLog(Base):
+    """One ``chordload verify`` of a mapping: when, over what (all keys or the last window,
+    sampled or not), the outcome and its counts. ``plan`` is what the range tasks need (the
+    mapping spec, columns and window as verified), so a config change meanwhile cannot split
+    one verify across two definitions."""
+
+    __tablename__ = "verify_log"
+    __table_args__ = (Index("ix_verify_log_mapref_started", "mapref", "started_at"),)
+
+    verify_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    mapref: Mapped[str] = mapped_column(String(200), nullable=False)
+    status: Mapped[VerifyStatus] = mapped_column(_status(VerifyStatus), nullable=False)
+    scope: Mapped[str] = mapped_column(String(16), nullable=False)  # all | window
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    ranges_total: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    ranges_verified: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    sample_pct: Mapped[float | None] = mapped_column(Float)
+    rows_source: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    rows_target: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    missing: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    extra: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    different: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    # differing (sub)ranges that were compared key by key, after splitting
+    ranges_compared: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    run_id: Mapped[str | None] = mapped_column(String(32))  # the run verified after, if any
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    message: Mapped[str | None] = mapped_column(Text)
+
+
+class VerifyDiff(Base):
+    """One key that differs: ``kind`` missing (in the source, not the target), extra (in
+    the target, not the source) or different (``columns`` lists the columns that differ).
+    ``explained``: for extra keys, whether the mapping's ``scd.deletes: ignore`` explains
+    them (keys deleted from the source stay in the target)."""
+
+    __tablename__ = "verify_diff"
+    __table_args__ = (Index("ix_verify_diff_verify_kind", "verify_id", "kind", "id"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    verify_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("verify_log.verify_id", ondelete="CASCADE"), nullable=False
+    )
+    range_no: Mapped[int] = mapped_column(Integer, nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    row_key: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    columns: Mapped[list[str] | None] = mapped_column(JSON)
+    explained: Mapped[bool | None] = mapped_column(Boolean)

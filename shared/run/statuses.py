@@ -37,3 +37,22 @@ class ChunkStatus(str, Enum):
     @property
     def is_terminal(self) -> bool:
         return self not in (ChunkStatus.PENDING, ChunkStatus.RUNNING)
+
+
+class VerifyStatus(str, Enum):
+    """A ``chordload verify``: RUNNING until its chord's body ends it EQUAL, DIFFERENT or
+    FAILED (a range could not be read; nothing is proven)."""
+
+    RUNNING = "RUNNING"
+    EQUAL = "EQUAL"
+    DIFFERENT = "DIFFERENT"
+    FAILED = "FAILED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self is not VerifyStatus.RUNNING
+
+    @property
+    def exit_code(self) -> int:
+        """CLI exit code: 0 equal, 1 different (or failed: not proven equal)."""
+        return 0 if self is VerifyStatus.EQUAL else 1
