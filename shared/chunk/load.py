@@ -108,6 +108,15 @@ def load_chunk(
         return ChunkResult(chunk.chunk_no, ChunkStatus.STOPPED, error="stop requested")
     plan = run_plan(metadata, run_id, start.launches)
     replay = start.launches > 1 or start.attempts > 1
+    started = time.monotonic()
+    log.info(
+        "run %s chunk %s started (attempt %s): key range (%s, %s]",
+        run_id,
+        chunk.chunk_no,
+        start.attempts,
+        chunk.lower,
+        chunk.upper,
+    )
     result = ChunkResult(chunk.chunk_no, ChunkStatus.RUNNING)
     load: ChunkLoad | None = None
     try:
@@ -166,6 +175,15 @@ def load_chunk(
         == 0
     ):
         finalize_run(settings, run_id)
+    log.info(
+        "run %s chunk %s ended %s: %d rows read in %.1f s%s",
+        run_id,
+        chunk.chunk_no,
+        result.status.value,
+        result.counts.rows_read,
+        time.monotonic() - started,
+        f" ({result.error})" if result.error else "",
+    )
     return result
 
 
