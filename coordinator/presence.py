@@ -19,6 +19,7 @@ from shared.config.settings import Settings
 
 INSPECT_TIMEOUT_S = 1.0  # how long the first broadcast waits for workers to answer
 CHECK_INTERVAL_S = 5.0  # how often a waiting command asks again while nothing runs
+FIRST_CHECK_S = 2.0  # when it asks first
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class PresenceWatch:
         *,
         config: str | None = None,
         interval_s: float = CHECK_INTERVAL_S,
+        first_check_s: float = FIRST_CHECK_S,
         pending_task_ids: Callable[[], Collection[str]],
     ):
         self.settings = settings
@@ -132,7 +134,8 @@ class PresenceWatch:
         self.start_command = start_worker_command(settings, config)
         self.interval_s = interval_s
         self.pending_task_ids = pending_task_ids
-        self._next_check = 0.0
+        # workers take a fresh run's chunks within a second or two: ask only after that
+        self._next_check = time.monotonic() + first_check_s
         self._problem: str | None = None
 
     def __call__(self, snap) -> None:

@@ -102,3 +102,8 @@ class PtyProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def bar_width(line: str) -> int:
+    """The characters of rich's progress bar in a drawn line (full and half cells)."""
+    return sum(line.count(c) for c in "━╸╺")

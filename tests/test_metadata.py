@@ -269,12 +269,13 @@ def test_status_forms(workers, clean_cli_env, base_config, wh, schema, tmp_path,
 
     one = run_cli(capsys, "status", first_id, "--config", path)
     assert one.code == 0 and first_id in one.out and "SUCCESS" in one.out
-    chunk_lines = [
-        line
-        for line in one.out.splitlines()
-        if line.split("│")[1:2] and line.split("│")[1].strip() in ("0", "1")
-    ]
-    assert len(chunk_lines) == 2, one.out
+    assert "2 done; 2 total" in one.out, one.out  # counted by status, not listed
+    listed = run_cli(capsys, "status", first_id, "--chunks", "--config", path)
+    chunk_lines = [line.split()[:2] for line in listed.out.splitlines() if line.split()[:1]]
+    assert [cells for cells in chunk_lines if cells[0] in ("0", "1")] == [
+        ["0", "SUCCESS"],
+        ["1", "SUCCESS"],
+    ], listed.out
 
     detail = json.loads(run_cli(capsys, "status", first_id, "--json", "--config", path).out)
     assert detail["run_id"] == first_id and detail["status"] == "SUCCESS"
