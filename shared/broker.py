@@ -181,7 +181,8 @@ def require_broker(settings: Settings, timeout_s: float = 3.0) -> None:
                     client.close()
         except Exception as exc:  # noqa: BLE001 - any failure to connect means "not reachable"
             raise BrokerUnavailableError(
-                f"cannot reach the {what} {mask_url(url)}: {exc}. Nothing was launched. "
+                f"cannot reach the {what} {mask_url(url)}: {str(exc).rstrip('.')}. "
+                f"Nothing was launched. "
                 f"Start Redis there, or point `{key}` in the config ({env}) at one that "
                 f"runs; `chordload validate` checks it"
             ) from None
