@@ -78,6 +78,11 @@ def test_a_run_nobody_consumes_says_so_and_ctrl_c_leaves_it_running(
     assert f"run {run_id} is still RUNNING" in watch.err
     assert f"chordload stop {run_id}" in watch.err
 
+    validate = run_cli(capsys, "validate", "--config", path)
+    assert validate.code == 0, validate  # a queue without a worker is a warning, not INVALID
+    assert f"workers: WARNING: no worker consumes queue '{queue}'" in validate.err, validate
+    assert f"{mapref}: ok" in validate.out and "broker: ok" in validate.out
+
     stopped = run_cli(capsys, "stop", run_id, "--config", path)
     assert stopped.code == 0 and "2 pending chunks revoked" in stopped.out, stopped
     status = run_cli(capsys, "status", run_id, "--chunks", "--config", path)
