@@ -70,17 +70,19 @@ class PtyProcess:
         return plain(self.raw)
 
     def read_until(self, pattern: str, timeout_s: float) -> re.Match[str]:
-        """Read until ``pattern`` (a regex) matches the plain text; fail at the deadline."""
+        """Read until ``pattern`` (a regex) matches the plain text with its whitespace (line
+        breaks of wrapped prose included) collapsed to single spaces; fail at the deadline."""
         deadline = time.monotonic() + timeout_s
         while True:
-            found = re.search(pattern, self.text.replace("\r", "").replace("\n", " "))
+            found = re.search(pattern, " ".join(self.text.split()))
             if found:
                 return found
             left = deadline - time.monotonic()
             if left <= 0 or not self._read(min(left, 0.5)):
-                if found := re.search(pattern, self.text.replace("\r", "").replace("\n", " ")):
+                if found := re.search(pattern, " ".join(self.text.split())):
                     return found
-                raise AssertionError(f"no {pattern!r} within {timeout_s}s; output:\n{self.text}")
+                tail = self.text[-3000:]
+                raise AssertionError(f"no {pattern!r} within {timeout_s}s; output ends:\n{tail}")
 
     def interrupt(self) -> None:
         self.proc.send_signal(signal.SIGINT)

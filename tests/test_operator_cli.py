@@ -7,9 +7,14 @@ from __future__ import annotations
 import re
 
 import pytest
+from sqlalchemy import text
 
+from coordinator.launch import launch
+from coordinator.watch import wait
+from shared.config.settings import load_settings
 from shared.engines import get_engine
 from shared.metadata import store
+from shared.run.statuses import RunStatus
 from tests.cliutil import process_log_count, run_cli, write_config
 from tests.opsutil import free_port, wait_for
 from tests.pgdata import create_customers, scd2_mapping
@@ -170,3 +175,58 @@ def test_broker_down_at_launch_names_it_and_leaves_no_run(
         validate.err
     )
     assert f"{mapref}: ok" in validate.out  # the mapping itself is fine
+
+
+@pytest.mark.e2e
+def test_chunks_behind_busy_workers_are_reported_until_a_slot_frees(
+    workers, clean_cli_env, base_config, session_settings, wh, schema, tmp_path, capsys
+):
+    """Both worker slots run another run's chunks (held on a lock of their target table): a
+    second run's `run --wait` and `status` say its chunks wait behind 2 other tasks, naming the
+    queue; once the lock goes, its chunks run and the command ends SUCCESS."""
+    create_customers(wh, schema, 2_000, table="busy_src")
+    create_customers(wh, schema, 1_000, table="next_src")
+    busy = scd2_mapping(schema, table="busy_src", target="busy_dim")
+    mappings = {"busy": busy, "next": scd2_mapping(schema, table="next_src", target="next_dim")}
+    path = write_config(tmp_path / "chordload.yaml", base_config, mappings)
+    settings = load_settings(path)
+    first = launch("busy", settings=settings, chunks_override=2)
+    assert wait(first, settings=settings, timeout_s=60).status is RunStatus.SUCCESS
+
+    metadata = get_engine(base_config["metadata"])
+    queue = session_settings.celery.queue
+    holder = wh.connect()
+    lock = holder.begin()
+    cli = None
+    try:
+        # every chunk of a full reload writes to the target: both slots block on this lock
+        holder.execute(text(f'LOCK TABLE "{schema}"."busy_dim" IN EXCLUSIVE MODE'))
+        blocked = launch("busy", settings=settings, chunks_override=2, full=True)
+        wait_for(
+            lambda: store.progress_totals(metadata, blocked)["status_running"] == 2,
+            timeout_s=30,
+            what="both chunks of the blocked run RUNNING",
+        )
+        cli = PtyProcess("run", "next", "--wait", "--chunks", "2", "--config", path)
+        run_id = cli.read_until(r"run (\w+) started", timeout_s=60).group(1)
+        cli.read_until(
+            rf"the run's 2 chunk\(s\) wait in queue '{queue}': its 1 worker\(s\) are busy "
+            rf"with 2 other task\(s\) \({workers.hostname}\)",
+            timeout_s=20,
+        )
+        status = run_cli(capsys, "status", run_id, "--config", path)
+        assert "2 pending; 2 total" in status.out, status.out
+        assert f"wait in queue '{queue}'" in " ".join(status.out.split()), status.out
+    except BaseException:
+        if cli is not None:
+            cli.kill()
+        raise
+    finally:
+        lock.rollback()
+        holder.close()
+    try:
+        cli.read_until(r"a worker took the run's chunks", timeout_s=60)
+        assert cli.wait(timeout_s=60) == 0, cli.text
+    finally:
+        cli.kill()
+    assert wait(blocked, settings=settings, timeout_s=60).status is RunStatus.SUCCESS
