@@ -263,7 +263,7 @@ def _report(
             print(run_id)
         return EXIT_OK
     first = snapshot(settings, run_id)
-    if first.run.status.is_terminal:
+    if attached and first.run.status.is_terminal:  # watch of a run that already ended
         if args.json:
             print_json(run_summary(first.run, first.totals))
         else:
@@ -331,6 +331,18 @@ def _took(seconds: float | None) -> str:
     return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
+RIGHT_ALIGNED = {
+    "rows read",
+    "took",
+    "read",
+    "try",
+    "inserted",
+    "changed",
+    "unchanged",
+    "duplicate",
+}
+
+
 def _narrow_table(*headers: str) -> Table:
     """A table for 80 columns: no vertical rules, headers never broken (each column is at
     least as wide as its header), run ids and statuses whole, long values folded."""
@@ -344,7 +356,7 @@ def _narrow_table(*headers: str) -> Table:
             no_wrap=whole,
             overflow="fold",
             min_width=max(len(header), 12 if header == "run_id" else 0),
-            justify="right" if header in ("rows read", "took", "read", "try") else "left",
+            justify="right" if header in RIGHT_ALIGNED else "left",
         )
     return table
 
@@ -450,16 +462,23 @@ def cmd_status(args: argparse.Namespace) -> int:
                 markup=False,
             )
         return EXIT_OK
+    # what each chunk wrote only where it fits: 80 columns keep range, rows read and notes
+    counted = console.width >= 130
+    counters = ["inserted", "changed", "unchanged", "duplicate"] if counted else []
     table = _narrow_table(
-        "chunk", "status", "range (lower, upper]", "read", "try", "worker/message"
+        "chunk", "status", "range (lower, upper]", "read", *counters, "try", "worker/message"
     )
     for c in chunks:
         note = " ".join(part for part in (c.worker, c.message) if part) or "-"
+        counts = [
+            f"{n:,}" for n in (c.rows_inserted, c.rows_changed, c.rows_unchanged, c.rows_duplicate)
+        ]
         table.add_row(
             str(c.chunk_no),
             c.status.value,
             f"{display_value(c.lower_bound)} .. {display_value(c.upper_bound)}",
             f"{c.rows_read:,}",
+            *(counts if counted else []),
             str(c.attempts),
             note,
         )
