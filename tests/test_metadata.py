@@ -108,6 +108,17 @@ def test_metadata_behind_head_is_refused(clean_cli_env, base_config, tmp_path, c
     result = run_cli(capsys, "status", "--config", path)
     assert result.code == 2, result
     assert "at revision 0001" in result.err and "chordload db upgrade" in result.err
+    # validate says the same, among its other checks
+    result = run_cli(capsys, "validate", "--config", path)
+    assert result.code == 2, result
+    assert "metadata database: INVALID: " in result.err and "at revision 0001" in result.err
+    assert "run `chordload db upgrade`" in result.err and "broker: ok" in result.out
+    missing = write_config(
+        tmp_path / "missing.yaml", base_config, {}, metadata=f"sqlite:///{tmp_path / 'no.db'}"
+    )
+    result = run_cli(capsys, "validate", "--config", missing)
+    assert result.code == 2 and "no.db does not exist" in result.err, result
+    assert not (tmp_path / "no.db").exists()  # validate creates nothing
     assert run_cli(capsys, "db", "upgrade", "--config", path).code == 0
     assert run_cli(capsys, "status", "--config", path).code == 0
 
