@@ -365,7 +365,10 @@ def _worker_warning(settings: Settings, run_id: str | None = None) -> str | None
     """What the workers say about the settings' queue (and the run's pending chunks)."""
     from coordinator.presence import diagnose, no_worker_message, start_worker_command, survey
 
-    found = survey(settings, tasks=run_id is not None)
+    try:
+        found = survey(settings, tasks=run_id is not None)
+    except Exception as exc:  # noqa: BLE001 - status still shows what the metadata says
+        return f"cannot ask the workers over the broker: {exc}"
     command = start_worker_command(settings)
     if run_id is None:
         return None if found.consumers else no_worker_message(found, command)

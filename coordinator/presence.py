@@ -150,8 +150,12 @@ class PresenceWatch:
         if now < self._next_check or not totals.get("status_pending", 0):
             return
         self._next_check = now + self.interval_s
-        found = survey(self.settings, tasks=True)
-        problem = diagnose(found, self.pending_task_ids(), 0, self.start_command)
+        try:
+            found = survey(self.settings, tasks=True)
+        except Exception as exc:  # noqa: BLE001 - a broker blip must not end the waiting
+            problem: str | None = f"cannot ask the workers over the broker: {exc}"
+        else:
+            problem = diagnose(found, self.pending_task_ids(), 0, self.start_command)
         if problem is None:
             self._clear("workers are taking the run's chunks")
         elif problem != self._problem:

@@ -157,7 +157,10 @@ def check_broker(settings: Settings) -> Check:
 
 
 def check_workers(settings: Settings, config: str | None) -> Check:
-    found = survey(settings, tasks=False)
+    try:
+        found = survey(settings, tasks=False)
+    except Exception as exc:  # noqa: BLE001 - the broker answered a moment ago
+        return Check("workers", Verdict.WARNING, f"cannot ask the workers: {exc}")
     if not found.consumers:
         message = no_worker_message(found, start_worker_command(settings, config))
         return Check("workers", Verdict.WARNING, message.replace("the run waits", "runs wait"))
