@@ -1,13 +1,15 @@
 """The ``chordload`` command line.
 
-Exit codes: 0 SUCCESS, 1 FAILED, 2 bad input or config, 3 STOPPED, 4 refused.
+Exit codes: 0 SUCCESS, 1 FAILED, 2 bad input or config, 3 STOPPED, 4 refused, 5 gave up
+waiting (``--timeout-s``; the run goes on), 130 interrupted (Ctrl-C; the run goes on).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 
 from rich.console import Console
@@ -18,6 +20,8 @@ from shared.config.settings import Settings, load_settings
 from shared.errors import ChordloadError, ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_REFUSED = 0, 1, 2, 3, 4
+EXIT_WAIT_TIMEOUT = 5  # --timeout-s passed: this command gave up, the run did not
+EXIT_INTERRUPTED = 130
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -59,18 +63,6 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def _table(*headers: str) -> Table:
-    """A table that never truncates a value with '…' on a narrow or piped console: run ids
-    stay whole (they are copied into other commands), long values fold onto more lines."""
-    table = Table()
-    for header in headers:
-        if header in ("run_id", "status", "chunk"):
-            table.add_column(header, no_wrap=True, min_width=12 if header == "run_id" else None)
-        else:
-            table.add_column(header, overflow="fold")
-    return table
-
-
 def _console(args: argparse.Namespace) -> Console:
     return Console(stderr=bool(getattr(args, "json", False)))
 
@@ -106,7 +98,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     settings = _settings(args)
     store.get_run(_metadata(settings), args.run_id)
     args.wait = True
-    return _report(args, settings, args.run_id)
+    return _report(args, settings, args.run_id, attached=True)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -219,9 +211,49 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _report(args: argparse.Namespace, settings: Settings, run_id: str) -> int:
+def _command(args: argparse.Namespace, *words: str) -> str:
+    """A chordload command line to suggest, with this command's ``--config`` if it had one."""
+    config = getattr(args, "config", None)
+    return "chordload " + " ".join(words) + (f" --config {config}" if config else "")
+
+
+def _goes_on(args: argparse.Namespace, run_id: str) -> str:
+    """The commands that follow or stop a run, each on a line of its own (never broken)."""
+    return (
+        f"\n  follow it: {_command(args, 'watch', run_id)}"
+        f"\n  stop it:   {_command(args, 'stop', run_id)}"
+    )
+
+
+def _pending_task_ids(settings: Settings, run_id: str) -> Callable[[], list[str]]:
+    from shared.engines import get_engine
+    from shared.metadata import store
+    from shared.run.statuses import ChunkStatus
+
+    def read() -> list[str]:
+        chunks = store.get_chunks(get_engine(settings.metadata), run_id)
+        return [c.task_id for c in chunks if c.status is ChunkStatus.PENDING and c.task_id]
+
+    return read
+
+
+def _config_path(args: argparse.Namespace) -> str | None:
+    """The config path to hand a worker, when this command was given one explicitly."""
+    from pathlib import Path
+
+    config = getattr(args, "config", None)
+    return str(Path(config).resolve()) if config else None
+
+
+def _report(
+    args: argparse.Namespace, settings: Settings, run_id: str, *, attached: bool = False
+) -> int:
+    """Print the run id, or (``--wait``, ``watch``) follow the run to its end: live progress,
+    worker problems as they appear, the summary. Giving up (``--timeout-s``) and Ctrl-C end
+    this command only, and say so with the commands to follow or stop the run."""
+    from coordinator.presence import PresenceWatch
     from coordinator.progress import ProgressDisplay, print_json, print_summary, run_summary
-    from coordinator.watch import snapshot, wait
+    from coordinator.watch import RunSnapshot, snapshot, wait
 
     console = _console(args)
     if not args.wait:
@@ -230,14 +262,124 @@ def _report(args: argparse.Namespace, settings: Settings, run_id: str) -> int:
         else:
             print(run_id)
         return EXIT_OK
-    console.print(f"run {run_id} started", highlight=False)
-    with ProgressDisplay(console, settings.progress_interval_s) as display:
-        run = wait(run_id, settings=settings, timeout_s=args.timeout_s, on_progress=display)
-    if args.json:
-        print_json(run_summary(run))
+    first = snapshot(settings, run_id)
+    if attached and first.run.status.is_terminal:  # watch of a run that already ended
+        if args.json:
+            print_json(run_summary(first.run, first.totals))
+        else:
+            console.print(f"run {run_id} already ended: {first.run.status.value}", highlight=False)
+            print_summary(first.run, console, first.totals)
+        return first.run.status.exit_code
+    if attached:
+        console.print(f"watching run {run_id} ({first.run.status.value})", highlight=False)
     else:
-        print_summary(run, console)
+        console.print(f"run {run_id} started", highlight=False)
+    display = ProgressDisplay(console, settings.progress_interval_s)
+    presence = PresenceWatch(
+        settings,
+        display.note,
+        config=_config_path(args),
+        pending_task_ids=_pending_task_ids(settings, run_id),
+    )
+    last: list[RunSnapshot] = [first]
+
+    def on_progress(snap: RunSnapshot) -> None:
+        last[0] = snap
+        display(snap)
+        presence(snap)
+
+    try:
+        with display:
+            run = wait(run_id, settings=settings, timeout_s=args.timeout_s, on_progress=on_progress)
+    except TimeoutError:
+        status = last[0].run.status.value
+        print(
+            f"gave up waiting after --timeout-s {args.timeout_s:g} (exit code "
+            f"{EXIT_WAIT_TIMEOUT}): run {run_id} is still {status}; the run goes on"
+            f"{_goes_on(args, run_id)}",
+            file=sys.stderr,
+        )
+        return EXIT_WAIT_TIMEOUT
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: run {run_id} continues on the workers{_goes_on(args, run_id)}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    totals = last[0].totals
+    if args.json:
+        print_json(run_summary(run, totals))
+    else:
+        print_summary(run, console, totals)
     return run.status.exit_code
+
+
+def _short_time(value: datetime | None) -> str:
+    """``MM-DD HH:MM`` in UTC: a timestamp that fits a narrow column on one line."""
+    from shared.timeutil import as_utc
+
+    stamp = as_utc(value)
+    return stamp.strftime("%m-%d %H:%M") if stamp is not None else "-"
+
+
+def _took(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+RIGHT_ALIGNED = {
+    "rows read",
+    "took",
+    "read",
+    "try",
+    "inserted",
+    "changed",
+    "unchanged",
+    "duplicate",
+}
+
+
+def _narrow_table(*headers: str) -> Table:
+    """A table for 80 columns: no vertical rules, headers never broken (each column is at
+    least as wide as its header), run ids and statuses whole, long values folded."""
+    from rich import box
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for header in headers:
+        whole = header in ("run_id", "status", "chunk", "started (UTC)")
+        table.add_column(
+            header,
+            no_wrap=whole,
+            overflow="fold",
+            min_width=max(len(header), 12 if header == "run_id" else 0),
+            justify="right" if header in RIGHT_ALIGNED else "left",
+        )
+    return table
+
+
+def _worker_warning(settings: Settings, run_id: str | None = None) -> str | None:
+    """What the workers say about the settings' queue (and the run's pending chunks)."""
+    from coordinator.presence import diagnose, no_worker_message, start_worker_command, survey
+
+    try:
+        found = survey(settings, tasks=run_id is not None)
+    except Exception as exc:  # noqa: BLE001 - status still shows what the metadata says
+        return f"cannot ask the workers over the broker: {exc}"
+    command = start_worker_command(settings)
+    if run_id is None:
+        return None if found.consumers else no_worker_message(found, command)
+    from shared.engines import get_engine
+    from shared.metadata import store
+    from shared.run.statuses import ChunkStatus
+
+    chunks = store.get_chunks(get_engine(settings.metadata), run_id)
+    pending = [c.task_id for c in chunks if c.status is ChunkStatus.PENDING and c.task_id]
+    running = sum(c.status is ChunkStatus.RUNNING for c in chunks)
+    return diagnose(found, pending, running, command)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -256,21 +398,28 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.json:
             print_json([run_summary(r) for r in runs])
             return EXIT_OK
-        table = _table(
-            "run_id", "mapref", "status", "started", "duration_s", "rows read", "checkpoint"
-        )
+        # the checkpoint (a timestamp is 19+ characters) only where it fits on one line
+        wide = console.width >= 110
+        headers = ["run_id", "mapref", "status", "started (UTC)", "took", "rows read"]
+        table = _narrow_table(*headers, *(["checkpoint"] if wide else []))
         for r in runs:
             s = run_summary(r)
-            table.add_row(
+            cells = [
                 r.run_id,
                 r.mapref,
                 r.status.value,
-                (s["started_at"] or "-")[:19],
-                f"{s['duration_s']:.1f}" if s["duration_s"] is not None else "-",
+                _short_time(r.started_at or r.created_at),
+                _took(s["duration_s"]),
                 f"{r.rows_read:,}",
-                str(s["checkpoint_to"] or s["checkpoint_from"] or "-"),
-            )
+            ]
+            if wide:
+                cells.append(display_value(r.checkpoint_to or r.checkpoint_from))
+            table.add_row(*cells)
         console.print(table)
+        if any(not r.status.is_terminal for r in runs):
+            warning = _worker_warning(settings)
+            if warning:
+                console.print(f"warning: {warning}", highlight=False, markup=False)
         return EXIT_OK
     run = store.find_run(metadata, args.target)
     if run is None and args.target in settings.mappings:
@@ -279,11 +428,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             raise NotFoundError(f"mapping '{args.target}' has no runs yet")
     if run is None:
         raise NotFoundError(f"'{args.target}' is neither a run id nor a mapping in the config")
-    run = store.with_live_totals(metadata, run)
+    totals = store.progress_totals(metadata, run.run_id)
+    run = store.with_live_totals(metadata, run, totals)
     chunks = store.get_chunks(metadata, run.run_id)
     verification = verifies.run_verification(metadata, run.run_id)  # verify.after_run
     if args.json:
-        summary = run_summary(run)
+        summary = run_summary(run, totals)
         summary["verified"] = verification[0] if verification else None
         summary["chunk_list"] = [
             {
@@ -303,7 +453,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         ]
         print_json(summary)
         return EXIT_OK
-    print_summary(run, console)
+    print_summary(run, console, totals)
     if verification:
         mark, verify = verification
         console.print(
@@ -311,58 +461,59 @@ def cmd_status(args: argparse.Namespace) -> int:
             + (f": {verify.message})" if verify.message else ")"),
             highlight=False,
         )
-    table = _table(
-        "chunk",
-        "status",
-        "lower (excl)",
-        "upper (incl)",
-        "rows read",
-        "inserted",
-        "changed",
-        "unchanged",
-        "duplicate",
-        "attempts",
-        "worker",
-        "message",
+    if not run.status.is_terminal:
+        warning = _worker_warning(settings, run.run_id)
+        if warning:
+            console.print(f"warning: {warning}", highlight=False, markup=False)
+    if not args.chunks:
+        if chunks:
+            console.print(
+                f"(the {len(chunks)} chunks one by one: {_command(args, 'status', run.run_id)}"
+                " --chunks)",
+                highlight=False,
+                markup=False,
+            )
+        return EXIT_OK
+    # what each chunk wrote only where it fits: 80 columns keep range, rows read and notes
+    counted = console.width >= 130
+    counters = ["inserted", "changed", "unchanged", "duplicate"] if counted else []
+    table = _narrow_table(
+        "chunk", "status", "range (lower, upper]", "read", *counters, "try", "worker/message"
     )
     for c in chunks:
+        note = " ".join(part for part in (c.worker, c.message) if part) or "-"
+        counts = [
+            f"{n:,}" for n in (c.rows_inserted, c.rows_changed, c.rows_unchanged, c.rows_duplicate)
+        ]
         table.add_row(
             str(c.chunk_no),
             c.status.value,
-            display_value(c.lower_bound),
-            display_value(c.upper_bound),
+            f"{display_value(c.lower_bound)} .. {display_value(c.upper_bound)}",
             f"{c.rows_read:,}",
-            f"{c.rows_inserted:,}",
-            f"{c.rows_changed:,}",
-            f"{c.rows_unchanged:,}",
-            f"{c.rows_duplicate:,}",
+            *(counts if counted else []),
             str(c.attempts),
-            c.worker or "-",
-            c.message or "",
+            note,
         )
     console.print(table)
     return EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from coordinator.plan import validate_mapping
+    """Each mapping (source query and columns, target database and table), then the metadata
+    database, the broker and the workers: ok lines on stdout, problems on stderr. Exit 2 when
+    anything is INVALID; a queue without a worker is only a WARNING."""
+    from coordinator.validate import Verdict, validate
 
     settings = _settings(args)
     names = [args.mapref] if args.mapref else list(settings.mappings)
     if args.mapref:
         settings.mapping(args.mapref)
-    bad = 0
-    for mapref in names:
-        try:
-            columns = validate_mapping(settings, mapref)
-        except ChordloadError as err:
-            bad += 1
-            print(f"{mapref}: INVALID: {err}", file=sys.stderr)
-        else:
-            print(f"{mapref}: ok ({len(columns)} columns: {', '.join(columns)})")
     if not names:
         print("config is valid; it defines no mappings")
-    return EXIT_BAD_INPUT if bad else EXIT_OK
+    checks = validate(settings, names, _config_path(args))
+    for check in checks:
+        print(check.line(), file=sys.stdout if check.verdict is Verdict.OK else sys.stderr)
+    return EXIT_BAD_INPUT if any(c.verdict is Verdict.INVALID for c in checks) else EXIT_OK
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
@@ -442,6 +593,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(rows=args.rows, workdir=args.dir, chunks=args.chunks)
 
 
+TIMEOUT_HELP = (
+    "stop waiting after S seconds: exit code 5, and the run goes on (the message says how "
+    "to watch or stop it)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -454,13 +611,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chordload",
         parents=[common],
         description="Parallel, checkpointed SCD loads as one Celery chord per run.",
-        epilog="exit codes: 0 success, 1 failed, 2 bad input/config, 3 stopped, 4 refused",
+        epilog="exit codes: 0 success, 1 failed, 2 bad input/config, 3 stopped, 4 refused, "
+        "5 gave up waiting (--timeout-s; the run goes on), 130 interrupted (the run goes on)",
     )
     parser.add_argument("--version", action="version", version=f"chordload {chordload_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", parents=[common], help="plan and launch a run of a mapping")
-    p.add_argument("mapref")
+    p.add_argument("mapref", metavar="MAPREF", help="the mapping to load (a name under `mappings`)")
     p.add_argument("--wait", action="store_true", help="show progress and wait for the end")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
@@ -492,20 +650,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="Y",
         help="upper end of a --from backfill (inclusive)",
     )
-    p.add_argument("--timeout-s", type=float, default=None, help="give up waiting after this")
+    p.add_argument("--timeout-s", type=float, default=None, metavar="S", help=TIMEOUT_HELP)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
         "stop", parents=[common], help="stop a run (RUN_ID, or MAPREF for its active run)"
     )
-    p.add_argument("target", metavar="RUN_ID|MAPREF")
-    p.add_argument("--reason", default=None)
+    p.add_argument(
+        "target", metavar="RUN_ID|MAPREF", help="a run id, or a mapping name for its active run"
+    )
+    p.add_argument("--reason", default=None, metavar="TEXT", help="why, kept with the stop request")
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("watch", parents=[common], help="live progress of a run until it ends")
-    p.add_argument("run_id")
+    p.add_argument("run_id", metavar="RUN_ID", help="the run to follow (see `chordload status`)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
-    p.add_argument("--timeout-s", type=float, default=None, help="give up waiting after this")
+    p.add_argument("--timeout-s", type=float, default=None, metavar="S", help=TIMEOUT_HELP)
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser(
@@ -513,16 +673,18 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="re-launch the unfinished chunks of a FAILED or STOPPED run",
     )
-    p.add_argument("run_id")
+    p.add_argument("run_id", metavar="RUN_ID", help="a FAILED or STOPPED run")
     p.add_argument("--wait", action="store_true", help="show progress and wait for the end")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--timeout-s", type=float, default=None, help="give up waiting after this")
+    p.add_argument("--timeout-s", type=float, default=None, metavar="S", help=TIMEOUT_HELP)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("errors", parents=[common], help="the rows a run could not load")
-    p.add_argument("run_id")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--limit", type=int, default=None, help="show at most this many")
+    p.add_argument("run_id", metavar="RUN_ID", help="the run whose quarantined rows to list")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument(
+        "--limit", type=_positive_int, default=None, metavar="N", help="show at most N rows"
+    )
     p.set_defaults(func=cmd_errors)
 
     p = sub.add_parser(
@@ -533,7 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--set or --reset change it (refused while a run of the mapping is QUEUED or "
         "RUNNING) and record who, when, old -> new and --reason; --history lists the changes.",
     )
-    p.add_argument("mapref")
+    p.add_argument("mapref", metavar="MAPREF", help="the mapping whose checkpoint it is")
     action = p.add_mutually_exclusive_group()
     action.add_argument(
         "--set",
@@ -554,7 +716,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reason", default=None, metavar="TEXT", help="why (with --set or --reset)")
     p.add_argument(
-        "--limit", type=_positive_int, default=None, help="--history: show at most this many"
+        "--limit",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="--history: show at most N changes",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_checkpoint)
@@ -566,10 +732,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_reconcile)
 
-    p = sub.add_parser("status", parents=[common], help="recent runs, or one run and its chunks")
-    p.add_argument("target", nargs="?", metavar="RUN_ID|MAPREF")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--limit", type=int, default=20, help="how many recent runs to list")
+    p = sub.add_parser(
+        "status",
+        parents=[common],
+        help="recent runs, or one run: its chunks counted by status",
+        description="Without RUN_ID|MAPREF: the recent runs, newest first. With one: that run "
+        "(a mapping name: its latest run), its chunks counted by status and, while it is "
+        "active, whether workers consume its queue; --chunks lists the chunks one by one.",
+    )
+    p.add_argument(
+        "target",
+        nargs="?",
+        metavar="RUN_ID|MAPREF",
+        help="a run id, or a mapping name for its latest run",
+    )
+    p.add_argument(
+        "--chunks", action="store_true", help="with RUN_ID|MAPREF: list the chunks one by one"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON (one run: with its chunk list)")
+    p.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=20,
+        metavar="N",
+        help="how many recent runs to list (default 20)",
+    )
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(
@@ -577,13 +764,22 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="mappings with their cron schedule, next due time and last run",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=cmd_schedule)
 
     p = sub.add_parser(
-        "validate", parents=[common], help="check the config and each mapping against its source"
+        "validate",
+        parents=[common],
+        help="check the config, each mapping's databases, the metadata database, the broker "
+        "and the workers",
+        description="Check each mapping (the source query returns the columns it names, the "
+        "target database exists, the target table fits or will be created), the metadata "
+        "database (reachable, migrated), the broker, and warn when no worker consumes the "
+        "queue. Writes nothing. Exit 2 when anything is INVALID.",
     )
-    p.add_argument("mapref", nargs="?")
+    p.add_argument(
+        "mapref", nargs="?", metavar="MAPREF", help="check only this mapping (default: all)"
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(
@@ -629,8 +825,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_db_upgrade)
 
     p = sub.add_parser("demo", help="a real parallel SCD2 load on SQLite, no servers needed")
-    p.add_argument("--rows", type=int, default=200_000)
-    p.add_argument("--chunks", type=int, default=8)
+    p.add_argument(
+        "--rows", type=_positive_int, default=200_000, metavar="N", help="source rows to generate"
+    )
+    p.add_argument(
+        "--chunks", type=_positive_int, default=8, metavar="N", help="chunks of the initial load"
+    )
     p.add_argument("--dir", default=None, help="where to keep the demo databases")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -647,7 +847,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"error: {err}; it goes on: `chordload watch` or `chordload stop` it", file=sys.stderr
         )
-        return EXIT_FAILED
+        return EXIT_WAIT_TIMEOUT
     except KeyboardInterrupt:
         print("interrupted; the run (if any) goes on: see `chordload status`", file=sys.stderr)
         return 130

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import shutil
 import sqlite3
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -140,6 +142,21 @@ def in_process_worker(settings: Settings, concurrency: int = 4):
     )
 
 
+def demo_command() -> str:
+    """A command that runs the demo again from where the user is: `chordload demo` when that
+    is on PATH, else the installed script's path (in a checkout: `make demo` too)."""
+    script = Path(sys.executable).parent / "chordload"
+    on_path = shutil.which("chordload")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "chordload demo"
+    try:
+        shown = f"./{script.relative_to(Path.cwd())}"
+    except ValueError:
+        shown = str(script)
+    in_checkout = (Path.cwd() / "Makefile").is_file()
+    return f"make demo (or {shown} demo)" if in_checkout else f"{shown} demo"
+
+
 def _history(workdir: Path, key: int) -> list[tuple]:
     with sqlite3.connect(workdir / "warehouse.db") as conn:
         return conn.execute(
@@ -198,6 +215,7 @@ def run_demo(
             f"  {city:<10} {balance:>8}  {str(valid_from)[:19]}  {until:<19}  {run}",
             highlight=False,
         )
-    console.print(f"databases kept in {folder}; run `chordload demo` again to start over")
+    console.print(f"databases kept in {folder}", highlight=False)
+    console.print(f"to start over: {demo_command()}", highlight=False)
     ok = all(s.value == "SUCCESS" for s in statuses)
     return 0 if ok else 1

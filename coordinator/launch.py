@@ -10,6 +10,7 @@ imports the workers.
 from __future__ import annotations
 
 from coordinator.plan import Plan, plan_run
+from shared.broker import require_broker
 from shared.config.settings import Settings
 from shared.engines import get_engine
 from shared.errors import RunRefusedError
@@ -83,7 +84,8 @@ def launch(
     ``full``: ignore the stored checkpoint (a full reload; the new checkpoint is still set on
     success). ``window_from``/``window_to``: a backfill of that checkpoint window, which never
     moves the stored checkpoint. Refused (RunRefusedError) while another run of the mapping is
-    QUEUED or RUNNING, or when its stored checkpoint changed while the run was being planned.
+    QUEUED or RUNNING, or when its stored checkpoint changed while the run was being planned;
+    BrokerUnavailableError (nothing written) when the broker does not answer.
     """
     metadata = get_engine(settings.metadata)
     require_current(metadata)
@@ -95,6 +97,9 @@ def launch(
             f"wait for it (chordload status {active.run_id}) or stop it",
             active.run_id,
         )
+    # before planning (which may take minutes) and before anything is written: a broker
+    # that is down is an error naming its URL, not a FAILED run to clean up
+    require_broker(settings)
     plan = plan_run(
         settings,
         mapref,

@@ -84,6 +84,14 @@ def check_columns(mapref: str, spec: MappingSpec, columns: list[str]) -> None:
         raise ConfigError(
             f"mapping '{mapref}': {'; '.join(problems)}; the query returns: {', '.join(columns)}"
         )
+    # Checked after the names exist: with `keys: [idd]` the typo is the key, not the split
+    # column `id` that the config names correctly.
+    if spec.chunking.column and spec.chunking.column not in spec.keys:
+        raise ConfigError(
+            f"mapping '{mapref}': chunking.column '{spec.chunking.column}' is not a business "
+            f"key; the split column must be one of keys {spec.keys} so that no two chunks "
+            f"touch one key"
+        )
 
 
 def _connect_error(mapref: str, role: str, url: str, exc: Exception) -> SourceUnavailableError:

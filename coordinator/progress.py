@@ -6,19 +6,34 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import IO, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from shared.metadata.models import ProcessLog
+from shared.run.statuses import ChunkStatus
 from shared.run.values import display_value, plain_value
 from shared.timeutil import as_utc, utcnow
 
 
-def run_summary(run: ProcessLog) -> dict[str, Any]:
-    """The run as the JSON object `run --json` and `status --json` print."""
+def chunk_statuses(totals: dict[str, int] | None) -> dict[str, int]:
+    """The chunk count of each status that has chunks, from ``store.progress_totals``."""
+    if totals is None:
+        return {}
+    return {
+        status.value: totals[f"status_{status.value.lower()}"]
+        for status in ChunkStatus
+        if totals.get(f"status_{status.value.lower()}")
+    }
+
+
+def run_summary(run: ProcessLog, totals: dict[str, int] | None = None) -> dict[str, Any]:
+    """The run as the JSON object `run --json` and `status --json` print; with the run's
+    ``totals`` (``store.progress_totals``) also its chunks by status (``chunk_statuses``)."""
     started, ended = as_utc(run.started_at), as_utc(run.ended_at)
     duration_s = None
     if started is not None:
@@ -31,6 +46,7 @@ def run_summary(run: ProcessLog) -> dict[str, Any]:
         "chunks": run.chunks_total,
         "chunks_done": run.chunks_done,
         "chunks_failed": run.chunks_failed,
+        **({"chunk_statuses": chunk_statuses(totals)} if totals is not None else {}),
         "estimated_rows": run.estimated_rows,
         "rows_read": run.rows_read,
         "rows_inserted": run.rows_inserted,
@@ -50,17 +66,28 @@ def run_summary(run: ProcessLog) -> dict[str, Any]:
     }
 
 
-def print_summary(run: ProcessLog, console: Console) -> None:
-    s = run_summary(run)
+def print_summary(run: ProcessLog, console: Console, totals: dict[str, int] | None = None) -> None:
+    """The run as a two-column table; with ``totals`` its chunks are counted by status, so
+    chunks revoked or stopped by `chordload stop` are not called failed."""
+    s = run_summary(run, totals)
     colour = {"SUCCESS": "green", "FAILED": "red", "STOPPED": "yellow"}.get(s["status"], "cyan")
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("run", f"{s['run_id']}  ({s['mapref']}, {s['load_kind']})")
     table.add_row("status", f"[{colour}]{s['status']}[/{colour}]")
-    table.add_row(
-        "chunks", f"{s['chunks_done']} done, {s['chunks_failed']} failed, {s['chunks']} total"
-    )
+    if totals is not None:
+        counts = s["chunk_statuses"]
+        by_status = ", ".join(
+            f"{counts[st]} {'done' if st == 'SUCCESS' else st.lower()}"
+            for st in ("SUCCESS", "RUNNING", "PENDING", "FAILED", "STOPPED", "REVOKED")
+            if counts.get(st)
+        )
+        table.add_row("chunks", f"{by_status or 'none'}; {s['chunks']} total")
+    else:
+        table.add_row(
+            "chunks", f"{s['chunks_done']} done, {s['chunks_failed']} not done, {s['chunks']} total"
+        )
     rows = (
         f"{s['rows_read']:,} read: {s['rows_inserted']:,} inserted, "
         f"{s['rows_changed']:,} changed, {s['rows_unchanged']:,} unchanged, "
@@ -90,66 +117,153 @@ def print_json(obj: Any, stream: IO[str] | None = None) -> None:
     (stream or sys.stdout).write(json.dumps(obj, default=str) + "\n")
 
 
+def compact(n: float) -> str:
+    """A count in at most four characters and a unit: 950, 12.3k, 225k, 1.25M."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def clock(seconds: float) -> str:
+    """A duration as m:ss or h:mm:ss (an ETA never gets cut to a bare number)."""
+    total = max(0, round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class RateMeter:
+    """Rows per second of a run, true whenever you attach: over the last ``window_s`` of
+    samples once they span a few seconds, before that the average since the run started
+    (never since the moment the display started, which a long run's rows would dwarf)."""
+
+    def __init__(self, window_s: float = 30.0, min_span_s: float = 3.0):
+        self.window_s = window_s
+        self.min_span_s = min_span_s
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def rate(self, run: ProcessLog, rows: int, now: float | None = None) -> float:
+        started, ended = as_utc(run.started_at), as_utc(run.ended_at)
+        if started is None:
+            return 0.0
+        if run.status.is_terminal or ended is not None:
+            took = ((ended or utcnow()) - started).total_seconds()
+            return rows / took if took > 0 else 0.0
+        now = time.monotonic() if now is None else now
+        self._samples.append((now, rows))
+        while len(self._samples) > 2 and now - self._samples[0][0] > self.window_s:
+            self._samples.popleft()
+        first_t, first_rows = self._samples[0]
+        if now - first_t >= self.min_span_s:
+            return max(0, rows - first_rows) / (now - first_t)
+        took = (utcnow() - started).total_seconds()
+        return rows / took if took > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class ProgressLine:
+    """What one progress update shows, computed once for the bar and the plain line."""
+
+    done: int
+    total: int
+    rate: float
+    eta_s: float | None
+    chunks: str
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.done / self.total if self.total else 100.0
+
+    @property
+    def eta(self) -> str:
+        return "--:--" if self.eta_s is None else clock(self.eta_s)
+
+    def stats(self) -> str:
+        """Counts, chunks, rate and ETA in ~50 characters: a bar of 20+ fits 80 columns."""
+        return (
+            f"{compact(self.done)}/{compact(self.total)} rows  {self.chunks}  "
+            f"{compact(self.rate)} rows/s  ETA {self.eta}"
+        )
+
+
+def chunks_text(totals: dict[str, int]) -> str:
+    """``3/10 chunks``, plus the chunks that ended without loading, each by its status."""
+    text = f"{totals['chunks_done']}/{totals['chunks_total']} chunks"
+    ended = [
+        f"{totals[f'status_{status}']} {status}"
+        for status in ("failed", "stopped", "revoked")
+        if totals.get(f"status_{status}")
+    ]
+    return text + (f" ({', '.join(ended)})" if ended else "")
+
+
+def progress_line(snap: Any, meter: RateMeter) -> ProgressLine:
+    run, totals = snap.run, snap.totals
+    done = run.rows_read  # live sums while active (``with_live_totals``), final at the end
+    # the estimate is the goal while running; at the end the goal is what was actually read
+    total = done if run.status.is_terminal else max(run.estimated_rows or 0, done)
+    rate = meter.rate(run, done)
+    if run.status.is_terminal or (total and done >= total):
+        eta_s: float | None = 0.0
+    else:
+        eta_s = (total - done) / rate if rate > 0 else None
+    return ProgressLine(done, total, rate, eta_s, chunks_text(totals))
+
+
 class ProgressDisplay:
     """Callback for ``coordinator.wait``: a live bar on a terminal, a plain line every few
-    seconds when output is piped (CI logs stay readable)."""
+    seconds when output is piped (CI logs stay readable). ``note`` prints a line above it."""
 
     def __init__(self, console: Console, interval_s: float):
         self.console = console
         self.interval_s = interval_s
         self.live = console.is_terminal
+        self.meter = RateMeter()
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._last_plain = 0.0
-        self._started = time.monotonic()
 
     def __enter__(self) -> ProgressDisplay:
         if self.live:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed:,.0f}/{task.total:,.0f} rows"),
-                TextColumn("{task.fields[chunks]}"),
-                TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(),
+                BarColumn(bar_width=None),  # takes what the text leaves: ~25 at 80 columns
+                TextColumn("{task.percentage:>3.0f}%"),
+                TextColumn("{task.fields[stats]}"),
                 console=self.console,
                 transient=False,
+                expand=True,
             )
             self._progress.start()
-            self._task = self._progress.add_task("loading", total=1, chunks="", rate="")
+            self._task = self._progress.add_task("loading", total=1, stats="")
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
 
-    def __call__(self, snap) -> None:
-        run, totals = snap.run, snap.totals
-        done = totals["rows_read"]
-        total = max(run.estimated_rows or 0, done, 1)
-        elapsed = max(time.monotonic() - self._started, 1e-6)
-        rate = done / elapsed
-        chunks = (
-            f"chunks {totals['chunks_done']}/{totals['chunks_total']}"
-            f"{' failed ' + str(totals['chunks_failed']) if totals['chunks_failed'] else ''}"
-        )
+    def note(self, text: str) -> None:
+        """Lines of their own (above the live bar), e.g. that no worker reads the queue.
+        Prose wraps at the console's width; an indented line is a command to copy and is
+        never broken (the terminal wraps it)."""
+        for line in text.splitlines():
+            self.console.print(line, highlight=False, markup=False, soft_wrap=line[:2] == "  ")
+
+    def __call__(self, snap: Any) -> None:
+        line = progress_line(snap, self.meter)
         if self._progress is not None:
             assert self._task is not None  # added together with the Progress in __enter__
             self._progress.update(
-                self._task,
-                completed=done,
-                total=total,
-                chunks=chunks,
-                rate=f"{rate:,.0f} rows/s",
-                description=f"{run.mapref} {run.status.value.lower()}",
+                self._task, completed=line.done, total=max(line.total, 1), stats=line.stats()
             )
             return
+        run = snap.run
         now = time.monotonic()
         if now - self._last_plain >= self.interval_s or run.status.is_terminal:
             self._last_plain = now
-            eta = (total - done) / rate if rate > 0 and done < total else 0
             self.console.print(
-                f"{run.run_id} {run.status.value} rows {done:,}/{total:,} "
-                f"{chunks} {rate:,.0f} rows/s eta {eta:,.0f}s",
+                f"{run.run_id} {run.status.value} {line.percent:.0f}% rows "
+                f"{line.done:,}/{line.total:,} {line.chunks} {line.rate:,.0f} rows/s "
+                f"eta {line.eta}",
                 highlight=False,
             )

@@ -16,6 +16,8 @@ from typing import Any
 from celery import Celery
 
 from shared.config.settings import Settings
+from shared.engines import mask_url
+from shared.errors import BrokerUnavailableError
 
 RESULT_EXPIRES_S = 7 * 24 * 3600
 
@@ -150,3 +152,41 @@ def task_ids_held_by_workers(settings: Settings, timeout_s: float = 1.0) -> set[
     for entries in (inspect.scheduled() or {}).values():
         held.update(e["request"]["id"] for e in entries)
     return held
+
+
+def require_broker(settings: Settings, timeout_s: float = 3.0) -> None:
+    """Raise BrokerUnavailableError, naming the (masked) URL and the fix, unless the broker
+    and a Redis result backend answer within ``timeout_s``. Launch asks before it writes the
+    run, so a broker that is down leaves nothing behind (no FAILED run to clean up)."""
+    import redis
+
+    checks = [("broker", "broker", "CHORDLOAD_BROKER_URL", settings.broker)]
+    if settings.result_backend.startswith(("redis://", "rediss://")):
+        checks.append(
+            (
+                "result backend",
+                "result_backend",
+                "CHORDLOAD_RESULT_BACKEND",
+                settings.result_backend,
+            )
+        )
+    for what, key, env, url in checks:
+        try:
+            if what == "broker":
+                with client_app(settings).connection_for_write() as conn:
+                    conn.ensure_connection(max_retries=0, timeout=timeout_s)
+            else:
+                client = redis.Redis.from_url(
+                    url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+                )
+                try:
+                    client.ping()
+                finally:
+                    client.close()
+        except Exception as exc:  # noqa: BLE001 - any failure to connect means "not reachable"
+            raise BrokerUnavailableError(
+                f"cannot reach the {what} {mask_url(url)}: {str(exc).rstrip('.')}. "
+                f"Nothing was launched. "
+                f"Start Redis there, or point `{key}` in the config ({env}) at one that "
+                f"runs; `chordload validate` checks it"
+            ) from None

@@ -61,6 +61,14 @@ class SourceUnavailableError(ChordloadError):
     transient = True
 
 
+class BrokerUnavailableError(ChordloadError):
+    """The broker (or result backend) did not answer before a run was written. Nothing was
+    launched and nothing written. CLI exit 2."""
+
+    exit_code = 2
+    transient = True
+
+
 class LaunchError(ChordloadError):
     """The chord could not be sent to the broker; the run was marked FAILED (resumable)."""
 

@@ -100,7 +100,14 @@ def _case_column_case_differs(cfg, m, s):
 
 def _case_split_column_not_a_key(cfg, m, s):
     cfg["mappings"][m]["chunking"]["column"] = "city"
-    return [f"mappings.{m}", "chunking.column 'city' is not a business key"]
+    return [f"'{m}'", "chunking.column 'city' is not a business key"]
+
+
+def _case_key_typo_with_a_split_column(cfg, m, s):
+    # the typo is the key; the split column names a real column and is not blamed for it
+    cfg["mappings"][m]["keys"] = ["idd"]
+    cfg["mappings"][m]["chunking"]["column"] = "id"
+    return [f"'{m}'", "keys 'idd' is not a column of the source query", "returns: id, name"]
 
 
 def _case_audit_column_clash(cfg, m, s):
@@ -161,6 +168,14 @@ def _case_source_unreachable(cfg, m, s):
     return [f"'{m}'", "cannot reach the source database", "***"]
 
 
+def _case_target_database_missing(cfg, m, s):
+    cfg["connections"]["dw"] = (
+        f"postgresql+psycopg2://root:s3cret-pw@127.0.0.1:5432/cl_no_such_db_{s}"
+    )
+    cfg["mappings"][m]["target"]["connection"] = "dw"
+    return [f"'{m}'", "cannot reach the target database", "***", "does not exist"]
+
+
 def _case_bad_connection_url(cfg, m, s):
     cfg["connections"]["src"] = "not a database url"
     cfg["mappings"][m]["source"]["connection"] = "src"
@@ -168,8 +183,6 @@ def _case_bad_connection_url(cfg, m, s):
 
 
 NOT_VALIDATED = {
-    "target_schema_missing",
-    "target_exists_without_scd_columns",
     "checkpoint_column_without_max",
 }
 
@@ -394,16 +407,22 @@ def test_validate_prints_ok_per_mapping(clean_cli_env, base_config, source, tmp_
     run = run_cli(capsys, "validate", "--config", path)
     assert run.code == 0, run
     columns = "id, name, email, city, balance, signup, active, updated_at"
-    assert run.out.splitlines() == [
-        f"a_good: ok (8 columns: {columns})",
-        f"b_good: ok (8 columns: {columns})",
+    lines = run.out.splitlines()
+    assert lines[:2] == [
+        f"a_good: ok (8 columns: {columns}); target {source}.a will be created by the first run",
+        f"b_good: ok (8 columns: {columns}); target {source}.b will be created by the first run",
     ]
+    # then what every run needs: the metadata database (migrated) and the broker
+    assert lines[2].startswith("metadata database: ok: postgresql") and "revision" in lines[2]
+    assert lines[3] == f"broker: ok: {base_config['broker']}", lines
 
     bad = _mapping(source, checkpoint={"column": "nope"})
     path = write_config(tmp_path / "chordload.yaml", base_config, {**good, "c_bad": bad})
     run = run_cli(capsys, "validate", "--config", path)
     assert run.code == 2, run
-    assert [line.split(":")[0] for line in run.out.splitlines()] == ["a_good", "b_good"]
+    assert [line.split(":")[0] for line in run.out.splitlines()] == [
+        "a_good", "b_good", "metadata database", "broker"
+    ]  # fmt: skip
     assert run.err.startswith("c_bad: INVALID: ") and "checkpoint.column 'nope'" in run.err
     run = run_cli(capsys, "validate", "a_good", "--config", path)
     assert run.code == 0 and run.out.startswith("a_good: ok") and "b_good" not in run.out

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
-import subprocess
-import sys
 
 import pytest
 from sqlalchemy import text
@@ -16,23 +15,35 @@ from shared.engines import get_engine
 from shared.metadata import store
 from tests.cliutil import REPO, run_cli, write_config
 from tests.pgdata import change_every_tenth, create_customers, scd2_mapping
+from tests.ptyutil import PtyProcess, screen_lines
+from tests.ptyutil import bar_width as _bar_width
 
 COLUMNS = "id, name, email, city, segment, balance, updated_at"
 
 
-def test_demo_function_loads_and_versions(tmp_path):
-    """run_demo(rows=20000) in its own process (it sets up Celery's in-memory transport and
-    an in-process worker for the whole process), then the SQLite files are checked."""
+def test_demo_loads_and_versions_at_80_columns(tmp_path):
+    """`chordload demo` (small) in an 80-column pseudo-terminal, as `make demo` shows it: every
+    line fits, the bar keeps 20+ characters and the ETA is whole, and the closing hint names a
+    command that exists; then the SQLite files are checked."""
     workdir = tmp_path / "demo"
-    code = (
-        "import sys; from coordinator.demo import run_demo; "
-        f"sys.exit(run_demo(rows=20_000, workdir={str(workdir)!r}, chunks=8))"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
+    cli = PtyProcess("demo", "--rows", "20000", "--chunks", "8", "--dir", workdir)
+    try:
+        code = cli.wait(timeout_s=120)
+    finally:
+        cli.kill()
+    assert code == 0, cli.text[-3000:]
+    assert "Traceback" not in cli.text
+    lines = screen_lines(cli.raw)
+    assert not [line for line in lines if len(line.rstrip()) > 80], lines
+    bars = [line for line in lines if "rows/s" in line and "ETA" in line]
+    assert bars and all(_bar_width(line) >= 20 for line in bars), [
+        (line, _bar_width(line)) for line in bars if _bar_width(line) < 20
+    ]
+    assert all(re.search(r"ETA (--:--|\d+:\d\d)$", line.rstrip()) for line in bars), bars
+    hint = re.search(r"to start over: (.*)", cli.text).group(1).strip()
+    assert hint in ("chordload demo", "make demo (or ./.venv/bin/chordload demo)"), hint
+    if hint != "chordload demo":
+        assert (REPO / ".venv" / "bin" / "chordload").is_file()
 
     with sqlite3.connect(workdir / "warehouse.db") as conn:
         conn.execute(f"ATTACH DATABASE '{workdir / 'source.db'}' AS src")
@@ -72,7 +83,7 @@ def test_demo_function_loads_and_versions(tmp_path):
         ).fetchall()
     assert runs[0] == ("SUCCESS", 8, 20_000, 20_000, 0)
     assert runs[1][0] == "SUCCESS" and runs[1][3:] == (1_000, 2_000)
-    assert "history of customer id=3" in proc.stdout
+    assert "history of customer id=3" in cli.text
 
 
 def test_demo_changes_land_after_the_first_checkpoint(tmp_path):

@@ -108,6 +108,17 @@ def test_metadata_behind_head_is_refused(clean_cli_env, base_config, tmp_path, c
     result = run_cli(capsys, "status", "--config", path)
     assert result.code == 2, result
     assert "at revision 0001" in result.err and "chordload db upgrade" in result.err
+    # validate says the same, among its other checks
+    result = run_cli(capsys, "validate", "--config", path)
+    assert result.code == 2, result
+    assert "metadata database: INVALID: " in result.err and "at revision 0001" in result.err
+    assert "run `chordload db upgrade`" in result.err and "broker: ok" in result.out
+    missing = write_config(
+        tmp_path / "missing.yaml", base_config, {}, metadata=f"sqlite:///{tmp_path / 'no.db'}"
+    )
+    result = run_cli(capsys, "validate", "--config", missing)
+    assert result.code == 2 and "no.db does not exist" in result.err, result
+    assert not (tmp_path / "no.db").exists()  # validate creates nothing
     assert run_cli(capsys, "db", "upgrade", "--config", path).code == 0
     assert run_cli(capsys, "status", "--config", path).code == 0
 
@@ -269,12 +280,13 @@ def test_status_forms(workers, clean_cli_env, base_config, wh, schema, tmp_path,
 
     one = run_cli(capsys, "status", first_id, "--config", path)
     assert one.code == 0 and first_id in one.out and "SUCCESS" in one.out
-    chunk_lines = [
-        line
-        for line in one.out.splitlines()
-        if line.split("│")[1:2] and line.split("│")[1].strip() in ("0", "1")
-    ]
-    assert len(chunk_lines) == 2, one.out
+    assert "2 done; 2 total" in one.out, one.out  # counted by status, not listed
+    listed = run_cli(capsys, "status", first_id, "--chunks", "--config", path)
+    chunk_lines = [line.split()[:2] for line in listed.out.splitlines() if line.split()[:1]]
+    assert [cells for cells in chunk_lines if cells[0] in ("0", "1")] == [
+        ["0", "SUCCESS"],
+        ["1", "SUCCESS"],
+    ], listed.out
 
     detail = json.loads(run_cli(capsys, "status", first_id, "--json", "--config", path).out)
     assert detail["run_id"] == first_id and detail["status"] == "SUCCESS"

@@ -111,6 +111,15 @@ def load_chunk(
         return ChunkResult(chunk.chunk_no, ChunkStatus.STOPPED, error="stop requested")
     plan = run_plan(metadata, run_id, start.launches)
     replay = start.launches > 1 or start.attempts > 1
+    started = time.monotonic()
+    log.info(
+        "run %s chunk %s started (attempt %s): key range (%s, %s]",
+        run_id,
+        chunk.chunk_no,
+        start.attempts,
+        chunk.lower,
+        chunk.upper,
+    )
     result = ChunkResult(chunk.chunk_no, ChunkStatus.RUNNING)
     load: ChunkLoad | None = None
     try:
@@ -173,6 +182,15 @@ def load_chunk(
         return _superseded(run_id, chunk, start.attempts, result.error)
     if still_open == 0:
         finalize_run(settings, run_id)
+    log.info(
+        "run %s chunk %s ended %s: %d rows read in %.1f s%s",
+        run_id,
+        chunk.chunk_no,
+        result.status.value,
+        result.counts.rows_read,
+        time.monotonic() - started,
+        f" ({result.error})" if result.error else "",
+    )
     return result
 
 

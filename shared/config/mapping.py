@@ -382,12 +382,3 @@ class MappingSpec(_Strict):
                 f"checkpoint strategy NONE, or scd.deletes: ignore"
             )
         return self
-
-    @model_validator(mode="after")
-    def _split_column_is_a_key(self) -> MappingSpec:
-        if self.chunking.column and self.chunking.column not in self.keys:
-            raise ValueError(
-                f"chunking.column '{self.chunking.column}' is not a business key; the split "
-                f"column must be one of keys {self.keys} so that no two chunks touch one key"
-            )
-        return self

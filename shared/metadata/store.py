@@ -447,7 +447,8 @@ def get_chunk(engine: Engine, run_id: str, chunk_no: int) -> ChunkLog:
 
 
 def progress_totals(engine: Engine, run_id: str) -> dict[str, int]:
-    """Live totals of a run, summed over its chunks: row counters and chunks by status."""
+    """Live totals of a run, summed over its chunks: row counters, chunks done/failed/total
+    and the chunk count of each status (``status_pending``, ``status_revoked``, ...)."""
     with engine.connect() as conn:
         groups = conn.execute(
             select(
@@ -460,8 +461,11 @@ def progress_totals(engine: Engine, run_id: str) -> dict[str, int]:
     return {
         **{c: sum(int(g[2 + i] or 0) for g in groups) for i, c in enumerate(_COUNTERS)},
         "chunks_done": by_status.get("SUCCESS", 0),
+        # every chunk that ended without loading, the run's `chunks_failed` counter ...
         "chunks_failed": sum(by_status.get(s, 0) for s in ("FAILED", "STOPPED", "REVOKED")),
         "chunks_total": sum(by_status.values()),
+        # ... and each status on its own, so a display tells a revoked chunk from a failed one
+        **{f"status_{s.value.lower()}": by_status.get(s.value, 0) for s in ChunkStatus},
     }
 
 

@@ -321,7 +321,6 @@ def test_the_environment_alone_is_a_config(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ({"chunking": {"column": "other"}}, "chunking.column 'other' is not a business key"),
         (
             {"scd": {"deletes": "invalidate"}, "checkpoint": {"strategy": "KEY", "column": "u"}},
             "scd.deletes: invalidate needs full loads (checkpoint strategy NONE)",
