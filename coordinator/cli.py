@@ -790,7 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
         "range by key range on the workers; list the keys missing from the target, the keys "
         "the source does not have and the keys whose values differ (with their columns).",
     )
-    p.add_argument("mapref")
+    p.add_argument("mapref", metavar="MAPREF", help="the mapping whose target to verify")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--chunks", type=_positive_int, default=None, metavar="N", help="verify in N key ranges"
