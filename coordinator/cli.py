@@ -80,6 +80,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _metadata(settings)
+    console = _console(args)
+
+    def planning_step(run_id: str, step: str) -> None:
+        if args.wait:
+            console.print(f"run {run_id} PLANNING: {step}", highlight=False)
+
     run_id = launch(
         args.mapref,
         settings=settings,
@@ -87,6 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         full=args.full,
         window_from=args.window_from,
         window_to=args.window_to,
+        on_step=planning_step,
     )
     return _report(args, settings, run_id)
 
@@ -335,6 +342,65 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from coordinator.dry_run import dry_run
+    from coordinator.progress import print_json
+    from shared.run.values import display_value
+
+    settings = _settings(args)
+    _metadata(settings)
+    preview = dry_run(
+        settings,
+        args.mapref,
+        full=args.full,
+        window_from=args.window_from,
+        window_to=args.window_to,
+        chunks_override=args.chunks,
+    )
+    doc = preview.to_json()
+    if args.json:
+        print_json(doc)
+        return EXIT_OK
+    console = Console()
+    spec = preview.plan.run.spec
+    window = doc["window"]
+    if window["columns"]:
+        span = (
+            f"{window['from'] if window['from'] is not None else '(no lower bound)'} <= "
+            f"{', '.join(window['columns'])} <= {window['to']}"
+        )
+        if window["includes_nulls"]:
+            span += " (and rows where it is NULL)"
+    else:
+        span = "every row (no checkpoint)"
+    estimate = f"~{doc['estimated_rows']:,} rows (the source's planner)"
+    if doc["counted_rows"] is not None:
+        estimate += (
+            f"; counted {doc['counted_rows']:,} (the count stops past "
+            f"min_rows_for_parallel {spec.chunking.min_rows_for_parallel:,})"
+        )
+    console.print(
+        f"dry run of {args.mapref} ({doc['load_kind']}): nothing was written", highlight=False
+    )
+    console.print(f"window:   {span}", highlight=False)
+    console.print(f"estimate: {estimate}", highlight=False)
+    console.print(f"plan:     {doc['plan']}", highlight=False)
+    table = _table("chunk", "lower (excl)", "upper (incl)", "rows")
+    for c in preview.chunks:
+        table.add_row(
+            str(c.chunk_no), display_value(c.lower), display_value(c.upper), f"{c.rows:,}"
+        )
+    console.print(table)
+    console.print(f"rows in the window: {doc['rows']:,}", highlight=False)
+    if doc["target_ddl"]:
+        console.print(f"target {spec.target.table} does not exist; a run creates it with:")
+        for statement in doc["target_ddl"]:
+            print(f"  {statement};")
+    else:
+        console.print(f"target {spec.target.table} exists and fits the load", highlight=False)
+    return EXIT_OK
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from coordinator.plan import validate_mapping
 
@@ -544,6 +610,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser(
+        "plan",
+        parents=[common],
+        help="dry run: show the window, estimate, chunks and target DDL of a run; write nothing",
+        description="Plan a run of MAPREF as `run` would and show it: the checkpoint window, "
+        "the planner's estimate and the bounded count, each chunk's boundaries and row count, "
+        "and the statements that would create the target. Writes nothing: no run, no target "
+        "table, no checkpoint change.",
+    )
+    p.add_argument("mapref", help="the mapping to plan (a name under 'mappings')")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--chunks", type=_positive_int, default=None, metavar="N", help="as for run")
+    p.add_argument("--full", action="store_true", help="as for run: ignore the checkpoint")
+    p.add_argument("--from", dest="window_from", default=None, metavar="X", help="as for run")
+    p.add_argument("--to", dest="window_to", default=None, metavar="Y", help="as for run")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser(
         "validate", parents=[common], help="check the config and each mapping against its source"

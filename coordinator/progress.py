@@ -16,6 +16,24 @@ from shared.metadata.models import ProcessLog
 from shared.run.values import display_value, plain_value
 from shared.timeutil import as_utc, utcnow
 
+ESTIMATE_WARN_FACTOR = 10
+
+
+def estimate_warning(run: ProcessLog) -> str | None:
+    """A warning when the planner's estimate and the rows the finished run read differ by
+    more than ESTIMATE_WARN_FACTOR: chunking followed a wrong figure (stale statistics)."""
+    if not run.status.is_terminal or run.estimated_rows is None:
+        return None
+    estimate, read = run.estimated_rows, run.rows_read
+    low, high = sorted((estimate, read))
+    if high <= ESTIMATE_WARN_FACTOR * max(low, 1):
+        return None
+    return (
+        f"the planner estimated {estimate:,} rows and the run read {read:,} "
+        f"({high / max(low, 1):,.0f}x off): the source's statistics are probably stale; "
+        f"ANALYZE the source tables, or set chunking.exact_count: true"
+    )
+
 
 def run_summary(run: ProcessLog) -> dict[str, Any]:
     """The run as the JSON object `run --json` and `status --json` print."""
@@ -32,6 +50,9 @@ def run_summary(run: ProcessLog) -> dict[str, Any]:
         "chunks_done": run.chunks_done,
         "chunks_failed": run.chunks_failed,
         "estimated_rows": run.estimated_rows,
+        "counted_rows": run.counted_rows,
+        "estimate_warning": estimate_warning(run),
+        "planning_step": run.planning_step,
         "rows_read": run.rows_read,
         "rows_inserted": run.rows_inserted,
         "rows_changed": run.rows_changed,
@@ -58,6 +79,8 @@ def print_summary(run: ProcessLog, console: Console) -> None:
     table.add_column()
     table.add_row("run", f"{s['run_id']}  ({s['mapref']}, {s['load_kind']})")
     table.add_row("status", f"[{colour}]{s['status']}[/{colour}]")
+    if s["status"] == "PLANNING":
+        table.add_row("planning", s["planning_step"] or "-")
     table.add_row(
         "chunks", f"{s['chunks_done']} done, {s['chunks_failed']} failed, {s['chunks']} total"
     )
@@ -71,6 +94,13 @@ def print_summary(run: ProcessLog, console: Console) -> None:
     if s["rows_deleted"]:
         rows += f"; {s['rows_deleted']:,} deleted keys retired"
     table.add_row("rows", rows)
+    if s["estimated_rows"] is not None:
+        estimate = f"{s['estimated_rows']:,} estimated"
+        if s["counted_rows"] is not None:
+            estimate += f", {s['counted_rows']:,} counted (the count stops there)"
+        table.add_row("estimate", f"{estimate}, {s['rows_read']:,} read")
+    if s["estimate_warning"]:
+        table.add_row("[yellow]warning[/yellow]", s["estimate_warning"])
     table.add_row(
         "checkpoint",
         f"{display_value(run.checkpoint_from)} -> "
@@ -102,6 +132,7 @@ class ProgressDisplay:
         self._task: TaskID | None = None
         self._last_plain = 0.0
         self._started = time.monotonic()
+        self._planning_step: str | None = None
 
     def __enter__(self) -> ProgressDisplay:
         if self.live:
@@ -126,13 +157,20 @@ class ProgressDisplay:
     def __call__(self, snap) -> None:
         run, totals = snap.run, snap.totals
         done = totals["rows_read"]
-        total = max(run.estimated_rows or 0, done, 1)
+        total = max(run.estimated_rows or 0, run.counted_rows or 0, done, 1)
         elapsed = max(time.monotonic() - self._started, 1e-6)
         rate = done / elapsed
         chunks = (
             f"chunks {totals['chunks_done']}/{totals['chunks_total']}"
             f"{' failed ' + str(totals['chunks_failed']) if totals['chunks_failed'] else ''}"
         )
+        if run.status.value == "PLANNING":  # no rows or chunks yet: say what it is doing
+            if run.planning_step != self._planning_step:
+                self._planning_step = run.planning_step
+                self.console.print(
+                    f"{run.run_id} PLANNING: {run.planning_step or '-'}", highlight=False
+                )
+            return
         if self._progress is not None:
             assert self._task is not None  # added together with the Progress in __enter__
             self._progress.update(

@@ -1,6 +1,8 @@
 """Stopping a run.
 
-Stop writes a stop request (the source of truth), marks the still-pending chunks REVOKED and
+A run still PLANNING has no chunks: stop ends it STOPPED at once, and the coordinator
+planning it cancels its source queries. Otherwise stop writes a stop request (the source of
+truth), marks the still-pending chunks REVOKED and
 revokes their tasks by id; running chunks see the request at their next batch boundary and
 end STOPPED, and the last of them finalizes the run. If nothing is running any more, stop
 finalizes the run itself.
@@ -58,6 +60,17 @@ def stop(
         raise RunFinishedError(f"run {run.run_id} already finished: {run.status.value}")
     who = requested_by or operator()
     new_request = store.request_stop(metadata, run.run_id, who, reason)
+    if run.status is RunStatus.PLANNING:
+        # No chunk exists yet: the run ends here, and its coordinator, which checks the run
+        # every second while planning, cancels the source queries in flight.
+        store.set_run_status(
+            metadata,
+            run.run_id,
+            RunStatus.STOPPED,
+            only_from={RunStatus.PLANNING},
+            message=f"stopped while planning by {who}" + (f": {reason}" if reason else ""),
+        )
+        return StopOutcome(run.run_id, new_request, [], store.get_run(metadata, run.run_id).status)
     task_ids = store.revoke_pending_chunks(metadata, run.run_id, "revoked by a stop request")
     if task_ids:
         client_app(settings).control.revoke(task_ids)

@@ -73,6 +73,16 @@ class RunFinishedError(ChordloadError):
     exit_code = 2
 
 
+class PlanningCancelled(ChordloadError):
+    """Planning ended before the run launched: stopped, interrupted (Ctrl-C / SIGTERM of the
+    coordinator) or out of ``planning.timeout_s``; the source queries were cancelled and the
+    run ended with this message. CLI exit: 3 stopped, 130 interrupted, 1 timed out."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 # -- control flow inside a chunk attempt (never leave the chunk loader) ----------------------
 class StopRequested(ChordloadError):
     """Raised between batches when the run has a stop request; ends the chunk STOPPED."""

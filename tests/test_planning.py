@@ -232,7 +232,8 @@ def test_chunks_override_on_the_command_line(
 
 
 def test_exact_count(make_settings, wh, schema):
-    """Postgres estimates ``id % 2 = 0`` at 0.5% of the rows; exact_count counts them."""
+    """Postgres estimates ``id % 2 = 0`` at 0.5% of the rows; exact_count counts them, and
+    without it the low estimate is confirmed by a count that stops past the threshold."""
     table = create_customers(wh, schema, 20_000)
     mapping = scd2_mapping(
         schema,
@@ -247,9 +248,12 @@ def test_exact_count(make_settings, wh, schema):
     counted = plan_run(settings, "exact", settings.mapping("exact"), metadata)
     assert counted.estimated_rows == 10_000
     assert len(counted.ranges) == 4
+    assert counted.counted_rows is None  # an exact figure needs no confirming
     estimated = plan_run(settings, "estimated", settings.mapping("estimated"), metadata)
     assert estimated.estimated_rows < 5_000  # the planner's guess, far from the truth
-    assert len(estimated.ranges) == 1
+    assert estimated.counted_rows == 5_001  # counting stopped one past the threshold
+    assert len(estimated.ranges) == 3  # ceil(5,001 / 2,500): parallel after all
+    assert "statistics are stale" in estimated.note
 
 
 def test_parallelism_rounds_the_chunk_count_up(make_settings, wh, schema):

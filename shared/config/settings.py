@@ -39,6 +39,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "CHORDLOAD_RECONCILE_INTERVAL_S": ("schedule", "reconcile_interval_s"),
     "CHORDLOAD_SCHEDULE_GRACE_S": ("schedule", "grace_s"),
     "CHORDLOAD_PROGRESS_INTERVAL_S": ("progress_interval_s",),
+    "CHORDLOAD_PLANNING_TIMEOUT_S": ("planning", "timeout_s"),
     "CHORDLOAD_LOG_JSON": ("log_json",),
 }
 ENV_ONLY_REQUIRED = ("CHORDLOAD_BROKER_URL", "CHORDLOAD_METADATA_URL")
@@ -115,6 +116,15 @@ class ScheduleSpec(BaseModel):
     grace_s: float = Field(default=3600.0, ge=1.0)
 
 
+class PlanningSpec(BaseModel):
+    """Planning (reading the high-water mark, estimating, counting, splitting) runs source
+    queries that can be slow: ``timeout_s`` bounds it, and reconcile fails a run left PLANNING
+    this long by a coordinator that died."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    timeout_s: float = Field(default=1800.0, gt=0)
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     metadata: MetadataUrl = Field(min_length=1)
@@ -124,6 +134,7 @@ class Settings(BaseModel):
     mappings: dict[str, MappingSpec] = Field(default_factory=dict)
     celery: CelerySpec = CelerySpec()
     schedule: ScheduleSpec = ScheduleSpec()
+    planning: PlanningSpec = PlanningSpec()
     log_json: bool = Field(default=False, description="workers and beat log JSON lines")
     progress_interval_s: float = Field(
         default=5.0,

@@ -25,7 +25,7 @@ from shared.metadata.models import Checkpoint, ChunkLog, ProcessLog
 from shared.metadata.store import record_checkpoint_change, session
 from shared.retry import FINALIZE, retry_transient
 from shared.run.plan import RunPlan
-from shared.run.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
+from shared.run.statuses import LAUNCHED_RUN_STATUSES, ChunkStatus, RunStatus
 from shared.run.values import decode_value, encode_value, value_type_name
 from shared.timeutil import as_utc, utcnow
 
@@ -131,7 +131,9 @@ def _finalize(
         run = s.scalars(
             select(ProcessLog).where(ProcessLog.run_id == run_id).with_for_update()
         ).one()
-        if run.status not in ACTIVE_RUN_STATUSES or (launch is not None and launch != run.launches):
+        if run.status not in LAUNCHED_RUN_STATUSES or (
+            launch is not None and launch != run.launches
+        ):
             return FinalizeOutcome(run_id, run.status, changed=False)
         chunks = list(
             s.scalars(

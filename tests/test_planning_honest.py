@@ -1,0 +1,235 @@
+"""Honest, visible, interruptible planning: a stale low estimate is confirmed by a bounded
+count (parallel chunks after all, and the summary sets estimate, count and rows read side by
+side with a warning); ``chordload plan`` shows the same plan and writes nothing; a run is
+PLANNING from the start, shows its step, and is ended by ``stop``, by SIGTERM of the CLI or
+by ``planning.timeout_s``, with its source query cancelled each time."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from sqlalchemy import text
+
+from coordinator.launch import launch
+from shared.engines import get_engine
+from shared.errors import PlanningCancelled
+from shared.metadata import store
+from shared.run.statuses import RunStatus
+from tests.cliutil import CHORDLOAD, CONFIG_ENV, REPO, run_cli, table_exists, write_config
+from tests.pgdata import BASE_TS, scalar
+
+pytestmark = pytest.mark.e2e
+
+
+def _events(wh, schema: str, rows: int) -> str:
+    """A source without an index on updated_at and without autovacuum: its statistics stay
+    as ANALYZE left them, as after a bulk load no one analyzed."""
+    table = f'"{schema}"."events"'
+    with wh.begin() as conn:
+        conn.execute(
+            text(
+                f"CREATE TABLE {table} (id bigint PRIMARY KEY, name text, "
+                f"updated_at timestamp NOT NULL) WITH (autovacuum_enabled = false)"
+            )
+        )
+        conn.execute(
+            text(
+                f"INSERT INTO {table} SELECT g, 'event ' || g, TIMESTAMP '{BASE_TS}' "
+                f"+ g * INTERVAL '1 second' FROM generate_series(1, :n) g"
+            ),
+            {"n": rows},
+        )
+        conn.execute(text(f"ANALYZE {table}"))
+    return table
+
+
+def _mapping(schema: str, query: str, **chunking) -> dict:
+    return {
+        "source": {"connection": "wh", "query": query},
+        "target": {"connection": "wh", "table": f"{schema}.dim_events"},
+        "keys": ["id"],
+        "scd": {"type": 2},
+        "checkpoint": {"strategy": "KEY", "column": "updated_at"},
+        "chunking": {"rows_per_chunk": 10_000, "min_rows_for_parallel": 20_000, **chunking},
+    }
+
+
+def test_stale_statistics_still_get_parallel_chunks(
+    workers, clean_cli_env, base_config, wh, schema, tmp_path, capsys
+):
+    table = _events(wh, schema, 1_000)
+    mapref = f"stale_{schema}"
+    query = f"SELECT id, name, updated_at FROM {table}"
+    path = write_config(tmp_path / "c.yaml", base_config, {mapref: _mapping(schema, query)})
+    first = run_cli(capsys, "run", mapref, "--wait", "--timeout-s", "120", "--config", path)
+    assert first.code == 0, first
+    with wh.begin() as conn:  # 30,000 newer rows, statistics not refreshed
+        conn.execute(
+            text(
+                f"INSERT INTO {table} SELECT g, 'late ' || g, TIMESTAMP '{BASE_TS}' "
+                f"+ INTERVAL '1 day' + g * INTERVAL '1 millisecond' "
+                f"FROM generate_series(1001, 31000) g"
+            )
+        )
+    metadata = get_engine(base_config["metadata"])
+    runs_before = len(store.recent_runs(metadata, 1000))
+    checkpoint_before = store.get_checkpoint(metadata, mapref).value
+
+    # the dry run shows the plan the run will follow, and writes nothing
+    dry = run_cli(capsys, "plan", mapref, "--json", "--config", path)
+    assert dry.code == 0, dry
+    preview = json.loads(dry.out)
+    assert preview["estimated_rows"] < 20_000  # the premise: the planner's figure is stale
+    assert preview["counted_rows"] == 20_001  # the count stopped one past the threshold
+    assert [c["rows"] for c in preview["chunks"]] and preview["rows"] == 30_001
+    assert len(preview["chunks"]) == 3 and min(c["rows"] for c in preview["chunks"]) > 5_000
+    assert preview["target_ddl"] == []  # it exists
+    assert len(store.recent_runs(metadata, 1000)) == runs_before
+    assert store.get_checkpoint(metadata, mapref).value == checkpoint_before
+
+    result = run_cli(capsys, "run", mapref, "--wait", "--timeout-s", "120", "--config", path)
+    assert result.code == 0, result
+    run = store.latest_run(metadata, mapref)
+    assert (run.chunks_total, run.counted_rows, run.rows_read) == (3, 20_001, 30_001)
+    assert run.estimated_rows == preview["estimated_rows"]
+    out = " ".join(result.out.split())  # the summary table may fold lines
+    assert f"{run.estimated_rows:,} estimated, 20,001 counted" in out
+    assert "30,001 read" in out
+    assert "statistics are probably stale" in out  # >10x off: warned
+    shown = run_cli(capsys, "status", run.run_id, "--json", "--config", path)
+    summary = json.loads(shown.out)
+    assert summary["counted_rows"] == 20_001 and "x off" in summary["estimate_warning"]
+
+
+def test_plan_of_a_new_target_shows_its_ddl_and_writes_nothing(
+    clean_cli_env, base_config, wh, schema, tmp_path, capsys
+):
+    table = _events(wh, schema, 5_000)
+    mapref = f"dry_{schema}"
+    mapping = _mapping(
+        schema, f"SELECT id, name, updated_at FROM {table}", min_rows_for_parallel=1_000
+    )
+    mapping["chunking"]["rows_per_chunk"] = 2_000
+    path = write_config(tmp_path / "c.yaml", base_config, {mapref: mapping})
+    result = run_cli(capsys, "plan", mapref, "--config", path)
+    assert result.code == 0, result
+    out = result.out
+    assert "nothing was written" in out and "3 chunks" in out
+    assert "rows in the window: 5,000" in out
+    assert f'CREATE TABLE "{schema}"."dim_events"' in out and "CREATE UNIQUE INDEX" in out
+    assert not table_exists(wh, schema, "dim_events")
+    metadata = get_engine(base_config["metadata"])
+    assert store.latest_run(metadata, mapref) is None
+    assert store.get_checkpoint(metadata, mapref) is None
+
+
+def _slow_source(wh, schema: str) -> str:
+    """A query whose every row costs 0.1 s: max(updated_at) takes 30 s."""
+    table = _events(wh, schema, 300)
+    with wh.begin() as conn:
+        conn.execute(
+            text(
+                f'CREATE FUNCTION "{schema}".slow(x bigint) RETURNS bigint LANGUAGE sql '
+                f"VOLATILE AS $$ SELECT pg_sleep(0.1); SELECT x $$"
+            )
+        )
+    return f'SELECT id, name, updated_at FROM {table} WHERE "{schema}".slow(id) > 0'
+
+
+def _source_query_gone(wh, schema: str, deadline_s: float = 10) -> bool:
+    """No statement of the slow source query is still running on the source."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        running = scalar(
+            wh,
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+            "AND query LIKE :q AND pid <> pg_backend_pid()",
+            q=f'%"{schema}".slow(id)%',
+        )
+        if running == 0:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_planning_timeout_fails_the_run_and_cancels_the_query(make_settings, wh, schema):
+    query = _slow_source(wh, schema)
+    mapref = f"slow_{schema}"
+    settings = make_settings({mapref: _mapping(schema, query)})
+    settings = settings.model_copy(
+        update={"planning": settings.planning.model_copy(update={"timeout_s": 1.5})}
+    )
+    started = time.monotonic()
+    with pytest.raises(PlanningCancelled) as ended:
+        launch(mapref, settings=settings)
+    assert time.monotonic() - started < 10  # not the 30 s the query would take
+    assert ended.value.exit_code == 1
+    run = store.latest_run(get_engine(settings.metadata), mapref)
+    assert run.status is RunStatus.FAILED
+    assert "planning.timeout_s (1.5 s)" in run.message
+    assert "reading the high-water mark" in run.message
+    assert _source_query_gone(wh, schema)
+    assert not table_exists(wh, schema, "dim_events")
+
+
+def _start_run(mapref: str, path) -> subprocess.Popen:
+    """``chordload run MAPREF --wait`` as its own process (signals go to it alone)."""
+    env = {k: v for k, v in os.environ.items() if k not in CONFIG_ENV}
+    return subprocess.Popen(
+        [str(CHORDLOAD), "run", mapref, "--wait", "--config", str(path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _planning(proc: subprocess.Popen, step: str) -> str:
+    """Read the CLI's lines until it says planning is on ``step``; returns what it printed."""
+    seen = ""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        seen += line
+        if step in line:
+            return seen
+    raise AssertionError(f"the CLI ended without reaching '{step}': {seen}")
+
+
+def test_planning_is_visible_and_ends_on_stop_or_sigterm(
+    clean_cli_env, base_config, wh, schema, tmp_path, capsys
+):
+    query = _slow_source(wh, schema)
+    mapref = f"plan_{schema}"
+    path = write_config(tmp_path / "c.yaml", base_config, {mapref: _mapping(schema, query)})
+    metadata = get_engine(base_config["metadata"])
+    step = "reading the high-water mark"
+
+    proc = _start_run(mapref, path)
+    _planning(proc, step)
+    status = run_cli(capsys, "status", mapref, "--config", path)
+    assert "PLANNING" in status.out and step in " ".join(status.out.split())
+    stopped = run_cli(capsys, "stop", mapref, "--config", path)
+    assert stopped.code == 0, stopped
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, (out, err)
+    assert "STOPPED" in out
+    run = store.latest_run(metadata, mapref)
+    assert run.status is RunStatus.STOPPED and "stopped while planning" in run.message
+    assert _source_query_gone(wh, schema)
+
+    proc = _start_run(mapref, path)
+    _planning(proc, step)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
+    assert "planning was interrupted" in err and "cancelled" in err
+    run = store.latest_run(metadata, mapref)
+    assert run.status is RunStatus.STOPPED and "planning was interrupted" in run.message
+    assert _source_query_gone(wh, schema)
+    assert not table_exists(wh, schema, "dim_events")
