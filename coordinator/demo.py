@@ -143,8 +143,8 @@ def in_process_worker(settings: Settings, concurrency: int = 4):
 def _history(workdir: Path, key: int) -> list[tuple]:
     with sqlite3.connect(workdir / "warehouse.db") as conn:
         return conn.execute(
-            "SELECT city, balance, valid_from, valid_to, is_current, run_id "
-            "FROM dim_customer WHERE id = ? ORDER BY sk",
+            "SELECT city, balance, dw_valid_from, dw_valid_to, dw_is_current, dw_run_id "
+            "FROM dim_customer WHERE id = ? ORDER BY dw_sk",
             (key,),
         ).fetchall()
 

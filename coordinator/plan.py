@@ -95,7 +95,7 @@ def check_columns(mapref: str, spec: MappingSpec, columns: list[str]) -> None:
             raise ConfigError(
                 f"mapping '{mapref}': the source returns a column '{name}', which is also the "
                 f"SCD{spec.scd.type} audit column for {role}; rename the audit column "
-                f"(scd.audit_columns.{role}: dw_{name}) or alias the source column"
+                f"(scd.audit_columns.{role}: another name) or alias the source column"
             )
     problems = []
     for field, column in named:
@@ -285,6 +285,7 @@ def plan_run(
     hooks.step("reading the source query's columns")
     adapter, source_columns = read_source_columns(settings, mapref, spec, hooks)
     columns = [c.name for c in source_columns]
+    spec = with_target_audit_names(settings, mapref, spec, columns)
     validity_kind = None
     if spec.scd.valid_from:
         validity_kind = next(
@@ -445,6 +446,28 @@ def _hashed_target(
         run_id="",
         options=Scd2Options(tracked=tracked),
     )
+
+
+def with_target_audit_names(
+    settings: Settings, mapref: str, spec: MappingSpec, business: list[str]
+) -> MappingSpec:
+    """``spec`` with the audit column names its target already uses (a target created with
+    chordload's earlier, unprefixed defaults keeps them); a new target gets the defaults.
+    The run's stored plan carries the resolved names to every worker."""
+    url = settings.connection_url(spec.target.connection)
+    adapter = adapter_for(get_engine(url))
+    try:
+        connection = adapter.engine.connect()
+    except DBAPIError as exc:
+        raise _connect_error(mapref, "target", url, exc) from None
+    with connection as conn:
+        if not adapter.target_exists(conn, spec.target):
+            return spec
+        existing = adapter.target_column_names(conn, spec.target)
+    audit = spec.scd.audit_columns.with_target_names(existing, business)
+    if audit is spec.scd.audit_columns:
+        return spec
+    return spec.model_copy(update={"scd": spec.scd.model_copy(update={"audit_columns": audit})})
 
 
 def planned_target_ddl(
