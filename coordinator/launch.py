@@ -18,6 +18,7 @@ from coordinator.planning_guard import PlanningGuard
 from shared.config.settings import Settings
 from shared.engines import get_engine
 from shared.errors import ChordloadError, PlanningCancelled, RunRefusedError
+from shared.lifecycle.notify import notify_run_end
 from shared.metadata import store
 from shared.metadata.models import ChunkLog, ProcessLog
 from shared.metadata.schema import require_current
@@ -141,15 +142,16 @@ def launch(
         )
         if not ended:
             return run_id  # stopped (or failed by reconcile) meanwhile: it says so itself
+        notify_run_end(settings, run_id)
         raise
     except ChordloadError as err:
         if err.exit_code in (2, 4):  # bad input or refused: nothing was started
             store.discard_planning(metadata, run_id)
         else:
-            _fail_planning(metadata, run_id, str(err))
+            _fail_planning(settings, metadata, run_id, str(err))
         raise
     except BaseException as exc:
-        _fail_planning(metadata, run_id, f"planning failed: {exc}")
+        _fail_planning(settings, metadata, run_id, f"planning failed: {exc}")
         raise
     run, chunks = _rows_for(plan)
     # Refused if the stored checkpoint changed since planning read it (chordload checkpoint)
@@ -167,7 +169,8 @@ def launch(
     return run_id
 
 
-def _fail_planning(metadata: Engine, run_id: str, message: str) -> None:
-    store.set_run_status(
+def _fail_planning(settings: Settings, metadata: Engine, run_id: str, message: str) -> None:
+    if store.set_run_status(
         metadata, run_id, RunStatus.FAILED, only_from={RunStatus.PLANNING}, message=message
-    )
+    ):
+        notify_run_end(settings, run_id)

@@ -18,6 +18,7 @@ from shared.config.settings import Settings
 from shared.engines import get_engine
 from shared.errors import NotFoundError, RunFinishedError
 from shared.lifecycle.finalize import finalize_run
+from shared.lifecycle.notify import notify_run_end
 from shared.metadata import store
 from shared.metadata.models import ProcessLog
 from shared.run.statuses import RunStatus
@@ -63,13 +64,14 @@ def stop(
     if run.status is RunStatus.PLANNING:
         # No chunk exists yet: the run ends here, and its coordinator, which checks the run
         # every second while planning, cancels the source queries in flight.
-        store.set_run_status(
+        if store.set_run_status(
             metadata,
             run.run_id,
             RunStatus.STOPPED,
             only_from={RunStatus.PLANNING},
             message=f"stopped while planning by {who}" + (f": {reason}" if reason else ""),
-        )
+        ):
+            notify_run_end(settings, run.run_id)
         return StopOutcome(run.run_id, new_request, [], store.get_run(metadata, run.run_id).status)
     task_ids = store.revoke_pending_chunks(metadata, run.run_id, "revoked by a stop request")
     if task_ids:

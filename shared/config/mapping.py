@@ -320,6 +320,24 @@ class ErrorsSpec(_Strict):
     max_rows: int = Field(default=0, ge=0)
 
 
+class NotifySpec(_Strict):
+    """A webhook told when a run ends FAILED or STOPPED, and on the first SUCCESS after one.
+    The body is JSON that Slack incoming webhooks and generic receivers accept (``text``
+    plus structured fields). Sending is retried and never changes the run's outcome."""
+
+    webhook_url: str = Field(min_length=1, description="http(s) URL the JSON is POSTed to")
+    timeout_s: float = Field(default=5.0, gt=0, description="per attempt")
+    attempts: int = Field(default=3, ge=1, le=10)
+    backoff_s: float = Field(default=1.0, ge=0, description="doubled after each failed attempt")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return url
+
+
 class MappingSpec(_Strict):
     source: SourceSpec
     target: TargetSpec
@@ -337,6 +355,9 @@ class MappingSpec(_Strict):
         "month day-of-week; beat launches the mapping at these times",
     )
     enabled: bool = Field(default=True, description="false: beat does not launch this mapping")
+    notify: NotifySpec | None = Field(
+        default=None, description="this mapping's webhook (default: the top-level notify)"
+    )
 
     @field_validator("schedule")
     @classmethod

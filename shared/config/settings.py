@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shared.config.mapping import MappingSpec
+from shared.config.mapping import MappingSpec, NotifySpec
 from shared.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "chordload.yaml"
@@ -135,6 +135,7 @@ class Settings(BaseModel):
     celery: CelerySpec = CelerySpec()
     schedule: ScheduleSpec = ScheduleSpec()
     planning: PlanningSpec = PlanningSpec()
+    notify: NotifySpec | None = None  # every mapping's webhook, unless it names its own
     log_json: bool = Field(default=False, description="workers and beat log JSON lines")
     progress_interval_s: float = Field(
         default=5.0,

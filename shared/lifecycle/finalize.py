@@ -21,6 +21,7 @@ from shared.config.mapping import DeletesMode
 from shared.config.settings import Settings
 from shared.engines import get_engine
 from shared.errors import describe_db_error
+from shared.lifecycle.notify import notify_run_end
 from shared.metadata.models import Checkpoint, ChunkLog, ProcessLog
 from shared.metadata.store import record_checkpoint_change, session
 from shared.retry import FINALIZE, retry_transient
@@ -85,7 +86,7 @@ def finalize_run(
     lease = dt.timedelta(seconds=settings.visibility_timeout_s + settings.celery.heartbeat_grace_s)
     outcome = _finalize(engine, run_id, unfinished_chunks, reason, launch, lease, None)
     if not isinstance(outcome, _DeletePass):
-        return outcome
+        return _notified(settings, outcome)
     from shared.lifecycle.deletes import retire_deleted_keys
 
     try:
@@ -94,7 +95,14 @@ def finalize_run(
         deleted = DeletePassResult(error=f"the hard-delete pass failed: {describe_db_error(exc)}")
     final = _finalize(engine, run_id, None, None, None, lease, deleted)
     assert not isinstance(final, _DeletePass)  # given the pass's result, it never asks again
-    return final
+    return _notified(settings, final)
+
+
+def _notified(settings: Settings, outcome: FinalizeOutcome | None) -> FinalizeOutcome | None:
+    """Once this caller committed the run's end (only one does), tell its webhook."""
+    if outcome is not None and outcome.changed:
+        notify_run_end(settings, outcome.run_id)
+    return outcome
 
 
 @retry_transient(FINALIZE)

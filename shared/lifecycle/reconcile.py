@@ -32,6 +32,7 @@ from shared.config.settings import Settings
 from shared.engines import get_engine
 from shared.errors import LaunchError
 from shared.lifecycle.finalize import finalize_run
+from shared.lifecycle.notify import notify_run_end
 from shared.metadata import store
 from shared.metadata.models import ChunkLog, ProcessLog
 from shared.run.chord import start_chord
@@ -138,6 +139,7 @@ def _fail_stale_planning(
     ):
         return None
     log.warning("reconcile: run %s: %s", run.run_id, message)
+    notify_run_end(settings, run.run_id)
     return ReconcileAction(run.run_id, run.mapref, "failed", "FAILED")
 
 
