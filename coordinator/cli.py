@@ -6,6 +6,7 @@ Exit codes: 0 SUCCESS, 1 FAILED, 2 bad input or config, 3 STOPPED, 4 refused.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -467,6 +468,18 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_flower(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from coordinator.flower import credentials_or_refuse, exec_flower
+    from shared.config.settings import resolve_config_path
+
+    credentials_or_refuse(dict(os.environ))  # before anything else: the fix comes first
+    _settings(args)  # Flower's app reads the same config: refuse a missing or bad one here
+    path = resolve_config_path(getattr(args, "config", None))
+    exec_flower(Path(path) if path.is_file() else None, args.address, args.port)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from coordinator.demo import run_demo
 
@@ -638,6 +651,28 @@ def build_parser() -> argparse.ArgumentParser:
     dbsub = p.add_subparsers(dest="db_command", required=True)
     up = dbsub.add_parser("upgrade", parents=[common], help="create/migrate the metadata tables")
     up.set_defaults(func=cmd_db_upgrade)
+
+    p = sub.add_parser(
+        "flower",
+        parents=[common],
+        help="start Flower: credentials required, loopback only by default",
+        description="Start Flower (Celery's monitor) for the config's broker with the "
+        "configuration shipped in chordload, from any directory. It refuses to start "
+        "without FLOWER_BASIC_AUTH=user:password (or FLOWER_AUTH for OAuth) and listens on "
+        "127.0.0.1 unless --address says otherwise.",
+    )
+    p.add_argument(
+        "--address",
+        default=os.environ.get("FLOWER_ADDRESS") or "127.0.0.1",
+        help="listen address (default: $FLOWER_ADDRESS, else 127.0.0.1: this host only)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("FLOWER_PORT") or 5555),
+        help="listen port (default: $FLOWER_PORT, else 5555)",
+    )
+    p.set_defaults(func=cmd_flower)
 
     p = sub.add_parser("demo", help="a real parallel SCD2 load on SQLite, no servers needed")
     p.add_argument("--rows", type=int, default=200_000)
