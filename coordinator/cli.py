@@ -468,6 +468,21 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from coordinator.init_config import write_config
+
+    output = Path(args.output)
+    mapref = write_config(args.source_url, args.table, output)
+    print(
+        f"wrote {output}: mapping '{mapref}' for {args.table}. Next: set "
+        f"CHORDLOAD_METADATA_URL and CHORDLOAD_TARGET_URL (and CHORDLOAD_SOURCE_PASSWORD if "
+        f"the URL had one), then `chordload validate` and `chordload plan {mapref}`"
+    )
+    return EXIT_OK
+
+
 def cmd_flower(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -651,6 +666,26 @@ def build_parser() -> argparse.ArgumentParser:
     dbsub = p.add_subparsers(dest="db_command", required=True)
     up = dbsub.add_parser("upgrade", parents=[common], help="create/migrate the metadata tables")
     up.set_defaults(func=cmd_db_upgrade)
+
+    p = sub.add_parser(
+        "init",
+        help="write a commented chordload.yaml for one source table",
+        description="Read a source table's columns and primary key and write a commented "
+        "chordload.yaml: keys from the primary key, a checkpoint column suggested from a "
+        "timestamp column. The URL's password is written as ${CHORDLOAD_SOURCE_PASSWORD}. "
+        "An existing file is never overwritten (exit 4).",
+    )
+    p.add_argument(
+        "--source-url",
+        required=True,
+        metavar="URL",
+        help="SQLAlchemy URL of the source database, e.g. postgresql+psycopg2://u:pw@host/db",
+    )
+    p.add_argument("--table", required=True, metavar="T", help="table or schema.table")
+    p.add_argument(
+        "--output", default="chordload.yaml", metavar="PATH", help="default ./chordload.yaml"
+    )
+    p.set_defaults(func=cmd_init)
 
     p = sub.add_parser(
         "flower",

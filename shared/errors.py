@@ -38,6 +38,12 @@ class RunRefusedError(ChordloadError):
         self.active_run_id = active_run_id
 
 
+class RefusedError(ChordloadError):
+    """An action that would destroy something was refused (e.g. overwriting a file). CLI exit 4."""
+
+    exit_code = 4
+
+
 class MetadataNotReadyError(ChordloadError):
     """The metadata database has not been migrated. CLI exit 2."""
 
