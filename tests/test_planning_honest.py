@@ -16,8 +16,9 @@ import pytest
 from sqlalchemy import text
 
 from coordinator.launch import launch
+from coordinator.resume import resume
 from shared.engines import get_engine
-from shared.errors import PlanningCancelled
+from shared.errors import PlanningCancelled, RunRefusedError
 from shared.metadata import store
 from shared.run.statuses import RunStatus
 from tests.cliutil import CHORDLOAD, CONFIG_ENV, REPO, run_cli, table_exists, write_config
@@ -175,6 +176,8 @@ def test_planning_timeout_fails_the_run_and_cancels_the_query(make_settings, wh,
     assert "reading the high-water mark" in run.message
     assert _source_query_gone(wh, schema)
     assert not table_exists(wh, schema, "dim_events")
+    with pytest.raises(RunRefusedError, match="ended while planning"):
+        resume(run.run_id, settings=settings)  # nothing was planned to resume
 
 
 def _start_run(mapref: str, path) -> subprocess.Popen:

@@ -627,10 +627,10 @@ def change_checkpoint(
     (``value`` None), and record the change, in one transaction. Returns the change; None
     when there was nothing to delete.
 
-    Refused (RunRefusedError naming the run) while a run of the mapping is QUEUED or RUNNING,
-    also under a race with a launch: the transaction first inserts a placeholder active run
-    of the mapping, which the one-active-run unique index refuses while a run is active, and
-    makes wait while a run is being created, resumed or finalized, until that commits. A
+    Refused (RunRefusedError naming the run) while a run of the mapping is PLANNING, QUEUED
+    or RUNNING, also under a race with a launch: the transaction first inserts a placeholder
+    active run of the mapping, which the one-active-run unique index refuses while a run is
+    active, and makes wait while a run is being created, resumed or finalized, until that commits. A
     launch that comes while this transaction is open waits for it in turn, then finds the
     checkpoint it was planned from changed and is refused (``create_run``)."""
     now = utcnow()
@@ -672,7 +672,7 @@ def change_checkpoint(
             ) from None
         raise RunRefusedError(
             f"mapping '{mapref}' has an active run {active.run_id} ({active.status.value}); "
-            f"its checkpoint cannot change while a run is QUEUED or RUNNING: wait for it "
+            f"its checkpoint cannot change while a run is PLANNING, QUEUED or RUNNING: wait for it "
             f"(chordload watch {active.run_id}) or stop it (chordload stop {active.run_id}), "
             f"then try again",
             active.run_id,
@@ -810,6 +810,11 @@ def reopen_for_resume(engine: Engine, run_id: str) -> tuple[ProcessLog, list[Chu
                         f"run {run_id} is {run.status.value}; only a FAILED or STOPPED run can "
                         f"be resumed",
                         run_id if run.status in ACTIVE_RUN_STATUSES else None,
+                    )
+                if not run.mapping:  # it ended while planning: no window, no chunks
+                    raise RunRefusedError(
+                        f"run {run_id} ended while planning ({run.message}); it has nothing "
+                        f"to resume: launch the mapping again (chordload run {run.mapref})"
                     )
                 s.execute(delete(StopRequest).where(StopRequest.run_id == run_id))
                 run.launches += 1
