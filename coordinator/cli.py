@@ -95,6 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         window_from=args.window_from,
         window_to=args.window_to,
         on_step=planning_step,
+        interruptible=True,
     )
     return _report(args, settings, run_id)
 

@@ -86,9 +86,11 @@ def launch(
     window_from: str | None = None,
     window_to: str | None = None,
     on_step: Callable[[str, str], None] | None = None,
+    interruptible: bool = False,
 ) -> str:
     """Plan and launch one run of ``mapref``; returns its run id. ``on_step(run_id, step)``
-    hears each planning step as it starts.
+    hears each planning step as it starts. ``interruptible``: SIGTERM of this process, like
+    Ctrl-C, ends planning (the ``chordload run`` command).
 
     ``full``: ignore the stored checkpoint (a full reload; the new checkpoint is still set on
     success). ``window_from``/``window_to``: a backfill of that checkpoint window, which never
@@ -115,7 +117,9 @@ def launch(
             planning_step="starting",
         ),
     )
-    guard = PlanningGuard(metadata, run_id, settings.planning.timeout_s, on_step=on_step)
+    guard = PlanningGuard(
+        metadata, run_id, settings.planning.timeout_s, on_step=on_step, sigterm=interruptible
+    )
     try:
         plan = guard.run(
             lambda: plan_run(

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, TypeVar
@@ -51,6 +51,7 @@ class PlanningGuard:
         poll_s: float = 0.2,
         status_every_s: float = 1.0,
         on_step: Callable[[str, str], None] | None = None,
+        sigterm: bool = False,
     ):
         self.metadata = metadata
         self.run_id = run_id
@@ -58,6 +59,7 @@ class PlanningGuard:
         self.poll_s = poll_s
         self.status_every_s = status_every_s
         self.on_step = on_step
+        self.sigterm = sigterm  # the CLI's planning: SIGTERM interrupts it like Ctrl-C
         self.current_step = "starting"
         self.cancellation: Cancellation | None = None
         self._lock = threading.Lock()
@@ -115,7 +117,7 @@ class PlanningGuard:
         thread = threading.Thread(target=target, name=f"plan-{self.run_id}", daemon=True)
         deadline = time.monotonic() + self.timeout_s
         next_status = time.monotonic() + self.status_every_s
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt() if self.sigterm else nullcontext():
             thread.start()
             while thread.is_alive():
                 try:
@@ -163,8 +165,9 @@ class PlanningGuard:
 
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM, like Ctrl-C, interrupts the supervising thread (only the main thread can
-    handle signals; elsewhere, e.g. in a worker's dispatch task, nothing changes)."""
+    """SIGTERM, like Ctrl-C, interrupts the supervising thread: for ``chordload run`` only
+    (a worker's dispatch task keeps Celery's own handling), and only in the main thread,
+    the one that can handle signals."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
