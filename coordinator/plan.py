@@ -192,7 +192,7 @@ def confirm_estimate(
     so a large window still gets parallel chunks and a small one costs a small scan. Returns
     the count (None when not needed) and a note for the plan."""
     threshold = spec.chunking.min_rows_for_parallel
-    if spec.chunking.exact_count or estimate >= threshold:
+    if spec.chunking.exact_count or adapter.estimates_by_counting or estimate >= threshold:
         return None, ""
     counted = adapter.count_up_to(conn, spec.source.query, where, params, threshold + 1)
     if counted > threshold:
@@ -323,6 +323,7 @@ def plan_run(
                 strategy is not CheckpointStrategy.PYTHON
                 and chunks_override is None
                 and not spec.chunking.exact_count
+                and not adapter.estimates_by_counting
                 and estimate < spec.chunking.min_rows_for_parallel
             ):
                 hooks.step(

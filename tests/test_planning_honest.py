@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -17,6 +18,7 @@ from sqlalchemy import text
 
 from coordinator.launch import launch
 from coordinator.resume import resume
+from shared.dialects import adapter_for
 from shared.engines import get_engine
 from shared.errors import PlanningCancelled, RunRefusedError
 from shared.metadata import store
@@ -236,3 +238,57 @@ def test_planning_is_visible_and_ends_on_stop_or_sigterm(
     assert run.status is RunStatus.STOPPED and "planning was interrupted" in run.message
     assert _source_query_gone(wh, schema)
     assert not table_exists(wh, schema, "dim_events")
+
+
+@pytest.fixture(params=["pg", "mdb", "lite"])
+def any_db(request, pg_urls, mariadb_url, sqlite_url, schema):
+    url = {"pg": pg_urls["wh"], "mdb": mariadb_url, "lite": sqlite_url}[request.param]
+    engine = get_engine(url)
+    table = f"{schema}.nums" if request.param == "pg" else f"nums_{schema}"
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE TABLE {table} (n int)"))
+        conn.execute(text(f"INSERT INTO {table} VALUES {', '.join(f'({i})' for i in range(10))}"))
+    yield request.param, adapter_for(engine), table
+    if request.param != "pg":  # the schema fixture drops the Postgres one
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP TABLE {table}"))
+
+
+def test_the_bounded_count_stops_at_its_limit_and_a_statement_can_be_cancelled(any_db):
+    kind, adapter, table = any_db
+    query = f"SELECT n FROM {table}"
+    with adapter.engine.connect() as conn:
+        assert adapter.count_up_to(conn, query, "src.n >= :m", {"m": 3}, 4) == 4
+        assert adapter.count_up_to(conn, query, "src.n >= :m", {"m": 3}, 100) == 7
+    if kind == "lite":
+        return  # one file, nothing runs long enough to cancel
+    sleep = "SELECT pg_sleep(30)" if kind == "pg" else "SELECT SLEEP(30)"
+    ended: list[float] = []
+    with adapter.engine.connect() as conn:
+
+        def run() -> None:
+            started = time.monotonic()
+            try:
+                conn.execute(text(sleep)).all()
+            except Exception:  # PostgreSQL raises QueryCanceled; SLEEP() on MariaDB returns 1
+                pass
+            ended.append(time.monotonic() - started)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _statement_running(adapter, sleep):
+            time.sleep(0.05)
+        adapter.cancel_statement(conn)
+        worker.join(timeout=15)
+    assert ended and ended[0] < 10, ended  # cancelled, not the 30 s
+
+
+def _statement_running(adapter, sql: str) -> bool:
+    listing = (
+        "SELECT count(*) FROM pg_stat_activity WHERE query = :q AND state = 'active'"
+        if adapter.name == "postgresql"
+        else "SELECT count(*) FROM information_schema.processlist WHERE info = :q"
+    )
+    with adapter.engine.connect() as conn:
+        return bool(conn.execute(text(listing), {"q": sql}).scalar_one())
