@@ -206,7 +206,7 @@ def _planning(proc: subprocess.Popen, step: str) -> str:
     raise AssertionError(f"the CLI ended without reaching '{step}': {seen}")
 
 
-def test_planning_is_visible_and_ends_on_stop_or_sigterm(
+def test_planning_is_visible_and_ends_on_stop_ctrl_c_or_sigterm(
     clean_cli_env, base_config, wh, schema, tmp_path, capsys
 ):
     query = _slow_source(wh, schema)
@@ -228,15 +228,20 @@ def test_planning_is_visible_and_ends_on_stop_or_sigterm(
     assert run.status is RunStatus.STOPPED and "stopped while planning" in run.message
     assert _source_query_gone(wh, schema)
 
-    proc = _start_run(mapref, path)
-    _planning(proc, step)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, (out, err)
-    assert "planning was interrupted" in err and "cancelled" in err
-    run = store.latest_run(metadata, mapref)
-    assert run.status is RunStatus.STOPPED and "planning was interrupted" in run.message
-    assert _source_query_gone(wh, schema)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, and a service manager's stop
+        proc = _start_run(mapref, path)
+        _planning(proc, step)
+        if sig is signal.SIGINT:  # meanwhile `watch` shows the step too
+            run_id = store.latest_run(metadata, mapref).run_id
+            watched = run_cli(capsys, "watch", run_id, "--timeout-s", "0.5", "--config", path)
+            assert f"{run_id} PLANNING: {step}" in " ".join(watched.out.split())
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, (sig, out, err)
+        assert "planning was interrupted" in err and "cancelled" in err
+        run = store.latest_run(metadata, mapref)
+        assert run.status is RunStatus.STOPPED and "planning was interrupted" in run.message
+        assert _source_query_gone(wh, schema)
     assert not table_exists(wh, schema, "dim_events")
 
 
