@@ -6,12 +6,14 @@ by ``planning.timeout_s``, with its source query cancelled each time."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
 import subprocess
 import threading
 import time
+import uuid
 
 import pytest
 from sqlalchemy import text
@@ -21,8 +23,11 @@ from coordinator.resume import resume
 from shared.dialects import adapter_for
 from shared.engines import get_engine
 from shared.errors import PlanningCancelled, RunRefusedError
+from shared.lifecycle.reconcile import reconcile
 from shared.metadata import store
+from shared.metadata.models import ProcessLog
 from shared.run.statuses import RunStatus
+from shared.timeutil import utcnow
 from tests.cliutil import CHORDLOAD, CONFIG_ENV, REPO, run_cli, table_exists, write_config
 from tests.pgdata import BASE_TS, scalar
 
@@ -297,3 +302,37 @@ def _statement_running(adapter, sql: str) -> bool:
     )
     with adapter.engine.connect() as conn:
         return bool(conn.execute(text(listing), {"q": sql}).scalar_one())
+
+
+def test_reconcile_fails_a_run_whose_planner_died(make_settings):
+    """A run left PLANNING past planning.timeout_s (its `chordload run` was SIGKILLed) is
+    failed by reconcile, which frees the mapping; a run still within it is left alone."""
+    settings = make_settings({})
+    metadata = get_engine(settings.metadata)
+    now = utcnow()
+    timeout_s = settings.planning.timeout_s
+    dead, alive = f"dead_{uuid.uuid4().hex[:8]}", f"alive_{uuid.uuid4().hex[:8]}"
+    for mapref, age_s in ((dead, timeout_s + 60), (alive, 5)):
+        store.begin_planning(
+            metadata,
+            ProcessLog(
+                run_id=uuid.uuid4().hex[:12],
+                mapref=mapref,
+                created_at=now - dt.timedelta(seconds=age_s),
+                load_kind="incremental",
+                mapping={},
+                planning_step="estimating rows",
+            ),
+        )
+    actions = [a for a in reconcile(settings, now) if a.mapref in (dead, alive)]
+    assert [(a.mapref, a.action, a.status) for a in actions] == [(dead, "failed", "FAILED")]
+    failed = store.latest_run(metadata, dead)
+    assert failed.status is RunStatus.FAILED and store.active_run(metadata, dead) is None
+    assert "coordinator presumably died" in failed.message and "estimating rows" in failed.message
+    assert store.latest_run(metadata, alive).status is RunStatus.PLANNING
+    store.set_run_status(
+        metadata,
+        store.latest_run(metadata, alive).run_id,
+        RunStatus.FAILED,
+        only_from={RunStatus.PLANNING},
+    )
