@@ -5,8 +5,8 @@ Runs only move a checkpoint up. When it has to go down (a source clock was set b
 rows carry values below the stored one, so every incremental run skips them) or start over,
 an operator sets or deletes it here. Every change, by hand or by a run (finalize), is a
 checkpoint_change row: who, when, old and new value, the run or the reason. A change is
-refused while a run of the mapping is QUEUED or RUNNING, also one being launched at that
-moment (``store.change_checkpoint``); a launch planned from the previous value is refused too
+refused while a run of the mapping is PLANNING, QUEUED or RUNNING, also one being launched at
+that moment (``store.change_checkpoint``); a launch planned from the previous value is refused too
 (``store.create_run``).
 """
 

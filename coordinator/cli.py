@@ -7,6 +7,7 @@ waiting (``--timeout-s``; the run goes on), 130 interrupted (Ctrl-C; the run goe
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -72,6 +73,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _metadata(settings)
+    console = _console(args)
+
+    def planning_step(run_id: str, step: str) -> None:
+        if args.wait:
+            console.print(f"run {run_id} PLANNING: {step}", highlight=False)
+
     run_id = launch(
         args.mapref,
         settings=settings,
@@ -79,6 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         full=args.full,
         window_from=args.window_from,
         window_to=args.window_to,
+        on_step=planning_step,
+        interruptible=True,
     )
     return _report(args, settings, run_id)
 
@@ -498,6 +507,65 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from coordinator.dry_run import dry_run
+    from coordinator.progress import print_json
+    from shared.run.values import display_value
+
+    settings = _settings(args)
+    _metadata(settings)
+    preview = dry_run(
+        settings,
+        args.mapref,
+        full=args.full,
+        window_from=args.window_from,
+        window_to=args.window_to,
+        chunks_override=args.chunks,
+    )
+    doc = preview.to_json()
+    if args.json:
+        print_json(doc)
+        return EXIT_OK
+    console = Console()
+    spec = preview.plan.run.spec
+    window = doc["window"]
+    if window["columns"]:
+        span = (
+            f"{window['from'] if window['from'] is not None else '(no lower bound)'} <= "
+            f"{', '.join(window['columns'])} <= {window['to']}"
+        )
+        if window["includes_nulls"]:
+            span += " (and rows where it is NULL)"
+    else:
+        span = "every row (no checkpoint)"
+    estimate = f"~{doc['estimated_rows']:,} rows (the source's planner)"
+    if doc["counted_rows"] is not None:
+        estimate += (
+            f"; counted {doc['counted_rows']:,} (the count stops past "
+            f"min_rows_for_parallel {spec.chunking.min_rows_for_parallel:,})"
+        )
+    console.print(
+        f"dry run of {args.mapref} ({doc['load_kind']}): nothing was written", highlight=False
+    )
+    console.print(f"window:   {span}", highlight=False)
+    console.print(f"estimate: {estimate}", highlight=False)
+    console.print(f"plan:     {doc['plan']}", highlight=False)
+    table = _narrow_table("chunk", "lower (excl)", "upper (incl)", "rows")
+    for c in preview.chunks:
+        table.add_row(
+            str(c.chunk_no), display_value(c.lower), display_value(c.upper), f"{c.rows:,}"
+        )
+    console.print(table)
+    console.print(f"rows in the window: {doc['rows']:,}", highlight=False)
+    if doc["target_ddl"]:
+        console.print(f"target {spec.target.table} does not exist; a run creates it with:")
+        for statement in doc["target_ddl"]:
+            print(f"  {statement};")
+    else:
+        console.print(f"target {spec.target.table} exists and fits the load", highlight=False)
+    return EXIT_OK
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     """Each mapping (source query and columns, target database and table), then the metadata
     database, the broker and the workers: ok lines on stdout, problems on stderr. Exit 2 when
@@ -585,6 +653,33 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     revision = upgrade(get_engine(settings.metadata))
     print(f"metadata database {mask_url(settings.metadata)} is at revision {revision}")
     return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from coordinator.init_config import write_config
+
+    output = Path(args.output)
+    mapref = write_config(args.source_url, args.table, output)
+    print(
+        f"wrote {output}: mapping '{mapref}' for {args.table}. Next: set "
+        f"CHORDLOAD_METADATA_URL and CHORDLOAD_TARGET_URL (and CHORDLOAD_SOURCE_PASSWORD if "
+        f"the URL had one), then `chordload validate` and `chordload plan {mapref}`"
+    )
+    return EXIT_OK
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from coordinator.flower import credentials_or_refuse, exec_flower
+    from shared.config.settings import resolve_config_path
+
+    credentials_or_refuse(dict(os.environ))  # before anything else: the fix comes first
+    _settings(args)  # Flower's app reads the same config: refuse a missing or bad one here
+    path = resolve_config_path(getattr(args, "config", None))
+    exec_flower(Path(path) if path.is_file() else None, args.address, args.port)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -768,6 +863,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_schedule)
 
     p = sub.add_parser(
+        "plan",
+        parents=[common],
+        help="dry run: show the window, estimate, chunks and target DDL of a run; write nothing",
+        description="Plan a run of MAPREF as `run` would and show it: the checkpoint window, "
+        "the planner's estimate and the bounded count, each chunk's boundaries and row count, "
+        "and the statements that would create the target. Writes nothing: no run, no target "
+        "table, no checkpoint change.",
+    )
+    p.add_argument("mapref", help="the mapping to plan (a name under 'mappings')")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--chunks", type=_positive_int, default=None, metavar="N", help="as for run")
+    p.add_argument("--full", action="store_true", help="as for run: ignore the checkpoint")
+    p.add_argument("--from", dest="window_from", default=None, metavar="X", help="as for run")
+    p.add_argument("--to", dest="window_to", default=None, metavar="Y", help="as for run")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser(
         "validate",
         parents=[common],
         help="check the config, each mapping's databases, the metadata database, the broker "
@@ -823,6 +935,48 @@ def build_parser() -> argparse.ArgumentParser:
     dbsub = p.add_subparsers(dest="db_command", required=True)
     up = dbsub.add_parser("upgrade", parents=[common], help="create/migrate the metadata tables")
     up.set_defaults(func=cmd_db_upgrade)
+
+    p = sub.add_parser(
+        "init",
+        help="write a commented chordload.yaml for one source table",
+        description="Read a source table's columns and primary key and write a commented "
+        "chordload.yaml: keys from the primary key, a checkpoint column suggested from a "
+        "timestamp column. The URL's password is written as ${CHORDLOAD_SOURCE_PASSWORD}. "
+        "An existing file is never overwritten (exit 4).",
+    )
+    p.add_argument(
+        "--source-url",
+        required=True,
+        metavar="URL",
+        help="SQLAlchemy URL of the source database, e.g. postgresql+psycopg2://u:pw@host/db",
+    )
+    p.add_argument("--table", required=True, metavar="T", help="table or schema.table")
+    p.add_argument(
+        "--output", default="chordload.yaml", metavar="PATH", help="default ./chordload.yaml"
+    )
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser(
+        "flower",
+        parents=[common],
+        help="start Flower: credentials required, loopback only by default",
+        description="Start Flower (Celery's monitor) for the config's broker with the "
+        "configuration shipped in chordload, from any directory. It refuses to start "
+        "without FLOWER_BASIC_AUTH=user:password (or FLOWER_AUTH for OAuth) and listens on "
+        "127.0.0.1 unless --address says otherwise.",
+    )
+    p.add_argument(
+        "--address",
+        default=os.environ.get("FLOWER_ADDRESS") or "127.0.0.1",
+        help="listen address (default: $FLOWER_ADDRESS, else 127.0.0.1: this host only)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("FLOWER_PORT") or 5555),
+        help="listen port (default: $FLOWER_PORT, else 5555)",
+    )
+    p.set_defaults(func=cmd_flower)
 
     p = sub.add_parser("demo", help="a real parallel SCD2 load on SQLite, no servers needed")
     p.add_argument(

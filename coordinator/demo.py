@@ -160,8 +160,8 @@ def demo_command() -> str:
 def _history(workdir: Path, key: int) -> list[tuple]:
     with sqlite3.connect(workdir / "warehouse.db") as conn:
         return conn.execute(
-            "SELECT city, balance, valid_from, valid_to, is_current, run_id "
-            "FROM dim_customer WHERE id = ? ORDER BY sk",
+            "SELECT city, balance, dw_valid_from, dw_valid_to, dw_is_current, dw_run_id "
+            "FROM dim_customer WHERE id = ? ORDER BY dw_sk",
             (key,),
         ).fetchall()
 

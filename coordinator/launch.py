@@ -9,11 +9,17 @@ imports the workers.
 
 from __future__ import annotations
 
-from coordinator.plan import Plan, plan_run
+from collections.abc import Callable
+
+from sqlalchemy import Engine
+
+from coordinator.plan import Plan, new_run_id, plan_run, run_mode
+from coordinator.planning_guard import PlanningGuard
 from shared.broker import require_broker
 from shared.config.settings import Settings
 from shared.engines import get_engine
-from shared.errors import RunRefusedError
+from shared.errors import ChordloadError, PlanningCancelled, RunRefusedError
+from shared.lifecycle.notify import notify_run_end
 from shared.metadata import store
 from shared.metadata.models import ChunkLog, ProcessLog
 from shared.metadata.schema import require_current
@@ -21,6 +27,7 @@ from shared.run.chord import start_chord
 from shared.run.statuses import ChunkStatus, RunStatus
 from shared.run.task_ids import chunk_task_id
 from shared.run.values import encode_value
+from shared.timeutil import utcnow
 
 
 def _rows_for(plan: Plan) -> tuple[ProcessLog, list[ChunkLog]]:
@@ -32,6 +39,7 @@ def _rows_for(plan: Plan) -> tuple[ProcessLog, list[ChunkLog]]:
         created_at=run_plan.created_at,
         load_kind=run_plan.load_kind.value,
         estimated_rows=plan.estimated_rows,
+        counted_rows=plan.counted_rows,
         chunks_total=len(plan.ranges),
         chunks_done=0,
         chunks_failed=0,
@@ -78,41 +86,100 @@ def launch(
     full: bool = False,
     window_from: str | None = None,
     window_to: str | None = None,
+    on_step: Callable[[str, str], None] | None = None,
+    interruptible: bool = False,
 ) -> str:
-    """Plan and launch one run of ``mapref``; returns its run id.
+    """Plan and launch one run of ``mapref``; returns its run id. ``on_step(run_id, step)``
+    hears each planning step as it starts. ``interruptible``: SIGTERM of this process, like
+    Ctrl-C, ends planning (the ``chordload run`` command).
 
     ``full``: ignore the stored checkpoint (a full reload; the new checkpoint is still set on
     success). ``window_from``/``window_to``: a backfill of that checkpoint window, which never
     moves the stored checkpoint. Refused (RunRefusedError) while another run of the mapping is
-    QUEUED or RUNNING, or when its stored checkpoint changed while the run was being planned;
-    BrokerUnavailableError (nothing written) when the broker does not answer.
+    PLANNING, QUEUED or RUNNING, or when its stored checkpoint changed while the run was being
+    planned; BrokerUnavailableError (nothing written) when the broker does not answer. Planning
+    is supervised (``coordinator/planning_guard.py``): stopped, interrupted or out of
+    ``planning.timeout_s``, it ends the run and raises PlanningCancelled.
     """
     metadata = get_engine(settings.metadata)
     require_current(metadata)
     spec = settings.mapping(mapref)  # resolved once; the planner gets the spec
-    active = store.active_run(metadata, mapref)
-    if active is not None:
-        raise RunRefusedError(
-            f"mapping '{mapref}' already has an active run {active.run_id}; "
-            f"wait for it (chordload status {active.run_id}) or stop it",
-            active.run_id,
-        )
+    mode = run_mode(mapref, spec, full, window_from, window_to)
     # before planning (which may take minutes) and before anything is written: a broker
     # that is down is an error naming its URL, not a FAILED run to clean up
     require_broker(settings)
-    plan = plan_run(
-        settings,
-        mapref,
-        spec,
+    run_id = new_run_id()
+    # The run exists, PLANNING, from here: it holds the mapping's one active slot (a second
+    # launch is refused) and status/watch show the step planning is on.
+    store.begin_planning(
         metadata,
-        chunks_override=chunks_override,
-        full=full,
-        window_from=window_from,
-        window_to=window_to,
+        ProcessLog(
+            run_id=run_id,
+            mapref=mapref,
+            created_at=utcnow(),
+            load_kind=mode.value,
+            mapping={},
+            planning_step="starting",
+        ),
     )
+    guard = PlanningGuard(
+        metadata, run_id, settings.planning.timeout_s, on_step=on_step, sigterm=interruptible
+    )
+    try:
+        plan = guard.run(
+            lambda: plan_run(
+                settings,
+                mapref,
+                spec,
+                metadata,
+                chunks_override=chunks_override,
+                full=full,
+                window_from=window_from,
+                window_to=window_to,
+                run_id=run_id,
+                hooks=guard,
+            )
+        )
+    except PlanningCancelled as err:
+        assert guard.cancellation is not None
+        ended = store.set_run_status(
+            metadata,
+            run_id,
+            guard.cancellation.status,
+            only_from={RunStatus.PLANNING},
+            message=str(err),
+        )
+        if not ended:
+            return run_id  # stopped (or failed by reconcile) meanwhile: it says so itself
+        notify_run_end(settings, run_id)
+        raise
+    except ChordloadError as err:
+        if err.exit_code in (2, 4):  # bad input or refused: nothing was started
+            store.discard_planning(metadata, run_id)
+        else:
+            _fail_planning(settings, metadata, run_id, str(err))
+        raise
+    except BaseException as exc:
+        _fail_planning(settings, metadata, run_id, f"planning failed: {exc}")
+        raise
     run, chunks = _rows_for(plan)
     # Refused if the stored checkpoint changed since planning read it (chordload checkpoint)
-    store.create_run(metadata, run, chunks, store.PlannedCheckpoint(plan.stored_checkpoint))
-    store.set_run_status(metadata, plan.run.run_id, RunStatus.RUNNING, only_from={RunStatus.QUEUED})
-    start_chord(settings, plan.run.run_id, chunks, claim=plan.run)
-    return plan.run.run_id
+    try:
+        launched = store.launch_planned(
+            metadata, run, chunks, store.PlannedCheckpoint(plan.stored_checkpoint)
+        )
+    except RunRefusedError:
+        store.discard_planning(metadata, run_id)
+        raise
+    if not launched:  # stopped while planning ended: no chunk was written
+        return run_id
+    store.set_run_status(metadata, run_id, RunStatus.RUNNING, only_from={RunStatus.QUEUED})
+    start_chord(settings, run_id, chunks, claim=plan.run)
+    return run_id
+
+
+def _fail_planning(settings: Settings, metadata: Engine, run_id: str, message: str) -> None:
+    if store.set_run_status(
+        metadata, run_id, RunStatus.FAILED, only_from={RunStatus.PLANNING}, message=message
+    ):
+        notify_run_end(settings, run_id)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
@@ -50,6 +51,29 @@ class Plan:
     ranges: list[ChunkRange]
     note: str
     stored_checkpoint: dict[str, Any] | None = None
+    counted_rows: int | None = None  # the bounded count that confirmed a low estimate
+    # dry run only: the statements that would create the target ([] if it exists)
+    target_ddl: list[str] = field(default_factory=list)
+
+
+class PlanningHooks(Protocol):
+    """What the planner tells whoever supervises it (``coordinator/planning_guard.py``):
+    each step as it starts, and the source connection its statements run on."""
+
+    def step(self, name: str) -> None: ...
+
+    def source(self, adapter: DialectAdapter, conn: Connection) -> AbstractContextManager[None]: ...
+
+
+class _Unsupervised:
+    def step(self, name: str) -> None:
+        pass
+
+    def source(self, adapter: DialectAdapter, conn: Connection) -> AbstractContextManager[None]:
+        return nullcontext()
+
+
+UNSUPERVISED = _Unsupervised()
 
 
 def new_run_id() -> str:
@@ -72,7 +96,7 @@ def check_columns(mapref: str, spec: MappingSpec, columns: list[str]) -> None:
             raise ConfigError(
                 f"mapping '{mapref}': the source returns a column '{name}', which is also the "
                 f"SCD{spec.scd.type} audit column for {role}; rename the audit column "
-                f"(scd.audit_columns.{role}: dw_{name}) or alias the source column"
+                f"(scd.audit_columns.{role}: another name) or alias the source column"
             )
     problems = []
     for field, column in named:
@@ -111,13 +135,13 @@ def _source_connection(adapter: DialectAdapter, mapref: str, url: str) -> Connec
 
 
 def read_source_columns(
-    settings: Settings, mapref: str, spec: MappingSpec
+    settings: Settings, mapref: str, spec: MappingSpec, hooks: PlanningHooks = UNSUPERVISED
 ) -> tuple[DialectAdapter, list[SourceColumn]]:
     url = settings.connection_url(spec.source.connection)
     engine = get_engine(url)
     adapter = adapter_for(engine)
     try:
-        with _source_connection(adapter, mapref, url) as conn:
+        with _source_connection(adapter, mapref, url) as conn, hooks.source(adapter, conn):
             columns = adapter.source_columns(conn, spec.source.query)
     except DBAPIError as exc:
         if exc.connection_invalidated:
@@ -164,6 +188,30 @@ def chunk_count(spec: MappingSpec, estimated_rows: int, override: int | None) ->
     return n, note
 
 
+def confirm_estimate(
+    adapter: DialectAdapter,
+    conn: Connection,
+    spec: MappingSpec,
+    where: str,
+    params: dict[str, Any],
+    estimate: int,
+) -> tuple[int | None, str]:
+    """A planner estimate below ``min_rows_for_parallel`` can be stale (statistics from
+    before a bulk load or update): count the window's rows, stopping one past the threshold,
+    so a large window still gets parallel chunks and a small one costs a small scan. Returns
+    the count (None when not needed) and a note for the plan."""
+    threshold = spec.chunking.min_rows_for_parallel
+    if spec.chunking.exact_count or adapter.estimates_by_counting or estimate >= threshold:
+        return None, ""
+    counted = adapter.count_up_to(conn, spec.source.query, where, params, threshold + 1)
+    if counted > threshold:
+        return counted, (
+            f"the planner estimated ~{estimate:,} rows but a count stopped at more than "
+            f"{threshold:,} (min_rows_for_parallel): its statistics are stale"
+        )
+    return counted, f"~{estimate:,} rows estimated, {counted:,} counted"
+
+
 def _boundaries(
     adapter: DialectAdapter,
     conn: Connection,
@@ -199,6 +247,26 @@ def _boundaries(
     return adapter.split_boundaries(conn, query, where, params, spec.split_column, parts)
 
 
+def run_mode(
+    mapref: str,
+    spec: MappingSpec,
+    full: bool,
+    window_from: str | None,
+    window_to: str | None,
+) -> RunMode:
+    backfill = window_from is not None or window_to is not None
+    if full and backfill:
+        raise ConfigError(
+            f"mapping '{mapref}': --full reloads everything and --from/--to "
+            f"load one window; give one or the other"
+        )
+    if backfill:
+        return RunMode.BACKFILL
+    if full or spec.checkpoint_strategy is CheckpointStrategy.NONE:
+        return RunMode.FULL
+    return RunMode.INCREMENTAL
+
+
 def plan_run(
     settings: Settings,
     mapref: str,
@@ -209,25 +277,24 @@ def plan_run(
     full: bool = False,
     window_from: str | None = None,
     window_to: str | None = None,
+    run_id: str | None = None,
+    hooks: PlanningHooks = UNSUPERVISED,
+    dry_run: bool = False,
 ) -> Plan:
     """Plan one run of ``spec``. ``full``: ignore the stored checkpoint (a full reload that
     still sets the new checkpoint). ``window_from``/``window_to``: a backfill of that window
-    (text, read as the checkpoint's type), which never moves the stored checkpoint."""
+    (text, read as the checkpoint's type), which never moves the stored checkpoint.
+    ``hooks`` hear each planning step as it starts (shown while the run is PLANNING) and
+    the source connection in use (so a supervisor can cancel its statement).
+    ``dry_run``: write nothing, not even the target: ``Plan.target_ddl`` says what would be
+    created."""
     strategy = spec.checkpoint_strategy
-    backfill = window_from is not None or window_to is not None
-    if full and backfill:
-        raise ConfigError(
-            f"mapping '{mapref}': --full reloads everything and --from/--to "
-            f"load one window; give one or the other"
-        )
-    mode = (
-        RunMode.BACKFILL
-        if backfill
-        else (RunMode.FULL if full or strategy is CheckpointStrategy.NONE else RunMode.INCREMENTAL)
-    )
+    mode = run_mode(mapref, spec, full, window_from, window_to)
     checkpoint.check_mode(mapref, spec, mode, window_to is not None, window_from is not None)
-    adapter, source_columns = read_source_columns(settings, mapref, spec)
+    hooks.step("reading the source query's columns")
+    adapter, source_columns = read_source_columns(settings, mapref, spec, hooks)
     columns = [c.name for c in source_columns]
+    spec = with_target_audit_names(settings, mapref, spec, columns)
     validity_kind = None
     if spec.scd.valid_from:
         validity_kind = next(
@@ -242,18 +309,40 @@ def plan_run(
     url = settings.connection_url(spec.source.connection)
     query = spec.source.query
     try:
-        with _source_connection(adapter, mapref, url) as conn:
+        with _source_connection(adapter, mapref, url) as conn, hooks.source(adapter, conn):
+
+            def high_water() -> Value:
+                hooks.step("reading the high-water mark (max of the checkpoint column)")
+                return adapter.max_row(conn, query, spec.checkpoint_columns)
+
             planned = checkpoint.plan_window(
                 mapref,
                 spec,
                 mode,
                 stored,
-                lambda: adapter.max_row(conn, query, spec.checkpoint_columns),
+                high_water,
                 window_from,
                 window_to,
             )
             where, params = planned.window.predicate(adapter)
+            hooks.step("counting rows" if spec.chunking.exact_count else "estimating rows")
             estimate = adapter.estimate_rows(conn, query, where, params, spec.chunking.exact_count)
+            counted, confirm_note = None, ""
+            if (
+                strategy is not CheckpointStrategy.PYTHON
+                and chunks_override is None
+                and not spec.chunking.exact_count
+                and not adapter.estimates_by_counting
+                and estimate < spec.chunking.min_rows_for_parallel
+            ):
+                hooks.step(
+                    f"counting rows, up to {spec.chunking.min_rows_for_parallel + 1:,} "
+                    f"(the estimate ~{estimate:,} is below min_rows_for_parallel)"
+                )
+                counted, confirm_note = confirm_estimate(
+                    adapter, conn, spec, where, params, estimate
+                )
+            rows = estimate if counted is None else counted
             if strategy is CheckpointStrategy.PYTHON:
                 parts = 1
                 note = (
@@ -264,8 +353,12 @@ def plan_run(
                 if chunks_override is not None:
                     note += f" (--chunks {chunks_override} ignored)"
             else:
-                parts, note = chunk_count(spec, estimate, chunks_override)
-            bounds = _boundaries(adapter, conn, mapref, spec, where, params, parts, estimate)
+                parts, note = chunk_count(spec, rows, chunks_override)
+                if confirm_note:
+                    note = f"{confirm_note}; {note}"
+            if parts > 1:
+                hooks.step(f"computing the boundaries of {parts} chunks")
+            bounds = _boundaries(adapter, conn, mapref, spec, where, params, parts, rows)
     except DBAPIError as exc:  # e.g. max() or ORDER BY on a type that has none
         if exc.connection_invalidated:
             raise _connect_error(mapref, "source", url, exc) from None
@@ -274,7 +367,13 @@ def plan_run(
             f"on {', '.join(spec.checkpoint_columns) or '-'}, chunks on "
             f"{', '.join(spec.split_columns)}): {describe_db_error(exc)}"
         ) from None
-    target_notes = ensure_target(settings, mapref, spec, source_columns)
+    target_ddl: list[str] = []
+    target_notes: list[str] = []
+    if dry_run:
+        target_ddl = planned_target_ddl(settings, mapref, spec, source_columns)
+    else:
+        hooks.step("checking the target table")
+        target_notes = ensure_target(settings, mapref, spec, source_columns)
     ranges = ranges_from_bounds(bounds)
     if parts > 1:
         if spec.chunking.strategy is not ChunkStrategy.QUANTILE:
@@ -286,7 +385,7 @@ def plan_run(
     if target_notes:
         note += "; " + "; ".join(target_notes)
     run = RunPlan(
-        new_run_id(),
+        run_id or new_run_id(),
         mapref,
         spec,
         columns,
@@ -297,7 +396,7 @@ def plan_run(
         validity_kind,
         stored,
     )
-    return Plan(run, estimate, ranges, note, stored_encoded)
+    return Plan(run, estimate, ranges, note, stored_encoded, counted, target_ddl)
 
 
 def source_high_water(settings: Settings, mapref: str, spec: MappingSpec) -> Value:
@@ -354,6 +453,63 @@ def _hashed_target(
         run_id="",
         options=Scd2Options(tracked=tracked),
     )
+
+
+def with_target_audit_names(
+    settings: Settings, mapref: str, spec: MappingSpec, business: list[str]
+) -> MappingSpec:
+    """``spec`` with the audit column names its target already uses (a target created with
+    chordload's earlier, unprefixed defaults keeps them); a new target gets the defaults.
+    The run's stored plan carries the resolved names to every worker."""
+    url = settings.connection_url(spec.target.connection)
+    adapter = adapter_for(get_engine(url))
+    try:
+        connection = adapter.engine.connect()
+    except DBAPIError as exc:
+        raise _connect_error(mapref, "target", url, exc) from None
+    with connection as conn:
+        if not adapter.target_exists(conn, spec.target):
+            return spec
+        existing = adapter.target_column_names(conn, spec.target)
+    audit = spec.scd.audit_columns.with_target_names(existing, business)
+    if audit is spec.scd.audit_columns:
+        return spec
+    return spec.model_copy(update={"scd": spec.scd.model_copy(update={"audit_columns": audit})})
+
+
+def planned_target_ddl(
+    settings: Settings, mapref: str, spec: MappingSpec, source_columns: list[SourceColumn]
+) -> list[str]:
+    """The statements a run would create the target with; [] when it exists (then it is
+    checked as a run would, without touching it)."""
+    url = settings.connection_url(spec.target.connection)
+    adapter = adapter_for(get_engine(url))
+    try:
+        connection = adapter.engine.connect()
+    except DBAPIError as exc:
+        raise _connect_error(mapref, "target", url, exc) from None
+    try:
+        with connection as conn:
+            if adapter.target_exists(conn, spec.target):
+                adapter.check_target(
+                    conn,
+                    spec.target,
+                    [c.name for c in source_columns],
+                    spec.scd.type,
+                    list(spec.scd.audit_names().values()),
+                )
+                return []
+            return adapter.target_ddl(
+                conn,
+                spec.target,
+                source_columns,
+                spec.keys,
+                spec.scd.type,
+                spec.scd.audit_columns,
+                **_target_options(spec, source_columns),
+            )
+    except ConfigError as err:
+        raise ConfigError(f"mapping '{mapref}': {err}") from None
 
 
 def ensure_target(

@@ -19,6 +19,24 @@ from shared.run.statuses import ChunkStatus
 from shared.run.values import display_value, plain_value
 from shared.timeutil import as_utc, utcnow
 
+ESTIMATE_WARN_FACTOR = 10
+
+
+def estimate_warning(run: ProcessLog) -> str | None:
+    """A warning when the planner's estimate and the rows the finished run read differ by
+    more than ESTIMATE_WARN_FACTOR: chunking followed a wrong figure (stale statistics)."""
+    if not run.status.is_terminal or run.estimated_rows is None:
+        return None
+    estimate, read = run.estimated_rows, run.rows_read
+    low, high = sorted((estimate, read))
+    if high <= ESTIMATE_WARN_FACTOR * max(low, 1):
+        return None
+    return (
+        f"the planner estimated {estimate:,} rows and the run read {read:,} "
+        f"({high / max(low, 1):,.0f}x off): the source's statistics are probably stale; "
+        f"ANALYZE the source tables, or set chunking.exact_count: true"
+    )
+
 
 def chunk_statuses(totals: dict[str, int] | None) -> dict[str, int]:
     """The chunk count of each status that has chunks, from ``store.progress_totals``."""
@@ -48,6 +66,9 @@ def run_summary(run: ProcessLog, totals: dict[str, int] | None = None) -> dict[s
         "chunks_failed": run.chunks_failed,
         **({"chunk_statuses": chunk_statuses(totals)} if totals is not None else {}),
         "estimated_rows": run.estimated_rows,
+        "counted_rows": run.counted_rows,
+        "estimate_warning": estimate_warning(run),
+        "planning_step": run.planning_step,
         "rows_read": run.rows_read,
         "rows_inserted": run.rows_inserted,
         "rows_changed": run.rows_changed,
@@ -76,6 +97,8 @@ def print_summary(run: ProcessLog, console: Console, totals: dict[str, int] | No
     table.add_column()
     table.add_row("run", f"{s['run_id']}  ({s['mapref']}, {s['load_kind']})")
     table.add_row("status", f"[{colour}]{s['status']}[/{colour}]")
+    if s["status"] == "PLANNING":
+        table.add_row("planning", s["planning_step"] or "-")
     if totals is not None:
         counts = s["chunk_statuses"]
         by_status = ", ".join(
@@ -98,6 +121,13 @@ def print_summary(run: ProcessLog, console: Console, totals: dict[str, int] | No
     if s["rows_deleted"]:
         rows += f"; {s['rows_deleted']:,} deleted keys retired"
     table.add_row("rows", rows)
+    if s["estimated_rows"] is not None:
+        estimate = f"{s['estimated_rows']:,} estimated"
+        if s["counted_rows"] is not None:
+            estimate += f", {s['counted_rows']:,} counted (the count stops there)"
+        table.add_row("estimate", f"{estimate}, {s['rows_read']:,} read")
+    if s["estimate_warning"]:
+        table.add_row("[yellow]warning[/yellow]", s["estimate_warning"])
     table.add_row(
         "checkpoint",
         f"{display_value(run.checkpoint_from)} -> "
@@ -202,7 +232,11 @@ def progress_line(snap: Any, meter: RateMeter) -> ProgressLine:
     run, totals = snap.run, snap.totals
     done = run.rows_read  # live sums while active (``with_live_totals``), final at the end
     # the estimate is the goal while running; at the end the goal is what was actually read
-    total = done if run.status.is_terminal else max(run.estimated_rows or 0, done)
+    total = (
+        done
+        if run.status.is_terminal
+        else max(run.estimated_rows or 0, run.counted_rows or 0, done)
+    )
     rate = meter.rate(run, done)
     if run.status.is_terminal or (total and done >= total):
         eta_s: float | None = 0.0
@@ -223,6 +257,7 @@ class ProgressDisplay:
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._last_plain = 0.0
+        self._planning_step: str | None = None
 
     def __enter__(self) -> ProgressDisplay:
         if self.live:
@@ -250,6 +285,12 @@ class ProgressDisplay:
             self.console.print(line, highlight=False, markup=False, soft_wrap=line[:2] == "  ")
 
     def __call__(self, snap: Any) -> None:
+        run = snap.run
+        if run.status.value == "PLANNING":  # no rows or chunks yet: say what it is doing
+            if run.planning_step != self._planning_step:
+                self._planning_step = run.planning_step
+                self.note(f"{run.run_id} PLANNING: {run.planning_step or '-'}")
+            return
         line = progress_line(snap, self.meter)
         if self._progress is not None:
             assert self._task is not None  # added together with the Progress in __enter__
@@ -257,7 +298,6 @@ class ProgressDisplay:
                 self._task, completed=line.done, total=max(line.total, 1), stats=line.stats()
             )
             return
-        run = snap.run
         now = time.monotonic()
         if now - self._last_plain >= self.interval_s or run.status.is_terminal:
             self._last_plain = now

@@ -1,6 +1,8 @@
 """Stopping a run.
 
-Stop writes a stop request (the source of truth), marks the still-pending chunks REVOKED and
+A run still PLANNING has no chunks: stop ends it STOPPED at once, and the coordinator
+planning it cancels its source queries. Otherwise stop writes a stop request (the source of
+truth), marks the still-pending chunks REVOKED and
 revokes their tasks by id; running chunks see the request at their next batch boundary and
 end STOPPED, and the last of them finalizes the run. If nothing is running any more, stop
 finalizes the run itself.
@@ -16,6 +18,7 @@ from shared.config.settings import Settings
 from shared.engines import get_engine
 from shared.errors import NotFoundError, RunFinishedError
 from shared.lifecycle.finalize import finalize_run
+from shared.lifecycle.notify import notify_run_end
 from shared.metadata import store
 from shared.metadata.models import ProcessLog
 from shared.run.statuses import RunStatus
@@ -58,6 +61,18 @@ def stop(
         raise RunFinishedError(f"run {run.run_id} already finished: {run.status.value}")
     who = requested_by or operator()
     new_request = store.request_stop(metadata, run.run_id, who, reason)
+    if run.status is RunStatus.PLANNING:
+        # No chunk exists yet: the run ends here, and its coordinator, which checks the run
+        # every second while planning, cancels the source queries in flight.
+        if store.set_run_status(
+            metadata,
+            run.run_id,
+            RunStatus.STOPPED,
+            only_from={RunStatus.PLANNING},
+            message=f"stopped while planning by {who}" + (f": {reason}" if reason else ""),
+        ):
+            notify_run_end(settings, run.run_id)
+        return StopOutcome(run.run_id, new_request, [], store.get_run(metadata, run.run_id).status)
     task_ids = store.revoke_pending_chunks(metadata, run.run_id, "revoked by a stop request")
     if task_ids:
         client_app(settings).control.revoke(task_ids)

@@ -38,6 +38,12 @@ class RunRefusedError(ChordloadError):
         self.active_run_id = active_run_id
 
 
+class RefusedError(ChordloadError):
+    """An action that would destroy something was refused (e.g. overwriting a file). CLI exit 4."""
+
+    exit_code = 4
+
+
 class MetadataNotReadyError(ChordloadError):
     """The metadata database has not been migrated. CLI exit 2."""
 
@@ -79,6 +85,16 @@ class RunFinishedError(ChordloadError):
     """The run named is already terminal; nothing to stop. CLI exit 2."""
 
     exit_code = 2
+
+
+class PlanningCancelled(ChordloadError):
+    """Planning ended before the run launched: stopped, interrupted (Ctrl-C / SIGTERM of the
+    coordinator) or out of ``planning.timeout_s``; the source queries were cancelled and the
+    run ended with this message. CLI exit: 3 stopped, 130 interrupted, 1 timed out."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 # -- control flow inside a chunk attempt (never leave the chunk loader) ----------------------

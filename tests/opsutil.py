@@ -70,19 +70,30 @@ def http_json(url: str, auth: tuple[str, str]) -> Any:
 
 
 class CeleryProcess:
-    """A ``celery -A workers ...`` subprocess in its own process group, logging to a file."""
+    """A ``celery -A workers ...`` subprocess (or ``command``, e.g. ``chordload flower``) in
+    its own process group, logging to a file."""
 
-    def __init__(self, args: list[str], *, env: dict[str, str], log_path: Path):
+    def __init__(
+        self,
+        args: list[str],
+        *,
+        env: dict[str, str],
+        log_path: Path,
+        command: list[str] | None = None,
+        cwd: Path = REPO,
+    ):
         self.args = args
         self.env = env
         self.log_path = log_path
+        self.command = command or [sys.executable, "-m", "celery", "-A", "workers"]
+        self.cwd = cwd
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> CeleryProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", *self.args],
-            cwd=REPO,
+            [*self.command, *self.args],
+            cwd=self.cwd,
             env={**os.environ, **self.env},
             stdout=self._log,
             stderr=subprocess.STDOUT,

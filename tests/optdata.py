@@ -73,6 +73,7 @@ def moment(value: Any) -> Any:
 def normal(column: str, value: Any) -> Any:
     if value is None:
         return None
+    column = column.removeprefix("dw_")  # audit columns: as their unprefixed kind
     if column in ("id", "version"):
         return int(value)
     if column in ("day", "ts", "updated_at", "valid_from", "valid_to"):

@@ -143,7 +143,7 @@ def test_source_clock_went_back_set_lower_then_incremental_reads_from_it(
     assert (after["rows_read"], after["rows_inserted"], after["rows_unchanged"]) == (26, 5, 21)
     assert after["checkpoint_to"] == "2026-01-01T00:00:50"
     target = f'"{schema}"."dim_customer"'
-    assert scalar(wh, f"SELECT count(*) FROM {target} WHERE is_current") == 55
+    assert scalar(wh, f"SELECT count(*) FROM {target} WHERE dw_is_current") == 55
 
     history = _history(capsys, path, mapref)
     assert [(h["changed_by"], h["run_id"], h["old"], h["new"], h["reason"]) for h in history] == [

@@ -112,14 +112,14 @@ def _case_key_typo_with_a_split_column(cfg, m, s):
 
 def _case_audit_column_clash(cfg, m, s):
     cfg["mappings"][m]["source"]["query"] = (
-        f'SELECT id, name, city AS valid_to, updated_at FROM "{s}"."customers"'
+        f'SELECT id, name, city AS dw_valid_to, updated_at FROM "{s}"."customers"'
     )
-    return [f"'{m}'", "'valid_to'", "audit column", "scd.audit_columns.valid_to"]
+    return [f"'{m}'", "'dw_valid_to'", "audit column", "scd.audit_columns.valid_to"]
 
 
-def _case_scd1_updated_at_clash(cfg, m, s):
-    cfg["mappings"][m]["scd"] = {"type": 1}
-    return [f"'{m}'", "'updated_at'", "SCD1 audit column", "scd.audit_columns.updated_at"]
+def _case_scd1_audit_name_clash(cfg, m, s):
+    cfg["mappings"][m]["scd"] = {"type": 1, "audit_columns": {"inserted_at": "updated_at"}}
+    return [f"'{m}'", "'updated_at'", "SCD1 audit column", "scd.audit_columns.inserted_at"]
 
 
 def _case_source_query_fails(cfg, m, s):

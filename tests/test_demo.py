@@ -49,26 +49,26 @@ def test_demo_loads_and_versions_at_80_columns(tmp_path):
         conn.execute(f"ATTACH DATABASE '{workdir / 'source.db'}' AS src")
         source_rows = conn.execute("SELECT count(*) FROM src.customers").fetchone()[0]
         assert source_rows == 21_000  # 20,000 + 5% new
-        current = f"SELECT {COLUMNS} FROM dim_customer WHERE is_current"
+        current = f"SELECT {COLUMNS} FROM dim_customer WHERE dw_is_current"
         source = f"SELECT {COLUMNS} FROM src.customers"
         assert conn.execute(f"SELECT count(*) FROM ({current} EXCEPT {source})").fetchone()[0] == 0
         assert conn.execute(f"SELECT count(*) FROM ({source} EXCEPT {current})").fetchone()[0] == 0
         assert (
             conn.execute(
-                "SELECT count(*) FROM (SELECT id FROM dim_customer WHERE is_current "
+                "SELECT count(*) FROM (SELECT id FROM dim_customer WHERE dw_is_current "
                 "GROUP BY id HAVING count(*) <> 1)"
             ).fetchone()[0]
             == 0
         )
         assert (
-            conn.execute("SELECT count(*) FROM dim_customer WHERE is_current").fetchone()[0]
+            conn.execute("SELECT count(*) FROM dim_customer WHERE dw_is_current").fetchone()[0]
             == source_rows
         )
         # every 10th key changed: two versions, the old one expired when the new one started
         assert conn.execute("SELECT count(*) FROM dim_customer").fetchone()[0] == 21_000 + 2_000
         versions = conn.execute(
-            "SELECT city, valid_from, valid_to, is_current FROM dim_customer WHERE id = ? "
-            "ORDER BY sk",
+            "SELECT city, dw_valid_from, dw_valid_to, dw_is_current FROM dim_customer "
+            "WHERE id = ? ORDER BY dw_sk",
             (CHANGED_KEY,),
         ).fetchall()
     assert len(versions) == 2

@@ -234,7 +234,7 @@ def dbs(pg_urls, mariadb_url, sqlite_url, schema):
 
 
 def current_rows(db: Db, table: str) -> dict[int, tuple]:
-    rows = db.all(f"SELECT {COLS} FROM {db.ident(table)} WHERE is_current")
+    rows = db.all(f"SELECT {COLS} FROM {db.ident(table)} WHERE dw_is_current")
     return {int(r[0]): tuple(normalize(c, v) for c, v in zip(COLUMNS, r)) for r in rows}
 
 
@@ -328,14 +328,14 @@ def test_scd2_pairing_initial_incremental_and_types(source, target, dbs, workers
     assert tgt.scalar(f"SELECT count(*) FROM {target_sql}") == 45 + len(CHANGED)
     assert (
         tgt.scalar(
-            f"SELECT count(*) FROM (SELECT id FROM {target_sql} WHERE is_current "
+            f"SELECT count(*) FROM (SELECT id FROM {target_sql} WHERE dw_is_current "
             f"GROUP BY id HAVING count(*) > 1) d"
         )
         == 0
     )
     old, new = tgt.all(
-        f"SELECT valid_from, valid_to, is_current, run_id FROM {target_sql} "
-        f"WHERE id = 10 ORDER BY sk"
+        f"SELECT dw_valid_from AS valid_from, dw_valid_to AS valid_to, dw_is_current AS "
+        f"is_current, dw_run_id AS run_id FROM {target_sql} WHERE id = 10 ORDER BY dw_sk"
     )
     assert (bool(old.is_current), bool(new.is_current)) == (False, True)
     assert old.valid_to == new.valid_from and new.valid_to is None
@@ -502,12 +502,12 @@ def test_mariadb_scd2_one_current_row_per_key(mdb):
             return conn.execute(text(sql)).scalars().all()
 
         assert query(f"SELECT count(*) FROM {table}") == [7]
-        assert query(f"SELECT count(*) FROM {table} WHERE is_current") == [5]
-        expired = query(f"SELECT valid_to FROM {table} WHERE NOT is_current")
+        assert query(f"SELECT count(*) FROM {table} WHERE dw_is_current") == [5]
+        expired = query(f"SELECT dw_valid_to FROM {table} WHERE NOT dw_is_current")
         assert expired == [dt.datetime(2026, 1, 1, 1, 0)] * 2
     insert = (
-        f"INSERT INTO {table} (id, code, note, row_hash, valid_from, valid_to, is_current, "
-        f"run_id) VALUES (:id, 'Case', 'z', 'h', '2026-01-01', NULL, :cur, 'manual')"
+        f"INSERT INTO {table} (id, code, note, dw_row_hash, dw_valid_from, dw_valid_to, "
+        f"dw_is_current, dw_run_id) VALUES (:id, 'Case', 'z', 'h', '2026-01-01', NULL, :cur, 'manual')"
     )
     with engine.begin() as conn:  # another expired version of a key is fine ...
         conn.execute(text(insert), {"id": 1, "cur": False})
@@ -543,7 +543,7 @@ def test_mariadb_scd1_updates_in_place(mdb):
     assert apply([(1, "a", "X"), (None, "b", "y"), (2, "c", "z"), (3, "d", "w")], "r2") == (1, 2, 1)
     with engine.connect() as conn:
         rows = conn.execute(
-            text(f"SELECT id, code, note, run_id FROM {adapter.table_ref(target)} ORDER BY code")
+            text(f"SELECT id, code, note, dw_run_id FROM {adapter.table_ref(target)} ORDER BY code")
         ).all()
     assert [tuple(r) for r in rows] == [
         (1, "a", "X", "r2"),
@@ -555,8 +555,8 @@ def test_mariadb_scd1_updates_in_place(mdb):
         with engine.begin() as conn:
             conn.execute(
                 text(
-                    f"INSERT INTO {adapter.table_ref(target)} (id, code, row_hash, "
-                    f"inserted_at, updated_at, run_id) VALUES (NULL, 'b', 'h', "
+                    f"INSERT INTO {adapter.table_ref(target)} (id, code, dw_row_hash, "
+                    f"dw_inserted_at, dw_updated_at, dw_run_id) VALUES (NULL, 'b', 'h', "
                     f"'2026-01-01', '2026-01-01', 'manual')"
                 )
             )

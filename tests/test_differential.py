@@ -104,9 +104,9 @@ def normal(column: str, value: Any) -> Any:
         return value if isinstance(value, str) else str(value)
     if column == "amt":
         return Decimal(str(value)).quantize(CENT)
-    if column in ("ts", "chg_at", "valid_from", "valid_to"):
+    if column in ("ts", "chg_at", "dw_valid_from", "dw_valid_to"):
         return moment(value)
-    if column in ("is_current", "is_deleted"):
+    if column in ("dw_is_current", "dw_is_deleted"):
         return bool(int(value))
     return value
 
@@ -453,27 +453,27 @@ def actual_versions(tgt: Side, table: str, p: Params, runs: Runs) -> dict[tuple,
     """The target as the model describes it: key -> versions (SCD2 in the order written)."""
     nkeys = len(p.keys)
     if p.scd == 1:
-        rows = tgt.read(table, [*p.columns, "run_id"])
+        rows = tgt.read(table, [*p.columns, "dw_run_id"])
         out: dict[tuple, list[Version]] = {}
         for r in rows:
             values = tuple(r[c] for c in p.columns)
-            out.setdefault(values[:nkeys], []).append(Version(values, runs.by_id(r["run_id"])))
+            out.setdefault(values[:nkeys], []).append(Version(values, runs.by_id(r["dw_run_id"])))
         return out
-    extra = ["is_deleted"] if p.deletes == NEW_RECORD else []
-    audit = ["sk", "valid_from", "valid_to", "is_current", "run_id", *extra]
-    rows = sorted(tgt.read(table, [*p.columns, *audit]), key=lambda r: r["sk"])
+    extra = ["dw_is_deleted"] if p.deletes == NEW_RECORD else []
+    audit = ["dw_sk", "dw_valid_from", "dw_valid_to", "dw_is_current", "dw_run_id", *extra]
+    rows = sorted(tgt.read(table, [*p.columns, *audit]), key=lambda r: r["dw_sk"])
     out = {}
     for r in rows:
         values = tuple(r[c] for c in p.columns)
-        opened = runs.by_time(r["valid_from"])
-        if opened != runs.by_id(r["run_id"]):
+        opened = runs.by_time(r["dw_valid_from"])
+        if opened != runs.by_id(r["dw_run_id"]):
             opened = f"{opened} (run_id of run {runs.by_id(r['run_id'])})"
         version = Version(
             values,
             opened,
-            runs.by_time(r["valid_to"]),
-            r["is_current"],
-            bool(r.get("is_deleted", False)),
+            runs.by_time(r["dw_valid_to"]),
+            r["dw_is_current"],
+            bool(r.get("dw_is_deleted", False)),
         )
         out.setdefault(values[:nkeys], []).append(version)
     return out
@@ -671,7 +671,7 @@ class Small:
         """key (a one-column key: its value) -> txt of its versions, oldest first (the current
         one last)."""
         keys = list(self.p.keys)
-        order = ["sk"] if self.p.scd == 2 else []
+        order = ["dw_sk"] if self.p.scd == 2 else []
         rows = self.target.read(self.dim, [*keys, "txt", *order])
         out: dict[Any, list[str]] = {}
         for r in sorted(rows, key=lambda r: r[order[0]]) if order else rows:

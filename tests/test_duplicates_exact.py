@@ -48,7 +48,15 @@ VARIANTS = {
     "mdb-key": ("mdb", KEY),
     "lite-none": ("lite", NONE),
 }
-VERSION_COLUMNS = ["id", "name", "city", "run_id", "is_current", "valid_from", "valid_to"]
+VERSION_COLUMNS = [
+    "id",
+    "name",
+    "city",
+    "dw_run_id",
+    "dw_is_current",
+    "dw_valid_from",
+    "dw_valid_to",
+]
 SCD1 = {"type": 1, "audit_columns": {"updated_at": "dw_updated_at"}}
 
 
@@ -104,21 +112,21 @@ def check_run(settings, result: ProcessLog, want: tuple[int, ...]) -> None:
 
 def versions(db: Db, table: str) -> list[dict]:
     """Every version of the target, in key then version order."""
-    return db.rows(table, ["sk", *VERSION_COLUMNS], order=f"id, {db.adapter.q('sk')}")
+    return db.rows(table, ["dw_sk", *VERSION_COLUMNS], order=f"id, {db.adapter.q('dw_sk')}")
 
 
 def expired_by(all_versions: list[dict], run_id: str) -> int:
     """The versions that run ``run_id`` expired: those ending where one of its versions of
     the same key starts."""
-    starts = {(v["id"], v["valid_from"]) for v in all_versions if v["run_id"] == run_id}
+    starts = {(v["id"], v["dw_valid_from"]) for v in all_versions if v["dw_run_id"] == run_id}
     return sum(
-        1 for v in all_versions if not v["is_current"] and (v["id"], v["valid_to"]) in starts
+        1 for v in all_versions if not v["dw_is_current"] and (v["id"], v["dw_valid_to"]) in starts
     )
 
 
 def current(db: Db, table: str, columns: list[str], scd2: bool = True) -> dict[Any, dict]:
     """key -> its current version (SCD1: its row)."""
-    flag = "1 = 1" if not scd2 else "is_current" if db.kind == "pg" else "is_current = 1"
+    flag = "1 = 1" if not scd2 else "dw_is_current" if db.kind == "pg" else "dw_is_current = 1"
     return {r["id"]: r for r in db.rows(table, columns, flag)}
 
 
@@ -239,7 +247,7 @@ def test_a_winner_equal_to_the_current_version_writes_nothing(variant, workers, 
     first = launch_all(settings, checkpoint, *maprefs.values())
     for result in first:
         check_run(settings, result, (12, 12, 0, 0, 0, 0))
-    scd1_columns = ["id", "name", "city", "run_id", "dw_updated_at", "inserted_at"]
+    scd1_columns = ["id", "name", "city", "dw_run_id", "dw_updated_at", "dw_inserted_at"]
     scd1_before = current(db, "dim1", scd1_columns, scd2=False)
     scd2_before = versions(db, "dim2")
 
@@ -266,19 +274,19 @@ def test_a_winner_equal_to_the_current_version_writes_nothing(variant, workers, 
     untouched = [v for v in after if v["id"] != 7]
     assert untouched == [v for v in scd2_before if v["id"] != 7], "key 5 and the rest as before"
     old7, new7 = (v for v in after if v["id"] == 7)
-    assert (old7["sk"], old7["is_current"], old7["valid_to"]) == (
-        next(v["sk"] for v in scd2_before if v["id"] == 7),
+    assert (old7["dw_sk"], old7["dw_is_current"], old7["dw_valid_to"]) == (
+        next(v["dw_sk"] for v in scd2_before if v["id"] == 7),
         False,
-        new7["valid_from"],
+        new7["dw_valid_from"],
     )
-    assert (new7["name"], new7["run_id"], new7["is_current"]) == ("new 7", scd2_run, True)
+    assert (new7["name"], new7["dw_run_id"], new7["dw_is_current"]) == ("new 7", scd2_run, True)
     assert expired_by(after, scd2_run) == second[0].rows_changed == 1
 
     scd1_after = current(db, "dim1", scd1_columns, scd2=False)
     assert {k: v for k, v in scd1_after.items() if k != 7} == {
         k: v for k, v in scd1_before.items() if k != 7
     }, "key 5's row keeps its values, updated_at and run_id"
-    assert (scd1_after[7]["name"], scd1_after[7]["run_id"]) == ("new 7", scd1_run)
+    assert (scd1_after[7]["name"], scd1_after[7]["dw_run_id"]) == ("new 7", scd1_run)
 
     third = launch_all(settings, checkpoint, *maprefs.values())
     for result in third:

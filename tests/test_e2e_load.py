@@ -33,7 +33,7 @@ def test_scd2_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     source = create_customers(wh, schema, 300_000)
     settings = make_settings({schema: scd2_mapping(schema)})
     target = f'"{schema}"."dim_customer"'
-    current = f"SELECT {BUSINESS_COLUMNS} FROM {target} WHERE is_current"
+    current = f"SELECT {BUSINESS_COLUMNS} FROM {target} WHERE dw_is_current"
     src = f"SELECT {BUSINESS_COLUMNS} FROM {source}"
 
     first = _run(settings, schema)
@@ -48,7 +48,7 @@ def test_scd2_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     assert (
         scalar(
             wh,
-            f"SELECT count(*) FROM (SELECT id FROM {target} WHERE is_current "
+            f"SELECT count(*) FROM (SELECT id FROM {target} WHERE dw_is_current "
             f"GROUP BY id HAVING count(*) > 1) d",
         )
         == 0
@@ -74,8 +74,9 @@ def test_scd2_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     with wh.connect() as conn:
         versions = conn.execute(
             text(
-                f"SELECT city, valid_from, valid_to, is_current, run_id FROM {target} "
-                f"WHERE id = 10 ORDER BY valid_from"
+                f"SELECT city, dw_valid_from AS valid_from, dw_valid_to AS valid_to, "
+                f"dw_is_current AS is_current, dw_run_id AS run_id FROM {target} "
+                f"WHERE id = 10 ORDER BY dw_valid_from"
             )
         ).all()
     assert [v.city for v in versions] == ["Berlin", "Reykjavik"]
@@ -88,7 +89,7 @@ def test_scd2_initial_incremental_and_rerun(workers, make_settings, wh, schema):
         scalar(
             wh,
             f"SELECT count(*) FROM {target} WHERE id % 10 <> 0 AND id <= 300000 "
-            f"AND (run_id <> :r OR NOT is_current)",
+            f"AND (dw_run_id <> :r OR NOT dw_is_current)",
             r=first.run_id,
         )
         == 0
@@ -105,7 +106,7 @@ def test_scd1_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     mapping = scd2_mapping(
         schema,
         target="cust",
-        scd={"type": 1, "audit_columns": {"updated_at": "dw_updated_at"}},
+        scd={"type": 1},  # the source's updated_at does not clash with the audit names
         chunking={"rows_per_chunk": 30_000},
     )
     settings = make_settings({schema: mapping})
@@ -133,7 +134,7 @@ def test_scd1_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     with wh.connect() as conn:
         row = conn.execute(
             text(
-                f"SELECT city, run_id, inserted_at < dw_updated_at AS moved "
+                f"SELECT city, dw_run_id AS run_id, dw_inserted_at < dw_updated_at AS moved "
                 f"FROM {target} WHERE id = 10"
             )
         ).one()
@@ -141,7 +142,7 @@ def test_scd1_initial_incremental_and_rerun(workers, make_settings, wh, schema):
     assert (
         scalar(
             wh,
-            f"SELECT count(*) FROM {target} WHERE id % 10 <> 0 AND id <= 120000 AND run_id <> :r",
+            f"SELECT count(*) FROM {target} WHERE id % 10 <> 0 AND id <= 120000 AND dw_run_id <> :r",
             r=first.run_id,
         )
         == 0

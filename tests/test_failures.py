@@ -67,7 +67,10 @@ def _kill_backends(database: str, application_like: str = "chordload/%") -> int:
 
 def _history(wh, table: str) -> str:
     """A target's versions without the columns that name the run (sk, valid_from, run_id)."""
-    return f"SELECT {BUSINESS_COLUMNS}, row_hash, is_current, valid_to IS NULL AS open FROM {table}"
+    return (
+        f"SELECT {BUSINESS_COLUMNS}, dw_row_hash, dw_is_current, dw_valid_to IS NULL AS open "
+        f"FROM {table}"
+    )
 
 
 def _same_history(wh, left: str, right: str) -> None:
@@ -80,7 +83,7 @@ def _same_history(wh, left: str, right: str) -> None:
         ).scalar_one()
         dup = conn.execute(
             text(
-                f"SELECT count(*) FROM (SELECT id FROM {left} WHERE is_current "
+                f"SELECT count(*) FROM (SELECT id FROM {left} WHERE dw_is_current "
                 f"GROUP BY id HAVING count(*) > 1) d"
             )
         ).scalar_one()

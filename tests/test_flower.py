@@ -1,6 +1,7 @@
-"""Flower, started with the documented command (``celery -A workers flower`` reading
-./flowerconfig.py) against the session's broker: basic auth from FLOWER_BASIC_AUTH, loopback
-only by default, and through its HTTP API the live worker and the tasks of a real run."""
+"""Flower, started with the documented commands (``chordload flower`` from any directory, and
+``celery -A workers flower`` reading ./flowerconfig.py) against the session's broker: basic
+auth from FLOWER_BASIC_AUTH, loopback only by default, and through its HTTP API the live
+worker and the tasks of a real run."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from coordinator.watch import wait
 from shared.engines import get_engine
 from shared.metadata import store
 from shared.run.statuses import RunStatus
+from tests.cliutil import CHORDLOAD, run_subprocess
 from tests.opsutil import (
     CeleryProcess,
     free_port,
@@ -70,6 +72,43 @@ def test_flower_refuses_to_start_without_credentials(config_path, tmp_path):
     finally:
         proc.stop()
     assert "FLOWER_BASIC_AUTH" in proc.log_text()
+
+
+def test_chordload_flower_needs_credentials_and_stays_local(config_path, tmp_path):
+    """``chordload flower`` from a directory without flowerconfig.py: no credentials, no
+    Flower (exit 2, the fix in the message); with them, Flower asks for them and listens on
+    127.0.0.1 only."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    refused = run_subprocess(
+        "flower", "--config", str(config_path), env={"FLOWER_BASIC_AUTH": ""}, cwd=elsewhere
+    )
+    assert refused.code == 2, refused
+    assert "FLOWER_BASIC_AUTH=user:password chordload flower" in refused.err
+
+    port = free_port()
+    proc = CeleryProcess(
+        ["flower", "--config", str(config_path), "--port", str(port)],
+        command=[str(CHORDLOAD)],
+        cwd=elsewhere,
+        log_path=tmp_path / "flower.log",
+        env={"FLOWER_BASIC_AUTH": ":".join(AUTH), "FLOWER_ADDRESS": "", "CHORDLOAD_CONFIG": ""},
+    ).start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: not proc.alive() or http_get(f"{base}/healthcheck")[0] == 200,
+            timeout_s=30,
+            what="Flower's /healthcheck",
+            diagnostics=proc.log_tail,
+        )
+        assert proc.alive(), proc.log_tail()
+        assert listening_addresses(port) == {"127.0.0.1"}, "loopback only by default"
+        assert http_get(f"{base}/")[0] == 401
+        assert http_get(f"{base}/", ("ops", "wrong"))[0] == 401
+        assert http_get(f"{base}/", AUTH)[0] == 200
+    finally:
+        proc.stop()
 
 
 def test_flower_sees_workers_and_run_tasks(flower, workers, make_settings, wh, schema):

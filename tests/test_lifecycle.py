@@ -45,10 +45,10 @@ def _target_matches_source(wh, schema: str) -> None:
     with wh.connect() as conn:
         diff = conn.execute(
             text(
-                f"SELECT count(*) FROM ((SELECT {BUSINESS_COLUMNS} FROM {target} WHERE is_current "
+                f"SELECT count(*) FROM ((SELECT {BUSINESS_COLUMNS} FROM {target} WHERE dw_is_current "
                 f"EXCEPT ALL SELECT {BUSINESS_COLUMNS} FROM {source}) UNION ALL (SELECT "
                 f"{BUSINESS_COLUMNS} FROM {source} EXCEPT ALL SELECT {BUSINESS_COLUMNS} FROM {target} "
-                f"WHERE is_current)) d"
+                f"WHERE dw_is_current)) d"
             )
         ).scalar_one()
         versions = conn.execute(text(f"SELECT count(*) FROM {target}")).scalar_one()

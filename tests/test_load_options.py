@@ -62,7 +62,7 @@ def db(request, pg_urls, mariadb_url, sqlite_url):
 
 def current(db: Db, table: str, columns: list[str] = BUSINESS) -> list[dict]:
     return sorted(
-        db.rows(table, columns, "is_current = 1" if db.kind != "pg" else "is_current"),
+        db.rows(table, columns, "dw_is_current = 1" if db.kind != "pg" else "dw_is_current"),
         key=lambda r: (r["id"] is None, r["id"] or 0, r.get("code") or ""),
     )
 
@@ -369,7 +369,7 @@ def test_python_checkpoint(db, workers, make_settings):
 
 # -- SCD options -------------------------------------------------------------------------------
 def _versions(db: Db, table: str, key: int, columns: list[str]) -> list[dict]:
-    return db.rows(table, columns, f"id = {key}", order=db.adapter.q("sk"))
+    return db.rows(table, columns, f"id = {key}", order=db.adapter.q("dw_sk"))
 
 
 @pytest.mark.e2e
@@ -389,19 +389,19 @@ def test_scd2_valid_from_column_and_current_valid_to_sentinel(db, workers, make_
         }
     )
     sentinel = dt.datetime(9999, 12, 31)
-    audit = ["id", "name", "updated_at", "valid_from", "valid_to", "is_current"]
+    audit = ["id", "name", "updated_at", "dw_valid_from", "dw_valid_to", "dw_is_current"]
 
     ok(run(settings, mapref))
     for r in current(db, "dim", audit):
-        assert (r["valid_from"], r["valid_to"]) == (r["updated_at"], sentinel), r
+        assert (r["dw_valid_from"], r["dw_valid_to"]) == (r["updated_at"], sentinel), r
     with db.engine.connect() as conn:  # validity columns typed like the source column
         types = {
             c.name: c.type.kind.value
             for c in db.adapter.source_columns(
-                conn, f"SELECT valid_from, valid_to FROM {db.ident('dim')}"
+                conn, f"SELECT dw_valid_from, dw_valid_to FROM {db.ident('dim')}"
             )
         }
-    assert types == {"valid_from": "timestamp", "valid_to": "timestamp"}
+    assert types == {"dw_valid_from": "timestamp", "dw_valid_to": "timestamp"}
 
     db.execute(
         f"UPDATE {db.ident('src')} SET city = 'Kyiv', updated_at = :u WHERE id IN (4, 9)",
@@ -411,9 +411,11 @@ def test_scd2_valid_from_column_and_current_valid_to_sentinel(db, workers, make_
     ok(second)
     assert (second.rows_changed, second.rows_inserted) == (2, 0)
     old, new = _versions(db, "dim", 4, audit)
-    assert (old["is_current"], new["is_current"]) == (False, True)
-    assert old["valid_from"] == when(4) and old["valid_to"] == new["valid_from"] == when(100)
-    assert new["valid_to"] == sentinel
+    assert (old["dw_is_current"], new["dw_is_current"]) == (False, True)
+    assert old["dw_valid_from"] == when(4) and old["dw_valid_to"] == new["dw_valid_from"] == when(
+        100
+    )
+    assert new["dw_valid_to"] == sentinel
     assert db.scalar(f"SELECT count(*) FROM {db.ident('dim')}") == 22
 
 
@@ -434,14 +436,14 @@ def test_scd2_tracked_columns_version_others_update_in_place(db, workers, make_s
     second = run(settings, mapref)
     ok(second)
     assert (second.rows_changed, second.rows_inserted, second.rows_unchanged) == (4, 0, 8)
-    cols = ["id", "email", "city", "version", "is_current", "run_id"]
+    cols = ["id", "email", "city", "version", "dw_is_current", "dw_run_id"]
     for key in (1, 2):  # type 1 inside type 2: one version, updated in place
         [only] = _versions(db, "dim", key, cols)
-        assert (only["email"], only["version"], only["is_current"]) == ("new@x.org", 2, True)
-        assert only["run_id"] == first.run_id  # the run that made the version
+        assert (only["email"], only["version"], only["dw_is_current"]) == ("new@x.org", 2, True)
+        assert only["dw_run_id"] == first.run_id  # the run that made the version
     for key, city, email in ((3, "Kyiv", "e3@x.org"), (4, "Baku", "b@x.org")):
         old, new = _versions(db, "dim", key, cols)
-        assert (old["city"], old["is_current"], new["city"], new["email"]) == (
+        assert (old["city"], old["dw_is_current"], new["city"], new["email"]) == (
             rows[key - 1]["city"],
             False,
             city,
@@ -494,20 +496,20 @@ def test_hard_deletes_on_full_loads(db, workers, make_settings):
     for result in (inv, new, s1):
         ok(result)
         assert (result.rows_read, result.rows_unchanged, result.rows_deleted) == (10, 10, 3)
-    cols = ["id", "name", "valid_from", "valid_to", "is_current", "run_id"]
+    cols = ["id", "name", "dw_valid_from", "dw_valid_to", "dw_is_current", "dw_run_id"]
     gone = "id IN (2, 5) OR id IS NULL"
     expired = db.rows("dim_inv", cols, gone)
-    assert len(expired) == 3 and not any(r["is_current"] for r in expired)
-    assert {r["valid_to"] for r in expired} == {normal("valid_to", inv.created_at)}
-    history = db.rows("dim_new", cols + ["is_deleted", "row_hash"], gone, order="sk")
+    assert len(expired) == 3 and not any(r["dw_is_current"] for r in expired)
+    assert {r["dw_valid_to"] for r in expired} == {normal("dw_valid_to", inv.created_at)}
+    history = db.rows("dim_new", cols + ["dw_is_deleted", "dw_row_hash"], gone, order="dw_sk")
     assert len(history) == 6
-    tombstones = [r for r in history if r["is_current"]]
+    tombstones = [r for r in history if r["dw_is_current"]]
     assert len(tombstones) == 3 and all(
-        r["is_deleted"] and r["row_hash"] == "deleted" and r["run_id"] == new.run_id
+        r["dw_is_deleted"] and r["dw_row_hash"] == "deleted" and r["dw_run_id"] == new.run_id
         for r in tombstones
     )
-    assert {r["valid_to"] for r in tombstones} == {dt.datetime(9999, 12, 31, 23, 59, 59)}
-    assert all(r["valid_from"] == normal("valid_from", new.created_at) for r in tombstones)
+    assert {r["dw_valid_to"] for r in tombstones} == {dt.datetime(9999, 12, 31, 23, 59, 59)}
+    assert all(r["dw_valid_from"] == normal("dw_valid_from", new.created_at) for r in tombstones)
     assert db.scalar(f"SELECT count(*) FROM {db.ident('dim_s1')}") == 10
     assert db.scalar(f"SELECT count(*) FROM {db.ident('dim_s1')} WHERE {gone}") == 0
 
@@ -519,9 +521,9 @@ def test_hard_deletes_on_full_loads(db, workers, make_settings):
     ] == [("SUCCESS", 1, 0, 0, None), ("SUCCESS", 0, 1, 0, None), ("SUCCESS", 1, 0, 0, None)]
     for table in ("dim_inv", "dim_new", "dim_s1"):
         where = "id = 2" + (
-            " AND is_current"
+            " AND dw_is_current"
             if table != "dim_s1" and db.kind == "pg"
-            else " AND is_current = 1"
+            else " AND dw_is_current = 1"
             if table != "dim_s1"
             else ""
         )
@@ -583,8 +585,8 @@ def test_duplicate_keys_highest_checkpoint_wins(db, workers, make_settings):
     for table in ("dim_one", "dim_many"):
         assert current(db, table) == want, table
         assert db.scalar(f"SELECT count(*) FROM {db.ident(table)}") == 14, "one version a key"
-        for r in db.rows(table, ["id", "updated_at", "valid_from"]):
-            assert r["valid_from"] == r["updated_at"]
+        for r in db.rows(table, ["id", "updated_at", "dw_valid_from"]):
+            assert r["dw_valid_from"] == r["updated_at"]
     assert ordered(db.rows("dim_s1", BUSINESS)) == want
 
     # a replay of every chunk (as after a redelivery): same target, same counts
@@ -610,11 +612,11 @@ def test_duplicate_keys_highest_checkpoint_wins(db, workers, make_settings):
             result.rows_unchanged,
             result.rows_duplicate,
         ) == (3, 1, 1, 1)
-    cols = ["id", "name", "valid_from", "valid_to", "is_current"]
+    cols = ["id", "name", "dw_valid_from", "dw_valid_to", "dw_is_current"]
     for table in ("dim_one", "dim_many"):
         old, new = _versions(db, table, 3, cols)
-        assert (old["name"], new["name"], new["is_current"]) == ("name 3 a", "v2 late", True)
-        assert old["valid_to"] == new["valid_from"] == when(95), table
+        assert (old["name"], new["name"], new["dw_is_current"]) == ("name 3 a", "v2 late", True)
+        assert old["dw_valid_to"] == new["dw_valid_from"] == when(95), table
     assert db.rows("dim_s1", ["name"], "id = 3") == [{"name": "v2 late"}]
 
 

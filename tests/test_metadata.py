@@ -155,6 +155,7 @@ def test_migration_0006_checkpoint_change_up_and_down(fresh_metadata_url):
     assert "checkpoint_change" in tables and nullable
     assert indexes == {"ix_checkpoint_change_mapref"}
 
+    upgrade(engine)  # the store writes the current models (later revisions add columns)
     value = {"type": "int", "value": 7}
     change = store.change_checkpoint(engine, "m", value, changed_by="me@here", reason="test")
     assert change is not None and (change.old_value, change.new_value) == (None, value)
@@ -201,7 +202,7 @@ def test_one_active_run_per_mapping(
 ):
     metadata = get_engine(migrated_metadata_url)
     mapref = f"active_{uuid.uuid4().hex[:8]}"
-    first = _active_run(mapref)
+    first = _active_run(mapref, RunStatus.PLANNING)  # a run holds the slot from planning on
     store.create_run(metadata, first, [])
 
     # the database itself refuses a second active row (no pre-check involved)
@@ -223,7 +224,7 @@ def test_one_active_run_per_mapping(
 
     # once the run is terminal, a new one may start; other mappings were never blocked
     assert store.set_run_status(
-        metadata, first.run_id, RunStatus.SUCCESS, only_from={RunStatus.RUNNING}
+        metadata, first.run_id, RunStatus.STOPPED, only_from={RunStatus.PLANNING}
     )
     again = _active_run(mapref, RunStatus.QUEUED)
     store.create_run(metadata, again, [])

@@ -91,7 +91,7 @@ def test_skewed_keys_give_balanced_chunks(workers, make_settings, wh, schema):
     assert (
         diff_count(
             wh,
-            f'SELECT id, name, updated_at FROM "{schema}"."dim_skewed" WHERE is_current',
+            f'SELECT id, name, updated_at FROM "{schema}"."dim_skewed" WHERE dw_is_current',
             f"SELECT id, name, updated_at FROM {table}",
         )
         == 0
@@ -131,7 +131,7 @@ def test_null_split_values_are_loaded_by_chunk_0(workers, make_settings, wh, sch
     )
     settings = make_settings({"nulls": mapping})
     target = f'"{schema}"."dim_nulls"'
-    current = f"SELECT id, part, name, updated_at FROM {target} WHERE is_current"
+    current = f"SELECT id, part, name, updated_at FROM {target} WHERE dw_is_current"
     source = f"SELECT id, part, name, updated_at FROM {table}"
 
     first, chunks = _run(settings, "nulls")
@@ -161,7 +161,7 @@ def test_null_split_values_are_loaded_by_chunk_0(workers, make_settings, wh, sch
     assert (
         scalar(
             wh,
-            f"SELECT count(*) FROM (SELECT id, part FROM {target} WHERE is_current "
+            f"SELECT count(*) FROM (SELECT id, part FROM {target} WHERE dw_is_current "
             f"GROUP BY id, part HAVING count(*) > 1) d",
         )
         == 0
@@ -169,8 +169,8 @@ def test_null_split_values_are_loaded_by_chunk_0(workers, make_settings, wh, sch
     with wh.connect() as conn:
         versions = conn.execute(
             text(
-                f"SELECT name, is_current FROM {target} WHERE id IS NULL "
-                f"AND part IS NULL ORDER BY sk"
+                f"SELECT name, dw_is_current AS is_current FROM {target} WHERE id IS NULL "
+                f"AND part IS NULL ORDER BY dw_sk"
             )
         ).all()
     assert [tuple(v) for v in versions] == [("null null", False), ("null null v2", True)]
@@ -199,7 +199,7 @@ def test_one_chunk_below_min_rows_uses_the_same_chord(workers, make_settings, wh
         "SUCCESS",
         5_000,
     )
-    assert scalar(wh, f'SELECT count(*) FROM "{schema}"."dim_small" WHERE is_current') == 5_000
+    assert scalar(wh, f'SELECT count(*) FROM "{schema}"."dim_small" WHERE dw_is_current') == 5_000
     assert scalar(wh, f"SELECT count(*) FROM {source}") == 5_000
 
 
@@ -232,7 +232,8 @@ def test_chunks_override_on_the_command_line(
 
 
 def test_exact_count(make_settings, wh, schema):
-    """Postgres estimates ``id % 2 = 0`` at 0.5% of the rows; exact_count counts them."""
+    """Postgres estimates ``id % 2 = 0`` at 0.5% of the rows; exact_count counts them, and
+    without it the low estimate is confirmed by a count that stops past the threshold."""
     table = create_customers(wh, schema, 20_000)
     mapping = scd2_mapping(
         schema,
@@ -247,9 +248,12 @@ def test_exact_count(make_settings, wh, schema):
     counted = plan_run(settings, "exact", settings.mapping("exact"), metadata)
     assert counted.estimated_rows == 10_000
     assert len(counted.ranges) == 4
+    assert counted.counted_rows is None  # an exact figure needs no confirming
     estimated = plan_run(settings, "estimated", settings.mapping("estimated"), metadata)
     assert estimated.estimated_rows < 5_000  # the planner's guess, far from the truth
-    assert len(estimated.ranges) == 1
+    assert estimated.counted_rows == 5_001  # counting stopped one past the threshold
+    assert len(estimated.ranges) == 3  # ceil(5,001 / 2,500): parallel after all
+    assert "statistics are stale" in estimated.note
 
 
 def test_parallelism_rounds_the_chunk_count_up(make_settings, wh, schema):
@@ -321,7 +325,7 @@ def test_offset_chunks_load_a_row_with_a_null_later_key_part_once(
         assert (run.rows_read, run.rows_inserted, run.rows_duplicate) == (4000, 4000, 0)
         assert sum(c.rows_read for c in chunks) == 4000
         target = f'"{schema}"."dim_pairs{scd_type}"'
-        current = " WHERE is_current" if scd_type == 2 else ""
+        current = " WHERE dw_is_current" if scd_type == 2 else ""
         assert scalar(wh, f"SELECT count(*) FROM {target}{current}") == 4000
         assert (
             diff_count(wh, f"SELECT a, b, name FROM {target}{current}", f"SELECT * FROM {table}")
@@ -331,9 +335,11 @@ def test_offset_chunks_load_a_row_with_a_null_later_key_part_once(
         assert (again.rows_read, again.rows_unchanged, again.rows_inserted) == (4000, 4000, 0)
         # the target itself refuses a second current row of a key with a NULL part
         audit = (
-            "row_hash, valid_from, is_current, run_id) VALUES (1, NULL, 'x', 'h', now(), true, 'r')"
+            "dw_row_hash, dw_valid_from, dw_is_current, dw_run_id) "
+            "VALUES (1, NULL, 'x', 'h', now(), true, 'r')"
             if scd_type == 2
-            else "row_hash, inserted_at, updated_at, run_id) VALUES (1, NULL, 'x', 'h', now(), "
+            else "dw_row_hash, dw_inserted_at, dw_updated_at, dw_run_id) VALUES (1, NULL, 'x', "
+            "'h', now(), "
             "now(), 'r')"
         )
         with pytest.raises(IntegrityError):

@@ -112,7 +112,7 @@ def test_an_old_postgres_target_is_rehashed_once_not_reloaded(workers, make_sett
         conn.execute(text("SET LOCAL TimeZone = 'Asia/Tokyo'"))
         conn.execute(
             text(
-                f'UPDATE "{schema}".dim_old t SET row_hash = md5(ROW(t.id, t.at, t.day, t.span, '
+                f'UPDATE "{schema}".dim_old t SET dw_row_hash = md5(ROW(t.id, t.at, t.day, t.span, '
                 f"t.x, t.blob)::text)"
             )
         )
@@ -193,7 +193,7 @@ def test_an_old_sqlite_target_is_rehashed_once(workers, make_settings, sqlite_ur
     with engine.begin() as conn:
         for row in conn.execute(text(f"SELECT id, name, at FROM {dim}")).all():
             conn.execute(
-                text(f"UPDATE {dim} SET row_hash = :h WHERE id = :id"),
+                text(f"UPDATE {dim} SET dw_row_hash = :h WHERE id = :id"),
                 {"h": v1(*row), "id": row[0]},
             )
         conn.execute(text(f"DELETE FROM {MARKER_TABLE} WHERE table_name = :t"), {"t": dim})

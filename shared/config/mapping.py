@@ -7,6 +7,7 @@ run uses the same definition even if the config file changes mid-run.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from enum import Enum
 from typing import Literal
 
@@ -68,18 +69,52 @@ class TargetSpec(_Strict):
 
 
 class AuditColumns(_Strict):
-    """Names of the columns chordload adds to the target (rename one when the source already
-    has a column of that name, e.g. ``updated_at: dw_updated_at``)."""
+    """Names of the columns chordload adds to the target. The defaults carry a ``dw_`` prefix
+    that source tables do not use (a source's own ``updated_at`` or ``is_deleted`` loads as a
+    business column). A target created before these defaults keeps the names it was created
+    with: planning reads them from the target (``with_target_names``). A name set here is
+    always used as given."""
 
-    row_hash: str = "row_hash"
-    inserted_at: str = "inserted_at"
-    updated_at: str = "updated_at"
-    run_id: str = "run_id"
-    sk: str = "sk"
-    valid_from: str = "valid_from"
-    valid_to: str = "valid_to"
-    is_current: str = "is_current"
-    is_deleted: str = "is_deleted"  # SCD2 with deletes: new_record only
+    row_hash: str = "dw_row_hash"
+    inserted_at: str = "dw_inserted_at"
+    updated_at: str = "dw_updated_at"
+    run_id: str = "dw_run_id"
+    sk: str = "dw_sk"
+    valid_from: str = "dw_valid_from"
+    valid_to: str = "dw_valid_to"
+    is_current: str = "dw_is_current"
+    is_deleted: str = "dw_is_deleted"  # SCD2 with deletes: new_record only
+
+    def with_target_names(
+        self, target_columns: Collection[str], business: Collection[str]
+    ) -> AuditColumns:
+        """The names an existing target uses: for each role left at its default, the name
+        of chordload's earlier defaults (``LEGACY_AUDIT_NAMES``) when the target has that
+        column, lacks the new default and the source does not return it."""
+        have, source = set(target_columns), set(business)
+        legacy = {
+            role: old
+            for role, old in LEGACY_AUDIT_NAMES.items()
+            if role not in self.model_fields_set
+            and getattr(self, role) not in have
+            and old in have
+            and old not in source
+        }
+        return self.model_copy(update=legacy) if legacy else self
+
+
+# The default audit names before the dw_ prefix: targets created with them keep them.
+LEGACY_AUDIT_NAMES = {
+    "row_hash": "row_hash",
+    "inserted_at": "inserted_at",
+    "updated_at": "updated_at",
+    "run_id": "run_id",
+    "sk": "sk",
+    "valid_from": "valid_from",
+    "valid_to": "valid_to",
+    "is_current": "is_current",
+    "is_deleted": "is_deleted",
+}
 
 
 SCD1_AUDIT = ("row_hash", "inserted_at", "updated_at", "run_id")
@@ -303,6 +338,24 @@ class VerifySpec(_Strict):
         return " ".join(schedule.split())
 
 
+class NotifySpec(_Strict):
+    """A webhook told when a run ends FAILED or STOPPED, and on the first SUCCESS after one.
+    The body is JSON that Slack incoming webhooks and generic receivers accept (``text``
+    plus structured fields). Sending is retried and never changes the run's outcome."""
+
+    webhook_url: str = Field(min_length=1, description="http(s) URL the JSON is POSTed to")
+    timeout_s: float = Field(default=5.0, gt=0, description="per attempt")
+    attempts: int = Field(default=3, ge=1, le=10)
+    backoff_s: float = Field(default=1.0, ge=0, description="doubled after each failed attempt")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return url
+
+
 class MappingSpec(_Strict):
     source: SourceSpec
     target: TargetSpec
@@ -321,6 +374,9 @@ class MappingSpec(_Strict):
     )
     enabled: bool = Field(default=True, description="false: beat does not launch this mapping")
     verify: VerifySpec = VerifySpec()
+    notify: NotifySpec | None = Field(
+        default=None, description="this mapping's webhook (default: the top-level notify)"
+    )
 
     @field_validator("schedule")
     @classmethod

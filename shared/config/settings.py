@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shared.config.mapping import MappingSpec
+from shared.config.mapping import MappingSpec, NotifySpec
 from shared.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "chordload.yaml"
@@ -39,6 +39,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "CHORDLOAD_RECONCILE_INTERVAL_S": ("schedule", "reconcile_interval_s"),
     "CHORDLOAD_SCHEDULE_GRACE_S": ("schedule", "grace_s"),
     "CHORDLOAD_PROGRESS_INTERVAL_S": ("progress_interval_s",),
+    "CHORDLOAD_PLANNING_TIMEOUT_S": ("planning", "timeout_s"),
     "CHORDLOAD_LOG_JSON": ("log_json",),
 }
 ENV_ONLY_REQUIRED = ("CHORDLOAD_BROKER_URL", "CHORDLOAD_METADATA_URL")
@@ -128,6 +129,15 @@ class TargetSessionSpec(BaseModel):
     statement_timeout_s: int = Field(default=3600, ge=0, description="0: no limit")
 
 
+class PlanningSpec(BaseModel):
+    """Planning (reading the high-water mark, estimating, counting, splitting) runs source
+    queries that can be slow: ``timeout_s`` bounds it, and reconcile fails a run left PLANNING
+    this long by a coordinator that died."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    timeout_s: float = Field(default=1800.0, gt=0)
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     metadata: MetadataUrl = Field(min_length=1)
@@ -138,6 +148,8 @@ class Settings(BaseModel):
     celery: CelerySpec = CelerySpec()
     schedule: ScheduleSpec = ScheduleSpec()
     target_sessions: TargetSessionSpec = TargetSessionSpec()
+    planning: PlanningSpec = PlanningSpec()
+    notify: NotifySpec | None = None  # every mapping's webhook, unless it names its own
     log_json: bool = Field(default=False, description="workers and beat log JSON lines")
     progress_interval_s: float = Field(
         default=5.0,

@@ -42,6 +42,8 @@ class DialectAdapter:
     # changes, existing targets are rehashed once (shared/scd/hashes.py) instead of seeing
     # every row as changed.
     row_hash_version = 1
+    # estimate_rows counts (no planner statistics to ask): its figure needs no confirming
+    estimates_by_counting = True
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -91,6 +93,27 @@ class DialectAdapter:
     ) -> int:
         sql = f"SELECT count(*) FROM {self.from_query(query)} WHERE {where}"
         return int(conn.execute(text(sql), params).scalar_one())
+
+    def count_up_to(
+        self, conn: Connection, query: str, where: str, params: dict[str, Any], limit: int
+    ) -> int:
+        """The window's rows counted, but no further than ``limit``: the scan stops there, so
+        confirming that a source is small costs at most ``limit`` rows whatever its size."""
+        sql = (
+            f"SELECT count(*) FROM (SELECT 1 AS one FROM {self.from_query(query)} "
+            f"WHERE {where} LIMIT {int(limit)}) bounded"
+        )
+        return int(conn.execute(text(sql), params).scalar_one())
+
+    def cancel_statement(self, conn: Connection) -> None:
+        """Cancel the statement ``conn`` is running, from another thread (planning that is
+        stopped, interrupted or out of time). psycopg2 sends the server a cancel request
+        (what ``pg_cancel_backend`` does); SQLite interrupts its VM."""
+        dbapi: Any = dbapi_connection(conn)
+        for method in ("cancel", "interrupt"):
+            if hasattr(dbapi, method):
+                getattr(dbapi, method)()
+                return
 
     def max_value(self, conn: Connection, query: str, column: str) -> Any:
         sql = f"SELECT max(src.{self.q(column)}) FROM {self.from_query(query)}"
@@ -365,16 +388,28 @@ class DialectAdapter:
     ) -> None:
         """Create the target from the source's column types, with the SCD contract's columns
         and indexes (SCD2: one current row per key). ``options``: see target_columns_ddl."""
-        table = self.table_ref(target)
-        conn.execute(
-            text(
-                self.create_table_sql(
-                    table, self.target_columns_ddl(columns, keys, scd_type, audit, **options)
-                )
-            )
-        )
-        for statement in self.target_index_sql(table, target, columns, keys, scd_type, audit):
+        for statement in self.target_ddl(conn, target, columns, keys, scd_type, audit, **options):
             conn.execute(text(statement))
+
+    def target_ddl(
+        self,
+        conn: Connection,
+        target: TargetSpec,
+        columns: Sequence[SourceColumn],
+        keys: Sequence[str],
+        scd_type: int,
+        audit: AuditColumns,
+        **options: Any,
+    ) -> list[str]:
+        """The statements that create the target (``create_target`` runs them; ``chordload
+        plan`` prints them without running anything)."""
+        table = self.table_ref(target)
+        return [
+            self.create_table_sql(
+                table, self.target_columns_ddl(columns, keys, scd_type, audit, **options)
+            ),
+            *self.target_index_sql(table, target, columns, keys, scd_type, audit),
+        ]
 
     def check_target(
         self,

@@ -46,7 +46,7 @@ from pymysql.constants import CLIENT, FIELD_TYPE, FLAG
 from sqlalchemy import Connection, Engine, event, text
 
 from shared.config.mapping import AuditColumns, TargetSpec
-from shared.dialects.base import STAGE_TABLE, DialectAdapter
+from shared.dialects.base import STAGE_TABLE, DialectAdapter, dbapi_connection
 from shared.dialects.holds import (
     ValueCheck,
     beyond_range,
@@ -291,6 +291,8 @@ class MysqlAdapter(DialectAdapter):
             result.close()
         return [SourceColumn(f.name, _field_column_type(f)) for f in fields]
 
+    estimates_by_counting = False  # EXPLAIN's figure, from statistics that can be stale
+
     def estimate_rows(
         self, conn: Connection, query: str, where: str, params: dict[str, Any], exact: bool
     ) -> int:
@@ -385,6 +387,13 @@ class MysqlAdapter(DialectAdapter):
         version = getattr(dialect, "server_version_info", None) or (0,)
         return "utf8mb4_0900_bin" if version >= (8,) else "utf8mb4_bin"
 
+    def cancel_statement(self, conn: Connection) -> None:
+        """``KILL QUERY`` of the connection's thread, from a connection of its own (PyMySQL
+        has no cancel request)."""
+        thread_id = dbapi_connection(conn).thread_id()
+        with self.engine.connect() as killer:
+            killer.execute(text(f"KILL QUERY {int(thread_id)}"))
+
     def create_target(
         self,
         conn: Connection,
@@ -401,8 +410,20 @@ class MysqlAdapter(DialectAdapter):
                 f"the source returns a column named {', '.join(sorted(clash))}, "
                 f"which chordload uses on MariaDB/MySQL targets; alias it"
             )
-        self._collation = self._binary_collation(conn)
         super().create_target(conn, target, columns, keys, scd_type, audit, **options)
+
+    def target_ddl(
+        self,
+        conn: Connection,
+        target: TargetSpec,
+        columns: Sequence[SourceColumn],
+        keys: Sequence[str],
+        scd_type: int,
+        audit: AuditColumns,
+        **options: Any,
+    ) -> list[str]:
+        self._collation = self._binary_collation(conn)
+        return super().target_ddl(conn, target, columns, keys, scd_type, audit, **options)
 
     def create_table_sql(self, table: str, columns_ddl: Sequence[str]) -> str:
         return (

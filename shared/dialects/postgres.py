@@ -356,6 +356,8 @@ class PostgresAdapter(DialectAdapter):
             columns.append(SourceColumn(col.name, ColumnType(kind, precision, scale, length)))
         return columns
 
+    estimates_by_counting = False  # EXPLAIN's figure, from statistics that can be stale
+
     def estimate_rows(
         self, conn: Connection, query: str, where: str, params: dict[str, Any], exact: bool
     ) -> int:

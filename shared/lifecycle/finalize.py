@@ -23,12 +23,13 @@ from shared.config.settings import Settings
 from shared.engines import get_engine
 from shared.errors import describe_db_error
 from shared.fence import close_target
+from shared.lifecycle.notify import notify_run_end
 from shared.metadata import store
 from shared.metadata.models import Checkpoint, ChunkLog, ProcessLog
 from shared.metadata.store import record_checkpoint_change, session
 from shared.retry import FINALIZE, retry_transient
 from shared.run.plan import RunPlan
-from shared.run.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
+from shared.run.statuses import LAUNCHED_RUN_STATUSES, ChunkStatus, RunStatus
 from shared.run.values import decode_value, encode_value, value_type_name
 from shared.timeutil import as_utc, utcnow
 
@@ -101,8 +102,10 @@ def finalize_run(
         outcome = _finalize(engine, run_id, None, None, None, lease, deleted)
         assert not isinstance(outcome, _DeletePass)  # given the pass's result, never again
     if outcome is not None and outcome.changed:
-        # the run has ended: no attempt of it may write to the target any more
+        # the run has ended: no attempt of it may write to the target any more, and its
+        # webhook hears of it (only the caller that committed the end gets here)
         close_target(settings, RunPlan.from_row(store.get_run(engine, run_id)))
+        notify_run_end(settings, outcome.run_id)
     _after_success(settings, engine, outcome)
     return outcome
 
@@ -163,7 +166,9 @@ def _finalize(
         run = s.scalars(
             select(ProcessLog).where(ProcessLog.run_id == run_id).with_for_update()
         ).one()
-        if run.status not in ACTIVE_RUN_STATUSES or (launch is not None and launch != run.launches):
+        if run.status not in LAUNCHED_RUN_STATUSES or (
+            launch is not None and launch != run.launches
+        ):
             return FinalizeOutcome(run_id, run.status, changed=False)
         chunks = list(
             s.scalars(

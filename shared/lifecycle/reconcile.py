@@ -16,6 +16,9 @@ every active run and
   chunks get new task ids under a new launch and one chord of their own, as a resume would;
   the run stays RUNNING. An old message that comes back after all is superseded
   (``begin_chunk``), and the old chord's callback carries the old launch, so it is ignored.
+A run left PLANNING longer than ``planning.timeout_s`` (plus a short grace, so a live
+coordinator reports its own timeout first) lost its coordinator: it is failed, which frees
+its mapping for the next launch or schedule slot.
 A failed run also gets a stop request, so chunks still in flight quit at their next batch.
 Finalization is idempotent, so racing the chord body or a stop is harmless.
 """
@@ -31,14 +34,17 @@ from shared.config.settings import Settings
 from shared.engines import get_engine
 from shared.errors import LaunchError
 from shared.lifecycle.finalize import finalize_run
+from shared.lifecycle.notify import notify_run_end
 from shared.metadata import store
 from shared.metadata.models import ChunkLog, ProcessLog
 from shared.run.chord import start_chord
 from shared.run.plan import RunPlan
-from shared.run.statuses import ChunkStatus
+from shared.run.statuses import ChunkStatus, RunStatus
 from shared.timeutil import as_utc, utcnow
 
 log = logging.getLogger("chordload.reconcile")
+# past planning.timeout_s, a live coordinator cancels planning and fails the run itself
+PLANNING_GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,29 @@ def _relaunch(
     )
 
 
+def _fail_stale_planning(
+    settings: Settings, run: ProcessLog, now: dt.datetime
+) -> ReconcileAction | None:
+    """Fail a run PLANNING for longer than planning.timeout_s + grace: its coordinator died
+    (killed, host lost) before it could launch or end the run."""
+    limit_s = settings.planning.timeout_s + PLANNING_GRACE_S
+    if now - as_utc(run.created_at) <= dt.timedelta(seconds=limit_s):
+        return None
+    message = (
+        f"planning did not finish within planning.timeout_s ({settings.planning.timeout_s:g} "
+        f"s; last step '{run.planning_step or '-'}'): its coordinator presumably died; "
+        f"nothing was launched, run the mapping again"
+    )
+    metadata = get_engine(settings.metadata)
+    if not store.set_run_status(
+        metadata, run.run_id, RunStatus.FAILED, only_from={RunStatus.PLANNING}, message=message
+    ):
+        return None
+    log.warning("reconcile: run %s: %s", run.run_id, message)
+    notify_run_end(settings, run.run_id)
+    return ReconcileAction(run.run_id, run.mapref, "failed", "FAILED")
+
+
 def reconcile(settings: Settings, now: dt.datetime | None = None) -> list[ReconcileAction]:
     metadata = get_engine(settings.metadata)
     now = now or utcnow()
@@ -133,6 +162,11 @@ def reconcile(settings: Settings, now: dt.datetime | None = None) -> list[Reconc
     )
     actions = []
     for run in store.active_runs(metadata):
+        if run.status is RunStatus.PLANNING:
+            failed = _fail_stale_planning(settings, run, now)
+            if failed is not None:
+                actions.append(failed)
+            continue
         chunks = store.get_chunks(metadata, run.run_id)
         unfinished_reason: str | None = None
         if all(c.status.is_terminal for c in chunks):

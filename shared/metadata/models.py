@@ -53,6 +53,10 @@ class ProcessLog(Base):
     ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     load_kind: Mapped[str] = mapped_column(String(16), nullable=False, default="incremental")
     estimated_rows: Mapped[int | None] = mapped_column(BigInteger)
+    # a bounded count(*) that confirmed a low estimate (stops at min_rows_for_parallel + 1)
+    counted_rows: Mapped[int | None] = mapped_column(BigInteger)
+    # while PLANNING: the step planning is on (shown by status and watch)
+    planning_step: Mapped[str | None] = mapped_column(Text)
     chunks_total: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     chunks_done: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     chunks_failed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
@@ -80,8 +84,8 @@ class ProcessLog(Base):
             "ux_process_log_one_active_run",
             "mapref",
             unique=True,
-            postgresql_where=text("status IN ('QUEUED', 'RUNNING')"),
-            sqlite_where=text("status IN ('QUEUED', 'RUNNING')"),
+            postgresql_where=text("status IN ('PLANNING', 'QUEUED', 'RUNNING')"),
+            sqlite_where=text("status IN ('PLANNING', 'QUEUED', 'RUNNING')"),
         ),
     )
 

@@ -97,13 +97,82 @@ def create_run(
                 _refuse_stale_checkpoint(s, run, planned_checkpoint)
             s.add_all(chunks)
     except IntegrityError:
-        active = active_run(engine, run.mapref)
-        active_id = active.run_id if active else None
-        raise RunRefusedError(
-            f"mapping '{run.mapref}' already has an active run {active_id or '(just finished)'}; "
-            f"wait for it (chordload status {active_id}) or stop it",
-            active_id,
-        ) from None
+        raise _refused_active(engine, run.mapref) from None
+
+
+def _refused_active(engine: Engine, mapref: str) -> RunRefusedError:
+    active = active_run(engine, mapref)
+    active_id = active.run_id if active else None
+    return RunRefusedError(
+        f"mapping '{mapref}' already has an active run {active_id or '(just finished)'}; "
+        f"wait for it (chordload status {active_id}) or stop it",
+        active_id,
+    )
+
+
+@retry_transient()
+def begin_planning(engine: Engine, run: ProcessLog) -> None:
+    """Insert ``run`` as PLANNING: from here it holds the mapping's one active slot and shows
+    in ``status``/``watch`` while the coordinator plans it (no chunks yet)."""
+    run.status = RunStatus.PLANNING
+    try:
+        with session(engine) as s, s.begin():
+            s.add(run)
+    except IntegrityError:
+        raise _refused_active(engine, run.mapref) from None
+
+
+@retry_transient()
+def set_planning_step(engine: Engine, run_id: str, step: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(ProcessLog)
+            .where(ProcessLog.run_id == run_id, ProcessLog.status == RunStatus.PLANNING)
+            .values(planning_step=step)
+        )
+
+
+@retry_transient()
+def discard_planning(engine: Engine, run_id: str) -> None:
+    """Delete a PLANNING run that planning refused (bad input): it never started, and a
+    refused config leaves nothing behind."""
+    with engine.begin() as conn:
+        conn.execute(
+            delete(ProcessLog).where(
+                ProcessLog.run_id == run_id, ProcessLog.status == RunStatus.PLANNING
+            )
+        )
+
+
+@retry_transient()
+def launch_planned(
+    engine: Engine,
+    run: ProcessLog,
+    chunks: list[ChunkLog],
+    planned_checkpoint: PlannedCheckpoint | None = None,
+) -> bool:
+    """Turn the PLANNING run into ``run`` (QUEUED, with its plan) and insert its chunks, in
+    one transaction. False (nothing written) if the run is no longer PLANNING: it was
+    stopped, or failed by reconcile, meanwhile. Refused like ``create_run`` when the stored
+    checkpoint changed during planning."""
+    with session(engine) as s, s.begin():
+        row = s.scalars(
+            select(ProcessLog).where(ProcessLog.run_id == run.run_id).with_for_update()
+        ).first()
+        if row is None or row.status is not RunStatus.PLANNING:
+            return False
+        if planned_checkpoint is not None:
+            _refuse_stale_checkpoint(s, run, planned_checkpoint)
+        for column in ProcessLog.__table__.columns:
+            value = getattr(run, column.key)
+            # created_at stays when planning began; unset ones keep the row's defaults
+            if column.key not in ("run_id", "created_at") and value is not None:
+                setattr(row, column.key, value)
+        row.status = RunStatus.QUEUED
+        row.planning_step = None
+        s.flush()
+        s.add_all(chunks)
+    return True
 
 
 @retry_transient()
@@ -120,6 +189,7 @@ def set_run_status(
         values["started_at"] = utcnow()
     if status.is_terminal:
         values["ended_at"] = utcnow()
+        values["planning_step"] = None
     if message is not None:
         values["message"] = message
     with engine.begin() as conn:
@@ -588,10 +658,10 @@ def change_checkpoint(
     (``value`` None), and record the change, in one transaction. Returns the change; None
     when there was nothing to delete.
 
-    Refused (RunRefusedError naming the run) while a run of the mapping is QUEUED or RUNNING,
-    also under a race with a launch: the transaction first inserts a placeholder active run
-    of the mapping, which the one-active-run unique index refuses while a run is active, and
-    makes wait while a run is being created, resumed or finalized, until that commits. A
+    Refused (RunRefusedError naming the run) while a run of the mapping is PLANNING, QUEUED
+    or RUNNING, also under a race with a launch: the transaction first inserts a placeholder
+    active run of the mapping, which the one-active-run unique index refuses while a run is
+    active, and makes wait while a run is being created, resumed or finalized, until that commits. A
     launch that comes while this transaction is open waits for it in turn, then finds the
     checkpoint it was planned from changed and is refused (``create_run``)."""
     now = utcnow()
@@ -633,7 +703,7 @@ def change_checkpoint(
             ) from None
         raise RunRefusedError(
             f"mapping '{mapref}' has an active run {active.run_id} ({active.status.value}); "
-            f"its checkpoint cannot change while a run is QUEUED or RUNNING: wait for it "
+            f"its checkpoint cannot change while a run is PLANNING, QUEUED or RUNNING: wait for it "
             f"(chordload watch {active.run_id}) or stop it (chordload stop {active.run_id}), "
             f"then try again",
             active.run_id,
@@ -773,6 +843,11 @@ def reopen_for_resume(engine: Engine, run_id: str) -> tuple[ProcessLog, list[Chu
                         f"run {run_id} is {run.status.value}; only a FAILED or STOPPED run can "
                         f"be resumed",
                         run_id if run.status in ACTIVE_RUN_STATUSES else None,
+                    )
+                if not run.mapping:  # it ended while planning: no window, no chunks
+                    raise RunRefusedError(
+                        f"run {run_id} ended while planning ({run.message}); it has nothing "
+                        f"to resume: launch the mapping again (chordload run {run.mapref})"
                     )
                 newer = s.scalars(
                     select(ProcessLog.run_id)

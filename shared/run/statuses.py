@@ -6,6 +6,7 @@ from enum import Enum
 
 
 class RunStatus(str, Enum):
+    PLANNING = "PLANNING"  # the coordinator is planning it: no chunks yet
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"
     SUCCESS = "SUCCESS"
@@ -23,7 +24,10 @@ class RunStatus(str, Enum):
 
 
 TERMINAL_RUN_STATUSES = frozenset({RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.STOPPED})
-ACTIVE_RUN_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
+# a run in one of these holds its mapping's one active slot (the unique partial index)
+ACTIVE_RUN_STATUSES = frozenset({RunStatus.PLANNING, RunStatus.QUEUED, RunStatus.RUNNING})
+# launched: its chunks exist and its chord was (or is being) sent; finalize decides these
+LAUNCHED_RUN_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
 
 
 class ChunkStatus(str, Enum):

@@ -344,7 +344,7 @@ def test_the_environment_alone_is_a_config(tmp_path, monkeypatch):
         ({"scd": {"type": 1, "tracked": ["a"]}}, "tracked only apply to SCD type 2"),
         ({"scd": {"type": 1, "deletes": "new_record"}}, "deletes: new_record needs SCD type 2"),
         ({"scd": {"current_valid_to": "someday"}}, "'someday' is not an ISO date or timestamp"),
-        ({"scd": {"audit_columns": {"valid_to": "valid_from"}}}, "must be distinct names"),
+        ({"scd": {"audit_columns": {"valid_to": "dw_valid_from"}}}, "must be distinct names"),
         ({"scd": {"tracked": ["a", "a"]}}, "columns are listed twice"),
         ({"schedule": "61 * * * *"}, "the minute field '61' is invalid"),
         ({"source": {"connection": "s", "query": " ; "}}, "query is empty"),
