@@ -21,7 +21,13 @@ from celery._state import _set_task_join_will_block, task_join_will_block
 from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 
-from coordinator.plan import _boundaries, _source_connection, chunk_count, read_source_columns
+from coordinator.plan import (
+    _boundaries,
+    _source_connection,
+    chunk_count,
+    read_source_columns,
+    with_target_audit_names,
+)
 from shared import broker
 from shared.config.mapping import DeletesMode, MappingSpec
 from shared.config.settings import Settings
@@ -175,6 +181,8 @@ def start_verify(
         )
     window = _window(metadata, mapref, spec, last_window)
     all_ranges, columns, kinds = _ranges(settings, mapref, spec, window, chunks_override)
+    # the audit names the target was created with (earlier targets keep unprefixed ones)
+    spec = with_target_audit_names(settings, mapref, spec, columns)
     _check_target(settings, mapref, spec, columns)
     ranges = _sample(all_ranges, sample_pct)
     verify_id = uuid.uuid4().hex[:12]

@@ -923,7 +923,7 @@ def test_a_minute_without_metadata_and_warehouse(base_config, metadata_ready, wh
     summary = json.loads(result.out)
     assert (summary["run_id"], summary["status"]) == (run.run_id, "SUCCESS"), summary
     assert (summary["rows_read"], summary["rows_inserted"]) == (rows, rows), summary
-    current = f'SELECT {BUSINESS_COLUMNS} FROM "{schema}".dim_customer WHERE is_current'
+    current = f'SELECT {BUSINESS_COLUMNS} FROM "{schema}".dim_customer WHERE dw_is_current'
     assert diff_count(wh, current, f'SELECT {BUSINESS_COLUMNS} FROM "{schema}".customers') == 0
     with wh.connect() as conn:
         assert conn.execute(text(f'SELECT count(*) FROM "{schema}".dim_customer')).scalar() == rows

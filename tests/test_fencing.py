@@ -223,7 +223,7 @@ def test_a_frozen_worker_never_overwrites_newer_data(
             worker.stop()
 
     target, source = f'"{schema}".dim_customer', f'"{schema}".customers'
-    current = f"SELECT {BUSINESS_COLUMNS} FROM {target} WHERE is_current"
+    current = f"SELECT {BUSINESS_COLUMNS} FROM {target} WHERE dw_is_current"
     assert diff_count(wh, current, f"SELECT {BUSINESS_COLUMNS} FROM {source}") == 0
     with wh.connect() as conn:
         versions = conn.execute(text(f"SELECT count(*), count(DISTINCT id) FROM {target}")).one()

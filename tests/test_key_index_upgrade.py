@@ -20,7 +20,9 @@ def _old_index(engine, adapter, table_ref: str, index: str, qualified_index: str
     with engine.begin() as conn:
         conn.execute(text(f"DROP INDEX {qualified_index}"))
         conn.execute(
-            text(f"CREATE UNIQUE INDEX {adapter.q(index)} ON {table_ref} (a, b) WHERE is_current")
+            text(
+                f"CREATE UNIQUE INDEX {adapter.q(index)} ON {table_ref} (a, b) WHERE dw_is_current"
+            )
         )
 
 
@@ -28,7 +30,7 @@ def _current_row(engine, table_ref: str) -> None:
     with engine.begin() as conn:
         conn.execute(
             text(
-                f"INSERT INTO {table_ref} (a, b, name, row_hash, valid_from, is_current, run_id) "
+                f"INSERT INTO {table_ref} (a, b, name, dw_row_hash, dw_valid_from, dw_is_current, dw_run_id) "
                 f"VALUES (1, NULL, 'again', 'h', '2026-01-01', true, 'r')"
             )
         )

@@ -183,7 +183,7 @@ def test_postgres_to_postgres_every_value_exactly(path, wh, schema, workers, mak
             )
         ).all()
         dim = conn.execute(
-            text(f'SELECT id, {as_text} FROM "{schema}".dim_{path} WHERE is_current')
+            text(f'SELECT id, {as_text} FROM "{schema}".dim_{path} WHERE dw_is_current')
         ).all()
     assert sorted(map(tuple, dim)) == sorted(map(tuple, src))
     _check_counts_and_rerun(settings, mapref, first, set(), len(PG_CASES))

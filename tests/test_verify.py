@@ -186,11 +186,11 @@ def test_verify_lists_exactly_the_keys_and_columns_that_differ(
         assert equal["counts"] == {"missing": 0, "extra": 0, "different": 0}
 
         t = tgt.ident(tgt_table)
-        current = "is_current"
+        current = "dw_is_current"
         # the target loses two keys, and gains two the source never had
         tgt.execute(f"DELETE FROM {t} WHERE id IN (10, 1500)")
         business = ", ".join(c for c in COLUMNS if c != "id")
-        audit = "row_hash, valid_from, valid_to, is_current, run_id"
+        audit = "dw_row_hash, dw_valid_from, dw_valid_to, dw_is_current, dw_run_id"
         for new_id in (5001, 5002):
             tgt.execute(
                 f"INSERT INTO {t} (id, {business}, {audit}) SELECT {new_id}, {business}, "
@@ -208,10 +208,11 @@ def test_verify_lists_exactly_the_keys_and_columns_that_differ(
         )
         # an old, expired version that differs is not the current row: not a difference
         tgt.execute(f"UPDATE {t} SET name = 'old' WHERE id = 47")
-        tgt.execute(f"UPDATE {t} SET is_current = :no WHERE id = 47", {"no": False})
+        tgt.execute(f"UPDATE {t} SET dw_is_current = :no WHERE id = 47", {"no": False})
         tgt.execute(
             f"INSERT INTO {t} (id, {business}, {audit}) SELECT 47, :name, note, amount, flag, "
-            f"day, updated_at, row_hash, valid_from, valid_to, :yes, run_id FROM {t} WHERE id = 47",
+            f"day, updated_at, dw_row_hash, dw_valid_from, dw_valid_to, :yes, dw_run_id FROM {t} "
+            "WHERE id = 47",
             {"name": "name 47", "yes": True},
         )
         # the source changes after the load
@@ -352,7 +353,7 @@ def test_verify_window_and_sample(sides, workers, base_config, tmp_path, capsys)
         assert run.status is RunStatus.SUCCESS, run.message
     # the last window is 30 (the re-read boundary) .. 40
     dim = pg.ident("dim")
-    pg.execute(f"UPDATE {dim} SET name = 'x' WHERE id IN (5, 35) AND is_current")
+    pg.execute(f"UPDATE {dim} SET name = 'x' WHERE id IN (5, 35) AND dw_is_current")
 
     code, window = _verify(capsys, path, mapref, "--window", "--show", 50)
     assert (code, window["scope"], window["rows_source"]) == (1, "window", 11), window
@@ -363,8 +364,8 @@ def test_verify_window_and_sample(sides, workers, base_config, tmp_path, capsys)
     assert (code, everything["scope"], everything["rows_source"]) == (1, "all", 40)
     assert _found(everything)["different"] == {5: ["name"], 35: ["name"]}
 
-    pg.execute(f"UPDATE {dim} SET name = 'name 5' WHERE id = 5 AND is_current")
-    pg.execute(f"UPDATE {dim} SET name = NULL WHERE id = 35 AND is_current")  # 35: NULL name
+    pg.execute(f"UPDATE {dim} SET name = 'name 5' WHERE id = 5 AND dw_is_current")
+    pg.execute(f"UPDATE {dim} SET name = NULL WHERE id = 35 AND dw_is_current")  # 35: NULL name
     code, sampled = _verify(capsys, path, mapref, "--chunks", 4, "--sample", 50)
     assert (code, sampled["status"]) == (0, "EQUAL"), sampled
     assert (sampled["sample_pct"], sampled["ranges_verified"], sampled["ranges_total"]) == (
@@ -405,7 +406,7 @@ def test_verify_after_run_marks_the_run_and_verify_schedule_dispatches(
     shown = run_cli(capsys, "status", first.run_id, "--config", path)
     assert shown.code == 0 and "verified    VERIFIED (chordload verify " in shown.out, shown
 
-    pg.execute(f"UPDATE {pg.ident('dim')} SET name = 'x' WHERE id = 3 AND is_current")
+    pg.execute(f"UPDATE {pg.ident('dim')} SET name = 'x' WHERE id = 3 AND dw_is_current")
     second = wait(launch(mapref, settings=settings), settings=settings, timeout_s=120)
     assert second.status is RunStatus.SUCCESS, second.message
     assert wait_for(lambda: verified(second.run_id), timeout_s=60, what="second verify") == (
@@ -517,7 +518,7 @@ def test_verify_scd1_targets_and_new_record_tombstones(
     assert report["extra_explained_by_deletes"] is True
 
     pg.execute(
-        f"UPDATE {dim2} SET is_deleted = :no WHERE id = 4 AND is_current", {"no": False}
+        f"UPDATE {dim2} SET dw_is_deleted = :no WHERE id = 4 AND dw_is_current", {"no": False}
     )  # a tombstone that lost its mark: a live row the source does not have
     code, report = _verify(capsys, path, tomb)
     assert code == 1 and _found(report) == {"missing": [], "extra": [4], "different": {}}
