@@ -313,7 +313,10 @@ def plan_run(
 
             def high_water() -> Value:
                 hooks.step("reading the high-water mark (max of the checkpoint column)")
-                return adapter.max_row(conn, query, spec.checkpoint_columns)
+                try:
+                    return adapter.max_row(conn, query, spec.checkpoint_columns)
+                except ConfigError as err:  # e.g. a maximum of 'infinity'
+                    raise ConfigError(f"mapping '{mapref}': {err}") from None
 
             planned = checkpoint.plan_window(
                 mapref,

@@ -15,6 +15,7 @@ from coordinator.launch import launch
 from coordinator.plan import plan_run
 from coordinator.watch import wait
 from shared.engines import get_engine
+from shared.errors import ConfigError
 from shared.metadata import store
 from shared.run.statuses import ChunkStatus, RunStatus
 from tests.cliutil import run_cli, write_config
@@ -345,3 +346,27 @@ def test_offset_chunks_load_a_row_with_a_null_later_key_part_once(
         with pytest.raises(IntegrityError):
             with wh.begin() as conn:
                 conn.execute(text(f"INSERT INTO {target} (a, b, name, {audit}"))
+
+
+def test_an_infinite_high_water_mark_is_refused(make_settings, wh, schema):
+    """A KEY checkpoint column whose maximum is 'infinity': no window can bound it (read as
+    year 9999, the window would leave those rows out of every run, silently). Planning
+    refuses it, naming the column and what to do, and writes nothing."""
+    create_customers(wh, schema, 20)
+    with wh.begin() as conn:
+        conn.execute(
+            text(f"UPDATE \"{schema}\".customers SET updated_at = 'infinity' WHERE id = 7")
+        )
+    settings = make_settings({schema: scd2_mapping(schema)})
+    with pytest.raises(ConfigError) as refused:
+        launch(schema, settings=settings)
+    assert (
+        f"mapping '{schema}': the source's maximum of checkpoint column(s) updated_at is "
+        "'infinity'" in str(refused.value)
+    )
+    assert "WHERE updated_at < 'infinity'" in str(refused.value)
+    assert store.latest_run(get_engine(settings.metadata), schema) is None
+    with wh.connect() as conn:
+        assert not conn.execute(
+            text("SELECT to_regclass(:t)"), {"t": f'"{schema}".dim_customer'}
+        ).scalar()

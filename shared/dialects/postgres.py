@@ -39,6 +39,17 @@ from shared.dialects.exact import beyond_range, source_text
 from shared.dialects.holds import Rules, ValueCheck
 from shared.dialects.relay import CopyRelay, RelayedShape
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
+from shared.errors import ConfigError
+
+# what psycopg2 makes of a date or timestamp beyond Python's range (infinity)
+_EDGES = {dt.date.max, dt.date.min, dt.datetime.max, dt.datetime.min}
+
+
+def _at_edge(value: Any) -> bool:
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        value = value.replace(tzinfo=None)
+    return isinstance(value, dt.date) and value in _EDGES
+
 
 _OID_KINDS = {
     16: TypeKind.BOOLEAN,
@@ -357,6 +368,41 @@ class PostgresAdapter(DialectAdapter):
         return columns
 
     estimates_by_counting = False  # EXPLAIN's figure, from statistics that can be stale
+
+    def max_row(self, conn: Connection, query: str, columns: Sequence[str]) -> Any:
+        """The high-water mark, read exactly: psycopg2 would turn ``infinity`` into year 9999,
+        and the window ``<= 9999-12-31 ...`` would then leave the infinity rows out of every
+        run, silently. A maximum beyond Python's range is refused with what to do instead."""
+        high = super().max_row(conn, query, columns)
+        parts = high if isinstance(high, tuple) else (high,)
+        if any(_at_edge(p) for p in parts):
+            exact = self._exact_max(conn, query, columns)
+            shown = [source_text(p) for p in exact if source_text(p) is not None]
+            if shown:
+                raise ConfigError(
+                    f"the source's maximum of checkpoint column(s) {', '.join(columns)} is "
+                    f"{', '.join(repr(s) for s in shown)}, which no checkpoint window can "
+                    f"bound: leave such rows out of the query (e.g. WHERE {columns[0]} < "
+                    f"'infinity') or use checkpoint strategy NONE"
+                )
+        return high
+
+    def _exact_max(self, conn: Connection, query: str, columns: Sequence[str]) -> tuple:
+        refs = [f"src.{self.q(c)}" for c in columns]
+        sql = (
+            f"SELECT {', '.join(refs)} FROM {self.from_query(query)} WHERE "
+            f"{' AND '.join(f'{r} IS NOT NULL' for r in refs)} "
+            f"ORDER BY {', '.join(f'{r} DESC' for r in refs)} LIMIT 1"
+        )
+        compiled = text(sql).compile(dialect=conn.dialect)
+        cursor = dbapi_connection(conn).cursor()
+        try:
+            read_exactly(cursor)
+            cursor.execute(compiled.string, compiled.construct_params({}))
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        return tuple(row) if row is not None else ()
 
     def estimate_rows(
         self, conn: Connection, query: str, where: str, params: dict[str, Any], exact: bool
