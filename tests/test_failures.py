@@ -908,7 +908,9 @@ def test_a_minute_without_metadata_and_warehouse(base_config, metadata_ready, wh
             interval_s=1,
             what="the outage to last its minute",
         )
-        assert metadata_proxy.refused > 0 and warehouse_proxy.refused > 0
+        # the wait and the workers kept knocking on the metadata database (the warehouse
+        # sees new connections only once a chunk gets past its metadata writes again)
+        assert metadata_proxy.refused > 0
         assert not store.get_run(metadata, run.run_id).status.is_terminal
         metadata_proxy.restore()
         warehouse_proxy.restore()
