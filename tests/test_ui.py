@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import os
 import urllib.error
 import urllib.request
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,7 @@ from shared.run.statuses import ChunkStatus, RunStatus
 from shared.timeutil import utcnow
 from tests.cliutil import run_cli
 from tests.pgdata import BUSINESS_COLUMNS, create_customers, scd2_mapping
+from tests.test_lifecycle import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -203,19 +206,33 @@ def test_metrics_and_pages_show_the_metadata(make_settings, schema):
 
 
 # -- in a browser, against real workers ------------------------------------------------------
-ROWS, CHUNKS = 8_000, 8
+ROWS, CHUNKS, BATCH = 4_000, 8, 100
 BAD_ID = 5
+# Two gates, advisory locks the test holds: a worker reading a source row with an id above
+# 1,000 waits at the first gate, above 2,000 at the second too. The 8 chunks are the key
+# ranges (0, 500], (500, 1000], ...: chunks 1-2 load while 3-4 wait at the first gate; it
+# opens, 3-4 load and 5-6 wait at the second, so the run cannot end before it opens. What
+# the page shows at each step is known, whatever the machine's speed.
+GATE_AT = (1_000, 2_000)
 
 
-def _paced_source(wh, schema: str) -> dict:
-    """About 1 ms a source row (pg_sleep in the WHERE clause), so the run lasts seconds; a
-    target whose ``name`` column is too short for one row, which is quarantined."""
+def _gated_source(wh, schema: str, gates: tuple[int, ...]) -> dict:
+    """The source, read by the workers through the gates and at about 1 ms a row (the plan,
+    made in this process - its sessions' application_name - reads freely). A target whose
+    ``name`` column is too short for one row, which is quarantined."""
     create_customers(wh, schema, ROWS)
+    planner = f"chordload/{os.getpid()}"
+    waits = " ".join(
+        f"IF id > {at} THEN PERFORM pg_advisory_lock_shared({gate}); "
+        f"PERFORM pg_advisory_unlock_shared({gate}); END IF;"
+        for at, gate in zip(GATE_AT, gates)
+    )
     with wh.begin() as conn:
         conn.execute(
             text(
-                f'CREATE FUNCTION "{schema}".paced() RETURNS boolean LANGUAGE plpgsql VOLATILE '
-                "AS $$ BEGIN PERFORM pg_sleep(0.001); RETURN true; END $$"
+                f'CREATE FUNCTION "{schema}".gated(id bigint) RETURNS boolean LANGUAGE plpgsql '
+                f"VOLATILE AS $$ BEGIN IF current_setting('application_name') <> '{planner}' "
+                f"THEN PERFORM pg_sleep(0.001); {waits} END IF; RETURN true; END $$"
             )
         )
         conn.execute(
@@ -231,11 +248,37 @@ def _paced_source(wh, schema: str) -> dict:
                 f"valid_to timestamptz, is_current boolean NOT NULL, run_id varchar(32) NOT NULL)"
             )
         )
-    mapping = scd2_mapping(schema, batch_rows=250, errors={"max_rows": 10})
+    mapping = scd2_mapping(schema, batch_rows=BATCH, errors={"max_rows": 10})
     mapping["source"]["query"] = (
-        f'SELECT {BUSINESS_COLUMNS} FROM "{schema}"."customers" WHERE "{schema}".paced()'
+        f'SELECT {BUSINESS_COLUMNS} FROM "{schema}"."customers" WHERE "{schema}".gated(id)'
     )
     return mapping
+
+
+@contextmanager
+def _opened_at_exit(gatekeeper):
+    """Whatever happens, the gates open at the end (the workers finish and can stop)."""
+    try:
+        yield gatekeeper
+    finally:
+        gatekeeper.execute(text("SELECT pg_advisory_unlock_all()"))
+        gatekeeper.commit()
+        gatekeeper.close()
+
+
+def _settled(page, metadata, run_id: str, done: int) -> None:
+    """Wait until ``done`` chunks succeeded and two wait at a gate, then until the page
+    (polling, never reloaded) shows those rows and one bar per started chunk."""
+
+    def state():
+        t = store.progress_totals(metadata, run_id)
+        return t if t["status_success"] == done and t["status_running"] == 2 else None
+
+    totals = wait_until(state, timeout_s=60, what=f"{done} chunks done, 2 at a gate")
+    page.wait_for_function(
+        f"() => +document.querySelector('#rows').dataset.rows == {totals['rows_read']} "
+        f"&& document.querySelectorAll('#timeline rect.bar').length == {done + 2}"
+    )
 
 
 def _rows_shown(page) -> int:
@@ -247,10 +290,21 @@ def test_dashboard_in_a_browser(workers, make_settings, wh, schema):
     from playwright.sync_api import sync_playwright
 
     mapref = f"{schema}_ui"
-    settings = make_settings({mapref: _paced_source(wh, schema)})
+    gates = tuple(int(uuid.uuid4().int % 2**62) for _ in range(2))
+    settings = make_settings({mapref: _gated_source(wh, schema, gates)})
     metadata = get_engine(settings.metadata)
     docs = REPO / "docs"
+    gatekeeper = wh.connect()  # holds both gates (session advisory locks)
+    for gate in gates:
+        gatekeeper.execute(text("SELECT pg_advisory_lock(:k)"), {"k": gate})
+    gatekeeper.commit()
+
+    def open_gate(gate: int) -> None:
+        gatekeeper.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": gate})
+        gatekeeper.commit()
+
     with (
+        _opened_at_exit(gatekeeper),
         running(settings, CREDENTIALS) as base,
         sync_playwright() as pw,
     ):
@@ -269,12 +323,12 @@ def test_dashboard_in_a_browser(workers, make_settings, wh, schema):
             run_id = launch(mapref, settings=settings, chunks_override=CHUNKS)
             page.goto(f"{base}/runs/{run_id}")
             page.evaluate("window.loadedOnce = true")  # gone if the page were reloaded
-            page.wait_for_function("() => +document.querySelector('#rows').dataset.rows > 0")
+            # chunks 1-2 load, then both workers wait at the first gate; the page shows it
+            _settled(page, metadata, run_id, done=2)
             seen = _rows_shown(page)
-            page.wait_for_function(f"() => +document.querySelector('#rows').dataset.rows > {seen}")
-            page.wait_for_function(
-                "() => document.querySelectorAll('#timeline rect.bar').length >= 2"
-            )
+            open_gate(gates[0])  # chunks 3-4 load: the rows and the timeline grow
+            _settled(page, metadata, run_id, done=4)
+            assert _rows_shown(page) > seen > 0
             assert page.evaluate("window.loadedOnce") is True  # htmx swapped, no reload
 
             # a cross-site POST, with the user's credentials and cookie: refused, nothing stops
@@ -290,7 +344,9 @@ def test_dashboard_in_a_browser(workers, make_settings, wh, schema):
             assert tokenless.status == 403
             assert not store.stop_requested(metadata, run_id)
 
-            page.click("#stop")
+            page.click("#stop")  # 7-8 are revoked; 5-6 stop after their first batch
+            page.wait_for_selector("#notice")
+            open_gate(gates[1])
             page.wait_for_selector('#run-status[data-status="STOPPED"]')
             assert store.get_run(metadata, run_id).status is RunStatus.STOPPED
             assert store.stop_requested(metadata, run_id)
