@@ -106,7 +106,6 @@ class Dashboard:
         rows = []
         for mapref, spec in self.settings.mappings.items():
             state = states[mapref]
-            checkpoint = store.get_checkpoint(self.engine, mapref)
             since_s = (
                 (now - state.last_success_at).total_seconds() if state.last_success_at else None
             )
@@ -122,7 +121,7 @@ class Dashboard:
                     since_s=since_s,
                     freshness_s=spec.freshness_s,
                     stale=stale,
-                    checkpoint=display_value(checkpoint.value) if checkpoint else None,
+                    checkpoint=display_value(state.checkpoint) if state.checkpoint else None,
                 )
             )
         return self.render(request, "mappings.html", rows=rows, page="mappings")

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, select
 
-from shared.metadata.models import ChunkLog, ErrorRow, ProcessLog
+from shared.metadata.models import Checkpoint, ChunkLog, ErrorRow, ProcessLog
 from shared.run.statuses import ACTIVE_RUN_STATUSES, ChunkStatus, RunStatus
 from shared.timeutil import as_utc
 
@@ -119,34 +119,52 @@ def history(engine: Engine, mapref: str, limit: int = 50) -> list[RunRow]:
 
 @dataclass(frozen=True)
 class MappingState:
-    """What the metadata says of one mapping: its latest run and its latest success."""
+    """What the metadata says of one mapping: its latest run, the end of its latest SUCCESS
+    and its stored checkpoint (typed JSON)."""
 
     mapref: str
     last_run: RunRow | None
     last_success_at: dt.datetime | None
+    checkpoint: dict[str, Any] | None = None
 
 
 def mapping_states(engine: Engine, maprefs: list[str]) -> dict[str, MappingState]:
-    """Each mapping's latest run and the end of its latest SUCCESS: two index lookups per
-    mapping (``process_log`` by mapping and time)."""
-    states = {}
+    """Each mapping's latest run, latest success and checkpoint: three grouped queries for
+    all mappings (on ``process_log`` by mapping and time), not three per mapping."""
+    latest = (
+        select(ProcessLog.mapref, func.max(ProcessLog.created_at).label("created_at"))
+        .where(ProcessLog.mapref.in_(maprefs))
+        .group_by(ProcessLog.mapref)
+        .subquery()
+    )
     with engine.connect() as conn:
-        for mapref in maprefs:
-            last = conn.execute(
-                select(*_ROW_COLUMNS)
-                .where(ProcessLog.mapref == mapref)
-                .order_by(ProcessLog.created_at.desc())
-                .limit(1)
-            ).first()
-            success = conn.execute(
-                select(func.max(ProcessLog.ended_at)).where(
-                    ProcessLog.mapref == mapref, ProcessLog.status == RunStatus.SUCCESS.value
+        last = {
+            row.mapref: _run_row(row)
+            for row in conn.execute(
+                select(*_ROW_COLUMNS).join(
+                    latest,
+                    and_(
+                        ProcessLog.mapref == latest.c.mapref,
+                        ProcessLog.created_at == latest.c.created_at,
+                    ),
                 )
-            ).scalar()
-            states[mapref] = MappingState(
-                mapref, _run_row(last) if last is not None else None, as_utc(success)
             )
-    return states
+        }
+        success: dict[str, Any] = dict(
+            conn.execute(
+                select(ProcessLog.mapref, func.max(ProcessLog.ended_at))
+                .where(ProcessLog.mapref.in_(maprefs), ProcessLog.status == RunStatus.SUCCESS.value)
+                .group_by(ProcessLog.mapref)
+            ).all()
+        )
+        checkpoints: dict[str, Any] = dict(
+            conn.execute(
+                select(Checkpoint.mapref, Checkpoint.value).where(Checkpoint.mapref.in_(maprefs))
+            ).all()
+        )
+    return {
+        m: MappingState(m, last.get(m), as_utc(success.get(m)), checkpoints.get(m)) for m in maprefs
+    }
 
 
 def error_row_count(engine: Engine, run_id: str) -> int:
