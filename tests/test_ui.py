@@ -16,6 +16,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -376,3 +378,19 @@ def test_dashboard_in_a_browser(workers, make_settings, wh, schema):
             context.close()
         finally:
             browser.close()
+
+
+def test_the_dashboard_benchmark_runs(metadata_ready):
+    """bench/ui.py on a small history, as a person runs it, so it never rots: it seeds its
+    own database, serves every page and reports each one (timings are not asserted here)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.ui", "--runs", "300", "--chunks", "32", "--repeat", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode in (0, 1), proc.stderr  # 1: a page missed 200 ms on a busy box
+    assert "seeded 300 runs" in proc.stdout
+    for page in ("/runs?page=100", "/runs/bigrun0000000000/live", "/metrics", "/mappings/m7"):
+        assert f"\n{page} " in proc.stdout, proc.stdout

@@ -154,7 +154,7 @@ def history_chart(runs: list[RunRow]) -> HistoryChart:
         return HistoryChart([], 0.0, 0)
     max_d = max((r.duration_s or 0.0) for r in runs) or 1.0
     max_rows = max(r.rows_read for r in runs) or 1
-    slot = (WIDTH - 60) / len(runs)
+    slot = min((WIDTH - 60) / len(runs), 40.0)  # a few runs: narrow bars from the left
     bars = []
     for i, r in enumerate(runs):
         d = r.duration_s or 0.0
