@@ -1,6 +1,7 @@
 # The chordload image: the `chordload` CLI and the Celery app (`celery -A workers ...`).
-# docker-compose.yml runs it as migrate, worker, beat and flower; the same image runs workers
-# on other machines (see docs/operations.md). constraints.txt pins the versions CI tested.
+# docker-compose.yml runs it as migrate, worker, beat, flower and ui (the dashboard); the same
+# image runs workers on other machines (see docs/operations.md). constraints.txt pins the
+# versions CI tested.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -11,7 +12,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY . /app
-RUN pip install -c /app/constraints.txt /app \
+RUN pip install -c /app/constraints.txt "/app[ui]" \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin chordload \
     && mkdir -p /var/lib/chordload /etc/chordload \
     && chown chordload /var/lib/chordload

@@ -14,7 +14,7 @@ PY_SOURCES := shared coordinator workers tests bench flowerconfig.py
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,dev,ui]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -42,7 +42,7 @@ bench: $(STAMP) services
 
 lock: $(STAMP)
 	$(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links \
-		--extra test --extra dev --output-file constraints.txt pyproject.toml
+		--extra test --extra dev --extra ui --output-file constraints.txt pyproject.toml
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

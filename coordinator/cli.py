@@ -645,6 +645,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return exit_code(report)
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from coordinator.ui.security import Credentials, refuse_unsafe_start
+    from coordinator.ui.serve import serve
+
+    credentials = Credentials.from_env()
+    refuse_unsafe_start(credentials, args.host, args.local_only)
+    settings = _settings(args)
+    _metadata(settings)
+    serve(settings, credentials, args.host, args.port)
+    return EXIT_OK
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from shared.engines import get_engine, mask_url
     from shared.metadata.schema import upgrade
@@ -930,6 +942,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout-s", type=float, default=None, help="give up waiting after this")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "ui",
+        parents=[common],
+        help="serve the run dashboard and /metrics (credentials: CHORDLOAD_UI_USER and "
+        "CHORDLOAD_UI_PASSWORD, or CHORDLOAD_UI_TOKEN)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=_positive_int, default=8089, help="port (default 8089)")
+    p.add_argument(
+        "--local-only",
+        action="store_true",
+        help="serve without credentials, on loopback only",
+    )
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("db", parents=[common], help="metadata database")
     dbsub = p.add_subparsers(dest="db_command", required=True)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Make sure the services the test suite talks to are up: PostgreSQL, MariaDB and Redis
-# (RabbitMQ is not needed yet). Starts them where they are installed but down; fails loudly
-# otherwise, because a skipped integration test is a failed one.
+# (RabbitMQ is not needed yet), and that Debian's chromium is installed (the dashboard's
+# browser test drives it through Playwright). Starts the services where they are installed
+# but down and installs chromium where it is missing; fails loudly otherwise, because a
+# skipped integration test is a failed one.
 set -u
 
 wait_for() {  # wait_for NAME CHECK-COMMAND...
@@ -48,5 +50,17 @@ if ! redis_up; then
   wait_for Redis redis_up || status=1
 else
   echo "ok: Redis is up"
+fi
+if [ ! -x /usr/bin/chromium ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium (Debian's package) for the browser test"
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+      >/tmp/chordload-chromium-install.log 2>&1 \
+      || { echo "error: apt-get install chromium failed (/tmp/chordload-chromium-install.log)" >&2; status=1; }
+  fi
+  if [ -x /usr/bin/chromium ]; then echo "ok: chromium installed"; else
+    echo "error: /usr/bin/chromium is missing (apt-get install chromium)" >&2; status=1; fi
+else
+  echo "ok: chromium is installed"
 fi
 exit $status

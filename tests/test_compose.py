@@ -21,7 +21,7 @@ COMPOSE = REPO / "docker-compose.yml"
 STACK_CONFIG = REPO / "deploy" / "chordload.yaml"
 OPERATIONS = REPO / "docs" / "operations.md"
 VAR = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
-PROJECT_SERVICES = {"migrate", "worker", "beat", "flower"}
+PROJECT_SERVICES = {"migrate", "worker", "beat", "flower", "ui"}
 
 
 def interpolate(value: Any, env: dict[str, str] | None = None) -> Any:
@@ -137,7 +137,7 @@ def test_every_command_exists_in_the_project_clis(services, config_path, monkeyp
 
 
 def test_services_shape(services):
-    assert set(services) == {"postgres", "redis", "migrate", "worker", "beat", "flower"}
+    assert set(services) == {"postgres", "redis", "migrate", "worker", "beat", "flower", "ui"}
     for name in ("postgres", "redis", "worker", "beat", "flower"):
         assert services[name].get("healthcheck", {}).get("test"), f"{name} has a health check"
     redis_cmd = _argv(services["redis"]["command"])

@@ -373,6 +373,11 @@ class MappingSpec(_Strict):
         "month day-of-week; beat launches the mapping at these times",
     )
     enabled: bool = Field(default=True, description="false: beat does not launch this mapping")
+    freshness_s: int | None = Field(
+        default=None,
+        ge=1,
+        description="the dashboard shows the mapping red when its last SUCCESS is older",
+    )
     verify: VerifySpec = VerifySpec()
     notify: NotifySpec | None = Field(
         default=None, description="this mapping's webhook (default: the top-level notify)"

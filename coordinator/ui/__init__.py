@@ -1,0 +1,1 @@
+"""The run dashboard (`chordload ui`) and its /metrics."""
