@@ -12,8 +12,8 @@ In one run, on its own throwaway Postgres databases, Redis key prefix and Celery
 7. planning     hwm + estimate + boundaries of the full window (the planner's own calls)
 
 then prints a table (wall time, rows/s, ratio to the limit and to the baseline, worker
-peak RSS) and the issues' targets as met / missed. Ratios are what to read: the machine is shared and noisy.
-See docs/benchmarks.md.
+peak RSS) and the issues' targets as met / missed. Ratios are what to read: the machine is
+shared and noisy. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
