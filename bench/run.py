@@ -250,7 +250,7 @@ def run_chordload(
 def measure_planning(settings, mapref: str, parts_override: int | None) -> dict[str, Any]:
     """The planner's own calls on the full (first-run) window: hwm, estimate, boundaries;
     then ``plan_run`` end to end (columns, checkpoint, all of the above, target check)."""
-    from coordinator.plan import chunk_count, plan_run
+    from coordinator.plan import chunk_count, plan_run, planned_boundaries
     from shared.dialects import adapter_for
     from shared.engines import READ_ONLY, get_engine
     from shared.run.window import Window
@@ -269,17 +269,20 @@ def measure_planning(settings, mapref: str, parts_override: int | None) -> dict[
         )
         t2 = time.perf_counter()
         parts, _note = chunk_count(spec, estimate, None)
-        bounds = (
-            adapter.split_boundaries(
-                conn, spec.source.query, where, params, spec.split_column, parts
-            )
-            if parts > 1
-            else []
+        bounds, method = planned_boundaries(
+            adapter, conn, mapref, spec, where, params, parts, estimate
         )
         t3 = time.perf_counter()
         many = parts_override or 200
-        adapter.split_boundaries(conn, spec.source.query, where, params, spec.split_column, many)
+        _bounds, many_method = planned_boundaries(
+            adapter, conn, mapref, spec, where, params, many, estimate
+        )
         t4 = time.perf_counter()
+        exact = adapter.split_boundaries(
+            conn, spec.source.query, where, params, spec.split_column, parts
+        )
+        t5 = time.perf_counter()
+        sizes = chunk_sizes(conn, adapter, spec, where, params, bounds)
     out.update(
         hwm_s=t1 - t0,
         estimate_s=t2 - t1,
@@ -291,6 +294,12 @@ def measure_planning(settings, mapref: str, parts_override: int | None) -> dict[
         total_s=t3 - t0,
         boundaries_200_s=t4 - t3,
         parts_200=many,
+        method=method,
+        method_200=many_method,
+        exact_boundaries_s=t5 - t4,
+        exact_bounds=len(exact),
+        chunk_rows_min=min(sizes),
+        chunk_rows_max=max(sizes),
     )
     metadata = get_engine(settings.metadata)
     t5 = time.perf_counter()
@@ -298,6 +307,27 @@ def measure_planning(settings, mapref: str, parts_override: int | None) -> dict[
     out["plan_run_s"] = time.perf_counter() - t5
     out["plan_run_chunks"] = len(plan.ranges)
     return out
+
+
+def chunk_sizes(conn, adapter, spec, where, params, bounds) -> list[int]:
+    """Rows of the window in each chunk the boundaries make (the plan's balance)."""
+    from sqlalchemy import text
+
+    from shared.run.window import ranges_from_bounds
+
+    sizes = []
+    for chunk in ranges_from_bounds(bounds):
+        range_sql, range_params = chunk.predicate(adapter, spec.split_column)
+        sizes.append(
+            conn.execute(
+                text(
+                    f"SELECT count(*) FROM {adapter.from_query(spec.source.query)} "
+                    f"WHERE ({where}) AND {range_sql}"
+                ),
+                {**params, **range_params},
+            ).scalar_one()
+        )
+    return sizes
 
 
 def _scalar(any_dsn: str, sql: str) -> Any:
@@ -882,7 +912,9 @@ def render(report: Report) -> None:
             f"planning: estimate {p['estimate_s']:.3f}s + boundaries "
             f"{p['boundaries_s']:.3f}s ({p['parts']} parts); hwm {p['hwm_s']:.3f}s; "
             f"{p['parts_200']} boundaries {p['boundaries_200_s']:.3f}s; whole plan_run "
-            f"{p['plan_run_s']:.3f}s"
+            f"{p['plan_run_s']:.3f}s; {p['method']}; chunks of {p['chunk_rows_min']:,} to "
+            f"{p['chunk_rows_max']:,} rows; the exact sort would take "
+            f"{p['exact_boundaries_s']:.3f}s"
         )
     notes.append(
         "worker CPU s: the pool processes' CPU (Python's share); busy cores: the whole "
