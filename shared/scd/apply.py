@@ -90,7 +90,10 @@ def insert_new(
     """Insert every staged row as a new key, without comparing: for a first pass over a key
     range in which the target had no current row (the caller knows; ``Pass.INITIAL`` in
     ``shared/chunk/load.py``). The row hash is computed in the insert; SCD2 rows are the
-    current versions. The target's unique key index still guards one current row per key."""
+    current versions. The target's unique key index still guards one current row per key.
+    ``prepare_apply`` first, as for every apply: it pins the session settings the row hash
+    depends on."""
+    target.dialect.prepare_apply(conn, target.table, target.keys)
     q, audit, table, opts = target.q, target.audit, target.table, target.options
     hashed = sql.hashed_stage(target, stage, "1 = 1", target.hashed_columns)
     cols = [q(c) for c in target.columns]
