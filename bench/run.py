@@ -2,6 +2,7 @@
 
 In one run, on its own throwaway Postgres databases, Redis key prefix and Celery queue:
 
+0. limit        the floor: one COPY stream into a fresh index-free SCD2 table, then indexes
 1. baseline     one stream, no chordload code: COPY out -> COPY into a stage -> SCD2 SQL
 2. initial      chordload initial SCD2 load, real prefork worker (2 processes) on Redis
 3. chunks_4     the same initial load forced to 4 chunks     (launch(chunks_override=4))
@@ -10,9 +11,9 @@ In one run, on its own throwaway Postgres databases, Redis key prefix and Celery
 6. naive        row-at-a-time loader (look up each key, insert or update) on a smaller N
 7. planning     hwm + estimate + boundaries of the full window (the planner's own calls)
 
-then prints a table (wall time, rows/s, ratio to the baseline, worker peak RSS) and the
-issue's targets as met / missed. Ratios are what to read: the machine is shared and noisy.
-See docs/benchmarks.md.
+then prints a table (wall time, rows/s, ratio to the limit and to the baseline, worker
+peak RSS) and the issues' targets as met / missed. Ratios are what to read: the machine is
+shared and noisy. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -43,11 +44,12 @@ from bench.env import (
     dsn,
     machine_busy_s,
 )
-from bench.loaders import baseline_scd2, create_scd2_target, naive_scd2
+from bench.loaders import baseline_scd2, create_scd2_target, limit_scd2, naive_scd2
 from bench.source import SOURCE_QUERY, SOURCE_TABLE, change_tenth, create_source, max_updated_at, pg
 from shared.config.mapping import LEGACY_AUDIT_NAMES
 
 TARGETS = {
+    "initial_vs_limit": 1.15,
     "initial_vs_baseline": 1.5,
     "incremental_vs_initial": 0.25,
     "many_vs_few_chunks": 1.25,
@@ -67,6 +69,7 @@ class Result:
     worker_peak_rss_mb: float | None = None
     worker_cpu_s: float | None = None
     ratio_to_baseline: float | None = None
+    ratio_to_limit: float | None = None
     per_row_us: float | None = None
     extrapolated_s: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
@@ -250,7 +253,7 @@ def run_chordload(
 def measure_planning(settings, mapref: str, parts_override: int | None) -> dict[str, Any]:
     """The planner's own calls on the full (first-run) window: hwm, estimate, boundaries;
     then ``plan_run`` end to end (columns, checkpoint, all of the above, target check)."""
-    from coordinator.plan import chunk_count, plan_run
+    from coordinator.plan import chunk_count, plan_run, planned_boundaries
     from shared.dialects import adapter_for
     from shared.engines import READ_ONLY, get_engine
     from shared.run.window import Window
@@ -269,17 +272,20 @@ def measure_planning(settings, mapref: str, parts_override: int | None) -> dict[
         )
         t2 = time.perf_counter()
         parts, _note = chunk_count(spec, estimate, None)
-        bounds = (
-            adapter.split_boundaries(
-                conn, spec.source.query, where, params, spec.split_column, parts
-            )
-            if parts > 1
-            else []
+        bounds, method = planned_boundaries(
+            adapter, conn, mapref, spec, where, params, parts, estimate
         )
         t3 = time.perf_counter()
         many = parts_override or 200
-        adapter.split_boundaries(conn, spec.source.query, where, params, spec.split_column, many)
+        _bounds, many_method = planned_boundaries(
+            adapter, conn, mapref, spec, where, params, many, estimate
+        )
         t4 = time.perf_counter()
+        exact = adapter.split_boundaries(
+            conn, spec.source.query, where, params, spec.split_column, parts
+        )
+        t5 = time.perf_counter()
+        sizes = chunk_sizes(conn, adapter, spec, where, params, bounds)
     out.update(
         hwm_s=t1 - t0,
         estimate_s=t2 - t1,
@@ -291,6 +297,12 @@ def measure_planning(settings, mapref: str, parts_override: int | None) -> dict[
         total_s=t3 - t0,
         boundaries_200_s=t4 - t3,
         parts_200=many,
+        method=method,
+        method_200=many_method,
+        exact_boundaries_s=t5 - t4,
+        exact_bounds=len(exact),
+        chunk_rows_min=min(sizes),
+        chunk_rows_max=max(sizes),
     )
     metadata = get_engine(settings.metadata)
     t5 = time.perf_counter()
@@ -298,6 +310,27 @@ def measure_planning(settings, mapref: str, parts_override: int | None) -> dict[
     out["plan_run_s"] = time.perf_counter() - t5
     out["plan_run_chunks"] = len(plan.ranges)
     return out
+
+
+def chunk_sizes(conn, adapter, spec, where, params, bounds) -> list[int]:
+    """Rows of the window in each chunk the boundaries make (the plan's balance)."""
+    from sqlalchemy import text
+
+    from shared.run.window import ranges_from_bounds
+
+    sizes = []
+    for chunk in ranges_from_bounds(bounds):
+        range_sql, range_params = chunk.predicate(adapter, spec.split_column)
+        sizes.append(
+            conn.execute(
+                text(
+                    f"SELECT count(*) FROM {adapter.from_query(spec.source.query)} "
+                    f"WHERE ({where}) AND {range_sql}"
+                ),
+                {**params, **range_params},
+            ).scalar_one()
+        )
+    return sizes
 
 
 def _scalar(any_dsn: str, sql: str) -> Any:
@@ -419,6 +452,35 @@ class Scenarios:
 
     def record(self, result: Result) -> None:
         self.samples.setdefault(result.scenario, []).append(result)
+
+    def limit(self, round_no: int) -> None:
+        table = f"public.limit_dim_r{round_no}"
+        settle(self.wh, checkpoint=not self.args.quick)
+        busy = machine_busy_s()
+        floor = limit_scd2(self.src, self.wh, table)
+        busy = machine_busy_s() - busy
+        self.record(
+            Result(
+                "limit",
+                "the floor: one COPY stream into a fresh table, then its indexes",
+                floor.rows,
+                floor.wall_s,
+                detail={
+                    "copy_s": round(floor.copy_s, 3),
+                    "index_s": round(floor.apply_s, 3),
+                    "machine_busy_cores": round(busy / floor.wall_s, 2),
+                },
+            )
+        )
+        self.report.check(
+            f"limit r{round_no}: loaded every row",
+            floor.rows == self.args.rows,
+            f"loaded {floor.rows} of {self.args.rows}",
+        )
+        self.log(
+            f"[bench] r{round_no} limit: {floor.wall_s:.2f}s (copy {floor.copy_s:.2f}s, "
+            f"indexes {floor.apply_s:.2f}s)"
+        )
 
     def baseline(self, round_no: int) -> None:
         table = f"public.base_dim_r{round_no}"
@@ -551,9 +613,11 @@ class Scenarios:
                     middle.worker_peak_rss_mb = max(rss)
             out.append(middle)
         base = next(r for r in out if r.scenario == "baseline")
+        floor = next(r for r in out if r.scenario == "limit")
         for r in out:
             total = r.extrapolated_s if r.extrapolated_s is not None else r.wall_s
             r.ratio_to_baseline = total / base.wall_s
+            r.ratio_to_limit = total / floor.wall_s
         return out
 
 
@@ -612,6 +676,7 @@ def run_benchmark(args: argparse.Namespace, log=print) -> Report:
         runs = Scenarios(args, report, settings, worker, src, wh, log)
         few, many = f"chunks_{args.few_chunks}", f"chunks_{args.many_chunks}"
         for r in range(args.repeat):
+            runs.limit(r)
             runs.baseline(r)
             runs.chordload(
                 "initial", f"initial_r{r}", "chordload initial SCD2 load", (n, n, 0), round_no=r
@@ -711,6 +776,13 @@ def evaluate_targets(report: Report, args: argparse.Namespace) -> list[dict[str,
 
     few, many = f"chunks_{args.few_chunks}", f"chunks_{args.many_chunks}"
     add(
+        "initial_vs_limit",
+        "initial load / limit",
+        ratio("initial", "limit"),
+        TARGETS["initial_vs_limit"],
+        "x",
+    )
+    add(
         "initial_vs_baseline",
         "initial load / baseline",
         ratio("initial", "baseline"),
@@ -778,6 +850,7 @@ def render(report: Report) -> None:
         "chunks",
         "wall s",
         "rows/s",
+        "× limit",
         "× baseline",
         "worker CPU s",
         "busy cores",
@@ -797,6 +870,7 @@ def render(report: Report) -> None:
             num(r.chunks, "d"),
             f"{r.wall_s:.2f}",
             f"{r.rows_per_s:,.0f}",
+            num(r.ratio_to_limit, ".2f"),
             num(r.ratio_to_baseline, ".2f"),
             num(r.worker_cpu_s, ".1f"),
             num(r.detail.get("machine_busy_cores"), ".1f"),
@@ -815,11 +889,17 @@ def render(report: Report) -> None:
             "-",
             "-",
             "-",
+            "-",
             "",
         )
     console.print(table)
     notes = []
     for r in report.results:
+        if r.scenario == "limit":
+            notes.append(
+                f"limit: COPY out -> COPY into a fresh index-free table {r.detail['copy_s']:.2f}s, "
+                f"indexes {r.detail['index_s']:.2f}s (the floor every × limit is against)"
+            )
         if r.scenario == "baseline":
             notes.append(
                 f"baseline: COPY out -> COPY in {r.detail['copy_s']:.2f}s, SCD2 SQL "
@@ -828,14 +908,16 @@ def render(report: Report) -> None:
         if r.per_row_us is not None:
             notes.append(
                 f"naive: {r.rows:,} rows, {r.per_row_us:,.0f} µs/row, so "
-                f"{r.extrapolated_s:,.0f}s for {report.rows:,} rows (its × baseline)"
+                f"{r.extrapolated_s:,.0f}s for {report.rows:,} rows (its × limit, × baseline)"
             )
     if p:
         notes.append(
             f"planning: estimate {p['estimate_s']:.3f}s + boundaries "
             f"{p['boundaries_s']:.3f}s ({p['parts']} parts); hwm {p['hwm_s']:.3f}s; "
             f"{p['parts_200']} boundaries {p['boundaries_200_s']:.3f}s; whole plan_run "
-            f"{p['plan_run_s']:.3f}s"
+            f"{p['plan_run_s']:.3f}s; {p['method']}; chunks of {p['chunk_rows_min']:,} to "
+            f"{p['chunk_rows_max']:,} rows; the exact sort would take "
+            f"{p['exact_boundaries_s']:.3f}s"
         )
     notes.append(
         "worker CPU s: the pool processes' CPU (Python's share); busy cores: the whole "
@@ -843,7 +925,7 @@ def render(report: Report) -> None:
     )
     for note in notes:
         console.print(f"  {note}")
-    targets = Table(title="targets (issue 7)")
+    targets = Table(title="targets (issues 7 and 16)")
     for col in ("target", "measured", "limit", ""):
         targets.add_column(col)
     for t in report.targets:

@@ -6,6 +6,7 @@ target table when it does not exist yet (created once, before any chunk can race
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -222,13 +223,43 @@ def _boundaries(
     parts: int,
     estimate: int,
 ) -> list[Value]:
+    return planned_boundaries(adapter, conn, mapref, spec, where, params, parts, estimate)[0]
+
+
+def planned_boundaries(
+    adapter: DialectAdapter,
+    conn: Connection,
+    mapref: str,
+    spec: MappingSpec,
+    where: str,
+    params: dict[str, Any],
+    parts: int,
+    estimate: int,
+) -> tuple[list[Value], str]:
+    """The chunk boundaries and how they were found, with the time it took (for the plan
+    note: planning a large window must not cost a sort of the whole window)."""
+    started = time.perf_counter()
+    bounds, method = _find_boundaries(adapter, conn, mapref, spec, where, params, parts, estimate)
+    return bounds, f"{method} in {time.perf_counter() - started:.2f} s"
+
+
+def _find_boundaries(
+    adapter: DialectAdapter,
+    conn: Connection,
+    mapref: str,
+    spec: MappingSpec,
+    where: str,
+    params: dict[str, Any],
+    parts: int,
+    estimate: int,
+) -> tuple[list[Value], str]:
     if parts <= 1:
-        return []
+        return [], "no boundaries"
     query, strategy = spec.source.query, spec.chunking.strategy
     if strategy is ChunkStrategy.RANGE:
         low, high = adapter.min_max(conn, query, where, params, spec.split_column)
         try:
-            return stride_bounds(low, high, parts)
+            return stride_bounds(low, high, parts), "boundaries by min/max stride"
         except TypeError:
             raise ConfigError(
                 f"mapping '{mapref}': chunking.strategy range needs a numeric, date or timestamp "
@@ -241,10 +272,17 @@ def _boundaries(
             if spec.chunking.exact_count
             else adapter.estimate_rows(conn, query, where, params, True)
         )  # OFFSET positions need the real count
-        return adapter.offset_boundaries(
+        bounds = adapter.offset_boundaries(
             conn, query, where, params, spec.split_columns, parts, total
         )
-    return adapter.split_boundaries(conn, query, where, params, spec.split_column, parts)
+        return bounds, "boundaries by offset probes"
+    sampled = adapter.sampled_boundaries(
+        conn, query, where, params, spec.split_column, parts, estimate
+    )
+    if sampled is not None:
+        return sampled[0], f"boundaries from {sampled[1]}"
+    bounds = adapter.split_boundaries(conn, query, where, params, spec.split_column, parts)
+    return bounds, "boundaries by exact quantiles of the window"
 
 
 def run_mode(
@@ -361,7 +399,9 @@ def plan_run(
                     note = f"{confirm_note}; {note}"
             if parts > 1:
                 hooks.step(f"computing the boundaries of {parts} chunks")
-            bounds = _boundaries(adapter, conn, mapref, spec, where, params, parts, rows)
+            bounds, bounds_note = planned_boundaries(
+                adapter, conn, mapref, spec, where, params, parts, rows
+            )
     except DBAPIError as exc:  # e.g. max() or ORDER BY on a type that has none
         if exc.connection_invalidated:
             raise _connect_error(mapref, "source", url, exc) from None
@@ -383,6 +423,7 @@ def plan_run(
             note += f" ({spec.chunking.strategy.value} split on {', '.join(spec.split_columns)})"
         if len(ranges) < parts:
             note += f"; {len(ranges)} distinct key ranges"
+        note += f"; {bounds_note}"
     if planned.notes:
         note += "; " + "; ".join(planned.notes)
     if target_notes:

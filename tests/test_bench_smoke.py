@@ -29,8 +29,17 @@ REPO = Path(__file__).resolve().parent.parent
 ROWS = 20_000
 NAIVE_ROWS = 2_000
 MANY_CHUNKS = 50  # the real run uses 200; fewer keep the smoke run short on a busy machine
-SCENARIOS = {"baseline", "initial", "chunks_4", f"chunks_{MANY_CHUNKS}", "incremental", "naive"}
+SCENARIOS = {
+    "limit",
+    "baseline",
+    "initial",
+    "chunks_4",
+    f"chunks_{MANY_CHUNKS}",
+    "incremental",
+    "naive",
+}
 TARGETS = {
+    "initial_vs_limit",
     "initial_vs_baseline",
     "incremental_vs_initial",
     "many_vs_few_chunks",
@@ -80,7 +89,7 @@ def test_bench_harness_smoke(tmp_path):
         timeout=180,
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
-    assert "targets (issue 7)" in proc.stdout  # the table was printed
+    assert "targets (issues 7 and 16)" in proc.stdout  # the table was printed
     report = json.loads(out.read_text())
 
     assert report["rows"] == ROWS
@@ -92,6 +101,7 @@ def test_bench_harness_smoke(tmp_path):
         assert 0 < r["wall_s"] < 120, r
         assert r["rows_per_s"] > 0 and r["ratio_to_baseline"] > 0, r
     assert results["baseline"]["ratio_to_baseline"] == 1
+    assert results["limit"]["ratio_to_limit"] == 1 and results["limit"]["rows"] == ROWS
     for name in ("initial", "chunks_4", f"chunks_{MANY_CHUNKS}"):
         assert results[name]["rows"] == ROWS
     assert results["chunks_4"]["chunks"] == 4
@@ -99,7 +109,7 @@ def test_bench_harness_smoke(tmp_path):
     assert results["initial"]["chunks"] > 1  # the harness loads in parallel even on tiny N
     assert results["incremental"]["rows"] == ROWS // 10
     assert results["naive"]["rows"] == NAIVE_ROWS and results["naive"]["per_row_us"] > 0
-    for name in SCENARIOS - {"baseline", "naive"}:
+    for name in SCENARIOS - {"limit", "baseline", "naive"}:
         assert 20 < results[name]["worker_peak_rss_mb"] < 1000, results[name]
         assert results[name]["worker_cpu_s"] > 0, results[name]
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 
 from shared.checkpoint import CheckpointReader
 from shared.chunk.duplicates import (
@@ -71,6 +71,11 @@ class Pass(Enum):
     """How a staged slice meets what this run already wrote."""
 
     FIRST = "first"  # no version of this run can exist for these keys yet
+    # a first pass over a key range where the target had no current row when the attempt
+    # began: every staged key is new (a key's rows are staged once, and no other writer
+    # touches the range while this attempt holds the fence), so rows are inserted without
+    # comparing
+    INITIAL = "initial"
     REPLAY = "replay"  # an earlier attempt (retry, redelivery, resume) may have written them:
     # bring those versions to the staged rows and count them as one clean pass would
 
@@ -261,6 +266,8 @@ class ChunkLoad:
         # the latest committed batch, recorded when the next one is read (with the stop
         # check) or, for the chunk's last batch, with the chunk's end
         self.unrecorded: RecordedBatch | None = None
+        # the key range had no current target row when this first pass began (Pass.INITIAL)
+        self.initial = False
 
     def run(self) -> None:
         with self.target.connect() as tconn:
@@ -270,6 +277,7 @@ class ChunkLoad:
                         tconn, self.plan.run_id, self.chunk.chunk_no, self.attempt
                     ):
                         raise FenceLost("the target's fence names a newer attempt or run")
+                    self.initial = not self.replay and not self._range_has_current_rows(tconn)
                 relay = self._relay()
                 if relay is not None:
                     try:
@@ -290,6 +298,17 @@ class ChunkLoad:
                 if self.stage:
                     with tconn.begin():
                         self.target_adapter.release_stage(tconn, self.stage)
+
+    def _range_has_current_rows(self, tconn: Connection) -> bool:
+        """Whether the target holds a current row in this chunk's key range (one probe of
+        the key index): if not, a first pass inserts without comparing (``Pass.INITIAL``)."""
+        adapter = self.target_adapter
+        range_sql, params = self.chunk.predicate(adapter, self.plan.split_columns)
+        current = adapter.q(self.plan.spec.scd.audit_columns.is_current)
+        where = f"{range_sql} AND src.{current} = :cl_true" if self.scd_target.scd2 else range_sql
+        sql = adapter.limit_sql(f"SELECT 1 FROM {self.scd_target.table} src WHERE {where}", 1)
+        found = tconn.execute(text(sql), {**params, "cl_true": adapter.bool_value(True)})
+        return found.first() is not None
 
     def _chunk_sql(self, as_text: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
         spec = self.plan.spec
@@ -434,7 +453,9 @@ class ChunkLoad:
 
     # -- one typed batch ----------------------------------------------------------------------
     def _pass(self) -> Pass:
-        return Pass.REPLAY if self.replay else Pass.FIRST
+        if self.replay:
+            return Pass.REPLAY
+        return Pass.INITIAL if self.initial else Pass.FIRST
 
     def _load_batch(self, tconn: Connection, batch: list[tuple], whole: bool = True) -> None:
         """Load one batch (typed rows) in one transaction. ``whole`` False: the batch's last
@@ -495,6 +516,10 @@ class ChunkLoad:
         target, plan = self.scd_target, self.plan
         now = utcnow()
         earlier = ApplyCounts()
+        if how is Pass.INITIAL:
+            return scd.insert_new(
+                conn, target, stage, staged_rows, valid_from=plan.valid_from, now=now
+            )
         if how is Pass.REPLAY:
             scd.replace_own_versions(conn, target, stage, has_null_keys, now=now)
             earlier = scd.count_applied_by_run(conn, target, stage, has_null_keys, plan.valid_from)

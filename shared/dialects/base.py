@@ -187,6 +187,21 @@ class DialectAdapter:
                 bounds.append(value)
         return bounds
 
+    def sampled_boundaries(
+        self,
+        conn: Connection,
+        query: str,
+        where: str,
+        params: dict[str, Any],
+        column: str,
+        parts: int,
+        estimate: int,
+    ) -> tuple[list[Any], str] | None:
+        """Quantile boundaries from a sample of the source instead of a sort of the whole
+        window, with a note saying how they were found; None where this database or this
+        query allows no sample that is cheaper than the exact ``split_boundaries``."""
+        return None
+
     def offset_boundaries(
         self,
         conn: Connection,

@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -243,6 +244,36 @@ HASH_SESSION = (
 )
 
 
+# A source query that is one table's columns and nothing else (no WHERE, join, function or
+# subquery): its rows are the table's rows, so a TABLESAMPLE of the table samples the query.
+_IDENT = r'(?:"[^"]+"|[A-Za-z_][A-Za-z0-9_$]*)'
+_PLAIN_TABLE_QUERY = re.compile(
+    rf"^\s*SELECT\s+(?!DISTINCT\b)(?P<columns>[A-Za-z0-9_$\s,.*\"]+?)\s+FROM\s+"
+    rf"(?P<table>{_IDENT}(?:\.{_IDENT})?)\s*;?\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+# Sampling is worth it only for windows this large: below it the exact sort takes well
+# under a second (about 0.25 s for 200,000 rows on the benchmark machine).
+SAMPLE_MIN_ROWS = 200_000
+# Sample rows per chunk: SYSTEM sampling takes whole pages (tens of rows that are often
+# neighbours in key order), so a chunk's share of the sample is about ROWS/70 pages. At
+# 5,000 rows 22 chunks of a 10M-row window measured 0.86-1.37x the mean (0.23 s); 10,000
+# halve the variance for about twice the (still small) cost.
+SAMPLE_ROWS_PER_PART = 10_000
+SAMPLE_MIN_TOTAL = 50_000
+SAMPLE_MAX_TOTAL = 1_000_000
+# A sample smaller than this many rows a chunk (a stale estimate) is not trusted.
+SAMPLE_MIN_PER_PART = 500
+
+
+def plain_table_query(query: str) -> tuple[str, str] | None:
+    """(select list, table) of a ``SELECT columns FROM table`` query, else None."""
+    match = _PLAIN_TABLE_QUERY.match(query)
+    if match is None or re.search(r"\b(FROM|WHERE|JOIN|UNION)\b", match["columns"], re.I):
+        return None
+    return match["columns"], match["table"]
+
+
 class PostgresAdapter(DialectAdapter):
     name = "postgresql"
     # 2: the row's text under HASH_SESSION (1: under the session's own settings)
@@ -416,6 +447,53 @@ class PostgresAdapter(DialectAdapter):
         if isinstance(plan, str):
             plan = json.loads(plan)
         return int(plan[0]["Plan"]["Plan Rows"])
+
+    def sampled_boundaries(
+        self,
+        conn: Connection,
+        query: str,
+        where: str,
+        params: dict[str, Any],
+        column: str,
+        parts: int,
+        estimate: int,
+    ) -> tuple[list[Any], str] | None:
+        """Quantiles of a ``TABLESAMPLE SYSTEM`` page sample (``REPEATABLE``: the same plan
+        for the same table) when the query is one plain table and the window is large: the
+        sample's cost is a fixed number of pages, not a sort of the whole window. Only the
+        chunks' balance depends on it: the ranges still cover every key."""
+        plain = plain_table_query(query)
+        if plain is None or parts <= 1 or estimate < SAMPLE_MIN_ROWS:
+            return None
+        table_rows = self.estimate_rows(conn, query, "true", {}, False)
+        wanted = min(max(SAMPLE_ROWS_PER_PART * parts, SAMPLE_MIN_TOTAL), SAMPLE_MAX_TOTAL)
+        fraction = wanted / estimate  # of the table's pages, to find `wanted` window rows
+        if fraction > 0.25 or fraction * table_rows > estimate / 4:
+            return None  # the sample would read about as much as the exact sort
+        percent = round(100 * fraction, 4)
+        columns, table = plain
+        kind = conn.execute(
+            text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:table)"), {"table": table}
+        ).scalar()
+        if kind not in ("r", "m", "p"):  # a view (or a foreign table) takes no TABLESAMPLE
+            return None
+        sampled = f"SELECT {columns} FROM {table} TABLESAMPLE SYSTEM ({percent}) REPEATABLE (0)"
+        col = f"src.{self.q(column)}"
+        sql = (
+            f"SELECT max(v) AS upper_value, count(*) AS n FROM (SELECT {col} AS v, "
+            f"ntile(:parts) OVER (ORDER BY {col}) AS bucket FROM {self.from_query(sampled)} "
+            f"WHERE ({where}) AND {col} IS NOT NULL) buckets GROUP BY bucket "
+            f"ORDER BY upper_value"
+        )
+        rows = conn.execute(text(sql), {**params, "parts": parts}).all()
+        sample = sum(row[1] for row in rows)
+        if sample < SAMPLE_MIN_PER_PART * parts:
+            return None
+        bounds: list[Any] = []
+        for row in rows[:-1]:
+            if not bounds or row[0] != bounds[-1]:
+                bounds.append(row[0])
+        return bounds, f"a {percent}% page sample ({sample} rows)"
 
     def stream(
         self, conn: Connection, sql: str, params: dict[str, Any], batch_rows: int

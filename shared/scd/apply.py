@@ -78,6 +78,46 @@ def apply_scd1(
     )
 
 
+def insert_new(
+    conn: Connection,
+    target: ScdTarget,
+    stage: str,
+    staged_rows: int,
+    *,
+    valid_from: Any,
+    now: Any,
+) -> ApplyCounts:
+    """Insert every staged row as a new key, without comparing: for a first pass over a key
+    range in which the target had no current row (the caller knows; ``Pass.INITIAL`` in
+    ``shared/chunk/load.py``). The row hash is computed in the insert; SCD2 rows are the
+    current versions. The target's unique key index still guards one current row per key.
+    ``prepare_apply`` first, as for every apply: it pins the session settings the row hash
+    depends on."""
+    target.dialect.prepare_apply(conn, target.table, target.keys)
+    q, audit, table, opts = target.q, target.audit, target.table, target.options
+    hashed = sql.hashed_stage(target, stage, "1 = 1", target.hashed_columns)
+    cols = [q(c) for c in target.columns]
+    vals = [f"s.{q(c)}" for c in target.columns]
+    params: dict[str, Any] = {"run_id": target.run_id, "now": now, **target.flags()}
+    if target.scd2:
+        vf = f"s.{q(opts.valid_from_column)}" if opts.valid_from_column else ":valid_from"
+        cols += [q(audit.row_hash), q(audit.valid_from), q(audit.valid_to)]
+        cols += [q(audit.is_current), q(audit.run_id)]
+        vals += ["s.cl_hash", vf, ":valid_to_current", ":true_", ":run_id"]
+        if opts.is_deleted:
+            cols.append(q(opts.is_deleted))
+            vals.append(":false_")
+        params.update(valid_from=valid_from, valid_to_current=opts.current_valid_to)
+    else:
+        cols += [q(audit.row_hash), q(audit.inserted_at), q(audit.updated_at), q(audit.run_id)]
+        vals += ["s.cl_hash", ":now", ":now", ":run_id"]
+    inserted: int = conn.execute(
+        text(f"INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join(vals)} FROM {hashed} s"),
+        params,
+    ).rowcount
+    return ApplyCounts(inserted=inserted, changed=0, unchanged=staged_rows - inserted)
+
+
 def apply_scd2(
     conn: Connection,
     target: ScdTarget,
