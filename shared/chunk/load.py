@@ -131,7 +131,13 @@ def load_chunk(
         load = ChunkLoad(settings, plan, chunk, result, start.attempts, replay)
         load.run()
     except FenceLost as exc:
-        return _superseded(run_id, chunk, start.attempts, exc)
+        # Usually a newer attempt owns the chunk: finish_chunk then records nothing and the
+        # attempt ends quietly (below). Should chunk_log still name this attempt, the fence
+        # was moved under an open chunk (a run launched by a version without fencing): the
+        # chunk fails with the reason rather than being relaunched forever.
+        result.status = ChunkStatus.FAILED
+        result.error = f"this attempt no longer owns the chunk at the target: {exc}"
+        load = None
     except StopRequested:
         result.status = ChunkStatus.STOPPED
         result.error = "stopped by request at a batch boundary"
