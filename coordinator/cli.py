@@ -477,7 +477,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not args.chunks:
         if chunks:
             console.print(
-                f"(the {len(chunks)} chunks one by one: {_command(args, 'status', run.run_id)}"
+                f"(the {len(chunks)} chunk{'s' if len(chunks) != 1 else ''} one by one: "
+                f"{_command(args, 'status', run.run_id)}"
                 " --chunks)",
                 highlight=False,
                 markup=False,

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from shared.metadata.models import ProcessLog
-from shared.run.statuses import ChunkStatus
+from shared.run.statuses import ChunkStatus, RunStatus
 from shared.run.values import display_value, plain_value
 from shared.timeutil import as_utc, utcnow
 
@@ -24,8 +24,10 @@ ESTIMATE_WARN_FACTOR = 10
 
 def estimate_warning(run: ProcessLog) -> str | None:
     """A warning when the planner's estimate and the rows the finished run read differ by
-    more than ESTIMATE_WARN_FACTOR: chunking followed a wrong figure (stale statistics)."""
-    if not run.status.is_terminal or run.estimated_rows is None:
+    more than ESTIMATE_WARN_FACTOR: chunking followed a wrong figure (stale statistics).
+    Only a run that read its whole window (SUCCESS) says how many rows there were: a stopped
+    or failed run's count says nothing about the estimate."""
+    if run.status is not RunStatus.SUCCESS or run.estimated_rows is None:
         return None
     estimate, read = run.estimated_rows, run.rows_read
     low, high = sorted((estimate, read))

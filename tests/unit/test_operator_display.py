@@ -8,7 +8,7 @@ import datetime as dt
 
 from coordinator.cli import build_parser
 from coordinator.presence import WorkerSurvey, diagnose
-from coordinator.progress import RateMeter, clock, compact, progress_line
+from coordinator.progress import RateMeter, clock, compact, estimate_warning, progress_line
 from coordinator.watch import RunSnapshot
 from shared.metadata.models import ProcessLog
 from shared.run.statuses import RunStatus
@@ -95,3 +95,16 @@ def test_every_argument_of_every_command_is_described():
             elif not action.help:
                 undescribed.append(f"{name} {action.dest}")
     assert not undescribed, undescribed
+
+
+def test_only_a_finished_load_judges_the_estimate():
+    """A run that read its window shows how far off the estimate was; a stopped or failed
+    run read only part of it (or nothing), which says nothing about the statistics."""
+
+    def run(status: RunStatus, read: int) -> ProcessLog:
+        return ProcessLog(run_id="r", status=status, estimated_rows=500_000, rows_read=read)
+
+    assert "x off" in (estimate_warning(run(RunStatus.SUCCESS, 20_000)) or "")
+    assert estimate_warning(run(RunStatus.SUCCESS, 400_000)) is None
+    assert estimate_warning(run(RunStatus.STOPPED, 0)) is None
+    assert estimate_warning(run(RunStatus.FAILED, 150)) is None
