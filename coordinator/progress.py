@@ -233,10 +233,11 @@ def chunks_text(totals: dict[str, int]) -> str:
 def progress_line(snap: Any, meter: RateMeter) -> ProgressLine:
     run, totals = snap.run, snap.totals
     done = run.rows_read  # live sums while active (``with_live_totals``), final at the end
-    # the estimate is the goal while running; at the end the goal is what was actually read
+    # the estimate is the goal while running; at the end of a complete load the goal is what
+    # was actually read (100%); a stopped or failed run shows how far it got
     total = (
         done
-        if run.status.is_terminal
+        if run.status is RunStatus.SUCCESS
         else max(run.estimated_rows or 0, run.counted_rows or 0, done)
     )
     rate = meter.rate(run, done)
