@@ -374,6 +374,12 @@ def _worker_warning(settings: Settings, run_id: str | None = None) -> str | None
     """What the workers say about the settings' queue (and the run's pending chunks)."""
     from coordinator.presence import diagnose, no_worker_message, start_worker_command, survey
 
+    if run_id is not None:  # ask about the queue the run was sent to
+        from shared.engines import get_engine as _engine
+        from shared.metadata import store as _store
+        from shared.run.plan import on_run_queue
+
+        settings = on_run_queue(settings, _store.get_run(_engine(settings.metadata), run_id))
     try:
         found = survey(settings, tasks=run_id is not None)
     except Exception as exc:  # noqa: BLE001 - status still shows what the metadata says

@@ -439,6 +439,7 @@ def plan_run(
         planned.python_filter,
         validity_kind,
         stored,
+        settings.celery.queue,
     )
     return Plan(run, estimate, ranges, note, stored_encoded, counted, target_ddl)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from shared.broker import client_app
 from shared.config.settings import Settings
+from shared.run.plan import on_run_queue
 
 INSPECT_TIMEOUT_S = 1.0  # how long the first broadcast waits for workers to answer
 CHECK_INTERVAL_S = 5.0  # how often a waiting command asks again while nothing runs
@@ -131,6 +132,7 @@ class PresenceWatch:
     ):
         self.settings = settings
         self.say = say
+        self.config = config
         self.start_command = start_worker_command(settings, config)
         self.interval_s = interval_s
         self.pending_task_ids = pending_task_ids
@@ -150,12 +152,16 @@ class PresenceWatch:
         if now < self._next_check or not totals.get("status_pending", 0):
             return
         self._next_check = now + self.interval_s
+        settings = on_run_queue(self.settings, run)  # the queue the run was sent to
         try:
-            found = survey(self.settings, tasks=True)
+            found = survey(settings, tasks=True)
         except Exception as exc:  # noqa: BLE001 - a broker blip must not end the waiting
             problem: str | None = f"cannot ask the workers over the broker: {exc}"
         else:
-            problem = diagnose(found, self.pending_task_ids(), 0, self.start_command)
+            command = self.start_command
+            if settings is not self.settings:
+                command = start_worker_command(settings, self.config)
+            problem = diagnose(found, self.pending_task_ids(), 0, command)
         if problem is None:
             self._clear("workers are taking the run's chunks")
         elif problem != self._problem:

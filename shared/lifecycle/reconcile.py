@@ -38,7 +38,7 @@ from shared.lifecycle.notify import notify_run_end
 from shared.metadata import store
 from shared.metadata.models import ChunkLog, ProcessLog
 from shared.run.chord import start_chord
-from shared.run.plan import RunPlan
+from shared.run.plan import RunPlan, on_run_queue
 from shared.run.statuses import ChunkStatus, RunStatus
 from shared.timeutil import as_utc, utcnow
 
@@ -115,8 +115,8 @@ def _relaunch(
         return None
     relaunched, chunks = reopened
     numbers = ", ".join(str(c.chunk_no) for c in chunks)
-    try:
-        start_chord(settings, run.run_id, chunks, relaunched.launches)
+    try:  # to the queue the run was sent to, whatever queue reconcile's config names
+        start_chord(on_run_queue(settings, run), run.run_id, chunks, relaunched.launches)
     except LaunchError as exc:  # the run is now FAILED (resumable)
         log.error("reconcile: run %s: relaunching chunk(s) %s failed: %s", run.run_id, numbers, exc)
         return ReconcileAction(run.run_id, run.mapref, "failed", "FAILED")

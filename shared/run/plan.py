@@ -16,6 +16,7 @@ from typing import Any
 
 from shared.checkpoint import PythonFilter
 from shared.config.mapping import CheckpointStrategy, DeletesMode, MappingSpec, parse_timestamp_text
+from shared.config.settings import Settings
 from shared.dialects.base import DialectAdapter
 from shared.metadata.models import ProcessLog
 from shared.run.modes import LoadKind, RunMode
@@ -56,6 +57,7 @@ class RunPlan:
     python_filter: PythonFilter | None = None
     validity_kind: str | None = None  # type of the valid_from source column, if any
     checkpoint_from: Value = None  # the stored checkpoint when the run was planned
+    queue: str | None = None  # the Celery queue the run was sent to
 
     @property
     def load_kind(self) -> LoadKind:
@@ -75,6 +77,7 @@ class RunPlan:
                 "window": self.window.to_document(),
                 "python": self.python_filter.to_document() if self.python_filter else None,
                 "validity_kind": self.validity_kind,
+                "queue": self.queue,
             },
         }
 
@@ -109,6 +112,7 @@ class RunPlan:
             python,
             doc.get("validity_kind"),
             checkpoint_from,
+            doc.get("queue"),
         )
 
     # -- what the SCD statements need --------------------------------------------------------
@@ -152,3 +156,15 @@ class RunPlan:
             self.run_id,
             self.scd2_options(),
         )
+
+
+def on_run_queue(settings: Settings, run: ProcessLog) -> Settings:
+    """``settings`` with the Celery queue ``run`` was sent to (stored with its plan), so what
+    is asked of or sent to the workers about a run goes to its queue, whatever queue this
+    process's config names (``CHORDLOAD_QUEUE`` may differ between shells)."""
+    queue = (run.mapping or {}).get("run", {}).get("queue")
+    if not queue or queue == settings.celery.queue:
+        return settings
+    return settings.model_copy(
+        update={"celery": settings.celery.model_copy(update={"queue": queue})}
+    )

@@ -78,6 +78,7 @@ def plans(draw) -> RunPlan:
         python_filter=python,
         validity_kind=draw(st.sampled_from([None, "date", "timestamp", "timestamptz"])),
         checkpoint_from=checkpoint_from,
+        queue=draw(st.sampled_from([None, "chordload", "nightly"])),
     )
 
 
@@ -108,6 +109,7 @@ def assert_same_plan(back: RunPlan, plan: RunPlan) -> None:
         plan.validity_kind,
         plan.checkpoint_from,
     )
+    assert back.queue == plan.queue
     assert back.created_at == plan.created_at and back.created_at.tzinfo is not None
     # include_nulls=None (the default) comes back as the value it stood for
     assert back.window.to_document() == plan.window.to_document()
@@ -238,3 +240,17 @@ def test_scd_target_describes_the_table_on_the_dialect():
     assert target.hashed_columns == ["a"] and target.in_place_columns == ["u"]
     assert plan.deleted_at == dt.date(2024, 1, 2) and plan.valid_from == plan.created_at
     assert plan.split_columns == ["id"]
+
+
+def test_questions_about_a_run_go_to_the_queue_it_was_sent_to():
+    """A run sent to queue 'nightly' is asked about (presence) and relaunched (reconcile) on
+    'nightly', whatever queue the asking process's config names; a run planned before the
+    queue was stored keeps the config's."""
+    from shared.config.settings import settings_from_dict
+    from shared.run.plan import on_run_queue
+
+    settings = settings_from_dict({"metadata": "sqlite:///m.db"}, "test")
+    sent = ProcessLog(run_id="r", mapping={"run": {"queue": "nightly"}})
+    assert on_run_queue(settings, sent).celery.queue == "nightly"
+    assert on_run_queue(settings, ProcessLog(run_id="r", mapping={"run": {}})) is settings
+    assert on_run_queue(settings, ProcessLog(run_id="r", mapping={})) is settings
