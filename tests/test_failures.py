@@ -839,7 +839,7 @@ def test_a_minute_without_metadata_and_warehouse(base_config, metadata_ready, wh
     from tests.cliutil import run_subprocess
     from tests.tcp_proxy import TcpProxy
 
-    rows = 8_000
+    rows = 4_000
     create_customers(wh, schema, rows)
     with wh.begin() as conn:  # about 1 ms a row: the run is still loading when the cut comes
         conn.execute(
