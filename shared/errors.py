@@ -195,3 +195,9 @@ def is_data_error(exc: BaseException) -> bool:
         message = str(orig or exc)
         return "NOT NULL" in message or "CHECK" in message
     return isinstance(exc, sa_exc.DataError)
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    """A unique index refused the row (PostgreSQL's 23505)."""
+    orig = getattr(exc, "orig", None) or exc
+    return getattr(orig, "pgcode", None) == "23505"

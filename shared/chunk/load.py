@@ -22,12 +22,14 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from enum import Enum
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
 from shared.checkpoint import CheckpointReader
+from shared.chunk.direct import DirectCopy, direct_copy_for, max_checkpoint
 from shared.chunk.duplicates import (
     NO_KEY,
     DuplicateResolver,
@@ -40,6 +42,7 @@ from shared.chunk.result import ChunkCounts, ChunkResult
 from shared.config.settings import Settings
 from shared.dialects import adapter_for
 from shared.dialects.holds import ValueCheck, no_checkpoint_beyond_range
+from shared.dialects.postgres import PostgresAdapter
 from shared.dialects.relay import Relay, relay_between
 from shared.engines import READ_ONLY, SessionLimits, get_engine
 from shared.errors import (
@@ -49,6 +52,7 @@ from shared.errors import (
     describe_db_error,
     is_data_error,
     is_transient_db_error,
+    is_unique_violation,
 )
 from shared.fence import TargetFence
 from shared.lifecycle.finalize import finalize_run
@@ -194,12 +198,15 @@ def load_chunk(
     if still_open == 0:
         finalize_run(settings, run_id)
     log.info(
-        "run %s chunk %s ended %s: %d rows read in %.1f s%s",
+        "run %s chunk %s ended %s: %d rows read in %.1f s%s%s",
         run_id,
         chunk.chunk_no,
         result.status.value,
         result.counts.rows_read,
         time.monotonic() - started,
+        f", {load.direct_rows} COPYed straight into the target"
+        if load and load.direct_rows
+        else "",
         f" ({result.error})" if result.error else "",
     )
     return result
@@ -274,6 +281,7 @@ class ChunkLoad:
         self.unrecorded: RecordedBatch | None = None
         # the key range had no current target row when this first pass began (Pass.INITIAL)
         self.initial = False
+        self.direct_rows = 0  # rows of this attempt COPYed straight into the target (direct.py)
 
     def run(self) -> None:
         with self.target.connect() as tconn:
@@ -316,7 +324,9 @@ class ChunkLoad:
         found = tconn.execute(text(sql), {**params, "cl_true": adapter.bool_value(True)})
         return found.first() is not None
 
-    def _chunk_sql(self, as_text: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
+    def _chunk_sql(
+        self, as_text: Sequence[str] = (), extra: Sequence[str] = ()
+    ) -> tuple[str, dict[str, Any]]:
         spec = self.plan.spec
         return chunk_select(
             self.source_adapter,
@@ -327,6 +337,7 @@ class ChunkLoad:
             self.chunk,
             order_by=spec.keys,
             as_text=as_text,
+            extra=extra,
         )
 
     def _text_columns(self) -> list[str]:
@@ -384,20 +395,97 @@ class ChunkLoad:
         with self.source.connect().execution_options(**READ_ONLY) as sconn:
             if not relay.same_encoding(sconn, tconn):
                 return False
+            direct = self._direct_copy(sconn, tconn, sql, params)
+            if direct is not None:
+                sql, params = self._chunk_sql(extra=direct.extra)
+                params = {**params, **direct.params}
             stream = relay.source.relay(sconn, sql, params, spec.batch_rows)
             cutter = LineCutter(self.key_positions)
             try:
                 for lines, whole in whole_keys(stream, cutter, spec.batch_rows):
                     self._record_previous()
-                    self._load_relayed(tconn, relay, stage, lines, whole)
+                    if direct is not None:
+                        if self._load_direct(tconn, direct, lines, whole):
+                            continue
+                        lines = direct.strip(lines)
+                    self._load_relayed(tconn, relay, stage, lines, whole, direct is not None)
             finally:
                 if not stream.finished:
                     stream.close()
                     sconn.invalidate()  # its COPY was cut short
+        if self.direct_rows:
+            self._add_direct_max(tconn)
         return True
 
+    # -- initial batches COPYed straight into the target (direct.py) -------------------------
+    def _direct_copy(
+        self, sconn: Connection, tconn: Connection, sql: str, params: dict[str, Any]
+    ) -> DirectCopy | None:
+        source, target = self.source_adapter, self.target_adapter
+        if not (
+            self.initial
+            and isinstance(source, PostgresAdapter)
+            and isinstance(target, PostgresAdapter)
+        ):
+            return None
+        with tconn.begin():
+            return direct_copy_for(
+                self.plan, source, sconn, target, tconn, self.scd_target, sql, params
+            )
+
+    def _load_direct(
+        self, tconn: Connection, direct: DirectCopy, lines: bytes, whole: bool
+    ) -> bool:
+        """COPY one initial batch straight into the target; False, with nothing written, if
+        the batch must take the stage: its last key continues in the next batch, or the
+        target refused it (a key twice, a key already current, a value a constraint refuses)."""
+        if self.replay or not whole or self.duplicates.pending is not None:
+            return False
+        table, target = self.scd_target.table, self.target_adapter
+        assert isinstance(target, PostgresAdapter)  # direct_copy_for only serves PostgreSQL
+        try:
+            with tconn.begin():
+                self._hold_fence(tconn)
+                target.prepare_apply(tconn, table, self.plan.spec.keys)
+                target.copy_lines(tconn, table, direct.columns, lines)
+        except Exception as exc:
+            if not (is_unique_violation(exc) or is_data_error(exc)):
+                raise
+            log.debug(
+                "run %s chunk %s: a batch goes through the stage (%s)",
+                self.plan.run_id,
+                self.chunk.chunk_no,
+                describe_db_error(exc),
+            )
+            return False
+        rows = lines.count(b"\n")
+        self.direct_rows += rows
+        self.relayed_last_key = None  # the unique index sees a key continuing, not this check
+        self._record(rows, ApplyCounts(inserted=rows), [], 0, None)
+        return True
+
+    def _add_direct_max(self, tconn: Connection) -> None:
+        """The chunk's checkpoint maximum, which the direct batches did not see, read back
+        from the target; put into the result and the last batch's record."""
+        checkpoint = self.plan.spec.checkpoint_columns
+        if not checkpoint:
+            return
+        with tconn.begin():
+            found = max_checkpoint(tconn, self.plan, self.scd_target, self.chunk, checkpoint[0])
+        self.result.max_checkpoint = max_value([self.result.max_checkpoint, found])
+        if self.unrecorded is not None:
+            self.unrecorded = replace(
+                self.unrecorded, max_checkpoint=encode_value(self.result.max_checkpoint)
+            )
+
     def _load_relayed(
-        self, tconn: Connection, relay: Relay, stage: str, lines: bytes, whole: bool
+        self,
+        tconn: Connection,
+        relay: Relay,
+        stage: str,
+        lines: bytes,
+        whole: bool,
+        after_direct: bool = False,
     ) -> None:
         """COPY one batch of lines into the relay stage and apply it, if it is the common
         case: no NULL key, no key twice, no key held back from the previous batch or
@@ -406,7 +494,9 @@ class ChunkLoad:
 
         The batches are cut on the keys' text (``LineCutter``); should the database still
         find a key continuing from the previous batch (text that differs for one value), the
-        chunk starts over on the typed path, which groups the rows by their values."""
+        chunk starts over on the typed path, which groups the rows by their values.
+        ``after_direct``: the batches before may have gone straight into the target
+        (direct.py), so the target is asked whether a staged key is current already."""
         spec, plan = self.plan.spec, self.plan
         checkpoint = spec.checkpoint_columns[0] if spec.checkpoint_columns else None
         rows: list[tuple] | None = None
@@ -421,6 +511,12 @@ class ChunkLoad:
                     raise RelayRefused(
                         f"key {shape.first_key!r} continues from the previous relayed batch"
                     )
+                if (
+                    after_direct
+                    and self._pass() is Pass.INITIAL
+                    and scd.staged_keys_current(tconn, self.scd_target, stage)
+                ):
+                    raise RelayRefused("a key of the batch already has a current row")
                 self.relayed_last_key = shape.last_key if whole else None
                 plain = not shape.null_keys and shape.distinct_keys == shape.rows
                 if not (plain and whole and self.duplicates.pending is None):

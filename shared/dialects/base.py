@@ -74,14 +74,21 @@ class DialectAdapter:
         ends it (a trailing ``-- comment`` cannot swallow the closing parenthesis)."""
         return "(" + query.replace(":", "\\:") + "\n) src"
 
-    def wrap_query(self, query: str, columns: Sequence[str], as_text: Sequence[str] = ()) -> str:
+    def wrap_query(
+        self,
+        query: str,
+        columns: Sequence[str],
+        as_text: Sequence[str] = (),
+        extra: Sequence[str] = (),
+    ) -> str:
         """The query's ``columns``; those in ``as_text`` as the database's own text of the
-        value (for a target that parses that text exactly)."""
-        cols = ", ".join(
+        value (for a target that parses that text exactly); then the ``extra`` expressions
+        (over the alias ``src``)."""
+        cols = [
             f"CAST(src.{self.q(c)} AS TEXT) AS {self.q(c)}" if c in as_text else f"src.{self.q(c)}"
             for c in columns
-        )
-        return f"SELECT {cols} FROM {self.from_query(query)}"
+        ]
+        return f"SELECT {', '.join([*cols, *extra])} FROM {self.from_query(query)}"
 
     def relays_to(self, target: DialectAdapter) -> bool:
         """Whether a chunk can move rows from this source to ``target`` as the databases'

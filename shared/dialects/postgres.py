@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import psycopg2.extensions
 from sqlalchemy import Connection, text
@@ -224,6 +224,18 @@ def _time_of_day(shown: str) -> Any:
     return rule
 
 
+class StoredType(NamedTuple):
+    """A column's type as PostgreSQL stores it: type oid (built-in oids are the same on every
+    server), modifier (-1: none; ``numeric(12,2)``'s precision and scale) and its name."""
+
+    oid: int
+    typmod: int
+    name: str
+
+
+_STORED_TYPE = "a.atttypid::int, a.atttypmod, format_type(a.atttypid, a.atttypmod)"
+
+
 class _PgColumn(Protocol):
     """The attributes read from psycopg2's ``cursor.description`` items (its Column)."""
 
@@ -232,6 +244,8 @@ class _PgColumn(Protocol):
     internal_size: int | None
     precision: int | None
     scale: int | None
+    table_oid: int | None
+    table_column: int | None
 
 
 # The row hash is md5 of the row's text, and a row's text depends on these session settings:
@@ -323,12 +337,7 @@ class PostgresAdapter(DialectAdapter):
     def load_relayed(
         self, conn: Connection, stage: str, columns: Sequence[str], lines: bytes
     ) -> None:
-        cols = ", ".join(self.q(c) for c in columns)
-        cursor = dbapi_connection(conn).cursor()
-        try:
-            cursor.copy_expert(f"COPY {stage} ({cols}) FROM STDIN", io.BytesIO(lines), size=1 << 16)
-        finally:
-            cursor.close()
+        self.copy_lines(conn, stage, columns, lines)
 
     def relayed_shape(
         self, conn: Connection, stage: str, keys: Sequence[str], checkpoint: str | None
@@ -361,6 +370,67 @@ class PostgresAdapter(DialectAdapter):
             first_key=tuple(row[5 : 5 + n]),
             last_key=tuple(row[5 + n : 5 + 2 * n]),
         )
+
+    # -- the initial load's COPY straight into the target (shared/chunk/direct.py) ---------
+    def text_identity(self, conn: Connection) -> tuple[int, str]:
+        """(major version, server encoding): two servers that agree print a value of one
+        type as the same text and hash the same bytes for it."""
+        row = conn.execute(
+            text(
+                "SELECT current_setting('server_version_num')::int / 10000, "
+                "current_setting('server_encoding')"
+            )
+        ).one()
+        return int(row[0]), str(row[1])
+
+    def query_column_types(
+        self, conn: Connection, sql: str, params: dict[str, Any]
+    ) -> list[StoredType | None]:
+        """For each output column of ``sql``: its stored type when the column is a table's
+        column of a built-in base type whose text is the same under HASH_SESSION on any
+        server of this version (not ``money``, which follows lc_monetary, nor ``xml``); None
+        for an expression or any other type."""
+        result = conn.execute(text(f"{sql} LIMIT 0"), params)
+        description = cast("Sequence[_PgColumn]", result.cursor.description)
+        origins = [(c.table_oid, c.table_column) for c in description]
+        result.close()
+        known = [(t, a) for t, a in origins if t is not None and a is not None]
+        if not known:
+            return [None] * len(origins)
+        rows = conn.execute(
+            text(
+                f"SELECT a.attrelid, a.attnum, {_STORED_TYPE} FROM pg_attribute a JOIN "
+                "pg_type t ON t.oid = a.atttypid WHERE (a.attrelid, a.attnum) IN (SELECT "
+                "unnest(CAST(:rels AS oid[])), unnest(CAST(:nums AS int[]))) AND "
+                "a.atttypid < 16384 AND t.typtype = 'b' AND (t.typelem = 0 OR "
+                "t.typelem < 16384) AND t.typname NOT IN ('money', '_money', 'xml', '_xml')"
+            ),
+            {"rels": [t for t, _ in known], "nums": [a for _, a in known]},
+        ).all()
+        types = {(int(r[0]), int(r[1])): StoredType(int(r[2]), int(r[3]), str(r[4])) for r in rows}
+        return [types.get((t, a)) if t is not None and a is not None else None for t, a in origins]
+
+    def table_column_types(self, conn: Connection, target: TargetSpec) -> dict[str, StoredType]:
+        """The table's columns and their stored types."""
+        found = conn.execute(
+            text(
+                f"SELECT a.attname, {_STORED_TYPE} FROM pg_attribute a WHERE "
+                "a.attrelid = to_regclass(:table) AND a.attnum > 0 AND NOT a.attisdropped"
+            ),
+            {"table": self.table_ref(target)},
+        )
+        return {str(r[0]): StoredType(int(r[1]), int(r[2]), str(r[3])) for r in found.all()}
+
+    def copy_lines(
+        self, conn: Connection, table: str, columns: Sequence[str], lines: bytes
+    ) -> None:
+        """COPY text lines into ``table``'s ``columns``."""
+        cols = ", ".join(self.q(c) for c in columns)
+        cursor = dbapi_connection(conn).cursor()
+        try:
+            cursor.copy_expert(f"COPY {table} ({cols}) FROM STDIN", io.BytesIO(lines), size=1 << 16)
+        finally:
+            cursor.close()
 
     def relayed_rows(
         self, conn: Connection, stage: str, columns: Sequence[str], typed: Sequence[str] = ()

@@ -167,13 +167,16 @@ def chunk_select(
     chunk: ChunkRange,
     order_by: Sequence[str] = (),
     as_text: Sequence[str] = (),
+    extra: Sequence[str] = (),
 ) -> tuple[str, dict[str, Any]]:
     """The chunk's rows of the window; ``order_by`` (the business key) makes every key's
     rows arrive together, so the loader recognises duplicate keys with one batch of memory;
-    ``as_text`` columns come as the source's text of the value."""
+    ``as_text`` columns come as the source's text of the value; ``extra`` expressions over
+    ``src`` follow the columns."""
     window_sql, params = window.predicate(adapter)
     range_sql, range_params = chunk.predicate(adapter, split_columns)
-    sql = f"{adapter.wrap_query(query, columns, as_text)} WHERE {window_sql} AND {range_sql}"
+    select = adapter.wrap_query(query, columns, as_text, extra)
+    sql = f"{select} WHERE {window_sql} AND {range_sql}"
     if order_by:
         sql += " ORDER BY " + ", ".join(adapter.key_order(f"src.{adapter.q(c)}") for c in order_by)
     return sql, {**params, **range_params}

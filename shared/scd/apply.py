@@ -94,28 +94,48 @@ def insert_new(
     ``prepare_apply`` first, as for every apply: it pins the session settings the row hash
     depends on."""
     target.dialect.prepare_apply(conn, target.table, target.keys)
-    q, audit, table, opts = target.q, target.audit, target.table, target.options
+    values = new_versions(target, "s", "s.cl_hash")
     hashed = sql.hashed_stage(target, stage, "1 = 1", target.hashed_columns)
-    cols = [q(c) for c in target.columns]
-    vals = [f"s.{q(c)}" for c in target.columns]
-    params: dict[str, Any] = {"run_id": target.run_id, "now": now, **target.flags()}
-    if target.scd2:
-        vf = f"s.{q(opts.valid_from_column)}" if opts.valid_from_column else ":valid_from"
-        cols += [q(audit.row_hash), q(audit.valid_from), q(audit.valid_to)]
-        cols += [q(audit.is_current), q(audit.run_id)]
-        vals += ["s.cl_hash", vf, ":valid_to_current", ":true_", ":run_id"]
-        if opts.is_deleted:
-            cols.append(q(opts.is_deleted))
-            vals.append(":false_")
-        params.update(valid_from=valid_from, valid_to_current=opts.current_valid_to)
-    else:
-        cols += [q(audit.row_hash), q(audit.inserted_at), q(audit.updated_at), q(audit.run_id)]
-        vals += ["s.cl_hash", ":now", ":now", ":run_id"]
     inserted: int = conn.execute(
-        text(f"INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join(vals)} FROM {hashed} s"),
-        params,
+        text(
+            f"INSERT INTO {target.table} ({', '.join(target.q(c) for c, _ in values)}) "
+            f"SELECT {', '.join(v for _, v in values)} FROM {hashed} s"
+        ),
+        new_version_params(target, valid_from, now),
     ).rowcount
     return ApplyCounts(inserted=inserted, changed=0, unchanged=staged_rows - inserted)
+
+
+def new_versions(target: ScdTarget, row: str, row_hash: str) -> list[tuple[str, str]]:
+    """(target column, SQL expression) of a new key's row made of the row alias ``row``
+    (business columns) and the ``row_hash`` expression: SCD2 the current version, SCD1 the
+    row. The expressions bind ``new_version_params``. Shared by ``insert_new`` and the
+    initial load's COPY straight into the target (``shared/chunk/direct.py``), so both write
+    the same row."""
+    q, audit, opts = target.q, target.audit, target.options
+    values = [(c, f"{row}.{q(c)}") for c in target.columns]
+    if target.scd2:
+        vf = f"{row}.{q(opts.valid_from_column)}" if opts.valid_from_column else ":valid_from"
+        values += [(audit.row_hash, row_hash), (audit.valid_from, vf)]
+        values += [(audit.valid_to, ":valid_to_current"), (audit.is_current, ":true_")]
+        values.append((audit.run_id, ":run_id"))
+        if opts.is_deleted:
+            values.append((opts.is_deleted, ":false_"))
+    else:
+        values += [(audit.row_hash, row_hash), (audit.inserted_at, ":now")]
+        values += [(audit.updated_at, ":now"), (audit.run_id, ":run_id")]
+    return values
+
+
+def new_version_params(target: ScdTarget, valid_from: Any, now: Any) -> dict[str, Any]:
+    """The parameters ``new_versions`` binds."""
+    return {
+        "run_id": target.run_id,
+        "now": now,
+        "valid_from": valid_from,
+        "valid_to_current": target.options.current_valid_to,
+        **target.flags(),
+    }
 
 
 def apply_scd2(
@@ -417,3 +437,23 @@ def count_applied_by_run(
         total += int(row[0] or 0)
         changed += int(row[1] or 0)
     return ApplyCounts(inserted=total - changed, changed=changed, unchanged=-total)
+
+
+def staged_keys_current(conn: Connection, target: ScdTarget, stage: str) -> bool:
+    """Whether some staged key already has a current row in the target (SCD1: any row),
+    NULL key parts compared as values: a first pass that meant to insert without comparing
+    (``Pass.INITIAL``) must then compare after all."""
+    current = target.q(target.audit.is_current)
+    only = f" AND t.{current} = :true_" if target.scd2 else ""
+    for null_safe in sql.null_passes(True):  # plain = first: it probes the key index
+        found = conn.execute(
+            text(
+                f"SELECT 1 FROM {stage} st WHERE {sql.key_filter(target, 'st', null_safe)} AND "
+                f"EXISTS (SELECT 1 FROM {target.table} t WHERE "
+                f"{sql.key_match(target, 't', 'st', null_safe)}{only}) LIMIT 1"
+            ),
+            target.flags(),
+        )
+        if found.first() is not None:
+            return True
+    return False
