@@ -320,7 +320,14 @@ class ChunkLoad:
         range_sql, params = self.chunk.predicate(adapter, self.plan.split_columns)
         current = adapter.q(self.plan.spec.scd.audit_columns.is_current)
         where = f"{range_sql} AND src.{current} = :cl_true" if self.scd_target.scd2 else range_sql
-        sql = adapter.limit_sql(f"SELECT 1 FROM {self.scd_target.table} src WHERE {where}", 1)
+        sql = f"SELECT 1 FROM {self.scd_target.table} src WHERE {where}"
+        split = self.plan.split_columns
+        if split == self.plan.spec.keys[: len(split)]:
+            # Ordered by the key index's leading columns, the probe reads that index from the
+            # range's start. Unordered, PostgreSQL's LIMIT 1 plan was a sequential scan until
+            # the first match: of the whole target for an empty range (up to 0.17 s a chunk).
+            sql += " ORDER BY " + ", ".join(f"src.{adapter.q(c)}" for c in split)
+        sql = adapter.limit_sql(sql, 1)
         found = tconn.execute(text(sql), {**params, "cl_true": adapter.bool_value(True)})
         return found.first() is not None
 
