@@ -146,9 +146,12 @@ def max_checkpoint(
 ) -> Any:
     """The largest ``column`` value of the chunk's rows in the target: after an initial
     pass, exactly the rows this attempt wrote (none were current before it, and the fence
-    kept every other writer out)."""
+    kept every other writer out). Run in a transaction of its own."""
     adapter, q = scd_target.dialect, scd_target.q
     range_sql, range_params = chunk.predicate(adapter, plan.split_columns)
+    # The target's statistics predate this load (they may say it is empty): the planner
+    # would read the whole table for the last chunk's open range, not its key index.
+    tconn.execute(text("SET LOCAL enable_seqscan = off"))
     current = f" AND src.{q(scd_target.audit.is_current)} = :true_" if scd_target.scd2 else ""
     return tconn.execute(
         text(f"SELECT max(src.{q(column)}) FROM {scd_target.table} src WHERE {range_sql}{current}"),
