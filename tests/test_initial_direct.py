@@ -16,6 +16,7 @@ tests in test_differential.py (PG->PG), whose initial loads take it.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from decimal import Decimal
 
 import pytest
@@ -76,12 +77,19 @@ def _run(settings, mapref: str, chunks: int | None = None):
     return run
 
 
-def _log_lines(workers, run_id: str, needle: str) -> list[str]:
-    return [
-        line
-        for line in workers.log_path.read_text(errors="replace").splitlines()
-        if f"run {run_id}" in line and needle in line
-    ]
+def _log_lines(workers, run_id: str, needle: str, at_least: int = 0) -> list[str]:
+    """The worker log's lines about ``run_id`` that contain ``needle``; waits (up to 10 s)
+    for ``at_least`` of them: a chunk logs its end after the run may have finished."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [
+            line
+            for line in workers.log_path.read_text(errors="replace").splitlines()
+            if f"run {run_id}" in line and needle in line
+        ]
+        if len(lines) >= at_least or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("scd_type", [1, 2])
@@ -99,7 +107,7 @@ def test_an_initial_load_copied_straight_in_is_exact_and_hashed_as_the_target_wo
     run = _run(settings, f"first_{schema}")
     assert run.chunks_total == 3, run.plan_note
     assert (run.rows_read, run.rows_inserted) == (ROWS, ROWS)
-    straight = _log_lines(workers, run.run_id, "COPYed straight into the target")
+    straight = _log_lines(workers, run.run_id, "COPYed straight into the target", at_least=3)
     assert len(straight) == 3, workers.log_tail()
     dim = f'"{schema}".dim'
     current = " WHERE dw_is_current" if scd_type == 2 else ""
@@ -131,7 +139,9 @@ def test_a_column_the_target_holds_otherwise_takes_the_stage(workers, make_setti
     settings = make_settings({f"first_{schema}": first, f"again_{schema}": again})
 
     run = _run(settings, f"first_{schema}")
-    assert not _log_lines(workers, run.run_id, "COPYed straight into the target")
+    ended = _log_lines(workers, run.run_id, "ended SUCCESS", at_least=run.chunks_total)
+    assert len(ended) == run.chunks_total, workers.log_tail()
+    assert not [line for line in ended if "COPYed straight into the target" in line]
     refused = _log_lines(workers, run.run_id, "initial batches take the stage")
     assert refused and "column 'r' is real in the source" in refused[0], refused
     rerun = _run(settings, f"again_{schema}")

@@ -48,6 +48,10 @@ log = logging.getLogger("chordload.chunk")
 _ORDERED_ALIKE = {21, 23, 20, 1700, 1082, 1114, 1184, 2950}
 
 
+# (run id, launch) -> why that launch's initial batches take the stage (None: they need not)
+_refusals: dict[tuple[str, int], str | None] = {}
+
+
 @dataclass(frozen=True)
 class DirectCopy:
     """How a chunk's initial batches go straight into the target."""
@@ -76,13 +80,21 @@ def direct_copy_for(
     scd_target: ScdTarget,
     chunk_sql: str,
     params: dict[str, Any],
+    launch: int,
 ) -> DirectCopy | None:
     """The direct COPY for this chunk's initial batches, or None (with the reason logged)
     where the source's row hash could differ from the target's or a batch's facts could
-    not be known without a stage."""
-    why = _refusal(plan, source, sconn, target, tconn, scd_target, chunk_sql, params)
-    if why:
-        log.info("run %s: initial batches take the stage: %s", plan.run_id, why)
+    not be known without a stage. Decided once per process and launch of the run (the
+    answer is the same for every chunk; a resume asks again)."""
+    key = (plan.run_id, launch)
+    if key not in _refusals:
+        if len(_refusals) >= 32:
+            _refusals.clear()
+        why = _refusal(plan, source, sconn, target, tconn, scd_target, chunk_sql, params)
+        if why:
+            log.info("run %s: initial batches take the stage: %s", plan.run_id, why)
+        _refusals[key] = why
+    if _refusals[key]:
         return None
     values = scd.new_versions(
         scd_target,

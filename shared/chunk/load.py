@@ -132,7 +132,7 @@ def load_chunk(
     result = ChunkResult(chunk.chunk_no, ChunkStatus.RUNNING)
     load: ChunkLoad | None = None
     try:
-        load = ChunkLoad(settings, plan, chunk, result, start.attempts, replay)
+        load = ChunkLoad(settings, plan, chunk, result, start.attempts, start.launches, replay)
         load.run()
     except FenceLost as exc:
         # Usually a newer attempt owns the chunk: finish_chunk then records nothing and the
@@ -250,6 +250,7 @@ class ChunkLoad:
         chunk: ChunkRange,
         result: ChunkResult,
         attempt: int,
+        launch: int,
         replay: bool = False,
     ):
         spec = plan.spec
@@ -258,6 +259,7 @@ class ChunkLoad:
         self.chunk = chunk
         self.result = result
         self.attempt = attempt  # chunk_log's attempt number: this attempt's fence token
+        self.launch = launch  # the run's launch (1, and one more per resume)
         self.metadata = get_engine(settings.metadata, pre_ping=False)
         self.source = get_engine(settings.connection_url(spec.source.connection))
         limits = settings.target_sessions
@@ -397,8 +399,7 @@ class ChunkLoad:
         differ (then nothing was read and the typed path loads the chunk)."""
         spec, plan = self.plan.spec, self.plan
         sql, params = self._chunk_sql()
-        with tconn.begin():
-            stage = relay.target.relay_stage(tconn, spec.target, plan.columns)
+        stage = ""  # made on first use: batches COPYed straight into the target need none
         with self.source.connect().execution_options(**READ_ONLY) as sconn:
             if not relay.same_encoding(sconn, tconn):
                 return False
@@ -415,6 +416,9 @@ class ChunkLoad:
                         if self._load_direct(tconn, direct, lines, whole):
                             continue
                         lines = direct.strip(lines)
+                    if not stage:
+                        with tconn.begin():
+                            stage = relay.target.relay_stage(tconn, spec.target, plan.columns)
                     self._load_relayed(tconn, relay, stage, lines, whole, direct is not None)
             finally:
                 if not stream.finished:
@@ -437,7 +441,7 @@ class ChunkLoad:
             return None
         with tconn.begin():
             return direct_copy_for(
-                self.plan, source, sconn, target, tconn, self.scd_target, sql, params
+                self.plan, source, sconn, target, tconn, self.scd_target, sql, params, self.launch
             )
 
     def _load_direct(
