@@ -13,6 +13,7 @@ import time
 
 import pytest
 import redis
+import yaml
 from sqlalchemy import text
 
 from coordinator.launch import launch
@@ -309,6 +310,21 @@ def test_stop_cli_errors(workers, dim_config, wh, schema):
 
 def test_watch_plain_and_terminal(workers, dim_config, wh, schema):
     create_customers(wh, schema, 100_000)
+    with wh.begin() as conn:  # the workers' reads (COPY) take 1 ms every 20th row, so the
+        # run is still going when watch starts; planning reads at full speed
+        conn.execute(
+            text(
+                f'CREATE FUNCTION "{schema}".paced(id bigint, name text) RETURNS text '
+                "LANGUAGE plpgsql VOLATILE AS $$ BEGIN IF id % 20 = 0 AND current_query() "
+                "LIKE 'COPY (%' THEN PERFORM pg_sleep(0.001); END IF; RETURN name; END $$"
+            )
+        )
+    config = yaml.safe_load(dim_config.read_text())
+    config["mappings"][schema]["source"]["query"] = (
+        f'SELECT id, "{schema}".paced(id, name) AS name, email, city, balance, signup, '
+        f'active, updated_at FROM "{schema}".customers'
+    )
+    dim_config.write_text(yaml.safe_dump(config))
     started = _cli(dim_config, "run", schema)
     assert started.returncode == 0, started.stderr
     run_id = started.stdout.strip()
