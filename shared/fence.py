@@ -20,15 +20,20 @@ What moves the fence:
   is SUCCESS, FAILED or STOPPED.
 The row updates take the rows' locks, so a claim or close waits for the batches in flight
 and every later batch sees it. A frozen writer's locks are bounded by the worker sessions'
-idle-in-transaction timeout (``target_sessions``, ``shared/engines.py``).
+idle-in-transaction timeout (``target_sessions``, ``shared/engines.py``), except where the
+writer froze while sending a batch's COPY: PostgreSQL waits for COPY data without a limit.
+So on PostgreSQL a claim or an entry that waits looks at the session it waits for, and ends
+it once it has waited that long for its COPY's data (``stalled_copy_s``).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import OperationalError
 
 from shared.config.settings import Settings
 from shared.dialects import adapter_for
@@ -41,6 +46,7 @@ log = logging.getLogger("chordload.fence")
 
 FENCE_TABLE = "chordload_fences"
 RUN_ROW = -1  # the chunk_no of the row naming the run that owns the target
+STALL_CHECK_S = 1.0  # how often a fence update that waits looks at the session it waits for
 
 
 @dataclass(frozen=True)
@@ -51,14 +57,17 @@ class TargetFence:
     ref: str  # the quoted fence table, beside the target
     table_name: str
     mapref: str
+    # a batch's session that has waited this long for its COPY's data, holding a fence row
+    # an update waits for, is ended (PostgreSQL; 0: never)
+    stalled_copy_s: float = 0
 
     @classmethod
-    def of(cls, dialect: DialectAdapter, plan: RunPlan) -> TargetFence:
+    def of(cls, dialect: DialectAdapter, plan: RunPlan, stalled_copy_s: float = 0) -> TargetFence:
         target = plan.spec.target
         ref = dialect.q(FENCE_TABLE)
         if target.schema_name:
             ref = f"{dialect.q(target.schema_name)}.{ref}"
-        return cls(dialect, ref, target.table_name, plan.mapref)
+        return cls(dialect, ref, target.table_name, plan.mapref, stalled_copy_s)
 
     def _params(self, **more: object) -> dict[str, object]:
         return {"t": self.table_name, "m": self.mapref, **more}
@@ -80,8 +89,10 @@ class TargetFence:
     def claim(self, conn: Connection, run_id: str) -> None:
         """Give the target to ``run_id`` (a launch or a resume): every chunk row now names it
         with no attempt, so no attempt of an older run or launch owns a chunk any more."""
-        conn.execute(
-            text(f"UPDATE {self.ref} SET run_id = :r, attempt = 0, closed = 0 WHERE {self._WHERE}"),
+        self._update(
+            conn,
+            f"UPDATE {self.ref} SET run_id = :r, attempt = 0, closed = 0 WHERE {self._WHERE}",
+            self._WHERE,
             self._params(r=run_id),
         )
         if not self._has_row(conn, RUN_ROW):
@@ -105,22 +116,22 @@ class TargetFence:
         """Take the chunk for ``attempt``, if the run still owns the target and no attempt
         as new holds the chunk. The run's row is locked for the moment it takes, so a claim
         or close and the entries of the run's chunks happen one after the other."""
-        held = conn.execute(
-            text(
-                f"UPDATE {self.ref} SET writes = writes + 1 "
-                f"WHERE {self._WHERE} AND chunk_no = :c AND run_id = :r AND closed = 0"
-            ),
+        row = f"{self._WHERE} AND chunk_no = :c"
+        held = self._update(
+            conn,
+            f"UPDATE {self.ref} SET writes = writes + 1 WHERE {row} AND run_id = :r AND closed = 0",
+            row,
             self._params(c=RUN_ROW, r=run_id),
-        ).rowcount
+        )
         if held != 1:
             return False
-        taken = conn.execute(
-            text(
-                f"UPDATE {self.ref} SET attempt = :a, writes = 0 "
-                f"WHERE {self._WHERE} AND chunk_no = :c AND run_id = :r AND attempt < :a"
-            ),
+        taken = self._update(
+            conn,
+            f"UPDATE {self.ref} SET attempt = :a, writes = 0 "
+            f"WHERE {row} AND run_id = :r AND attempt < :a",
+            row,
             self._params(c=chunk_no, r=run_id, a=attempt),
-        ).rowcount
+        )
         if taken == 1:
             return True
         if self._has_row(conn, chunk_no):
@@ -153,6 +164,51 @@ class TargetFence:
         """Whether ``run_id`` still owns the target and is open (its hard-delete pass)."""
         return self.hold(conn, run_id, RUN_ROW, 0)
 
+    def _update(self, conn: Connection, sql: str, rows: str, params: dict[str, Any]) -> int:
+        """Run a fence UPDATE (on the fence ``rows``); on PostgreSQL, while it waits for a
+        row lock, end every holder of those rows that has waited ``stalled_copy_s`` for its
+        COPY's data, seen so on two looks ``STALL_CHECK_S`` apart. Returns the rows updated."""
+        if not self.stalled_copy_s or conn.dialect.name != "postgresql":
+            return int(conn.execute(text(sql), params).rowcount)
+        prior = conn.execute(text("SELECT current_setting('lock_timeout')")).scalar_one()
+        seen: set[int] = set()
+        while True:
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        text("SELECT set_config('lock_timeout', :t, true)"),
+                        {"t": f"{int(STALL_CHECK_S * 1000)}ms"},
+                    )
+                    updated = int(conn.execute(text(sql), params).rowcount)
+                conn.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": prior})
+                return updated
+            except OperationalError as exc:
+                if getattr(exc.orig, "pgcode", None) != "55P03":  # lock_not_available
+                    raise
+            conn.execute(text("SELECT pg_stat_clear_snapshot()"))  # else read once a transaction
+            stalled = set(
+                conn.execute(
+                    text(
+                        "SELECT a.pid FROM pg_stat_activity a WHERE a.backend_xid IN "
+                        f"(SELECT f.xmax FROM {self.ref} f WHERE {rows}) "
+                        "AND a.state = 'active' AND a.wait_event = 'ClientRead' "
+                        "AND a.query ILIKE 'COPY %' AND a.pid <> pg_backend_pid() "
+                        "AND a.query_start < clock_timestamp() - make_interval(secs => :stall)"
+                    ),
+                    {**params, "stall": self.stalled_copy_s},
+                ).scalars()
+            )
+            for pid in stalled & seen:
+                log.warning(
+                    "%s: the session %s holding the fence has waited over %.0f s for its "
+                    "COPY's data (its worker is frozen or gone): ending it",
+                    self.table_name,
+                    pid,
+                    self.stalled_copy_s,
+                )
+                conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+            seen = stalled
+
     def _has_row(self, conn: Connection, chunk_no: int) -> bool:
         return (
             conn.execute(
@@ -169,7 +225,8 @@ CLOSE_LOCK_TIMEOUT_S = 10  # a close waits this long for batches in flight (Post
 def claim_target(settings: Settings, plan: RunPlan) -> None:
     """Give the run's target to the run, before its chord is sent (a launch or a resume)."""
     engine = get_engine(settings.connection_url(plan.spec.target.connection))
-    fence = TargetFence.of(adapter_for(engine), plan)
+    stalled_s = settings.target_sessions.idle_in_transaction_timeout_s
+    fence = TargetFence.of(adapter_for(engine), plan, stalled_s)
     with engine.begin() as conn:
         fence.ensure(conn)
     with engine.begin() as conn:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import pytest
 import yaml
@@ -20,6 +21,7 @@ from coordinator.launch import launch
 from coordinator.watch import wait
 from shared.broker import client_app
 from shared.dialects import adapter_for
+from shared.dialects.base import dbapi_connection
 from shared.engines import get_engine
 from shared.fence import FENCE_TABLE, TargetFence
 from shared.metadata import store
@@ -106,6 +108,77 @@ def test_a_claim_waits_for_the_batch_in_flight(session_settings, wh):
         assert claimed.is_set()
         with batch.begin():
             assert not fence.hold(batch, "r1", 0, 1)
+
+
+def test_an_entry_ends_a_batch_frozen_while_sending_its_copy(session_settings, wh):
+    """A batch whose worker froze while it sent its COPY holds its chunk's fence row, and
+    PostgreSQL waits for COPY data without a limit (no statement or idle timeout applies).
+    The next attempt's entry ends that session once it has waited ``stalled_copy_s``, takes
+    the chunk, and the frozen batch wrote nothing."""
+    dialect = adapter_for(wh)
+    table = f"stalled_{TOKEN}"
+    fence = TargetFence(dialect, dialect.q(FENCE_TABLE), table, "m", stalled_copy_s=1)
+    with wh.begin() as conn:
+        fence.ensure(conn)
+        fence.claim(conn, "r1")
+        assert fence.enter(conn, "r1", 0, 1)
+        conn.execute(text(f"CREATE TABLE {table} (x int)"))
+    gate = threading.Event()
+
+    class FrozenWorker:
+        """The batch's COPY data as a frozen worker sends it: a row, then nothing."""
+
+        sent = False
+
+        def read(self, size: int) -> bytes:
+            if not self.sent:
+                self.sent = True
+                return b"1\n"
+            gate.wait(60)
+            return b""
+
+    outcome: list[object] = []
+
+    def batch() -> None:
+        engine = get_engine(session_settings.connection_url("wh"), pre_ping=False)
+        try:
+            with engine.connect() as conn, conn.begin():
+                assert fence.hold(conn, "r1", 0, 1)
+                dbapi_connection(conn).cursor().copy_expert(
+                    f"COPY {table} FROM STDIN", FrozenWorker()
+                )
+            outcome.append("committed")
+        except Exception as exc:  # the outcome is asserted below
+            outcome.append(exc)
+
+    writer = threading.Thread(target=batch)
+    writer.start()
+    try:
+        with wh.connect().execution_options(isolation_level="AUTOCOMMIT") as probe:
+            wait_until(
+                lambda: probe.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND "
+                        "wait_event = 'ClientRead' AND query LIKE :q"
+                    ),
+                    {"q": f"COPY {table}%"},
+                ).scalar_one(),
+                timeout_s=20,
+                what="the batch's COPY waiting for its data",
+            )
+        started = time.monotonic()
+        with wh.begin() as conn:
+            assert fence.enter(conn, "r1", 0, 2), "the next attempt takes the chunk"
+        waited_s = time.monotonic() - started
+    finally:
+        gate.set()
+        writer.join(30)
+    assert waited_s < 15, waited_s
+    assert outcome and outcome[0] != "committed", outcome
+    with wh.begin() as conn:
+        assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() == 0
+        assert not fence.hold(conn, "r1", 0, 1), "the frozen attempt lost the chunk"
+        conn.execute(text(f"DROP TABLE {table}"))
 
 
 ROWS = 8_000

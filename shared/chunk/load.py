@@ -269,7 +269,7 @@ class ChunkLoad:
         )
         self.source_adapter = adapter_for(self.source)
         self.target_adapter = adapter_for(self.target)
-        self.fence = TargetFence.of(self.target_adapter, plan)
+        self.fence = TargetFence.of(self.target_adapter, plan, limits.idle_in_transaction_timeout_s)
         self.scd_target = plan.scd_target(self.target_adapter)
         self.key_positions = [plan.columns.index(k) for k in spec.keys]
         self.checkpoint = CheckpointReader(spec, plan.columns, plan.python_filter)
