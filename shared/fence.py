@@ -122,6 +122,7 @@ class TargetFence:
             f"UPDATE {self.ref} SET writes = writes + 1 WHERE {row} AND run_id = :r AND closed = 0",
             row,
             self._params(c=RUN_ROW, r=run_id),
+            one=True,
         )
         if held != 1:
             return False
@@ -131,6 +132,7 @@ class TargetFence:
             f"WHERE {row} AND run_id = :r AND attempt < :a",
             row,
             self._params(c=chunk_no, r=run_id, a=attempt),
+            one=True,
         )
         if taken == 1:
             return True
@@ -164,12 +166,25 @@ class TargetFence:
         """Whether ``run_id`` still owns the target and is open (its hard-delete pass)."""
         return self.hold(conn, run_id, RUN_ROW, 0)
 
-    def _update(self, conn: Connection, sql: str, rows: str, params: dict[str, Any]) -> int:
+    def _update(
+        self, conn: Connection, sql: str, rows: str, params: dict[str, Any], one: bool = False
+    ) -> int:
         """Run a fence UPDATE (on the fence ``rows``); on PostgreSQL, while it waits for a
         row lock, end every holder of those rows that has waited ``stalled_copy_s`` for its
-        COPY's data, seen so on two looks ``STALL_CHECK_S`` apart. Returns the rows updated."""
+        COPY's data, seen so on two looks ``STALL_CHECK_S`` apart. Returns the rows updated.
+        ``one``: ``rows`` is at most one row, which is usually free: locked at once (or found
+        missing) without the waiting loop's round trips."""
         if not self.stalled_copy_s or conn.dialect.name != "postgresql":
             return int(conn.execute(text(sql), params).rowcount)
+        if one:
+            free = conn.execute(
+                text(f"SELECT 1 FROM {self.ref} WHERE {rows} FOR UPDATE SKIP LOCKED"), params
+            ).first()
+            if free is not None:  # locked now by this transaction: the update cannot wait
+                return int(conn.execute(text(sql), params).rowcount)
+            present = conn.execute(text(f"SELECT 1 FROM {self.ref} WHERE {rows}"), params).first()
+            if present is None:
+                return 0
         prior = conn.execute(text("SELECT current_setting('lock_timeout')")).scalar_one()
         seen: set[int] = set()
         while True:
