@@ -6,8 +6,8 @@ What must hold, whichever way a batch went:
   computes itself: a full rerun finds every row unchanged;
 - the stored checkpoint is the window's maximum, though no stage saw the direct batches;
 - a column whose type the target holds differently takes the stage, and stays exact;
-- a key whose values compare equal but print differently (numeric ``4.0`` and ``4.00``),
-  met in two batches, is resolved as one key, as the stage path resolves it.
+- a key twice in a batch, here with two texts (numeric ``4`` and ``4.00``), is refused by
+  the unique index, and the batch takes the stage, where the later checkpoint wins.
 
 Duplicate keys within a batch and NULL key parts on this path are covered by the property
 tests in test_differential.py (PG->PG), whose initial loads take it.
@@ -16,6 +16,7 @@ tests in test_differential.py (PG->PG), whose initial loads take it.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from decimal import Decimal
 
@@ -149,9 +150,10 @@ def test_a_column_the_target_holds_otherwise_takes_the_stage(workers, make_setti
 
 
 def test_a_key_equal_in_value_but_printed_otherwise_is_one_key(workers, make_settings, wh, schema):
-    """numeric keys 4.0 and 4.00 are one key with two texts: the COPY's batches are cut on
-    the text, so the two rows can land in two batches; the unique index refuses the second,
-    and the chunk is loaded again, comparing, with the row of the later checkpoint kept."""
+    """numeric keys 4 and 4.00 are one key with two texts, kept in one batch (the cutter
+    compares numbers): the unique current-row index refuses that batch's COPY straight
+    into the target, the batch takes the stage, and the row of the later checkpoint is
+    kept, as on the stage path."""
     with wh.begin() as conn:
         conn.execute(
             text(f'CREATE TABLE "{schema}".src (k numeric, name text, chg_at timestamp NOT NULL)')
@@ -180,6 +182,10 @@ def test_a_key_equal_in_value_but_printed_otherwise_is_one_key(workers, make_set
     settings = make_settings({schema: mapping})
     run = _run(settings, schema)
     assert (run.rows_read, run.rows_inserted, run.rows_duplicate) == (42, 40, 2)
+    # 38 keys went straight in; the two batches holding a key twice took the stage
+    ended = _log_lines(workers, run.run_id, "ended SUCCESS", at_least=run.chunks_total)
+    straight = [re.search(r"(\d+) COPYed straight", line) for line in ended]
+    assert sum(int(m.group(1)) for m in straight if m) == 38, ended
     with wh.connect() as conn:
         found = conn.execute(
             text(f'SELECT k, name FROM "{schema}".dim WHERE dw_is_current AND k IN (4, 20)')
