@@ -28,12 +28,12 @@ What the stage's shape query found out is known otherwise:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, text
 
+from shared.dialects import adapter_for
 from shared.dialects.postgres import PostgresAdapter, StoredType
 from shared.run.plan import RunPlan
 from shared.run.window import ChunkRange
@@ -41,15 +41,9 @@ from shared.scd import apply as scd
 from shared.scd.target import ScdTarget
 from shared.timeutil import utcnow
 
-log = logging.getLogger("chordload.chunk")
-
 # split column types whose order is the same in every PostgreSQL database (no collation):
 # smallint, integer, bigint, numeric, date, timestamp, timestamptz, uuid (built-in oids)
 _ORDERED_ALIKE = {21, 23, 20, 1700, 1082, 1114, 1184, 2950}
-
-
-# (run id, launch) -> why that launch's initial batches take the stage (None: they need not)
-_refusals: dict[tuple[str, int], str | None] = {}
 
 
 @dataclass(frozen=True)
@@ -60,46 +54,19 @@ class DirectCopy:
     extra: list[str]  # the expressions the source prints after the business columns
     params: dict[str, Any]  # what ``extra`` binds (inlined by the source's COPY)
 
-    @property
-    def extra_fields(self) -> int:
-        return len(self.extra)
-
     def strip(self, lines: bytes) -> bytes:
         """The batch's lines with the extra fields cut off, for the stage. A field's tabs
         are escaped in COPY text, so the last tabs of a line separate the extra fields."""
-        n = self.extra_fields
+        n = len(self.extra)
         return b"".join(line.rsplit(b"\t", n)[0] + b"\n" for line in lines.splitlines())
 
 
-def direct_copy_for(
-    plan: RunPlan,
-    source: PostgresAdapter,
-    sconn: Connection,
-    target: PostgresAdapter,
-    tconn: Connection,
-    scd_target: ScdTarget,
-    chunk_sql: str,
-    params: dict[str, Any],
-    launch: int,
-) -> DirectCopy | None:
-    """The direct COPY for this chunk's initial batches, or None (with the reason logged)
-    where the source's row hash could differ from the target's or a batch's facts could
-    not be known without a stage. Decided once per process and launch of the run (the
-    answer is the same for every chunk; a resume asks again)."""
-    key = (plan.run_id, launch)
-    if key not in _refusals:
-        if len(_refusals) >= 32:
-            _refusals.clear()
-        why = _refusal(plan, source, sconn, target, tconn, scd_target, chunk_sql, params)
-        if why:
-            log.info("run %s: initial batches take the stage: %s", plan.run_id, why)
-        _refusals[key] = why
-    if _refusals[key]:
-        return None
+def direct_copy(plan: RunPlan, scd_target: ScdTarget) -> DirectCopy:
+    """The direct COPY of this chunk's initial batches (when ``refusal`` found none): the
+    row ``insert_new`` writes, with the hash computed by the source over ``src``."""
+    q, row_hash = scd_target.q, scd_target.dialect.row_hash_expr
     values = scd.new_versions(
-        scd_target,
-        "src",
-        target.row_hash_expr([f"src.{target.q(c)}" for c in scd_target.hashed_columns]),
+        scd_target, "src", row_hash([f"src.{q(c)}" for c in scd_target.hashed_columns])
     )
     business = len(scd_target.columns)
     return DirectCopy(
@@ -109,17 +76,21 @@ def direct_copy_for(
     )
 
 
-def _refusal(
+def refusal(
     plan: RunPlan,
-    source: PostgresAdapter,
-    sconn: Connection,
-    target: PostgresAdapter,
-    tconn: Connection,
     scd_target: ScdTarget,
+    sconn: Connection,
+    tconn: Connection,
     chunk_sql: str,
     params: dict[str, Any],
 ) -> str | None:
+    """Why the initial batches cannot go straight into the target (None: they can): the
+    source's row hash could differ from the target's, or a batch's facts could not be known
+    without a stage. The same for every chunk of a launch (the loader asks once)."""
     spec = plan.spec
+    source, target = adapter_for(sconn.engine), scd_target.dialect
+    if not (isinstance(source, PostgresAdapter) and isinstance(target, PostgresAdapter)):
+        return "the source or the target is not PostgreSQL"
     if scd_target.options.valid_from_column:
         return "valid_from comes from a source column"
     index = target.index_name(spec.target.table_name, "current" if scd_target.scd2 else "key")

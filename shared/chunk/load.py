@@ -21,15 +21,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, text
 
 from shared.checkpoint import CheckpointReader
-from shared.chunk.direct import DirectCopy, direct_copy_for, max_checkpoint
+from shared.chunk.direct import DirectCopy, direct_copy, max_checkpoint, refusal
 from shared.chunk.duplicates import (
     NO_KEY,
     DuplicateResolver,
@@ -225,19 +225,30 @@ def _superseded(run_id: str, chunk: ChunkRange, attempt: int, why: object) -> Ch
     return ChunkResult(chunk.chunk_no, ChunkStatus.REVOKED, error="superseded by a newer attempt")
 
 
+# (run id, launch) -> what is the same for every chunk of that launch, kept per process
 _plan_cache: dict[tuple[str, int], RunPlan] = {}
+_refusal_cache: dict[tuple[str, int], str | None] = {}  # why not direct.py (None: direct)
+_LAUNCHES_KEPT = 32
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _per_launch(cache: dict[K, V], key: K, make: Callable[[], V]) -> V:
+    """``cache[key]``, made on first use; a process keeps the last few launches' worth."""
+    if key not in cache:
+        if len(cache) >= _LAUNCHES_KEPT:
+            cache.clear()
+        cache[key] = make()
+    return cache[key]
 
 
 def run_plan(metadata: Engine, run_id: str, launch: int) -> RunPlan:
     """The run's plan, read and rebuilt once per process and launch: reading the run's row
     and validating its mapping is the same work for each of its chunks."""
-    key = (run_id, launch)
-    plan = _plan_cache.get(key)
-    if plan is None:
-        if len(_plan_cache) >= 32:
-            _plan_cache.clear()
-        plan = _plan_cache[key] = RunPlan.from_row(store.get_run(metadata, run_id))
-    return plan
+    return _per_launch(
+        _plan_cache, (run_id, launch), lambda: RunPlan.from_row(store.get_run(metadata, run_id))
+    )
 
 
 class ChunkLoad:
@@ -432,17 +443,21 @@ class ChunkLoad:
     def _direct_copy(
         self, sconn: Connection, tconn: Connection, sql: str, params: dict[str, Any]
     ) -> DirectCopy | None:
-        source, target = self.source_adapter, self.target_adapter
-        if not (
-            self.initial
-            and isinstance(source, PostgresAdapter)
-            and isinstance(target, PostgresAdapter)
-        ):
+        """How this initial pass's batches go straight into the target, or None; whether
+        they can is asked once per launch (the answer is the same for every chunk)."""
+        if not self.initial:
             return None
-        with tconn.begin():
-            return direct_copy_for(
-                self.plan, source, sconn, target, tconn, self.scd_target, sql, params, self.launch
-            )
+
+        def ask() -> str | None:
+            with tconn.begin():
+                why = refusal(self.plan, self.scd_target, sconn, tconn, sql, params)
+            if why:
+                log.info("run %s: initial batches take the stage: %s", self.plan.run_id, why)
+            return why
+
+        if _per_launch(_refusal_cache, (self.plan.run_id, self.launch), ask):
+            return None
+        return direct_copy(self.plan, self.scd_target)
 
     def _load_direct(
         self, tconn: Connection, direct: DirectCopy, lines: bytes, whole: bool

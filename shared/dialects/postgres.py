@@ -81,10 +81,6 @@ _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _NULL = "\\N"
 _NONE_TYPE = type(None)
 KEY_INDEX_TTL_S = 60
-_COLUMN_TYPES_SQL = (
-    "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-    "WHERE attrelid = to_regclass(:table) AND attnum > 0 AND NOT attisdropped"
-)
 _KEY_INDEX_SQL = (
     "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
     "AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass(:table) AND i.indisvalid "
@@ -234,6 +230,18 @@ class StoredType(NamedTuple):
 
 
 _STORED_TYPE = "a.atttypid::int, a.atttypmod, format_type(a.atttypid, a.atttypmod)"
+
+
+def _table_types(conn: Connection, table: str) -> dict[str, StoredType]:
+    """The columns of the table ``table`` (a quoted reference) and their stored types."""
+    found = conn.execute(
+        text(
+            f"SELECT a.attname, {_STORED_TYPE} FROM pg_attribute a WHERE "
+            "a.attrelid = to_regclass(:table) AND a.attnum > 0 AND NOT a.attisdropped"
+        ),
+        {"table": table},
+    )
+    return {str(r[0]): StoredType(int(r[1]), int(r[2]), str(r[3])) for r in found.all()}
 
 
 class _PgColumn(Protocol):
@@ -411,15 +419,8 @@ class PostgresAdapter(DialectAdapter):
         return [types.get((t, a)) if t is not None and a is not None else None for t, a in origins]
 
     def table_column_types(self, conn: Connection, target: TargetSpec) -> dict[str, StoredType]:
-        """The table's columns and their stored types."""
-        found = conn.execute(
-            text(
-                f"SELECT a.attname, {_STORED_TYPE} FROM pg_attribute a WHERE "
-                "a.attrelid = to_regclass(:table) AND a.attnum > 0 AND NOT a.attisdropped"
-            ),
-            {"table": self.table_ref(target)},
-        )
-        return {str(r[0]): StoredType(int(r[1]), int(r[2]), str(r[3])) for r in found.all()}
+        """The target table's columns and their stored types."""
+        return _table_types(conn, self.table_ref(target))
 
     def copy_lines(
         self, conn: Connection, table: str, columns: Sequence[str], lines: bytes
@@ -665,7 +666,7 @@ class PostgresAdapter(DialectAdapter):
         return f"pg_temp.{name}"
 
     def _stage_name(self, conn: Connection, kind: str, table: str, columns: Sequence[str]) -> str:
-        types: dict[str, str] = dict(conn.execute(text(_COLUMN_TYPES_SQL), {"table": table}).all())
+        types = {name: stored.name for name, stored in _table_types(conn, table).items()}
         signature = "\x1f".join([kind, table, *(f"{c}\x1e{types.get(c)}" for c in columns)])
         return f"cl_{kind}_{hashlib.md5(signature.encode()).hexdigest()[:16]}"
 
@@ -714,9 +715,9 @@ class PostgresAdapter(DialectAdapter):
         column nor the value for two cases other databases produce: text with a NUL
         character (MariaDB, SQLite), and a MariaDB ``TIME`` beyond a time of day (a duration
         such as ``-838:59:59``) for a ``time`` column."""
-        types: dict[str, str] = dict(
-            conn.execute(text(_COLUMN_TYPES_SQL), {"table": self.table_ref(target)}).all()
-        )
+        types = {
+            name: stored.name for name, stored in _table_types(conn, self.table_ref(target)).items()
+        }
         rules: list[Rules] = []
         for name in columns:
             shown = f"PostgreSQL {types.get(name) or 'column'}"
