@@ -468,7 +468,7 @@ class ChunkLoad:
         if self.replay or not whole or self.duplicates.pending is not None:
             return False
         table, target = self.scd_target.table, self.target_adapter
-        assert isinstance(target, PostgresAdapter)  # direct_copy_for only serves PostgreSQL
+        assert isinstance(target, PostgresAdapter)  # refusal() lets only PostgreSQL through
         try:
             with tconn.begin():
                 self._hold_fence(tconn)
