@@ -9,13 +9,13 @@ Every other row of the key is counted as a duplicate and never written.
 
 All rows of a key are in one chunk (chunks split on key columns) and arrive together (key
 order). The loader cuts the stream so that a key's rows never straddle two batches
-(``whole_keys``); only a key with more rows than a batch is handed on unfinished, and the
+(``batches.py``); only a key with more rows than a batch is handed on unfinished, and the
 resolver then holds that key's best row back (``DuplicateResolver.pending``) until the batch
 in which the key ends. So a key is written once per attempt, by its winner: a losing row is
 never applied and then overwritten.
 
-Pure logic, no database: memory is a batch and the one ahead (a third while one key fills
-whole batches) plus the best row of the one key that may continue.
+Pure logic, no database: memory is the batch plus the best row of the one key that may
+continue.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import datetime as dt
 import json
 import math
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from shared.run.values import Value, max_value
 
@@ -272,121 +272,3 @@ class DuplicateResolver:
             dropped += group.rows - 1
             losers.append(group.losers_max)
         return Resolved(winners, winner_values, dropped, max_value(losers), len(winners) + dropped)
-
-
-# -- batches that never split a key ------------------------------------------------------
-B = TypeVar("B")
-
-
-class Cutter(Protocol[B]):
-    """What ``whole_keys`` needs of a batch type (a sequence: empty is false)."""
-
-    def last_key(self, batch: B) -> Any:
-        """The key of the batch's last row."""
-
-    def split_leading(self, batch: B, key: Any) -> tuple[B, B]:
-        """The batch's leading rows of ``key``, and the rest."""
-
-    def size(self, batch: B) -> int:
-        """Its rows (asked only while one key fills whole batches)."""
-
-    def join(self, first: B, second: B) -> B: ...
-
-
-def whole_keys(batches: Iterable[B], cutter: Cutter[B], limit: int) -> Iterator[tuple[B, bool]]:
-    """The batches again, cut so that no key's rows are split between two of them, as
-    (batch, whole). Looks one batch ahead: the next batch's leading rows of the current
-    batch's last key move into the current batch. A key that goes on for a whole batch
-    makes a batch of at least ``limit`` rows; if the key goes on in the batch after that,
-    it is handed on with ``whole`` False: its last key continues in the next batch (the
-    resolver holds that key back)."""
-    held: B | None = None
-    full = False  # held ends with a key that filled a whole batch and reached the limit
-    for batch in batches:
-        if not batch:
-            continue
-        if held is None:
-            held = batch
-            continue
-        head, rest = cutter.split_leading(batch, cutter.last_key(held))
-        if full:
-            yield held, not head
-            held, full = batch, False
-            continue
-        if head:
-            held = cutter.join(held, head)
-        if not rest:  # the whole batch continued the key
-            full = cutter.size(held) >= limit
-            continue
-        yield held, True
-        held = rest
-    if held is not None:
-        yield held, True
-
-
-class RowCutter:
-    """``whole_keys`` over lists of rows, keys compared as the resolver compares them."""
-
-    def __init__(self, key: Callable[[Sequence[Any]], Any]):
-        self.key = key
-
-    def last_key(self, batch: list[tuple]) -> Any:
-        return self.key(batch[-1])
-
-    def split_leading(self, batch: list[tuple], key: Any) -> tuple[list[tuple], list[tuple]]:
-        n = 0
-        while n < len(batch) and self.key(batch[n]) == key:
-            n += 1
-        return (batch[:n], batch[n:]) if n else ([], batch)
-
-    def size(self, batch: list[tuple]) -> int:
-        return len(batch)
-
-    def join(self, first: list[tuple], second: list[tuple]) -> list[tuple]:
-        return first + second
-
-
-def _same_field(a: bytes, b: bytes) -> bool:
-    """Two key fields of COPY text hold the same key: the same text, or the same number
-    (numeric 1.0 and 1.00 are one key). Treating two keys as one only makes a batch longer."""
-    if a == b:
-        return True
-    try:
-        x, y = Decimal(a.decode("ascii")), Decimal(b.decode("ascii"))
-    except (ArithmeticError, ValueError):  # not numbers (UnicodeDecodeError is a ValueError)
-        return False
-    return x.is_finite() and y.is_finite() and x == y
-
-
-class LineCutter:
-    """``whole_keys`` over batches of COPY text lines (``shared/dialects/relay.py``): one row
-    a line, fields separated by tabs (tabs and newlines inside values are escaped), so a key
-    is read from its fields' text without parsing a value."""
-
-    def __init__(self, key_fields: Sequence[int]):
-        self.key_fields = list(key_fields)
-
-    def _key(self, line: bytes) -> list[bytes]:
-        fields = line.split(b"\t")
-        return [fields[i] for i in self.key_fields]
-
-    def last_key(self, batch: bytes) -> list[bytes]:
-        start = batch.rfind(b"\n", 0, len(batch) - 1) + 1
-        return self._key(batch[start : len(batch) - 1])
-
-    def split_leading(self, batch: bytes, key: list[bytes]) -> tuple[bytes, bytes]:
-        pos = 0
-        while pos < len(batch):
-            end = batch.find(b"\n", pos)
-            if end < 0:
-                end = len(batch)
-            if not all(map(_same_field, key, self._key(batch[pos:end]))):
-                break
-            pos = end + 1
-        return batch[:pos], batch[pos:]
-
-    def size(self, batch: bytes) -> int:
-        return batch.count(b"\n")
-
-    def join(self, first: bytes, second: bytes) -> bytes:
-        return first + second

@@ -5,7 +5,7 @@ Per batch: keep the rows in the window (``shared/checkpoint.py``), resolve dupli
 business keys (``duplicates.py``), stage the rows (COPY on PostgreSQL), apply the SCD SQL
 (``shared/scd/apply.py``), commit; then record progress in chunk_log. The chunk is read in
 business key order and cut into batches that never split a key's rows
-(``duplicates.whole_keys``), so every key is resolved, and written once, within one batch;
+(``batches.py``), so every key is resolved, and written once, within one batch;
 memory is about one batch whatever the size of the chunk (``rows_per_chunk``). A batch
 rejected for its data is bisected until the bad rows are isolated
 (``shared/scd/quarantine.py``): the rest is loaded and each bad row is kept in error_row.
@@ -29,15 +29,9 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, text
 
 from shared.checkpoint import CheckpointReader
+from shared.chunk.batches import LineCutter, RowCutter, whole_keys
 from shared.chunk.direct import DirectCopy, direct_copy, max_checkpoint, refusal
-from shared.chunk.duplicates import (
-    NO_KEY,
-    DuplicateResolver,
-    LineCutter,
-    RowCutter,
-    key_of,
-    whole_keys,
-)
+from shared.chunk.duplicates import NO_KEY, DuplicateResolver, key_of
 from shared.chunk.result import ChunkCounts, ChunkResult
 from shared.config.settings import Settings
 from shared.dialects import adapter_for

@@ -17,15 +17,13 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shared.chunk.batches import LineCutter, RowCutter, whole_keys
 from shared.chunk.duplicates import (
     NO_KEY,
     DuplicateResolver,
-    LineCutter,
-    RowCutter,
     checkpoint_order,
     row_order,
     value_order,
-    whole_keys,
 )
 from shared.run.values import rank
 
