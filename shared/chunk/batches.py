@@ -131,3 +131,117 @@ class LineCutter:
 
     def join(self, first: bytes, second: bytes) -> bytes:
         return first + second
+
+
+class KeyContinues(Exception):
+    """A streamed batch's last key went on for another whole batch: the batch is not whole,
+    so it cannot be written as it is (raised out of ``StreamedBatch.read``)."""
+
+
+class _Pieces:
+    """Pieces of whole COPY text lines, one of which can be put back."""
+
+    def __init__(self, pieces: Iterable[bytes]):
+        self._pieces = iter(pieces)
+        self._back: bytes | None = None
+
+    def next(self) -> bytes | None:
+        """The next non-empty piece, or None at the stream's end."""
+        if self._back is not None:
+            piece, self._back = self._back, None
+            return piece
+        return next((p for p in self._pieces if p), None)
+
+    def put_back(self, piece: bytes) -> None:
+        self._back = piece
+
+
+class StreamedBatch:
+    """One batch of COPY text lines, cut from the stream while it is sent: ``read`` is the
+    file protocol that psycopg2's ``COPY ... FROM STDIN`` reads, so the first lines reach
+    the target while the source is still printing the rest.
+
+    The batch ends where ``whole_keys`` would end it, at the first key change after
+    ``limit`` lines, but it looks one piece ahead instead of one batch. Should the last key
+    go on for another ``limit`` lines after that, the batch ends there with ``whole`` False
+    and ``read`` raises ``KeyContinues``. ``lines()`` gives the whole batch (reading the rest
+    of it if a refused COPY stopped reading early): every piece sent is kept for that until
+    the batch is done, so memory stays about one batch."""
+
+    def __init__(self, pieces: _Pieces, cutter: LineCutter, limit: int):
+        self._pieces, self._cutter, self._limit = pieces, cutter, limit
+        self._sent: list[bytes] = []
+        self.rows = 0
+        self._full_at: int | None = None  # the rows when the batch had reached ``limit``
+        self.whole = True
+        self.done = False
+        self.failure: BaseException | None = None  # what ``read`` raised (psycopg2 hides it)
+
+    def read(self, size: int = -1) -> bytes:
+        """The next piece, whatever ``size`` asks (psycopg2 sends what it is given)."""
+        try:
+            return self._next()
+        except BaseException as exc:
+            self.failure = exc
+            raise
+
+    def lines(self) -> bytes:
+        """The whole batch."""
+        while not self.done:
+            try:
+                self._next()
+            except KeyContinues:
+                break
+        return b"".join(self._sent)
+
+    def _next(self) -> bytes:
+        if self.done:
+            return b""
+        piece = self._pieces.next()
+        if piece is None:
+            self.done = True
+            return b""
+        if self.rows < self._limit:
+            room = self._limit - self.rows
+            if self._cutter.size(piece) > room:  # the batch's first ``limit`` lines end here
+                cut = _after_lines(piece, room)
+                self._pieces.put_back(piece[cut:])
+                piece = piece[:cut]
+        else:
+            if self._full_at is None:
+                self._full_at = self.rows
+            head, rest = self._cutter.split_leading(piece, self._cutter.last_key(self._sent[-1]))
+            if rest:
+                self._pieces.put_back(rest)
+                self.done = True
+            elif self.rows - self._full_at >= self._limit:
+                self._pieces.put_back(piece)
+                self.done, self.whole = True, False
+                raise KeyContinues(f"a key goes on past {self.rows} lines")
+            piece = head
+            if not piece:
+                return b""
+        self._sent.append(piece)
+        self.rows += self._cutter.size(piece)
+        return piece
+
+
+def _after_lines(text: bytes, lines: int) -> int:
+    """The position just after the first ``lines`` lines of ``text``."""
+    pos = 0
+    for _ in range(lines):
+        pos = text.index(b"\n", pos) + 1
+    return pos
+
+
+def streamed_batches(
+    pieces: Iterable[bytes], cutter: LineCutter, limit: int
+) -> Iterator[StreamedBatch]:
+    """The stream of COPY text pieces (whole lines) as ``StreamedBatch`` es, one at a time:
+    each is read to its end (sent, or ``lines()``) before the next begins."""
+    stream = _Pieces(pieces)
+    while (first := stream.next()) is not None:
+        stream.put_back(first)
+        batch = StreamedBatch(stream, cutter, limit)
+        yield batch
+        batch.lines()  # a batch the consumer left unread still ends where it ends

@@ -29,7 +29,14 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, text
 
 from shared.checkpoint import CheckpointReader
-from shared.chunk.batches import LineCutter, RowCutter, whole_keys
+from shared.chunk.batches import (
+    KeyContinues,
+    LineCutter,
+    RowCutter,
+    StreamedBatch,
+    streamed_batches,
+    whole_keys,
+)
 from shared.chunk.direct import DirectCopy, direct_copy, max_checkpoint, refusal
 from shared.chunk.duplicates import NO_KEY, DuplicateResolver, key_of
 from shared.chunk.result import ChunkCounts, ChunkResult
@@ -412,19 +419,20 @@ class ChunkLoad:
             if direct is not None:
                 sql, params = self._chunk_sql(extra=direct.extra)
                 params = {**params, **direct.params}
-            stream = relay.source.relay(sconn, sql, params, spec.batch_rows)
+            stream = relay.source.relay(sconn, sql, params)
             cutter = LineCutter(self.key_positions)
             try:
-                for lines, whole in whole_keys(stream, cutter, spec.batch_rows):
+                for batch in streamed_batches(stream.pieces(), cutter, spec.batch_rows):
                     self._record_previous()
+                    if direct is not None and self._load_direct(tconn, direct, batch):
+                        continue
+                    lines = batch.lines()
                     if direct is not None:
-                        if self._load_direct(tconn, direct, lines, whole):
-                            continue
                         lines = direct.strip(lines)
                     if not stage:
                         with tconn.begin():
                             stage = relay.target.relay_stage(tconn, spec.target, plan.columns)
-                    self._load_relayed(tconn, relay, stage, lines, whole, direct is not None)
+                    self._load_relayed(tconn, relay, stage, lines, batch.whole, direct is not None)
             finally:
                 if not stream.finished:
                     stream.close()
@@ -453,13 +461,12 @@ class ChunkLoad:
             return None
         return direct_copy(self.plan, self.scd_target)
 
-    def _load_direct(
-        self, tconn: Connection, direct: DirectCopy, lines: bytes, whole: bool
-    ) -> bool:
-        """COPY one initial batch straight into the target; False, with nothing written, if
-        the batch must take the stage: its last key continues in the next batch, or the
-        target refused it (a key twice, a key already current, a value a constraint refuses)."""
-        if self.replay or not whole or self.duplicates.pending is not None:
+    def _load_direct(self, tconn: Connection, direct: DirectCopy, batch: StreamedBatch) -> bool:
+        """COPY one initial batch straight into the target while the source still prints
+        it; False, with nothing written, if the batch must take the stage: its first key
+        continues from the previous batch or its last key into the next one, or the target
+        refused it (a key twice, a key already current, a value a constraint refuses)."""
+        if self.replay or self.duplicates.pending is not None:
             return False
         table, target = self.scd_target.table, self.target_adapter
         assert isinstance(target, PostgresAdapter)  # refusal() lets only PostgreSQL through
@@ -467,21 +474,26 @@ class ChunkLoad:
             with tconn.begin():
                 self._hold_fence(tconn)
                 target.prepare_apply(tconn, table, self.plan.spec.keys)
-                target.copy_lines(tconn, table, direct.columns, lines)
+                target.copy_lines(tconn, table, direct.columns, batch)
         except Exception as exc:
-            if not (is_unique_violation(exc) or is_data_error(exc)):
+            if batch.failure is not None and not isinstance(batch.failure, KeyContinues):
+                raise batch.failure from exc  # the source's error, which the COPY only relayed
+            if not (
+                isinstance(batch.failure, KeyContinues)
+                or is_unique_violation(exc)
+                or is_data_error(exc)
+            ):
                 raise
             log.debug(
                 "run %s chunk %s: a batch goes through the stage (%s)",
                 self.plan.run_id,
                 self.chunk.chunk_no,
-                describe_db_error(exc),
+                batch.failure or describe_db_error(exc),
             )
             return False
-        rows = lines.count(b"\n")
-        self.direct_rows += rows
+        self.direct_rows += batch.rows
         self.relayed_last_key = None  # the unique index sees a key continuing, not this check
-        self._record(rows, ApplyCounts(inserted=rows), [], 0, None)
+        self._record(batch.rows, ApplyCounts(inserted=batch.rows), [], 0, None)
         return True
 
     def _add_direct_max(self, tconn: Connection) -> None:

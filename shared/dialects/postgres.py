@@ -42,6 +42,13 @@ from shared.dialects.relay import CopyRelay, RelayedShape
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 from shared.errors import ConfigError
 
+
+class SupportsRead(Protocol):
+    """A file psycopg2's ``COPY ... FROM STDIN`` reads bytes from."""
+
+    def read(self, size: int = -1) -> bytes: ...
+
+
 # what psycopg2 makes of a date or timestamp beyond Python's range (infinity)
 _EDGES = {dt.date.max, dt.date.min, dt.datetime.max, dt.datetime.min}
 
@@ -305,14 +312,12 @@ class PostgresAdapter(DialectAdapter):
     def relays_to(self, target: DialectAdapter) -> bool:
         return isinstance(target, PostgresAdapter)
 
-    def relay(
-        self, conn: Connection, sql: str, params: dict[str, Any], batch_rows: int
-    ) -> CopyRelay:
-        """The rows of ``sql`` as COPY text in batches. COPY takes no bind parameters, so the
-        values are inlined by the driver's own quoting. The text is printed under
-        HASH_SESSION: floats exactly (the default only since PostgreSQL 12), dates and
-        intervals in the forms every session parses, whatever the source session's own
-        DateStyle or IntervalStyle."""
+    def relay(self, conn: Connection, sql: str, params: dict[str, Any]) -> CopyRelay:
+        """The rows of ``sql`` as COPY text in pieces of whole lines. COPY takes no bind
+        parameters, so the values are inlined by the driver's own quoting. The text is
+        printed under HASH_SESSION: floats exactly (the default only since PostgreSQL 12),
+        dates and intervals in the forms every session parses, whatever the source session's
+        own DateStyle or IntervalStyle."""
         compiled = text(sql).compile(dialect=conn.dialect)
         dbapi = dbapi_connection(conn)
         cursor = dbapi.cursor()
@@ -323,7 +328,7 @@ class PostgresAdapter(DialectAdapter):
             )
         finally:
             cursor.close()
-        return CopyRelay(dbapi, f"COPY ({query}) TO STDOUT", batch_rows)
+        return CopyRelay(dbapi, f"COPY ({query}) TO STDOUT")
 
     def relay_stage(self, conn: Connection, target: TargetSpec, columns: Sequence[str]) -> str:
         """A chunk stage (see chunk_stage) with ``cl_seq``, the line number of each relayed
@@ -423,13 +428,15 @@ class PostgresAdapter(DialectAdapter):
         return _table_types(conn, self.table_ref(target))
 
     def copy_lines(
-        self, conn: Connection, table: str, columns: Sequence[str], lines: bytes
+        self, conn: Connection, table: str, columns: Sequence[str], lines: bytes | SupportsRead
     ) -> None:
-        """COPY text lines into ``table``'s ``columns``."""
+        """COPY text lines into ``table``'s ``columns``: given whole, or read from a file
+        (which may hand them over as they arrive)."""
         cols = ", ".join(self.q(c) for c in columns)
+        source = io.BytesIO(lines) if isinstance(lines, bytes) else lines
         cursor = dbapi_connection(conn).cursor()
         try:
-            cursor.copy_expert(f"COPY {table} ({cols}) FROM STDIN", io.BytesIO(lines), size=1 << 16)
+            cursor.copy_expert(f"COPY {table} ({cols}) FROM STDIN", source, size=1 << 16)
         finally:
             cursor.close()
 

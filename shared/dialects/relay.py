@@ -3,9 +3,10 @@
 Between two PostgreSQL databases the text ``COPY (query) TO STDOUT`` prints is exactly what
 ``COPY stage FROM STDIN`` parses, so a chunk can move its rows without making a Python
 object of any value: parsing values and printing them again was most of a worker's CPU.
-The source's COPY runs in a thread that cuts its output into batches of whole lines (text
-format is one row a line: newlines inside values are escaped); the chunk loader takes the
-batches one at a time, so memory stays at a couple of batches and the loader keeps its
+The source's COPY runs in a thread that writes its output into a pipe; the loader reads it
+in pieces of whole lines (text format is one row a line: newlines inside values are
+escaped) and cuts those into batches (``shared/chunk/batches.py``), which it can send on
+while they arrive. Memory stays at a batch plus the pipe, and the loader keeps its
 one-transaction-per-batch rhythm.
 
 The relay is an optional capability of a pair of dialects, stated here as two protocols: a
@@ -16,8 +17,12 @@ describes the staged batch. ``relay_between`` gives the pair when both sides hav
 
 from __future__ import annotations
 
-import queue
+import contextlib
+import fcntl
+import os
+import select
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -30,48 +35,58 @@ if TYPE_CHECKING:
     from shared.config.mapping import TargetSpec
     from shared.dialects.base import DialectAdapter
 
-_END = object()
-PUT_POLL_S = 0.1  # how often a producer blocked on a full queue checks for abandonment
+PIPE_BYTES = 1 << 20  # the pipe's buffer: how far the source's COPY reads ahead
+WRITE_BUFFER_BYTES = 1 << 16  # the thread's buffer in front of the pipe
+PIECE_BYTES = 1 << 18  # the most one read of the pipe takes
 JOIN_TIMEOUT_S = 30
-
-
-class _Abandoned(Exception):
-    """Raised inside the producer when the consumer stopped reading."""
+DRAIN_POLL_S = 0.1
 
 
 class CopyRelay:
     """``COPY (sql) TO STDOUT`` on ``dbapi_conn`` (psycopg2), in a thread, handed out as
-    batches of about ``batch_rows`` lines (bytes). Iterate it, then ``close()`` it; a relay
-    closed early cancels the COPY, and its connection should then be discarded."""
+    pieces of whole lines as they arrive (``pieces``). A relay closed before its end
+    (``close``) cancels its COPY; its connection should then be discarded.
 
-    def __init__(self, dbapi_conn: Any, sql: str, batch_rows: int, queued_batches: int = 2):
+    The thread writes into an OS pipe. psycopg2 hands over one row per ``write`` call; a
+    pipe's file takes that call in C, where a Python ``write`` cost a function call per row,
+    and hands the rows on in large reads. The pipe's buffer bounds how far the source reads
+    ahead of the loader."""
+
+    def __init__(self, dbapi_conn: Any, sql: str):
         self._conn = dbapi_conn
         self._sql = sql
-        self._batch_rows = batch_rows
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queued_batches)
+        read_fd, write_fd = os.pipe()
+        with contextlib.suppress(OSError, AttributeError):  # Linux: a larger pipe buffer
+            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        self._reader = os.fdopen(read_fd, "rb", buffering=0)
+        self._writer = os.fdopen(write_fd, "wb", buffering=WRITE_BUFFER_BYTES)
         self._abandoned = threading.Event()
-        self._parts: list[bytes] = []
+        self._failure: list[BaseException] = []
         self.finished = False  # the whole output was read
         self._thread = threading.Thread(
             target=self._produce, name="chordload-copy-relay", daemon=True
         )
 
     # -- consumer ---------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[bytes]:
+    def pieces(self) -> Iterator[bytes]:
+        """The output as it arrives, in pieces of whole lines (up to ``PIECE_BYTES`` or one
+        line); an error of the source's COPY is raised after the lines it printed."""
         self._thread.start()
-        while True:
-            try:
-                item = self._queue.get(timeout=1.0)
-            except queue.Empty:
-                if not self._thread.is_alive() and self._queue.empty():
-                    raise RuntimeError("the COPY relay thread ended without a result") from None
+        rest = b""
+        while block := self._reader.read(PIECE_BYTES):
+            end = block.rfind(b"\n") + 1
+            if not end:
+                rest += block
                 continue
-            if item is _END:
-                self.finished = True
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            piece, rest = rest + block[:end], block[end:]
+            yield piece
+        self._thread.join()  # the pipe's end: the thread closed it on its way out
+        self._reader.close()
+        if self._failure:
+            raise self._failure[0]
+        if rest:
+            raise RuntimeError("the COPY output ended inside a line")
+        self.finished = True
 
     @property
     def running(self) -> bool:
@@ -79,55 +94,39 @@ class CopyRelay:
         return self._thread.is_alive()
 
     def close(self) -> None:
-        """Stop the producer if it is still running (cancelling the COPY on the server)."""
-        if not self.running:
+        """Stop the COPY if it is still running: cancel it on the server and read the pipe
+        dry until the thread ends (closing the pipe under a writing thread would not end it
+        sooner, and raises in it)."""
+        if not self._thread.is_alive():
+            if self._thread.ident is None:  # never started
+                self._writer.close()
+            self._reader.close()
             return
         self._abandoned.set()
-        try:
+        with contextlib.suppress(Exception):  # a broken connection is discarded anyway
             self._conn.cancel()
-        except Exception:  # noqa: BLE001 - a broken connection is discarded anyway
-            pass
-        self._thread.join(JOIN_TIMEOUT_S)
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            ready, _, _ = select.select([self._reader], [], [], DRAIN_POLL_S)
+            if ready and not self._reader.read(PIECE_BYTES):
+                break
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._reader.close()
 
     # -- producer (the thread) ----------------------------------------------------------------
-    def write(self, data: bytes) -> None:
-        """psycopg2 calls this once per row of the COPY output."""
-        if self._abandoned.is_set():
-            raise _Abandoned()
-        parts = self._parts
-        parts.append(data)
-        if len(parts) >= self._batch_rows:
-            self._parts = []
-            self._put(b"".join(parts))
-
-    def _put(self, item: Any) -> None:
-        while True:
-            try:
-                self._queue.put(item, timeout=PUT_POLL_S)
-                return
-            except queue.Full:
-                if self._abandoned.is_set():
-                    raise _Abandoned() from None
-
     def _produce(self) -> None:
         try:
             cursor = self._conn.cursor()
             try:
-                cursor.copy_expert(self._sql, self)
+                cursor.copy_expert(self._sql, self._writer)
             finally:
                 cursor.close()
-            if self._parts:
-                self._put(b"".join(self._parts))
-            self._put(_END)
-        except _Abandoned:
-            return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            if self._abandoned.is_set():
-                return
-            try:
-                self._put(exc)
-            except _Abandoned:
-                return
+            if not self._abandoned.is_set():
+                self._failure.append(exc)
+        finally:
+            with contextlib.suppress(OSError):
+                self._writer.close()  # flushes what was printed, then ends the consumer's read
 
 
 @dataclass(frozen=True)
@@ -145,10 +144,8 @@ class RelayedShape:
 
 @runtime_checkable
 class RelaySource(Protocol):
-    def relay(
-        self, conn: Connection, sql: str, params: dict[str, Any], batch_rows: int
-    ) -> CopyRelay:
-        """The rows of ``sql`` as bulk text, in batches of whole lines."""
+    def relay(self, conn: Connection, sql: str, params: dict[str, Any]) -> CopyRelay:
+        """The rows of ``sql`` as bulk text, in pieces of whole lines."""
 
 
 @runtime_checkable
