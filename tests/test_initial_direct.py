@@ -7,7 +7,9 @@ What must hold, whichever way a batch went:
 - the stored checkpoint is the window's maximum, though no stage saw the direct batches;
 - a column whose type the target holds differently takes the stage, and stays exact;
 - a key twice in a batch, here with two texts (numeric ``4`` and ``4.00``), is refused by
-  the unique index, and the batch takes the stage, where the later checkpoint wins.
+  the unique index, and the batch takes the stage, where the later checkpoint wins;
+- a batch's COPY reads the source while it prints: a source failing in the middle of a batch
+  leaves nothing of that batch, and the run fails with the source's own error.
 
 Duplicate keys within a batch and NULL key parts on this path are covered by the property
 tests in test_differential.py (PG->PG), whose initial loads take it.
@@ -193,3 +195,73 @@ def test_a_key_equal_in_value_but_printed_otherwise_is_one_key(workers, make_set
         got = dict(found.all())
     assert got == {Decimal("4.00"): "later", Decimal("20.0"): "later too"}
     assert scalar(wh, f'SELECT count(*) FROM "{schema}".dim') == 40
+
+
+def test_a_source_failing_while_a_batch_streams_in_leaves_nothing_of_that_batch(
+    workers, make_settings, wh, schema
+):
+    """A batch's COPY into the target reads the source's rows as they arrive, so the source
+    can fail in the middle of it. That batch must leave nothing behind: the run fails with
+    the source's own error, the target holds exactly the batches committed before, and a
+    rerun once the source is mended loads the rest exactly."""
+    gate = f'"{schema}".gate'
+
+    def source_fails_at(key: int | None) -> None:
+        # only in a chunk's read (a COPY: planning reads the query too); the middle chunk's
+        # key range is an index scan, so the rows before the failing one stream out first
+        check = (
+            f"IF k = {key} AND current_query() LIKE 'COPY (%' THEN "
+            f"RAISE EXCEPTION 'source row % is unreadable', k; END IF;"
+        )
+        with wh.begin() as conn:
+            conn.execute(
+                text(
+                    f"CREATE OR REPLACE FUNCTION {gate}(k bigint) RETURNS boolean "
+                    f"LANGUAGE plpgsql VOLATILE AS $$ BEGIN {check if key else ''} "
+                    f"RETURN true; END $$"
+                )
+            )
+
+    rows = 30_000
+    source_fails_at(15_000)
+    with wh.begin() as conn:
+        conn.execute(text(f'CREATE TABLE "{schema}".src (id bigint PRIMARY KEY, chg_at timestamp)'))
+        conn.execute(
+            text(
+                f"INSERT INTO \"{schema}\".src SELECT g, TIMESTAMP '2026-01-01' + g * "
+                f"INTERVAL '1 s' FROM generate_series(1, {rows}) g"
+            )
+        )
+        conn.execute(text(f'ANALYZE "{schema}".src'))
+    mapping = _mapping(
+        schema,
+        "src",
+        "dim",
+        source={
+            "connection": "wh",
+            "query": f'SELECT id, chg_at FROM "{schema}".src WHERE {gate}(id)',
+        },
+        chunking={"rows_per_chunk": 10_000, "min_rows_for_parallel": 0, "exact_count": True},
+        batch_rows=2_000,
+    )
+    settings = make_settings({schema: mapping})
+    run_id = launch(schema, settings=settings)
+    run = wait(run_id, settings=settings, timeout_s=120, poll_s=0.2)
+    assert run.status is RunStatus.FAILED, run.message
+    assert "source row 15000 is unreadable" in run.message, run.message
+    assert "read() call" not in run.message, "the source's error, not the COPY's echo of it"
+    straight = _log_lines(workers, run_id, "COPYed straight into the target", at_least=3)
+    assert len(straight) == 3, workers.log_tail()  # the failed chunk's 2 batches too
+    # the chunk (10000, 20000] committed its batches up to key 14000 before the batch
+    # holding key 15000 began; nothing of that batch is in the target
+    dim = f'"{schema}".dim'
+    assert scalar(wh, f"SELECT count(*) FROM {dim}") == rows - 6_000, workers.log_tail()
+    assert scalar(wh, f"SELECT count(*) FROM {dim} WHERE id > 14000 AND id <= 20000") == 0
+    assert run.rows_inserted == rows - 6_000
+
+    source_fails_at(None)
+    rerun = _run(settings, schema)
+    assert (rerun.rows_inserted, rerun.rows_unchanged) == (6_000, rows - 6_000)
+    expected = f'SELECT id, chg_at FROM "{schema}".src'
+    assert diff_count(wh, f"SELECT id, chg_at FROM {dim} WHERE dw_is_current", expected) == 0
+    assert scalar(wh, f"SELECT count(*) FROM {dim}") == rows
