@@ -202,11 +202,11 @@ class StreamedBatch:
             self.done = True
             return b""
         if self.rows < self._limit:
-            room = self._limit - self.rows
-            if self._cutter.size(piece) > room:  # the batch's first ``limit`` lines end here
+            lines, room = self._cutter.size(piece), self._limit - self.rows
+            if lines > room:  # the batch's first ``limit`` lines end in this piece
                 cut = _after_lines(piece, room)
                 self._pieces.put_back(piece[cut:])
-                piece = piece[:cut]
+                piece, lines = piece[:cut], room
         else:
             if self._full_at is None:
                 self._full_at = self.rows
@@ -221,8 +221,9 @@ class StreamedBatch:
             piece = head
             if not piece:
                 return b""
+            lines = self._cutter.size(piece)
         self._sent.append(piece)
-        self.rows += self._cutter.size(piece)
+        self.rows += lines
         return piece
 
 

@@ -78,8 +78,9 @@ class CopyRelay:
             if not end:
                 rest += block
                 continue
-            piece, rest = rest + block[:end], block[end:]
-            yield piece
+            piece = block if end == len(block) else block[:end]  # one copy at most
+            yield rest + piece if rest else piece
+            rest = block[end:]
         self._thread.join()  # the pipe's end: the thread closed it on its way out
         self._reader.close()
         if self._failure:
