@@ -80,6 +80,7 @@ class PlanningGuard:
         with self._lock:
             self._source = (adapter, conn)
         try:
+            self._raise_if_cancelled()
             yield
         finally:
             with self._lock:
@@ -96,9 +97,15 @@ class PlanningGuard:
             if self.cancellation is not None:
                 return
             self.cancellation = cancellation
-            source = self._source
-        if source is not None:
-            adapter, conn = source
+        self._cancel_statement()
+
+    def _cancel_statement(self) -> None:
+        """Cancel the statement on the source connection, if planning holds one. Sent under
+        the lock, so that none reaches the connection once planning has given it back."""
+        with self._lock:
+            if self._source is None:
+                return
+            adapter, conn = self._source
             try:
                 adapter.cancel_statement(conn)
             except Exception:  # noqa: BLE001 - the statement ended meanwhile; nothing to cancel
@@ -131,6 +138,12 @@ class PlanningGuard:
         with _interrupts_to(interrupted, sigterm=self.sigterm):
             thread.start()
             while not done.wait(self.poll_s):
+                if self.cancellation is not None:
+                    # Again until planning ends: PostgreSQL drops a cancel request that finds
+                    # the connection idle (sent after a step began but before its statement
+                    # reached the source), and that statement would then run to its end.
+                    self._cancel_statement()
+                    continue
                 now = time.monotonic()
                 if interrupted.is_set():
                     self.cancel(
@@ -153,7 +166,7 @@ class PlanningGuard:
                             RunStatus.FAILED.exit_code,
                         )
                     )
-                elif now >= next_status and self.cancellation is None:
+                elif now >= next_status:
                     next_status = now + self.status_every_s
                     status = store.get_run(self.metadata, self.run_id).status
                     if status is not RunStatus.PLANNING:

@@ -305,6 +305,43 @@ def _statement_running(adapter, sql: str) -> bool:
         return bool(conn.execute(text(listing), {"q": sql}).scalar_one())
 
 
+class _CancelSpy:
+    """A source adapter whose every cancel is seen by the test: ``cancels`` counts them,
+    ``cancelled`` is set once the first one has been sent."""
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+        self.cancels = 0
+        self.cancelled = threading.Event()
+
+    def cancel_statement(self, conn) -> None:
+        self.adapter.cancel_statement(conn)
+        self.cancels += 1
+        self.cancelled.set()
+
+
+def test_a_cancel_sent_before_the_statement_starts_still_ends_it(wh, schema, base_config):
+    """Planning is ended just after a step begins and before its statement reaches the
+    source: PostgreSQL drops a cancel request that finds the connection idle, so the
+    statement that follows must be cancelled too, not left to run its 30 s."""
+    sleep = f"SELECT pg_sleep(30) /* {schema} */"
+    spy = _CancelSpy(adapter_for(wh))
+    guard = PlanningGuard(
+        get_engine(base_config["metadata"]), "idle-cancel", 0.3, poll_s=0.05, status_every_s=3600
+    )
+
+    def plan() -> None:
+        with wh.connect() as conn, guard.source(spy, conn):  # type: ignore[arg-type]
+            assert spy.cancelled.wait(10), "planning.timeout_s never cancelled"
+            conn.execute(text(sleep)).all()  # starts after the cancel was sent
+
+    started = time.monotonic()
+    with pytest.raises(PlanningCancelled, match="planning.timeout_s"):
+        guard.run(plan)
+    assert time.monotonic() - started < 10, spy.cancels  # not the 30 s of the statement
+    assert not _statement_running(adapter_for(wh), sleep)
+
+
 def test_an_interrupt_waits_for_the_planning_thread_to_end(base_config):
     """SIGTERM of ``chordload run`` while planning: the guard returns only once planning
     has ended, since the process exits right after it (with a statement still running it
