@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, TypeVar
@@ -80,6 +80,7 @@ class PlanningGuard:
         with self._lock:
             self._source = (adapter, conn)
         try:
+            self._raise_if_cancelled()
             yield
         finally:
             with self._lock:
@@ -96,33 +97,55 @@ class PlanningGuard:
             if self.cancellation is not None:
                 return
             self.cancellation = cancellation
-            source = self._source
-        if source is not None:
-            adapter, conn = source
+        self._cancel_statement()
+
+    def _cancel_statement(self) -> None:
+        """Cancel the statement on the source connection, if planning holds one. Sent under
+        the lock, so that none reaches the connection once planning has given it back."""
+        with self._lock:
+            if self._source is None:
+                return
+            adapter, conn = self._source
             try:
                 adapter.cancel_statement(conn)
             except Exception:  # noqa: BLE001 - the statement ended meanwhile; nothing to cancel
                 pass
 
     def run(self, plan: Callable[[], T]) -> T:
-        """Run ``plan`` in a thread until it ends; raises PlanningCancelled if it was ended."""
+        """Run ``plan`` in a thread until it ends; raises PlanningCancelled if it was ended.
+
+        The thread is waited for to its end, also once cancelled: it holds the source
+        connection, and a process that exits while it runs leaves its statement running on
+        the source. Ctrl-C (and SIGTERM for the CLI) only sets a flag that the loop reads:
+        an exception raised by a signal handler inside ``Thread.join`` makes CPython 3.11
+        take the live thread for ended (python/cpython#90882), and one raised elsewhere in
+        the loop would leave it without cancelling."""
         outcome: dict[str, Any] = {}
+        done = threading.Event()
 
         def target() -> None:
             try:
                 outcome["value"] = plan()
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                 outcome["error"] = exc
+            finally:
+                done.set()
 
         thread = threading.Thread(target=target, name=f"plan-{self.run_id}", daemon=True)
         deadline = time.monotonic() + self.timeout_s
         next_status = time.monotonic() + self.status_every_s
-        with _sigterm_as_interrupt() if self.sigterm else nullcontext():
+        interrupted = threading.Event()
+        with _interrupts_to(interrupted, sigterm=self.sigterm):
             thread.start()
-            while thread.is_alive():
-                try:
-                    thread.join(self.poll_s)
-                except KeyboardInterrupt:
+            while not done.wait(self.poll_s):
+                if self.cancellation is not None:
+                    # Again until planning ends: PostgreSQL drops a cancel request that finds
+                    # the connection idle (sent after a step began but before its statement
+                    # reached the source), and that statement would then run to its end.
+                    self._cancel_statement()
+                    continue
+                now = time.monotonic()
+                if interrupted.is_set():
                     self.cancel(
                         Cancellation(
                             f"planning was interrupted (Ctrl-C or SIGTERM of the coordinator) "
@@ -132,9 +155,7 @@ class PlanningGuard:
                             EXIT_INTERRUPTED,
                         )
                     )
-                    continue
-                now = time.monotonic()
-                if now > deadline:
+                elif now > deadline:
                     self.cancel(
                         Cancellation(
                             f"planning took longer than planning.timeout_s "
@@ -145,7 +166,7 @@ class PlanningGuard:
                             RunStatus.FAILED.exit_code,
                         )
                     )
-                elif now >= next_status and self.cancellation is None:
+                elif now >= next_status:
                     next_status = now + self.status_every_s
                     status = store.get_run(self.metadata, self.run_id).status
                     if status is not RunStatus.PLANNING:
@@ -156,6 +177,7 @@ class PlanningGuard:
                                 status.exit_code,
                             )
                         )
+            thread.join()
         if self.cancellation is not None:
             raise PlanningCancelled(self.cancellation.message, self.cancellation.exit_code)
         if "error" in outcome:
@@ -164,19 +186,26 @@ class PlanningGuard:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM, like Ctrl-C, interrupts the supervising thread: for ``chordload run`` only
-    (a worker's dispatch task keeps Celery's own handling), and only in the main thread,
-    the one that can handle signals."""
+def _interrupts_to(interrupted: threading.Event, *, sigterm: bool) -> Iterator[None]:
+    """While planning is supervised, Ctrl-C (where it would raise KeyboardInterrupt) and, for
+    ``chordload run`` (``sigterm``), SIGTERM set ``interrupted`` instead of raising. Only in
+    the main thread, the one that can handle signals; a worker's dispatch task keeps
+    Celery's own handling."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+        interrupted.set()
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    signums = (
+        [signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler else []
+    )
+    if sigterm:
+        signums.append(signal.SIGTERM)
+    previous = {signum: signal.signal(signum, interrupt) for signum in signums}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -16,6 +16,7 @@ import time
 import pytest
 import yaml
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from coordinator.launch import launch
 from coordinator.watch import wait
@@ -193,13 +194,45 @@ def _paced_mapping(schema: str) -> dict:
     return mapping
 
 
+def _stop_while_recording_a_batch(pgid: int, metadata, run_id: str, chunk_no: int) -> None:
+    """SIGSTOP the worker's processes while its metadata session holds the chunk's
+    chunk_log row: between a batch's UPDATE and its COMMIT, a window of milliseconds that a
+    freeze at a random moment seldom hits. Tried at each batch until, stopped, the worker is
+    seen holding the row."""
+    recording = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND state = 'idle in transaction' AND query LIKE 'UPDATE chunk_log %' "
+        "AND pid <> pg_backend_pid()"
+    )
+    row = text("SELECT 1 FROM chunk_log WHERE run_id = :r AND chunk_no = :c FOR UPDATE")
+    deadline = time.monotonic() + 60
+    with metadata.connect().execution_options(isolation_level="AUTOCOMMIT") as probe:
+        while time.monotonic() < deadline:
+            if not probe.execute(recording).scalar_one():
+                continue  # no sleep: the window is a few milliseconds
+            os.killpg(pgid, signal.SIGSTOP)
+            try:
+                with metadata.begin() as conn:
+                    conn.execute(text("SET LOCAL lock_timeout = '1s'"))
+                    conn.execute(row, {"r": run_id, "c": chunk_no})
+            except OperationalError as exc:
+                if getattr(exc.orig, "pgcode", None) == "55P03":  # lock_not_available
+                    return  # the stopped worker holds the row
+                raise
+            os.killpg(pgid, signal.SIGCONT)  # it had committed: at the next batch
+    raise AssertionError("never stopped the worker while it recorded a batch")
+
+
+@pytest.mark.parametrize("freeze_at", ["a random moment", "recording a batch"])
 def test_a_frozen_worker_never_overwrites_newer_data(
-    base_config, session_settings, make_settings, wh, schema, tmp_path
+    base_config, session_settings, make_settings, wh, schema, tmp_path, freeze_at
 ):
     """Worker A is frozen (SIGSTOP) mid-chunk. Past the visibility timeout the chunk is
     delivered to worker B, which finishes the run; a newer run loads newer values; then A
     wakes, with its old snapshot of the source still open. A writes nothing: the target
-    equals the source, two versions per key, and each run counts its rows once."""
+    equals the source, two versions per key, and each run counts its rows once. Frozen
+    while it records a batch, A holds its chunk's chunk_log row: its metadata session ends
+    after the idle-in-transaction timeout, so B can take the chunk over."""
     create_customers(wh, schema, ROWS)
     with wh.begin() as conn:
         conn.execute(
@@ -263,7 +296,10 @@ def test_a_frozen_worker_never_overwrites_newer_data(
             what="the chunk in the middle of its batches",
         )
         frozen = workers["a"].proc.pid
-        os.killpg(frozen, signal.SIGSTOP)
+        if freeze_at == "recording a batch":
+            _stop_while_recording_a_batch(frozen, metadata, first, chunk.chunk_no)
+        else:
+            os.killpg(frozen, signal.SIGSTOP)
         workers["b"].start()
         run = wait(first, settings=settings, timeout_s=120)
         assert run.status is RunStatus.SUCCESS, run.message

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from coordinator.launch import launch
+from coordinator.planning_guard import PlanningGuard
 from coordinator.resume import resume
 from shared.dialects import adapter_for
 from shared.engines import get_engine
@@ -302,6 +303,75 @@ def _statement_running(adapter, sql: str) -> bool:
     )
     with adapter.engine.connect() as conn:
         return bool(conn.execute(text(listing), {"q": sql}).scalar_one())
+
+
+class _CancelSpy:
+    """A source adapter whose every cancel is seen by the test: ``cancels`` counts them,
+    ``cancelled`` is set once the first one has been sent."""
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+        self.cancels = 0
+        self.cancelled = threading.Event()
+
+    def cancel_statement(self, conn) -> None:
+        self.adapter.cancel_statement(conn)
+        self.cancels += 1
+        self.cancelled.set()
+
+
+def test_a_cancel_sent_before_the_statement_starts_still_ends_it(wh, schema, base_config):
+    """Planning is ended just after a step begins and before its statement reaches the
+    source: PostgreSQL drops a cancel request that finds the connection idle, so the
+    statement that follows must be cancelled too, not left to run its 30 s."""
+    sleep = f"SELECT pg_sleep(30) /* {schema} */"
+    spy = _CancelSpy(adapter_for(wh))
+    guard = PlanningGuard(
+        get_engine(base_config["metadata"]), "idle-cancel", 0.3, poll_s=0.05, status_every_s=3600
+    )
+
+    def plan() -> None:
+        with wh.connect() as conn, guard.source(spy, conn):  # type: ignore[arg-type]
+            assert spy.cancelled.wait(10), "planning.timeout_s never cancelled"
+            conn.execute(text(sleep)).all()  # starts after the cancel was sent
+
+    started = time.monotonic()
+    with pytest.raises(PlanningCancelled, match="planning.timeout_s"):
+        guard.run(plan)
+    assert time.monotonic() - started < 10, spy.cancels  # not the 30 s of the statement
+    assert not _statement_running(adapter_for(wh), sleep)
+
+
+def test_an_interrupt_waits_for_the_planning_thread_to_end(base_config):
+    """SIGTERM of ``chordload run`` while planning: the guard returns only once planning
+    has ended, since the process exits right after it (with a statement still running it
+    would stay on the source). Python 3.11 takes a thread whose ``join`` a signal handler
+    interrupted for ended (python/cpython#90882)."""
+    assert threading.current_thread() is threading.main_thread()  # where signals are handled
+    ended = threading.Event()
+
+    class SlowToEnd:  # a source that takes a moment to answer the cancel
+        def cancel_statement(self, conn) -> None:
+            pass
+
+    guard = PlanningGuard(
+        get_engine(base_config["metadata"]), "interrupted", 60, status_every_s=3600, sigterm=True
+    )
+
+    def plan() -> None:
+        with guard.source(SlowToEnd(), None):  # type: ignore[arg-type]
+            time.sleep(0.2)  # a moment into planning, while the guard supervises it,
+            os.kill(os.getpid(), signal.SIGTERM)  # SIGTERM (handled in the main thread)
+            deadline = time.monotonic() + 10
+            while guard.cancellation is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.5)  # the statement's end, after the cancel
+            ended.set()
+
+    with pytest.raises(PlanningCancelled, match="planning was interrupted") as raised:
+        guard.run(plan)
+    assert raised.value.exit_code == 130
+    assert ended.is_set()  # planning had ended when the guard returned
 
 
 def test_reconcile_fails_a_run_whose_planner_died(make_settings):

@@ -85,6 +85,17 @@ class Pass(Enum):
     # bring those versions to the staged rows and count them as one clean pass would
 
 
+def chunk_metadata(settings: Settings) -> Engine:
+    """The metadata engine a chunk attempt records itself with. Its sessions end after
+    ``target_sessions.idle_in_transaction_timeout_s`` idle in a transaction, as the
+    attempt's target sessions do: a worker frozen between a batch's UPDATE of its chunk_log
+    row and the COMMIT would otherwise hold that row until it wakes, and the attempt that
+    takes the chunk over would wait for it in begin_chunk. Woken, the frozen attempt's
+    COMMIT fails, record_batch's retry finds a newer attempt and it ends quietly."""
+    limits = SessionLimits(settings.target_sessions.idle_in_transaction_timeout_s)
+    return get_engine(settings.metadata, pre_ping=False, limits=limits)
+
+
 def load_chunk(
     settings: Settings,
     run_id: str,
@@ -97,7 +108,7 @@ def load_chunk(
     """Load one chunk attempt. ``failing_since``: when (epoch seconds) the transient failure
     this attempt retries began, carried from retry to retry so that ``retries.window_s``
     measures the outage, not a count."""
-    metadata = get_engine(settings.metadata, pre_ping=False)
+    metadata = chunk_metadata(settings)
     start = store.begin_chunk(metadata, run_id, chunk.chunk_no, f"{worker}/{os.getpid()}", task_id)
     if start.outcome is ChunkStartOutcome.SUPERSEDED:
         log.info(
@@ -272,7 +283,7 @@ class ChunkLoad:
         self.result = result
         self.attempt = attempt  # chunk_log's attempt number: this attempt's fence token
         self.launch = launch  # the run's launch (1, and one more per resume)
-        self.metadata = get_engine(settings.metadata, pre_ping=False)
+        self.metadata = chunk_metadata(settings)
         self.source = get_engine(settings.connection_url(spec.source.connection))
         limits = settings.target_sessions
         self.target = get_engine(

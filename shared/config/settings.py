@@ -120,7 +120,8 @@ class TargetSessionSpec(BaseModel):
     """Limits on the sessions chunk attempts write targets with. A worker frozen in the
     middle of a batch (SIGSTOP, a VM pause, a swap storm) keeps its transaction and its row
     locks until its session ends: the idle-in-transaction timeout ends it, so a newer attempt
-    or run waits at most that long. PostgreSQL: idle_in_transaction_session_timeout and
+    or run waits at most that long. The attempt's metadata sessions (its chunk_log row) carry
+    the same idle-in-transaction limit. PostgreSQL: idle_in_transaction_session_timeout and
     statement_timeout; MariaDB: idle_transaction_timeout and max_statement_time; SQLite and
     MySQL have no such limits (a frozen writer there holds the target until it wakes)."""
 
