@@ -30,6 +30,9 @@ from shared.run.statuses import RunStatus
 
 T = TypeVar("T")
 EXIT_INTERRUPTED = 130
+# how long a cancelled planning is waited for before the caller goes on without it (a
+# source that ignores cancel requests, or cannot be reached, must not hang the coordinator)
+CANCEL_GRACE_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -114,12 +117,13 @@ class PlanningGuard:
     def run(self, plan: Callable[[], T]) -> T:
         """Run ``plan`` in a thread until it ends; raises PlanningCancelled if it was ended.
 
-        The thread is waited for to its end, also once cancelled: it holds the source
-        connection, and a process that exits while it runs leaves its statement running on
-        the source. Ctrl-C (and SIGTERM for the CLI) only sets a flag that the loop reads:
-        an exception raised by a signal handler inside ``Thread.join`` makes CPython 3.11
-        take the live thread for ended (python/cpython#90882), and one raised elsewhere in
-        the loop would leave it without cancelling."""
+        The thread is waited for to its end, also once cancelled (up to ``CANCEL_GRACE_S``,
+        then the error says the statement may still run): it holds the source connection,
+        and a process that exits while it runs leaves its statement running on the source.
+        Ctrl-C (and SIGTERM for the CLI) only sets a flag that the loop reads: an exception
+        raised by a signal handler inside ``Thread.join`` makes CPython 3.11 take the live
+        thread for ended (python/cpython#90882), and one raised elsewhere in the loop would
+        leave it without cancelling."""
         outcome: dict[str, Any] = {}
         done = threading.Event()
 
@@ -137,8 +141,12 @@ class PlanningGuard:
         interrupted = threading.Event()
         with _interrupts_to(interrupted, sigterm=self.sigterm):
             thread.start()
+            cancelled_at: float | None = None
             while not done.wait(self.poll_s):
                 if self.cancellation is not None:
+                    cancelled_at = cancelled_at or time.monotonic()
+                    if time.monotonic() - cancelled_at > CANCEL_GRACE_S:
+                        break  # the source ignores the cancel: say so, rather than hang
                     # Again until planning ends: PostgreSQL drops a cancel request that finds
                     # the connection idle (sent after a step began but before its statement
                     # reached the source), and that statement would then run to its end.
@@ -177,9 +185,15 @@ class PlanningGuard:
                                 status.exit_code,
                             )
                         )
-            thread.join()
         if self.cancellation is not None:
-            raise PlanningCancelled(self.cancellation.message, self.cancellation.exit_code)
+            message = self.cancellation.message
+            if not done.is_set():
+                message += (
+                    f"; the source's statement did not end within {CANCEL_GRACE_S:.0f} s of "
+                    f"its cancel and may still be running on the source (step: "
+                    f"{self.current_step})"
+                )
+            raise PlanningCancelled(message, self.cancellation.exit_code)
         if "error" in outcome:
             raise outcome["error"]
         return outcome["value"]

@@ -18,6 +18,7 @@ import uuid
 import pytest
 from sqlalchemy import text
 
+from coordinator import planning_guard
 from coordinator.launch import launch
 from coordinator.planning_guard import PlanningGuard
 from coordinator.resume import resume
@@ -372,6 +373,39 @@ def test_an_interrupt_waits_for_the_planning_thread_to_end(base_config):
         guard.run(plan)
     assert raised.value.exit_code == 130
     assert ended.is_set()  # planning had ended when the guard returned
+
+
+def test_a_source_that_ignores_the_cancel_does_not_hang_the_coordinator(base_config, monkeypatch):
+    """A source that cannot be reached (or ignores cancel requests) keeps planning's
+    statement going: the guard waits for it up to its grace, then ends anyway and says the
+    statement may still be running there, rather than hang the operator's terminal."""
+    monkeypatch.setattr(planning_guard, "CANCEL_GRACE_S", 1.0)
+    release = threading.Event()
+
+    class Unreachable:  # every cancel request is lost
+        cancels = 0
+
+        def cancel_statement(self, conn) -> None:
+            Unreachable.cancels += 1
+
+    guard = PlanningGuard(
+        get_engine(base_config["metadata"]), "unreachable", 0.3, poll_s=0.05, status_every_s=3600
+    )
+
+    def plan() -> None:
+        with guard.source(Unreachable(), None):  # type: ignore[arg-type]
+            release.wait(60)  # a statement that does not end
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(PlanningCancelled, match="planning.timeout_s") as raised:
+            guard.run(plan)
+        waited_s = time.monotonic() - started
+    finally:
+        release.set()
+    assert "may still be running on the source" in str(raised.value)
+    assert 1.0 < waited_s < 10, waited_s
+    assert Unreachable.cancels > 1  # the cancel was sent again while the guard waited
 
 
 def test_reconcile_fails_a_run_whose_planner_died(make_settings):
