@@ -180,6 +180,19 @@ def get_engine(
     return engine
 
 
+def writer_metadata(metadata_url: str, idle_in_transaction_timeout_s: int) -> Engine:
+    """The metadata engine for writes a worker may be frozen in the middle of (a chunk
+    attempt's records, a run's finalizing): its sessions end after
+    ``idle_in_transaction_timeout_s`` idle inside a transaction (``target_sessions``, as the
+    attempt's target sessions). A worker frozen between an UPDATE of a chunk_log or
+    process_log row and the COMMIT would otherwise hold that row until it wakes, and the
+    attempt that takes the chunk over (``begin_chunk``) or the run's other finalizers
+    (reconcile, stop) would wait for it. Woken, the frozen COMMIT fails and the write is
+    retried or found done by someone else."""
+    limits = SessionLimits(idle_in_transaction_timeout_s)
+    return get_engine(metadata_url, pre_ping=False, limits=limits)
+
+
 def dispose_all() -> None:
     with _lock:
         for (pid, *_), engine in list(_engines.items()):

@@ -45,7 +45,7 @@ from shared.dialects import adapter_for
 from shared.dialects.holds import ValueCheck, no_checkpoint_beyond_range
 from shared.dialects.postgres import PostgresAdapter
 from shared.dialects.relay import Relay, relay_between
-from shared.engines import READ_ONLY, SessionLimits, get_engine
+from shared.engines import READ_ONLY, SessionLimits, get_engine, writer_metadata
 from shared.errors import (
     FenceLost,
     RelayRefused,
@@ -86,14 +86,10 @@ class Pass(Enum):
 
 
 def chunk_metadata(settings: Settings) -> Engine:
-    """The metadata engine a chunk attempt records itself with. Its sessions end after
-    ``target_sessions.idle_in_transaction_timeout_s`` idle in a transaction, as the
-    attempt's target sessions do: a worker frozen between a batch's UPDATE of its chunk_log
-    row and the COMMIT would otherwise hold that row until it wakes, and the attempt that
-    takes the chunk over would wait for it in begin_chunk. Woken, the frozen attempt's
-    COMMIT fails, record_batch's retry finds a newer attempt and it ends quietly."""
-    limits = SessionLimits(settings.target_sessions.idle_in_transaction_timeout_s)
-    return get_engine(settings.metadata, pre_ping=False, limits=limits)
+    """The metadata engine a chunk attempt records itself with (``writer_metadata``)."""
+    return writer_metadata(
+        settings.metadata, settings.target_sessions.idle_in_transaction_timeout_s
+    )
 
 
 def load_chunk(

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from shared import checkpoint
 from shared.config.mapping import DeletesMode
 from shared.config.settings import Settings
-from shared.engines import get_engine
+from shared.engines import writer_metadata
 from shared.errors import describe_db_error
 from shared.fence import close_target
 from shared.lifecycle.notify import notify_run_end
@@ -87,7 +87,9 @@ def finalize_run(
     timeout plus the heartbeat grace (its finalizer died) is taken over by the next caller,
     e.g. reconcile.
     """
-    engine = get_engine(settings.metadata, pre_ping=False)
+    engine = writer_metadata(
+        settings.metadata, settings.target_sessions.idle_in_transaction_timeout_s
+    )
     lease = dt.timedelta(seconds=settings.visibility_timeout_s + settings.celery.heartbeat_grace_s)
     outcome = _finalize(engine, run_id, unfinished_chunks, reason, launch, lease, None)
     if isinstance(outcome, _DeletePass):
