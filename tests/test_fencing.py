@@ -300,6 +300,13 @@ def test_a_frozen_worker_never_overwrites_newer_data(
             _stop_while_recording_a_batch(frozen, metadata, first, chunk.chunk_no)
         else:
             os.killpg(frozen, signal.SIGSTOP)
+        with wh.begin() as conn:  # the pace was for freezing A mid-chunk; B reads at full speed
+            conn.execute(
+                text(
+                    f'CREATE OR REPLACE FUNCTION "{schema}".paced() RETURNS boolean '
+                    "LANGUAGE plpgsql VOLATILE AS $$ BEGIN RETURN true; END $$"
+                )
+            )
         workers["b"].start()
         run = wait(first, settings=settings, timeout_s=120)
         assert run.status is RunStatus.SUCCESS, run.message
