@@ -13,9 +13,13 @@ import hashlib
 import os
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+
+if TYPE_CHECKING:
+    from shared.config.settings import Settings
 
 _lock = threading.Lock()
 _engines: dict[tuple[int, str, bool, bool, SessionLimits | None], Engine] = {}
@@ -180,17 +184,17 @@ def get_engine(
     return engine
 
 
-def writer_metadata(metadata_url: str, idle_in_transaction_timeout_s: int) -> Engine:
+def writer_metadata(settings: Settings) -> Engine:
     """The metadata engine for writes a worker may be frozen in the middle of (a chunk
     attempt's records, a run's finalizing): its sessions end after
-    ``idle_in_transaction_timeout_s`` idle inside a transaction (``target_sessions``, as the
+    ``target_sessions.idle_in_transaction_timeout_s`` idle inside a transaction (as the
     attempt's target sessions). A worker frozen between an UPDATE of a chunk_log or
     process_log row and the COMMIT would otherwise hold that row until it wakes, and the
     attempt that takes the chunk over (``begin_chunk``) or the run's other finalizers
     (reconcile, stop) would wait for it. Woken, the frozen COMMIT fails and the write is
     retried or found done by someone else."""
-    limits = SessionLimits(idle_in_transaction_timeout_s)
-    return get_engine(metadata_url, pre_ping=False, limits=limits)
+    limits = SessionLimits(settings.target_sessions.idle_in_transaction_timeout_s)
+    return get_engine(settings.metadata, pre_ping=False, limits=limits)
 
 
 def dispose_all() -> None:

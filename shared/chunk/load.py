@@ -85,13 +85,6 @@ class Pass(Enum):
     # bring those versions to the staged rows and count them as one clean pass would
 
 
-def chunk_metadata(settings: Settings) -> Engine:
-    """The metadata engine a chunk attempt records itself with (``writer_metadata``)."""
-    return writer_metadata(
-        settings.metadata, settings.target_sessions.idle_in_transaction_timeout_s
-    )
-
-
 def load_chunk(
     settings: Settings,
     run_id: str,
@@ -104,7 +97,7 @@ def load_chunk(
     """Load one chunk attempt. ``failing_since``: when (epoch seconds) the transient failure
     this attempt retries began, carried from retry to retry so that ``retries.window_s``
     measures the outage, not a count."""
-    metadata = chunk_metadata(settings)
+    metadata = writer_metadata(settings)
     start = store.begin_chunk(metadata, run_id, chunk.chunk_no, f"{worker}/{os.getpid()}", task_id)
     if start.outcome is ChunkStartOutcome.SUPERSEDED:
         log.info(
@@ -279,7 +272,7 @@ class ChunkLoad:
         self.result = result
         self.attempt = attempt  # chunk_log's attempt number: this attempt's fence token
         self.launch = launch  # the run's launch (1, and one more per resume)
-        self.metadata = chunk_metadata(settings)
+        self.metadata = writer_metadata(settings)
         self.source = get_engine(settings.connection_url(spec.source.connection))
         limits = settings.target_sessions
         self.target = get_engine(

@@ -251,6 +251,11 @@ def _table_types(conn: Connection, table: str) -> dict[str, StoredType]:
     return {str(r[0]): StoredType(int(r[1]), int(r[2]), str(r[3])) for r in found.all()}
 
 
+def _type_names(conn: Connection, table: str) -> dict[str, str]:
+    """The columns of ``table`` and their types as PostgreSQL names them."""
+    return {name: stored.name for name, stored in _table_types(conn, table).items()}
+
+
 class _PgColumn(Protocol):
     """The attributes read from psycopg2's ``cursor.description`` items (its Column)."""
 
@@ -673,7 +678,7 @@ class PostgresAdapter(DialectAdapter):
         return f"pg_temp.{name}"
 
     def _stage_name(self, conn: Connection, kind: str, table: str, columns: Sequence[str]) -> str:
-        types = {name: stored.name for name, stored in _table_types(conn, table).items()}
+        types = _type_names(conn, table)
         signature = "\x1f".join([kind, table, *(f"{c}\x1e{types.get(c)}" for c in columns)])
         return f"cl_{kind}_{hashlib.md5(signature.encode()).hexdigest()[:16]}"
 
@@ -722,9 +727,7 @@ class PostgresAdapter(DialectAdapter):
         column nor the value for two cases other databases produce: text with a NUL
         character (MariaDB, SQLite), and a MariaDB ``TIME`` beyond a time of day (a duration
         such as ``-838:59:59``) for a ``time`` column."""
-        types = {
-            name: stored.name for name, stored in _table_types(conn, self.table_ref(target)).items()
-        }
+        types = _type_names(conn, self.table_ref(target))
         rules: list[Rules] = []
         for name in columns:
             shown = f"PostgreSQL {types.get(name) or 'column'}"

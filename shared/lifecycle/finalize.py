@@ -87,9 +87,7 @@ def finalize_run(
     timeout plus the heartbeat grace (its finalizer died) is taken over by the next caller,
     e.g. reconcile.
     """
-    engine = writer_metadata(
-        settings.metadata, settings.target_sessions.idle_in_transaction_timeout_s
-    )
+    engine = writer_metadata(settings)
     lease = dt.timedelta(seconds=settings.visibility_timeout_s + settings.celery.heartbeat_grace_s)
     outcome = _finalize(engine, run_id, unfinished_chunks, reason, launch, lease, None)
     if isinstance(outcome, _DeletePass):
