@@ -184,17 +184,20 @@ def get_engine(
     return engine
 
 
-def writer_metadata(settings: Settings) -> Engine:
+def writer_metadata(settings: Settings, pre_ping: bool = False) -> Engine:
     """The metadata engine for writes a worker may be frozen in the middle of (a chunk
-    attempt's records, a run's finalizing): its sessions end after
+    attempt's records, a run's finalizing, reconcile's relaunches and failures, a chord
+    errback, a verify's ranges and verdict): its sessions end after
     ``target_sessions.idle_in_transaction_timeout_s`` idle inside a transaction (as the
     attempt's target sessions). A worker frozen between an UPDATE of a chunk_log or
     process_log row and the COMMIT would otherwise hold that row until it wakes, and the
     attempt that takes the chunk over (``begin_chunk``) or the run's other finalizers
     (reconcile, stop) would wait for it. Woken, the frozen COMMIT fails and the write is
-    retried or found done by someone else."""
+    retried or found done by someone else. ``pre_ping``: for callers that do not retry a
+    connection found dead (reconcile, which must work right after a restart of the
+    metadata server)."""
     limits = SessionLimits(settings.target_sessions.idle_in_transaction_timeout_s)
-    return get_engine(settings.metadata, pre_ping=False, limits=limits)
+    return get_engine(settings.metadata, pre_ping=pre_ping, limits=limits)
 
 
 def dispose_all() -> None:

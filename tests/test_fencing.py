@@ -23,7 +23,7 @@ from coordinator.watch import wait
 from shared.broker import client_app
 from shared.dialects import adapter_for
 from shared.dialects.base import dbapi_connection
-from shared.engines import get_engine
+from shared.engines import get_engine, writer_metadata
 from shared.fence import FENCE_TABLE, TargetFence
 from shared.metadata import store
 from shared.run.statuses import ChunkStatus, RunStatus
@@ -183,6 +183,44 @@ def test_an_entry_ends_a_batch_frozen_while_sending_its_copy(session_settings, w
 
 
 ROWS = 8_000
+
+
+@pytest.mark.parametrize("pre_ping", [False, True])
+def test_a_worker_metadata_writer_frozen_in_a_transaction_lets_go(session_settings, pre_ping):
+    """Every metadata writer a worker runs (chunk attempts and finalizers without pre-ping;
+    reconcile and the verify tasks with it) ends a session idle inside a transaction after
+    ``target_sessions.idle_in_transaction_timeout_s``: a worker frozen between an UPDATE of
+    a row (a chunk's, a run's) and its COMMIT releases the row, and the others go on."""
+    limits = session_settings.target_sessions.model_copy(
+        update={"idle_in_transaction_timeout_s": 1}
+    )
+    settings = session_settings.model_copy(update={"target_sessions": limits})
+    engine = writer_metadata(settings, pre_ping=pre_ping)
+    observer = get_engine(settings.metadata)
+    # a lock as a row's: held until the transaction ends (the key is this test's own)
+    lock = text("SELECT pg_advisory_xact_lock(:k)")
+    key = {"k": int(TOKEN, 16) % (1 << 62) + int(pre_ping)}
+    frozen = engine.connect()
+    try:
+        frozen.begin()
+        frozen.execute(lock, key)
+        pid = frozen.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with observer.begin() as conn:  # the row is free again within the limit and a margin
+            conn.execute(text("SET LOCAL lock_timeout = '10s'"))
+            conn.execute(lock, key)
+        with observer.connect() as conn:
+            wait_until(
+                lambda: conn.execute(
+                    text("SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = :p"), {"p": pid}
+                ).scalar_one(),
+                timeout_s=10,
+                what="the server to end the frozen writer's session",
+            )
+        with pytest.raises(OperationalError):
+            frozen.execute(text("SELECT 1"))
+    finally:
+        frozen.invalidate()
+        frozen.close()
 
 
 def _paced_mapping(schema: str) -> dict:

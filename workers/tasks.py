@@ -21,7 +21,7 @@ from celery.result import AsyncResult
 
 from shared import broker
 from shared.chunk.load import load_chunk
-from shared.engines import get_engine
+from shared.engines import writer_metadata
 from shared.errors import is_transient_db_error
 from shared.lifecycle.finalize import finalize_run
 from shared.lifecycle.reconcile import reconcile
@@ -100,7 +100,7 @@ def on_run_error(
     calls only unbound errbacks with the failed request (a bound one gets a task id)."""
     app = current_app
     settings = settings_of(app)
-    metadata = get_engine(settings.metadata, pre_ping=False)
+    metadata = writer_metadata(settings)
     log.error("run %s: chord error %r", run_id, exc)
     if store.get_run(metadata, run_id).launches != launch:
         log.info("run %s: errback of an earlier launch (%s); ignored", run_id, launch)

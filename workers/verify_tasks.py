@@ -10,7 +10,7 @@ from typing import Any
 from celery import Task, current_app, shared_task
 
 from shared import broker
-from shared.engines import get_engine
+from shared.engines import writer_metadata
 from shared.errors import ChordloadError
 from shared.metadata import store, verifies
 from shared.run.plan import RunPlan
@@ -39,7 +39,7 @@ def verify_after_run_task(self: Task, run_id: str) -> str | None:
     from coordinator.verify import start_verify
 
     settings = settings_of(self.app)
-    metadata = get_engine(settings.metadata)
+    metadata = writer_metadata(settings, pre_ping=True)
     run = store.get_run(metadata, run_id)
     try:
         return start_verify(settings, run.mapref, run_id=run_id, spec=RunPlan.from_row(run).spec)
@@ -67,7 +67,7 @@ def on_verify_error(request: Any, exc: BaseException, traceback: Any, verify_id:
     settings = settings_of(current_app)
     log.error("verify %s: chord error %r", verify_id, exc)
     verifies.end_verify(
-        get_engine(settings.metadata),
+        writer_metadata(settings, pre_ping=True),
         verify_id,
         VerifyStatus.FAILED,
         message=f"a range task did not return: {exc}",

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from shared import broker
 from shared.config.settings import Settings
-from shared.engines import get_engine
+from shared.engines import writer_metadata
 from shared.errors import LaunchError
 from shared.lifecycle.finalize import finalize_run
 from shared.lifecycle.notify import notify_run_end
@@ -108,7 +108,7 @@ def _relaunch(
         f"tasks were lost (empty queue, no worker holds them, no progress for "
         f"{settings.celery.lost_message_grace_s} s)"
     )
-    metadata = get_engine(settings.metadata)
+    metadata = writer_metadata(settings, pre_ping=True)
     task_ids = {c.chunk_no: c.task_id for c in lost}
     reopened = store.relaunch_chunks(metadata, run.run_id, task_ids, note)
     if reopened is None:  # it moved on meanwhile (a chunk started, a stop, the run ended)
@@ -144,7 +144,7 @@ def _fail_stale_planning(
         f"s; last step '{run.planning_step or '-'}'): its coordinator presumably died; "
         f"nothing was launched, run the mapping again"
     )
-    metadata = get_engine(settings.metadata)
+    metadata = writer_metadata(settings, pre_ping=True)
     if not store.set_run_status(
         metadata, run.run_id, RunStatus.FAILED, only_from={RunStatus.PLANNING}, message=message
     ):
@@ -155,7 +155,7 @@ def _fail_stale_planning(
 
 
 def reconcile(settings: Settings, now: dt.datetime | None = None) -> list[ReconcileAction]:
-    metadata = get_engine(settings.metadata)
+    metadata = writer_metadata(settings, pre_ping=True)
     now = now or utcnow()
     stale_after = dt.timedelta(
         seconds=settings.visibility_timeout_s + settings.celery.heartbeat_grace_s

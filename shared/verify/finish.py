@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.config.settings import Settings
-from shared.engines import get_engine
+from shared.engines import writer_metadata
 from shared.metadata import verifies
 from shared.run.statuses import VerifyStatus
 
@@ -15,7 +15,7 @@ def finish_verify(
 ) -> VerifyStatus:
     """EQUAL when every range matched, DIFFERENT when some key differs, FAILED when a range
     could not be verified (then nothing is proven, whatever the other ranges found)."""
-    metadata = get_engine(settings.metadata, pre_ping=False)
+    metadata = writer_metadata(settings)
     verify = verifies.get_verify(metadata, verify_id)
     totals = {
         name: sum(int(o.get(name) or 0) for o in outcomes)

@@ -35,7 +35,7 @@ from shared.config.settings import Settings
 from shared.dialects import adapter_for
 from shared.dialects.base import DialectAdapter
 from shared.dialects.postgres import HASH_SESSION, PostgresAdapter
-from shared.engines import READ_ONLY, get_engine
+from shared.engines import READ_ONLY, get_engine, writer_metadata
 from shared.errors import describe_db_error
 from shared.metadata import verifies
 from shared.metadata.verifies import DiffRow
@@ -120,7 +120,7 @@ class RangeVerifier:
 
     def __init__(self, settings: Settings, plan: VerifyPlan, range_no: int):
         self.plan = plan
-        self.metadata = get_engine(settings.metadata, pre_ping=False)
+        self.metadata = writer_metadata(settings)
         self.source, self.target = sides(settings, plan)
         self.coder = RowCoder.for_kinds(plan.kinds)
         self.key_positions = [plan.columns.index(k) for k in plan.spec.keys]
@@ -298,7 +298,7 @@ def verify_range(settings: Settings, verify_id: str, rng: ChunkRange) -> RangeOu
     """One range task. A failure is the range's outcome (``error``), not an exception: the
     chord's body still runs and ends the verify FAILED, naming the range."""
     try:
-        metadata = get_engine(settings.metadata, pre_ping=False)
+        metadata = writer_metadata(settings)
         plan = verify_plan(metadata, verify_id)
         return RangeVerifier(settings, plan, rng.chunk_no).run(rng)
     except Exception as exc:  # noqa: BLE001 - reported as the range's error
