@@ -35,6 +35,8 @@ from typing import Any
 
 import yaml
 
+from bench.cpu import ROLES as CPU_ROLES
+from bench.cpu import CpuByRole
 from bench.env import (
     DEFAULT_PG,
     DEFAULT_REDIS,
@@ -444,11 +446,21 @@ class Scenarios:
         src: str,
         wh: str,
         log,
+        db_names: dict[str, str],
     ):
         self.args, self.report, self.settings, self.worker = args, report, settings, worker
         self.src, self.wh, self.log = src, wh, log
+        self.databases = {
+            "source": db_names["src"],
+            "target": db_names["wh"],
+            "metadata": db_names["meta"],
+        }
         self.profiler = Profiler(args.profile, idle=not args.profile_cpu)
         self.samples: dict[str, list[Result]] = {}
+
+    def cpu(self) -> CpuByRole:
+        """CPU seconds by process role over a ``with`` block (bench/cpu.py)."""
+        return CpuByRole(self.databases, lambda: self.worker.proc and self.worker.proc.pid)
 
     def record(self, result: Result) -> None:
         self.samples.setdefault(result.scenario, []).append(result)
@@ -457,7 +469,8 @@ class Scenarios:
         table = f"public.limit_dim_r{round_no}"
         settle(self.wh, checkpoint=not self.args.quick)
         busy = machine_busy_s()
-        floor = limit_scd2(self.src, self.wh, table)
+        with self.cpu() as cpu:
+            floor = limit_scd2(self.src, self.wh, table)
         busy = machine_busy_s() - busy
         self.record(
             Result(
@@ -469,6 +482,7 @@ class Scenarios:
                     "copy_s": round(floor.copy_s, 3),
                     "index_s": round(floor.apply_s, 3),
                     "machine_busy_cores": round(busy / floor.wall_s, 2),
+                    "cpu_s": cpu.seconds,
                 },
             )
         )
@@ -479,7 +493,7 @@ class Scenarios:
         )
         self.log(
             f"[bench] r{round_no} limit: {floor.wall_s:.2f}s (copy {floor.copy_s:.2f}s, "
-            f"indexes {floor.apply_s:.2f}s)"
+            f"indexes {floor.apply_s:.2f}s), CPU s {cpu_text(cpu.seconds)}"
         )
 
     def baseline(self, round_no: int) -> None:
@@ -489,7 +503,8 @@ class Scenarios:
         with pg(self.wh) as conn, conn.cursor() as cur:
             create_scd2_target(cur, table)
         busy = machine_busy_s()
-        base = baseline_scd2(self.src, self.wh, table)
+        with self.cpu() as cpu:
+            base = baseline_scd2(self.src, self.wh, table)
         busy = machine_busy_s() - busy
         n = self.args.rows
         self.record(
@@ -502,6 +517,7 @@ class Scenarios:
                     "copy_s": round(base.copy_s, 3),
                     "apply_s": round(base.apply_s, 3),
                     "machine_busy_cores": round(busy / base.wall_s, 2),
+                    "cpu_s": cpu.seconds,
                 },
             )
         )
@@ -512,7 +528,7 @@ class Scenarios:
         )
         self.log(
             f"[bench] r{round_no} baseline: {base.wall_s:.2f}s (copy {base.copy_s:.2f}s, "
-            f"apply {base.apply_s:.2f}s)"
+            f"apply {base.apply_s:.2f}s), CPU s {cpu_text(cpu.seconds)}"
         )
 
     def chordload(
@@ -528,15 +544,17 @@ class Scenarios:
         settle(self.wh, checkpoint=not self.args.quick)
         if fresh_worker and not self.args.quick:  # peak-RSS comparison: no inherited high mark
             self.worker.restart()
-        run, wall, rss, detail = run_chordload(
-            self.settings,
-            self.worker,
-            self.profiler,
-            mapref,
-            f"{name}_r{round_no}",
-            chunks_override,
-            self.args.run_timeout,
-        )
+        with self.cpu() as cpu:
+            run, wall, rss, detail = run_chordload(
+                self.settings,
+                self.worker,
+                self.profiler,
+                mapref,
+                f"{name}_r{round_no}",
+                chunks_override,
+                self.args.run_timeout,
+            )
+        detail["cpu_s"] = cpu.seconds
         table = f"public.{self.settings.mapping(mapref).target.table_name}"
         total, current, doubled = target_state(self.wh, table)
         self.record(
@@ -571,7 +589,7 @@ class Scenarios:
         self.log(
             f"[bench] r{round_no} {name}: {wall:.2f}s, {run.chunks_total} chunks, worker "
             f"CPU {self.samples[name][-1].worker_cpu_s:.1f}s, peak RSS {rss:.0f} MB "
-            f"({run.status.value})"
+            f"({run.status.value}), CPU s {cpu_text(cpu.seconds)}"
         )
 
     def naive(self) -> None:
@@ -673,7 +691,7 @@ def run_benchmark(args: argparse.Namespace, log=print) -> Report:
             concurrency=args.concurrency,
         )
         worker.start()
-        runs = Scenarios(args, report, settings, worker, src, wh, log)
+        runs = Scenarios(args, report, settings, worker, src, wh, log, services.db_names)
         few, many = f"chunks_{args.few_chunks}", f"chunks_{args.many_chunks}"
         for r in range(args.repeat):
             runs.limit(r)
@@ -834,6 +852,10 @@ def evaluate_targets(report: Report, args: argparse.Namespace) -> list[dict[str,
     return targets
 
 
+def cpu_text(seconds: dict[str, float | None]) -> str:
+    return ", ".join(f"{role} {'-' if v is None else f'{v:.2f}'}" for role, v in seconds.items())
+
+
 def render(report: Report) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -894,6 +916,19 @@ def render(report: Report) -> None:
             "",
         )
     console.print(table)
+    cpu = Table(title="CPU seconds by process (the median round; bench/cpu.py)")
+    for col in ("scenario", *CPU_ROLES, "all"):
+        cpu.add_column(col, justify="left" if col == "scenario" else "right")
+    for r in report.results:
+        seconds = r.detail.get("cpu_s")
+        if seconds:
+            known = [v for v in seconds.values() if v is not None]
+            cpu.add_row(
+                r.scenario,
+                *(num(seconds.get(role), ".2f") for role in CPU_ROLES),
+                f"{sum(known):.2f}",
+            )
+    console.print(cpu)
     notes = []
     for r in report.results:
         if r.scenario == "limit":

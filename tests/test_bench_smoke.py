@@ -113,6 +113,14 @@ def test_bench_harness_smoke(tmp_path):
         assert 20 < results[name]["worker_peak_rss_mb"] < 1000, results[name]
         assert results[name]["worker_cpu_s"] > 0, results[name]
 
+    # where the CPU went, by process (bench/cpu.py): the databases run on this machine
+    assert "CPU seconds by process" in proc.stdout
+    for name in ("limit", "initial"):
+        cpu = results[name]["detail"]["cpu_s"]
+        assert cpu["source"] > 0 and cpu["target"] > 0, (name, cpu)
+    assert results["limit"]["detail"]["cpu_s"]["bench"] > 0  # its relay thread
+    assert results["initial"]["detail"]["cpu_s"]["workers"] > 0
+
     planning = report["planning"]
     assert planning["estimated_rows"] > 0 and planning["parts"] > 1
     assert 0 < planning["estimate_plus_boundaries_s"] < 30
