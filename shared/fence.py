@@ -146,7 +146,7 @@ class TargetFence:
         )
         if taken == 1:
             return True
-        if self._has_row(conn, chunk_no):
+        if taken is not None and self._has_row(conn, chunk_no):
             return False  # an attempt as new or newer holds it
         conn.execute(
             text(
@@ -178,12 +178,13 @@ class TargetFence:
 
     def _update(
         self, conn: Connection, sql: str, rows: str, params: dict[str, Any], one: bool = False
-    ) -> int:
+    ) -> int | None:
         """Run a fence UPDATE (on the fence ``rows``); on PostgreSQL, while it waits for a
         row lock, end every holder of those rows that has waited ``stalled_copy_s`` for its
         COPY's data, seen so on two looks ``STALL_CHECK_S`` apart. Returns the rows updated.
         ``one``: ``rows`` is at most one row, which is usually free: locked at once (or found
-        missing) without the waiting loop's round trips."""
+        missing: then None, so a chunk's first entry need not look for its row again)
+        without the waiting loop's round trips."""
         if not self.stalled_copy_s or conn.dialect.name != "postgresql":
             return int(conn.execute(text(sql), params).rowcount)
         if one:
@@ -194,7 +195,7 @@ class TargetFence:
                 return int(conn.execute(text(sql), params).rowcount)
             present = conn.execute(text(f"SELECT 1 FROM {self.ref} WHERE {rows}"), params).first()
             if present is None:
-                return 0
+                return None
         prior = conn.execute(text("SELECT current_setting('lock_timeout')")).scalar_one()
         seen: set[int] = set()
         while True:

@@ -133,10 +133,14 @@ def max_checkpoint(
     adapter, q = scd_target.dialect, scd_target.q
     range_sql, range_params = chunk.predicate(adapter, plan.split_columns)
     # The target's statistics predate this load (they may say it is empty): the planner
-    # would read the whole table for the last chunk's open range, not its key index.
-    tconn.execute(text("SET LOCAL enable_seqscan = off"))
+    # would read the whole table for the last chunk's open range, not its key index. The
+    # setting goes with the query, in one round trip (PostgreSQL: the result is the last
+    # statement's).
     current = f" AND src.{q(scd_target.audit.is_current)} = :true_" if scd_target.scd2 else ""
     return tconn.execute(
-        text(f"SELECT max(src.{q(column)}) FROM {scd_target.table} src WHERE {range_sql}{current}"),
+        text(
+            f"SET LOCAL enable_seqscan = off; SELECT max(src.{q(column)}) "
+            f"FROM {scd_target.table} src WHERE {range_sql}{current}"
+        ),
         {**range_params, **scd_target.flags()},
     ).scalar()

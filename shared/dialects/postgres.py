@@ -715,10 +715,12 @@ class PostgresAdapter(DialectAdapter):
         joins off when an index can serve the key lookups (without one the planner's choice
         stands), all for the rest of the batch transaction (``SET LOCAL``). What follows the
         apply in that transaction is more of the same key lookups, and a rolled-back
-        savepoint undoes the settings with the rest of its slice."""
-        conn.execute(text(HASH_SESSION))
+        savepoint undoes the settings with the rest of its slice. One round trip: it is part
+        of every batch's fixed cost."""
+        settings = HASH_SESSION
         if self._key_indexed(conn, table, keys):
-            conn.execute(text("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"))
+            settings += "; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+        conn.execute(text(settings))
 
     def value_check(
         self, conn: Connection, target: TargetSpec, columns: Sequence[str]
