@@ -175,6 +175,7 @@ class StreamedBatch:
         self._full_at: int | None = None  # the rows when the batch had reached ``limit``
         self.whole = True
         self.done = False
+        self.last = False  # the stream ended with this batch
         self.failure: BaseException | None = None  # what ``read`` raised (psycopg2 hides it)
 
     def read(self, size: int = -1) -> bytes:
@@ -199,7 +200,7 @@ class StreamedBatch:
             return b""
         piece = self._pieces.next()
         if piece is None:
-            self.done = True
+            self.done = self.last = True
             return b""
         if self.rows < self._limit:
             lines, room = self._cutter.size(piece), self._limit - self.rows

@@ -129,7 +129,7 @@ def max_checkpoint(
 ) -> Any:
     """The largest ``column`` value of the chunk's rows in the target: after an initial
     pass, exactly the rows this attempt wrote (none were current before it, and the fence
-    kept every other writer out). Run in a transaction of its own."""
+    kept every other writer out). Run in the last batch's transaction or one of its own."""
     adapter, q = scd_target.dialect, scd_target.q
     range_sql, range_params = chunk.predicate(adapter, plan.split_columns)
     # The target's statistics predate this load (they may say it is empty): the planner

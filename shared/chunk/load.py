@@ -296,6 +296,8 @@ class ChunkLoad:
         # the key range had no current target row when this first pass began (Pass.INITIAL)
         self.initial = False
         self.direct_rows = 0  # rows of this attempt COPYed straight into the target (direct.py)
+        # the checkpoint maximum of the direct rows, read in the last batch's transaction
+        self.direct_max: tuple[Any] | None = None
 
     def run(self) -> None:
         with self.target.connect() as tconn:
@@ -475,6 +477,9 @@ class ChunkLoad:
                 self._hold_fence(tconn)
                 target.prepare_apply(tconn, table, self.plan.spec.keys)
                 target.copy_lines(tconn, table, direct.columns, batch)
+                if batch.last and self.plan.spec.checkpoint_columns:
+                    # no batch follows: the chunk's maximum, read before the commit
+                    self.direct_max = self._read_direct_max(tconn)
         except Exception as exc:
             if batch.failure is not None and not isinstance(batch.failure, KeyContinues):
                 raise batch.failure from exc  # the source's error, which the COPY only relayed
@@ -496,14 +501,23 @@ class ChunkLoad:
         self._record(batch.rows, ApplyCounts(inserted=batch.rows), [], 0, None)
         return True
 
+    def _read_direct_max(self, tconn: Connection) -> tuple[Any]:
+        """The checkpoint maximum of the chunk's rows in the target, read in the caller's
+        transaction (a tuple: the maximum may be NULL)."""
+        column = self.plan.spec.checkpoint_columns[0]
+        return (max_checkpoint(tconn, self.plan, self.scd_target, self.chunk, column),)
+
     def _add_direct_max(self, tconn: Connection) -> None:
         """The chunk's checkpoint maximum, which the direct batches did not see, read back
-        from the target; put into the result and the last batch's record."""
-        checkpoint = self.plan.spec.checkpoint_columns
-        if not checkpoint:
+        from the target; put into the result and the last batch's record. Read in the last
+        batch's transaction when that batch went straight in (its rows are the reader's own
+        there, and two round trips are saved), else here in a transaction of its own."""
+        if not self.plan.spec.checkpoint_columns:
             return
-        with tconn.begin():
-            found = max_checkpoint(tconn, self.plan, self.scd_target, self.chunk, checkpoint[0])
+        if self.direct_max is None:
+            with tconn.begin():
+                self.direct_max = self._read_direct_max(tconn)
+        found = self.direct_max[0]
         self.result.max_checkpoint = max_value([self.result.max_checkpoint, found])
         if self.unrecorded is not None:
             self.unrecorded = replace(
