@@ -90,7 +90,10 @@ class CpuByRole:
             return "workers"
         argv = _cmdline(pid)
         if not argv or argv[0] != "postgres:":
-            self._others.add(pid)
+            # a backend forked a moment ago still has the server's command line until it
+            # sets its title: look at it again, never set it aside
+            if not any("postgres" in a for a in argv):
+                self._others.add(pid)
             return None
         self._postgres_seen = True  # a backend names its database once it has logged in
         return next((self._databases[a] for a in argv if a in self._databases), None)
