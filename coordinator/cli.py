@@ -568,6 +568,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         console.print(f"target {spec.target.table} does not exist; a run creates it with:")
         for statement in doc["target_ddl"]:
             print(f"  {statement};")
+        if doc["target_ddl_after_first_run"]:
+            console.print("and at the end of its first run (so that run need not keep them):")
+            for statement in doc["target_ddl_after_first_run"]:
+                print(f"  {statement};")
     else:
         console.print(f"target {spec.target.table} exists and fits the load", highlight=False)
     return EXIT_OK

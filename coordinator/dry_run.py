@@ -60,6 +60,7 @@ class DryRun:
             ],
             "rows": sum(c.rows for c in self.chunks),
             "target_ddl": self.plan.target_ddl,
+            "target_ddl_after_first_run": self.plan.target_ddl_after_first_run,
         }
 
 

@@ -29,6 +29,7 @@ from shared.run.modes import RunMode
 from shared.run.plan import RunPlan
 from shared.run.values import Value, stride_bounds
 from shared.run.window import ChunkRange, ranges_from_bounds
+from shared.scd import late_indexes
 from shared.scd.hashes import mark_new_target, upgrade_row_hashes
 from shared.scd.key_index import upgrade_key_index
 from shared.scd.target import Scd2Options, ScdTarget
@@ -53,8 +54,10 @@ class Plan:
     note: str
     stored_checkpoint: dict[str, Any] | None = None
     counted_rows: int | None = None  # the bounded count that confirmed a low estimate
-    # dry run only: the statements that would create the target ([] if it exists)
+    # dry run only: the statements that would create the target ([] if it exists), and
+    # those the end of its first run would build its late indexes with (late_indexes.py)
     target_ddl: list[str] = field(default_factory=list)
+    target_ddl_after_first_run: list[str] = field(default_factory=list)
 
 
 class PlanningHooks(Protocol):
@@ -410,7 +413,7 @@ def plan_run(
             f"on {', '.join(spec.checkpoint_columns) or '-'}, chunks on "
             f"{', '.join(spec.split_columns)}): {describe_db_error(exc)}"
         ) from None
-    target_ddl: list[str] = []
+    target_ddl: tuple[list[str], list[str]] = ([], [])
     target_notes: list[str] = []
     if dry_run:
         target_ddl = planned_target_ddl(settings, mapref, spec, source_columns)
@@ -441,7 +444,7 @@ def plan_run(
         stored,
         settings.celery.queue,
     )
-    return Plan(run, estimate, ranges, note, stored_encoded, counted, target_ddl)
+    return Plan(run, estimate, ranges, note, stored_encoded, counted, *target_ddl)
 
 
 def source_high_water(settings: Settings, mapref: str, spec: MappingSpec) -> Value:
@@ -524,9 +527,10 @@ def with_target_audit_names(
 
 def planned_target_ddl(
     settings: Settings, mapref: str, spec: MappingSpec, source_columns: list[SourceColumn]
-) -> list[str]:
-    """The statements a run would create the target with; [] when it exists (then it is
-    checked as a run would, without touching it)."""
+) -> tuple[list[str], list[str]]:
+    """The statements a run would create the target with, and those the end of its first
+    run would build the target's late indexes with (``shared/scd/late_indexes.py``); both
+    [] when it exists (then it is checked as a run would, without touching it)."""
     url = settings.connection_url(spec.target.connection)
     adapter = adapter_for(get_engine(url))
     try:
@@ -543,8 +547,15 @@ def planned_target_ddl(
                     spec.scd.type,
                     list(spec.scd.audit_names().values()),
                 )
-                return []
-            return adapter.target_ddl(
+                return [], []
+            late = adapter.late_index_sql(
+                adapter.table_ref(spec.target),
+                spec.target,
+                spec.keys,
+                spec.scd.type,
+                spec.scd.audit_columns,
+            )
+            created = adapter.target_ddl(
                 conn,
                 spec.target,
                 source_columns,
@@ -553,8 +564,28 @@ def planned_target_ddl(
                 spec.scd.audit_columns,
                 **_target_options(spec, source_columns),
             )
+            return created, [statement for index in late for statement in index.statements]
     except ConfigError as err:
         raise ConfigError(f"mapping '{mapref}': {err}") from None
+
+
+def _late_indexes(conn: Connection, target: ScdTarget, spec: MappingSpec) -> list[str]:
+    """Build the late indexes an earlier run's end did not (``shared/scd/late_indexes.py``),
+    in a savepoint of the planner's transaction; a plan note saying what was built, or why
+    not yet (a writer's lock held past the wait: the next plan tries again)."""
+    if not late_indexes.missing(conn, target, spec.target):
+        return []
+    try:
+        with conn.begin_nested():
+            built = late_indexes.build(conn, target, spec.target)
+    except DBAPIError as exc:
+        return [
+            f"{spec.target.table}'s indexes after its first load not built yet "
+            f"({describe_db_error(exc)}); the next plan tries again"
+        ]
+    if not built:
+        return []
+    return [f"built {spec.target.table}'s indexes its first run's end did not: {', '.join(built)}"]
 
 
 def ensure_target(
@@ -597,7 +628,9 @@ def ensure_target(
                         f"current row-hash definition (once)"
                     )
                 index_note = upgrade_key_index(conn, hashed, spec.target, source_columns)
-                return notes + ([index_note] if index_note else [])
+                return (
+                    notes + ([index_note] if index_note else []) + _late_indexes(conn, hashed, spec)
+                )
             adapter.create_target(
                 conn,
                 spec.target,

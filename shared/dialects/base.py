@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -31,6 +31,16 @@ def dbapi_connection(conn: Connection) -> DBAPIConnection:
     assert dbapi is not None, "the connection was invalidated or closed"
     return dbapi
 
+
+class LateIndex(NamedTuple):
+    """One of a new target's indexes built after its first load: its name (the primary
+    key's is ``PRIMARY_KEY``) and the statements that build it."""
+
+    name: str
+    statements: tuple[str, ...]
+
+
+PRIMARY_KEY = "primary key"  # LateIndex.name of the target's primary key
 
 MARKER_TABLE = "chordload_targets"  # per target database: which row hash a target holds
 
@@ -349,6 +359,29 @@ class DialectAdapter:
             f"{unique} WHERE {self.q(audit.is_current)}",
             f"CREATE INDEX {self.q(self.index_name(name, 'key'))} ON {table} ({key_cols})",
         ]
+
+    def late_index_sql(
+        self,
+        table: str,
+        target: TargetSpec,
+        keys: Sequence[str],
+        scd_type: int,
+        audit: AuditColumns,
+    ) -> list[LateIndex]:
+        """The indexes a target chordload creates gets at the end of its first run instead
+        of at its creation (``shared/scd/late_indexes.py``); none here: everything is made
+        with the table."""
+        return []
+
+    def index_state(self, conn: Connection, target: TargetSpec) -> tuple[bool, set[str]]:
+        """Whether the target has a primary key, and the names of its indexes (asked only
+        by a dialect with late indexes)."""
+        raise NotImplementedError
+
+    def lock_out_writers(self, conn: Connection, target: TargetSpec, wait_s: float) -> None:
+        """Take the target's lock that keeps writers and another index builder out until
+        the transaction ends, readers not; raise if a writer keeps it past ``wait_s``."""
+        raise NotImplementedError
 
     # -- the row-hash marker of a target -------------------------------------------------------
     def marker_ref(self, target: TargetSpec) -> str:

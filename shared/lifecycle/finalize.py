@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 from shared import checkpoint
 from shared.config.mapping import DeletesMode
 from shared.config.settings import Settings
-from shared.engines import writer_metadata
+from shared.dialects import adapter_for
+from shared.engines import get_engine, writer_metadata
 from shared.errors import describe_db_error
 from shared.fence import close_target
 from shared.lifecycle.notify import notify_run_end
@@ -31,6 +32,7 @@ from shared.retry import FINALIZE, retry_transient
 from shared.run.plan import RunPlan
 from shared.run.statuses import LAUNCHED_RUN_STATUSES, ChunkStatus, RunStatus
 from shared.run.values import decode_value, encode_value, value_type_name
+from shared.scd import late_indexes
 from shared.timeutil import as_utc, utcnow
 
 log = logging.getLogger("chordload.finalize")
@@ -89,6 +91,7 @@ def finalize_run(
     """
     engine = writer_metadata(settings)
     lease = dt.timedelta(seconds=settings.visibility_timeout_s + settings.celery.heartbeat_grace_s)
+    _complete_target(settings, engine, run_id, unfinished_chunks)
     outcome = _finalize(engine, run_id, unfinished_chunks, reason, launch, lease, None)
     if isinstance(outcome, _DeletePass):
         from shared.lifecycle.deletes import retire_deleted_keys
@@ -108,6 +111,37 @@ def finalize_run(
         notify_run_end(settings, outcome.run_id)
     _after_success(settings, engine, outcome)
     return outcome
+
+
+def _complete_target(
+    settings: Settings, engine: Engine, run_id: str, unfinished_chunks: ChunkStatus | None
+) -> None:
+    """Build the target's late indexes (``shared/scd/late_indexes.py``) before the run that
+    is ending writes its end: a finished run, whatever its status, leaves a target it
+    created whole. Idempotent (a second finalizer finds nothing missing) and never fatal: a
+    stale writer's lock held past the wait or an error is logged and leaves the build to
+    the next plan."""
+    run = store.find_run(engine, run_id)
+    if run is None or run.status not in LAUNCHED_RUN_STATUSES:
+        return
+    if unfinished_chunks is None and store.open_chunk_count(engine, run_id):
+        return  # not ending yet
+    plan = RunPlan.from_row(run)
+    try:
+        target_engine = get_engine(settings.connection_url(plan.spec.target.connection))
+        scd_target = plan.scd_target(adapter_for(target_engine))
+        with target_engine.begin() as conn:
+            built = late_indexes.build(conn, scd_target, plan.spec.target)
+    except Exception as exc:  # noqa: BLE001 - the run ends whatever happens here
+        log.warning(
+            "run %s: %s's indexes after its first load not built (%s); the next plan builds them",
+            run_id,
+            plan.spec.target.table,
+            describe_db_error(exc),
+        )
+        return
+    if built:
+        log.info("run %s: built %s's indexes %s", run_id, plan.spec.target.table, built)
 
 
 def _after_success(settings: Settings, engine: Engine, outcome: FinalizeOutcome | None) -> None:
