@@ -13,6 +13,8 @@ must hold:
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -24,10 +26,14 @@ from coordinator.plan import plan_run
 from coordinator.watch import wait
 from shared.dialects import adapter_for
 from shared.engines import get_engine
+from shared.lifecycle.reconcile import reconcile
+from shared.metadata import store
 from shared.run.statuses import RunStatus
 from shared.scd import late_indexes
 from tests.cliutil import run_cli, table_exists, write_config
 from tests.pgdata import BUSINESS_COLUMNS, create_customers, scd2_mapping
+from tests.test_lifecycle import wait_until
+from tests.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -210,3 +216,57 @@ def _advisory_lock_waiters(wh) -> int:
         return conn.execute(
             text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
         ).scalar_one()
+
+
+def test_a_finalizer_killed_while_it_builds_leaves_reconcile_to_end_the_run_whole(
+    config_path, make_settings, wh, schema, tmp_path, workers
+):
+    """The worst moment for the build: the worker finalizing the run is SIGKILLed while its
+    build waits for the table. The run's end is not written (it stays RUNNING, all chunks
+    done), and reconcile ends it: the target gets its primary key, the run its status."""
+    create_customers(wh, schema, rows=1_000)
+    settings = _settings(make_settings, schema)
+    queue = f"cl-late-{schema}"
+    own = settings.model_copy(
+        update={"celery": settings.celery.model_copy(update={"queue": queue})}
+    )
+    spec, metadata = settings.mappings[schema], get_engine(settings.metadata)
+    plan_run(settings, schema, spec, metadata)  # creates the target, as a launch would
+    worker = WorkerProcess(
+        config_path, queue=queue, name=f"late-{schema}", concurrency=1, log_path=tmp_path / "w.log"
+    )
+    holder = wh.connect()
+    try:
+        holder.begin()  # a writer's open transaction: the build waits for it (10 s at most)
+        holder.execute(text(f'LOCK TABLE "{schema}".dim_customer IN ROW EXCLUSIVE MODE'))
+        worker.start()
+        run_id = launch(schema, settings=own)
+        wait_until(lambda: _builder_waiting(wh, schema), timeout_s=60, what="the build waiting")
+        os.killpg(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait(10)
+        assert store.get_run(metadata, run_id).status is RunStatus.RUNNING
+        assert all(c.status.is_terminal for c in store.get_chunks(metadata, run_id))
+    finally:
+        holder.rollback()
+        holder.close()
+        worker.stop()
+    actions = reconcile(settings)
+    assert [(a.run_id, a.action) for a in actions if a.run_id == run_id] == [(run_id, "finalized")]
+    run = store.get_run(metadata, run_id)
+    assert (run.status, run.rows_read, run.rows_inserted) == (RunStatus.SUCCESS, 1_000, 1_000)
+    assert _indexes(wh, schema, "dim_customer") == (True, {"current", "key", "sk"})
+
+
+def _builder_waiting(wh, schema: str) -> bool:
+    with wh.connect() as conn:
+        return bool(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT l.granted AND "
+                    "l.mode = 'ShareRowExclusiveLock' AND c.relname = 'dim_customer' "
+                    "AND n.nspname = :schema"
+                ),
+                {"schema": schema},
+            ).scalar_one()
+        )

@@ -121,27 +121,29 @@ def _complete_target(
     created whole. Idempotent (a second finalizer finds nothing missing) and never fatal: a
     stale writer's lock held past the wait or an error is logged and leaves the build to
     the next plan."""
-    run = store.find_run(engine, run_id)
-    if run is None or run.status not in LAUNCHED_RUN_STATUSES:
-        return
-    if unfinished_chunks is None and store.open_chunk_count(engine, run_id):
-        return  # not ending yet
-    plan = RunPlan.from_row(run)
     try:
-        target_engine = get_engine(settings.connection_url(plan.spec.target.connection))
+        run = store.find_run(engine, run_id)
+        if run is None or run.status not in LAUNCHED_RUN_STATUSES:
+            return
+        if unfinished_chunks is None and store.open_chunk_count(engine, run_id):
+            return  # not ending yet
+        plan = RunPlan.from_row(run)
+        target = plan.spec.target
+        target_engine = get_engine(settings.connection_url(target.connection))
         scd_target = plan.scd_target(adapter_for(target_engine))
         with target_engine.begin() as conn:
-            built = late_indexes.build(conn, scd_target, plan.spec.target)
+            built = late_indexes.build(conn, scd_target, target)
     except Exception as exc:  # noqa: BLE001 - the run ends whatever happens here
+        # (the metadata database out of reach too: _finalize rides that out, retrying)
         log.warning(
-            "run %s: %s's indexes after its first load not built (%s); the next plan builds them",
+            "run %s: its target's indexes after its first load not built (%s); the next "
+            "plan builds them",
             run_id,
-            plan.spec.target.table,
             describe_db_error(exc),
         )
         return
     if built:
-        log.info("run %s: built %s's indexes %s", run_id, plan.spec.target.table, built)
+        log.info("run %s: built %s's indexes %s", run_id, target.table, built)
 
 
 def _after_success(settings: Settings, engine: Engine, outcome: FinalizeOutcome | None) -> None:
