@@ -549,11 +549,7 @@ def planned_target_ddl(
                 )
                 return [], []
             late = adapter.late_index_sql(
-                adapter.table_ref(spec.target),
-                spec.target,
-                spec.keys,
-                spec.scd.type,
-                spec.scd.audit_columns,
+                adapter.table_ref(spec.target), spec.target, spec.scd.type, spec.scd.audit_columns
             )
             created = adapter.target_ddl(
                 conn,

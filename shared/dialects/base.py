@@ -364,7 +364,6 @@ class DialectAdapter:
         self,
         table: str,
         target: TargetSpec,
-        keys: Sequence[str],
         scd_type: int,
         audit: AuditColumns,
     ) -> list[LateIndex]:

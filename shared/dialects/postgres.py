@@ -662,17 +662,17 @@ class PostgresAdapter(DialectAdapter):
         self,
         table: str,
         target: TargetSpec,
-        keys: Sequence[str],
         scd_type: int,
         audit: AuditColumns,
     ) -> list[LateIndex]:
         """SCD2: the primary key on the surrogate key. A first load kept it row by row, two
-        sessions appending to the same right-most page of it, which cost more than all the
-        other indexes together; one build at the load's end costs a fraction. The unique
-        current-row index and the plain key index are made with the table: the first refuses
-        a key's second current row while the first run loads, the second serves a replay's
-        look at a key's expired versions. The index is built first (a SHARE lock: readers go
-        on), then attached, which locks the table only for the moment of that."""
+        sessions appending to the same right-most page of it, the costliest of the three
+        indexes to keep (docs/benchmarks.md); one build at the load's end costs a fraction.
+        The unique current-row index and the plain key index are made with the table: the
+        first refuses a key's second current row while the first run loads, the second
+        serves a replay's look at a key's expired versions. The index is built first (a
+        SHARE lock: readers go on), then attached, which locks the table only for the
+        moment of that."""
         if scd_type == 1:
             return []
         pkey = self.q(self.index_name(target.table_name, "sk"))

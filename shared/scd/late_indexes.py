@@ -33,9 +33,7 @@ LOCK_WAIT_S = 10.0  # how long a build waits for a writer's transaction on the t
 def missing(conn: Connection, target: ScdTarget, spec: TargetSpec) -> list[LateIndex]:
     """The late indexes the target still lacks (none for a table chordload did not make)."""
     dialect = target.dialect
-    late = dialect.late_index_sql(
-        target.table, spec, target.keys, 2 if target.scd2 else 1, target.audit
-    )
+    late = dialect.late_index_sql(target.table, spec, 2 if target.scd2 else 1, target.audit)
     if not late:
         return []
     has_primary_key, names = dialect.index_state(conn, spec)
