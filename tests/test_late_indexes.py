@@ -108,6 +108,14 @@ def test_the_first_run_ends_with_every_index_of_the_target(
     assert run.status is outcome, run.message
     assert run.chunks_total == 5, run.plan_note
     assert _indexes(wh, schema, "dim_customer") == (True, {"current", "key", "sk"})
+    wait_until(  # the operator sees it in the worker's log, with its time
+        lambda: any(
+            f"run {run_id}: built" in line and "dim_customer's primary key in" in line
+            for line in workers.log_path.read_text(errors="replace").splitlines()
+        ),
+        timeout_s=10,
+        what="the build's log line",
+    )
     # the unique current-row index held all along: one current version per key
     with wh.connect() as conn:
         twice = conn.execute(

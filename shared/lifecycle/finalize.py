@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -131,6 +132,7 @@ def _complete_target(
         target = plan.spec.target
         target_engine = get_engine(settings.connection_url(target.connection))
         scd_target = plan.scd_target(adapter_for(target_engine))
+        started = time.monotonic()
         with target_engine.begin() as conn:
             built = late_indexes.build(conn, scd_target, target)
     except Exception as exc:  # noqa: BLE001 - the run ends whatever happens here
@@ -143,7 +145,13 @@ def _complete_target(
         )
         return
     if built:
-        log.info("run %s: built %s's indexes %s", run_id, target.table, built)
+        log.info(
+            "run %s: built %s's %s in %.1f s",
+            run_id,
+            target.table,
+            ", ".join(built),
+            time.monotonic() - started,
+        )
 
 
 def _after_success(settings: Settings, engine: Engine, outcome: FinalizeOutcome | None) -> None:
