@@ -132,6 +132,8 @@ def _complete_target(
         target = plan.spec.target
         target_engine = get_engine(settings.connection_url(target.connection))
         scd_target = plan.scd_target(adapter_for(target_engine))
+        if not late_indexes.planned(scd_target, target):
+            return
         started = time.monotonic()
         with target_engine.begin() as conn:
             built = late_indexes.build(conn, scd_target, target)

@@ -30,12 +30,18 @@ from shared.scd.target import ScdTarget
 LOCK_WAIT_S = 10.0  # how long a build waits for a writer's transaction on the target
 
 
+def planned(target: ScdTarget, spec: TargetSpec) -> list[LateIndex]:
+    """The late indexes of a target of this kind, built or not (none: nothing to look at,
+    not even a connection)."""
+    return target.dialect.late_index_sql(target.table, spec, 2 if target.scd2 else 1, target.audit)
+
+
 def missing(conn: Connection, target: ScdTarget, spec: TargetSpec) -> list[LateIndex]:
     """The late indexes the target still lacks (none for a table chordload did not make)."""
-    dialect = target.dialect
-    late = dialect.late_index_sql(target.table, spec, 2 if target.scd2 else 1, target.audit)
+    late = planned(target, spec)
     if not late:
         return []
+    dialect = target.dialect
     has_primary_key, names = dialect.index_state(conn, spec)
     current = dialect.index_name(spec.table_name, "current" if target.scd2 else "key")
     if has_primary_key or current not in names:
@@ -47,8 +53,9 @@ def build(
     conn: Connection, target: ScdTarget, spec: TargetSpec, lock_wait_s: float = LOCK_WAIT_S
 ) -> list[str]:
     """Build the late indexes the target lacks, in the caller's transaction; the names of
-    those built. Writers (a stale attempt's batch) and another builder are waited for at
-    most ``lock_wait_s`` (the database's lock-timeout error escapes); readers go on."""
+    those built. Another builder is waited for until it is done, a writer (a stale
+    attempt's batch) at most ``lock_wait_s`` (the database's lock-timeout error escapes);
+    readers go on."""
     if not missing(conn, target, spec):
         return []
     target.dialect.lock_out_writers(conn, spec, lock_wait_s)
