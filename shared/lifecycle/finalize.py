@@ -128,8 +128,12 @@ def _complete_target(
             return
         if unfinished_chunks is None and store.open_chunk_count(engine, run_id):
             return  # not ending yet
-        plan = RunPlan.from_row(run)
-        target = plan.spec.target
+    except Exception as exc:  # noqa: BLE001 - _finalize rides a metadata outage out, retrying
+        log.debug("run %s: its target's late indexes left to the next plan: %s", run_id, exc)
+        return
+    plan = RunPlan.from_row(run)
+    target = plan.spec.target
+    try:
         target_engine = get_engine(settings.connection_url(target.connection))
         scd_target = plan.scd_target(adapter_for(target_engine))
         if not late_indexes.planned(scd_target, target):
@@ -138,11 +142,10 @@ def _complete_target(
         with target_engine.begin() as conn:
             built = late_indexes.build(conn, scd_target, target)
     except Exception as exc:  # noqa: BLE001 - the run ends whatever happens here
-        # (the metadata database out of reach too: _finalize rides that out, retrying)
         log.warning(
-            "run %s: its target's indexes after its first load not built (%s); the next "
-            "plan builds them",
+            "run %s: %s's indexes after its first load not built (%s); the next plan builds them",
             run_id,
+            target.table,
             describe_db_error(exc),
         )
         return
