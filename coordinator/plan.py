@@ -548,9 +548,7 @@ def planned_target_ddl(
                     list(spec.scd.audit_names().values()),
                 )
                 return [], []
-            late = adapter.late_index_sql(
-                adapter.table_ref(spec.target), spec.target, spec.scd.type, spec.scd.audit_columns
-            )
+            late = late_indexes.planned(_hashed_target(adapter, spec, source_columns), spec.target)
             created = adapter.target_ddl(
                 conn,
                 spec.target,

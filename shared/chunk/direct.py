@@ -93,7 +93,7 @@ def refusal(
         return "the source or the target is not PostgreSQL"
     if scd_target.options.valid_from_column:
         return "valid_from comes from a source column"
-    index = target.index_name(spec.target.table_name, "current" if scd_target.scd2 else "key")
+    index = target.unique_key_index_name(spec.target, spec.scd.type)
     if target.null_safe_key_index(tconn, spec.target, index) is not True:
         return f"the target has no NULL-safe unique key index {index}"
     if source.text_identity(sconn) != target.text_identity(tconn):

@@ -73,6 +73,10 @@ class DialectAdapter:
         digest = hashlib.md5(table.encode()).hexdigest()[:8]
         return f"cl_{table[:40]}_{digest}_{suffix}"
 
+    def unique_key_index_name(self, target: TargetSpec, scd_type: int) -> str:
+        """The name of the index that keeps one row (SCD2: one current row) per key."""
+        return self.index_name(target.table_name, "current" if scd_type == 2 else "key")
+
     # -- source ------------------------------------------------------------------------
     def source_columns(self, conn: Connection, query: str) -> list[SourceColumn]:
         raise NotImplementedError
@@ -350,12 +354,11 @@ class DialectAdapter:
         key_cols = ", ".join(self.q(k) for k in keys)
         name = target.table_name
         unique = self.unique_key_sql(keys)
+        unique_index = self.q(self.unique_key_index_name(target, scd_type))
         if scd_type == 1:
-            return [
-                f"CREATE UNIQUE INDEX {self.q(self.index_name(name, 'key'))} ON {table} {unique}"
-            ]
+            return [f"CREATE UNIQUE INDEX {unique_index} ON {table} {unique}"]
         return [
-            f"CREATE UNIQUE INDEX {self.q(self.index_name(name, 'current'))} ON {table} "
+            f"CREATE UNIQUE INDEX {unique_index} ON {table} "
             f"{unique} WHERE {self.q(audit.is_current)}",
             f"CREATE INDEX {self.q(self.index_name(name, 'key'))} ON {table} ({key_cols})",
         ]

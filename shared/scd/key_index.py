@@ -26,7 +26,7 @@ def upgrade_key_index(
     """Rebuild the target's unique key index NULL-safe if it is not; a plan note saying what
     was done (or why not), or None when there was nothing to do."""
     dialect, audit = target.dialect, target.audit
-    name = dialect.index_name(spec.table_name, "current" if target.scd2 else "key")
+    name = dialect.unique_key_index_name(spec, target.scd_type)
     if dialect.null_safe_key_index(conn, spec, name) is not False:
         return None
     q = target.q
@@ -47,7 +47,7 @@ def upgrade_key_index(
             f"the next plan rebuilds the index NULL-safe"
         )
     create = dialect.target_index_sql(
-        target.table, spec, columns, target.keys, 2 if target.scd2 else 1, audit
+        target.table, spec, columns, target.keys, target.scd_type, audit
     )[0]
     conn.execute(text(dialect.drop_index_sql(spec, name)))
     conn.execute(text(create))

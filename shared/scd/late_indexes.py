@@ -33,7 +33,7 @@ LOCK_WAIT_S = 10.0  # how long a build waits for a writer's transaction on the t
 def planned(target: ScdTarget, spec: TargetSpec) -> list[LateIndex]:
     """The late indexes of a target of this kind, built or not (none: nothing to look at,
     not even a connection)."""
-    return target.dialect.late_index_sql(target.table, spec, 2 if target.scd2 else 1, target.audit)
+    return target.dialect.late_index_sql(target.table, spec, target.scd_type, target.audit)
 
 
 def missing(conn: Connection, target: ScdTarget, spec: TargetSpec) -> list[LateIndex]:
@@ -43,8 +43,7 @@ def missing(conn: Connection, target: ScdTarget, spec: TargetSpec) -> list[LateI
         return []
     dialect = target.dialect
     has_primary_key, names = dialect.index_state(conn, spec)
-    current = dialect.index_name(spec.table_name, "current" if target.scd2 else "key")
-    if has_primary_key or current not in names:
+    if has_primary_key or dialect.unique_key_index_name(spec, target.scd_type) not in names:
         return []
     return [index for index in late if index.name not in names]
 
