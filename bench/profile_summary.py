@@ -1,7 +1,7 @@
 """Summarize a ``bench.run --profile`` capture (py-spy raw/collapsed stacks, ``--idle``, so
 waits on the database count): where the pool processes' wall time went.
 
-    python -m bench.profile_summary /tmp/prof/initial.txt [--top 25] [--focus load_chunk]
+    python -m bench.profile_summary /tmp/prof/initial.txt [--top 25] [--focus load_chunk_task]
 
 Only stacks that pass through ``--focus`` (default: the load_chunk task) are counted, so an
 idle pool process waiting for work does not dilute the picture. "inclusive" is the share of
@@ -20,6 +20,8 @@ _FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
 _OWN = ("shared/", "workers/", "coordinator/")
+_REPO = f"{Path(__file__).resolve().parent.parent}/"
+FOCUS = "load_chunk_task (workers/tasks.py"  # py-spy's frame of the chunk task
 
 
 def _name(frame: str) -> str:
@@ -27,7 +29,7 @@ def _name(frame: str) -> str:
     if not match:
         return frame
     path = match["file"]
-    for marker in ("site-packages/", "/work/main/", "/lib/python3.11/"):
+    for marker in ("site-packages/", _REPO, "/lib/python3.11/"):
         if marker in path:
             path = path.split(marker, 1)[1]
     return f"{match['func']} ({path})"
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument(
         "--focus",
-        default="load_chunk (workers/tasks.py",
+        default=FOCUS,
         help="count only stacks with a frame containing this text",
     )
     args = parser.parse_args(argv)
