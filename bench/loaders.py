@@ -14,6 +14,13 @@
   over the whole table (primary key, unique current-row index, key index). Nothing is
   compared: the target is known empty. Every ratio the benchmark prints is also taken
   against this.
+* ``limit_incremental_scd2``: the floor for an incremental load, what the incremental's own
+  work costs with nothing of chordload's around it: the window's rows in one ``COPY``
+  stream into an unlogged stage, then the same SCD2 SQL over it (expire the changed current
+  versions, insert their new ones) in as many concurrent sessions as the worker pool has
+  processes, each one transaction over its own key range, each key looked up by index (hash
+  and merge joins off, as chordload's apply does). It runs on the ``limit`` table, loaded
+  from the same source before the change.
 * ``naive_scd2``: how loaders are often first written. For each source row: look the key's
   current version up, then insert it, or expire it and insert the new version when its hash
   differs. One statement round trip per row (two or three for a change); it commits every
@@ -23,6 +30,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import threading
 import time
@@ -98,6 +106,85 @@ def limit_scd2(source_dsn: str, target_dsn: str, table: str) -> LoadTiming:
         wall_s=end - start,
         inserted=rows,
         changed=0,
+        copy_s=copied - start,
+        apply_s=end - copied,
+    )
+
+
+def limit_incremental_scd2(
+    source_dsn: str, target_dsn: str, table: str, *, where: str, sessions: int
+) -> LoadTiming:
+    """The window's rows in one COPY stream into a stage, then the SCD2 SQL over it in
+    ``sessions`` concurrent transactions split by key range (the floor of the incremental)."""
+    cols = ", ".join(COLUMN_NAMES)
+    s_cols = ", ".join(f"s.{c}" for c in COLUMN_NAMES)
+    stage = f"{table}_stage"
+    stage_ddl = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
+    row_hash = f"md5(ROW({', '.join(f'st.{c}' for c in COLUMN_NAMES)})::text)"
+    start = time.perf_counter()
+    with pg(target_dsn) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE UNLOGGED TABLE {stage} ({stage_ddl})")
+        _pipe_copy(source_dsn, f"SELECT {cols} FROM {SOURCE_TABLE} WHERE {where}", cur, stage)
+        cur.execute(f"ANALYZE {stage}")
+        fractions = ", ".join(str(i / sessions) for i in range(1, sessions))
+        cur.execute(
+            f"SELECT percentile_disc(ARRAY[{fractions or '0.5'}]::float8[]) "
+            f"WITHIN GROUP (ORDER BY id) FROM {stage}"
+        )
+        cuts = list(cur.fetchone()[0])[: sessions - 1]
+    copied = time.perf_counter()
+    edges = [None, *cuts, None]
+    counts: list[tuple[int, int]] = []
+    failure: list[BaseException] = []
+
+    def apply(low: int | None, high: int | None) -> None:
+        only = " AND ".join(
+            ["st.id IS NOT NULL"]
+            + ([f"st.id > {low}"] if low is not None else [])
+            + ([f"st.id <= {high}"] if high is not None else [])
+        )
+        hashed = f"(SELECT st.*, {row_hash} AS cl_hash FROM {stage} st WHERE {only})"
+        try:
+            with pg(target_dsn) as conn, conn.cursor() as cur:
+                cur.execute("SET LOCAL enable_hashjoin = off")
+                cur.execute("SET LOCAL enable_mergejoin = off")
+                cur.execute(
+                    f"UPDATE {table} AS t SET valid_to = now(), is_current = false "
+                    f"FROM {hashed} s WHERE t.id = s.id AND t.is_current "
+                    f"AND t.row_hash <> s.cl_hash"
+                )
+                changed = cur.rowcount
+                cur.execute(
+                    f"INSERT INTO {table} ({cols}, row_hash, valid_from, valid_to, is_current, "
+                    f"run_id) SELECT {s_cols}, s.cl_hash, now(), NULL, true, 'limit' "
+                    f"FROM {hashed} s WHERE NOT EXISTS (SELECT 1 FROM {table} t "
+                    f"WHERE t.id = s.id AND t.is_current)"
+                )
+                counts.append((changed, cur.rowcount))
+        except BaseException as exc:
+            failure.append(exc)
+
+    threads = [
+        threading.Thread(target=apply, args=(low, high), name=f"bench-apply-{i}")
+        for i, (low, high) in enumerate(itertools.pairwise(edges))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    end = time.perf_counter()
+    if failure:
+        raise failure[0]
+    with pg(target_dsn) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {stage}")
+        rows = cur.fetchone()[0]
+        cur.execute(f"DROP TABLE {stage}")
+    changed = sum(c for c, _ in counts)
+    return LoadTiming(
+        rows=rows,
+        wall_s=end - start,
+        inserted=sum(w for _, w in counts) - changed,
+        changed=changed,
         copy_s=copied - start,
         apply_s=end - copied,
     )

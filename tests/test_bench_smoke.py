@@ -35,6 +35,7 @@ SCENARIOS = {
     "initial",
     "chunks_4",
     f"chunks_{MANY_CHUNKS}",
+    "limit_incremental",
     "incremental",
     "naive",
 }
@@ -108,8 +109,11 @@ def test_bench_harness_smoke(tmp_path):
     assert results[f"chunks_{MANY_CHUNKS}"]["chunks"] == MANY_CHUNKS
     assert results["initial"]["chunks"] > 1  # the harness loads in parallel even on tiny N
     assert results["incremental"]["rows"] == ROWS // 10
+    # the incremental's floor applies the same window (the boundary row re-read) to the limit
+    assert results["limit_incremental"]["rows"] == results["incremental"]["rows"]
+    assert results["limit_incremental"]["detail"]["cpu_s"]["target"] > 0
     assert results["naive"]["rows"] == NAIVE_ROWS and results["naive"]["per_row_us"] > 0
-    for name in SCENARIOS - {"limit", "baseline", "naive"}:
+    for name in SCENARIOS - {"limit", "limit_incremental", "baseline", "naive"}:
         assert 20 < results[name]["worker_peak_rss_mb"] < 1000, results[name]
         assert results[name]["worker_cpu_s"] > 0, results[name]
 
@@ -128,6 +132,28 @@ def test_bench_harness_smoke(tmp_path):
     targets = {t["name"]: t for t in report["targets"]}
     assert set(targets) == TARGETS
     assert all(isinstance(t["met"], bool) and t["value"] >= 0 for t in targets.values())
+    assert targets["incremental_vs_initial"]["floor"] > 0
+    assert "floor here" in proc.stdout
+
+
+def test_profile_summary_counts_the_chunk_task_by_default(tmp_path):
+    """The profile summary's default focus is the chunk task's frame as py-spy names it: a
+    renamed task must not leave ``--profile`` summaries empty."""
+    from bench import profile_summary
+    from workers.tasks import load_chunk_task
+
+    task = load_chunk_task.run
+    frame = f"{task.__name__} ({Path(task.__code__.co_filename).relative_to(REPO)}:56)"
+    idle = "_run_module_as_main (<frozen runpy>:198);Pool.__init__ (billiard/pool.py:1147) 40"
+    capture = tmp_path / "chunks.txt"
+    capture.write_text(
+        f"{idle}\n"
+        f"process 1:\"celery\";{frame};load_chunk (shared/chunk/load.py:101) 3\n"
+        f"process 1:\"celery\";{frame};finish_chunk ({REPO}/shared/metadata/store.py:9) 1\n"
+    )
+    summary = profile_summary.summarize(capture, profile_summary.FOCUS, 10)
+    assert "4 samples through" in summary, summary
+    assert "25.0%  finish_chunk (shared/metadata/store.py)" in summary, summary
 
 
 def test_copy_text_loads_what_value_by_value_loads(wh):
