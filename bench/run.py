@@ -6,6 +6,7 @@ In one run, on its own throwaway Postgres databases, Redis key prefix and Celery
 1. baseline     one stream, no chordload code: COPY out -> COPY into a stage -> SCD2 SQL
 2. initial      chordload initial SCD2 load, real prefork worker (2 processes) on Redis
 3. chunks_4     the same initial load forced to 4 chunks     (launch(chunks_override=4))
+   celery_4, celery_200: chords of 4 and 200 no-op tasks on the same worker (Celery's share)
 4. chunks_200   the same initial load forced to 200 chunks   (launch(chunks_override=200))
 5. incremental  chordload on the ``initial`` target after 10% of the rows changed (KEY),
                 after ``limit_incremental``, its floor: the same changed rows applied to the
@@ -258,6 +259,26 @@ def run_chordload(
         "machine_busy_cores": round(busy / wall, 2),
     }
     return run, wall, worker.peak_rss_mb(), detail
+
+
+def celery_chord_s(settings, tasks: int, timeout_s: float) -> float:
+    """Wall seconds of one chord of ``tasks`` no-op tasks (Celery's built-in
+    ``celery.accumulate``) and a no-op callback through the benchmark's worker, with
+    chordload's Celery settings: what Celery itself costs a chunk, with nothing of
+    chordload's inside the task."""
+    from celery import chord
+
+    from shared.broker import client_app
+
+    noop = client_app(settings).signature("celery.accumulate")
+    start = time.perf_counter()
+    result = chord([noop.clone(args=(i,)) for i in range(tasks)])(noop.clone())
+    # each task returns its arguments, (i,); the callback its one argument, the list of those
+    (header_results,) = result.get(timeout=timeout_s)
+    wall = time.perf_counter() - start
+    if sorted(header_results) != [[i] for i in range(tasks)]:
+        raise RuntimeError(f"a chord of {tasks} no-op tasks returned {header_results}")
+    return wall
 
 
 def measure_planning(settings, mapref: str, parts_override: int | None) -> dict[str, Any]:
@@ -575,6 +596,27 @@ class Scenarios:
             f"sessions), CPU s {cpu_text(cpu.seconds)}"
         )
 
+    def celery_chords(self, round_no: int, few: int, many: int) -> None:
+        """Celery's own cost of ``many`` chunks against ``few``: chords of no-op tasks."""
+        settle(self.wh, checkpoint=not self.args.quick)
+        for tasks in (few, many):
+            with self.cpu() as cpu:
+                wall = celery_chord_s(self.settings, tasks, self.args.run_timeout)
+            self.record(
+                Result(
+                    f"celery_{tasks}",
+                    f"a chord of {tasks} no-op tasks (celery.accumulate) on the same worker",
+                    0,
+                    wall,
+                    chunks=tasks,
+                    detail={"cpu_s": cpu.seconds},
+                )
+            )
+            self.log(
+                f"[bench] r{round_no} celery_{tasks}: {wall:.2f}s for a chord of {tasks} "
+                f"no-op tasks, CPU s {cpu_text(cpu.seconds)}"
+            )
+
     def chordload(
         self,
         name: str,
@@ -677,6 +719,8 @@ class Scenarios:
         base = next((r for r in out if r.scenario == "baseline"), None)
         floor = next(r for r in out if r.scenario == "limit")
         for r in out:
+            if not r.rows:  # a chord of no-op tasks loads nothing to compare
+                continue
             total = r.extrapolated_s if r.extrapolated_s is not None else r.wall_s
             r.ratio_to_baseline = total / base.wall_s if base else None
             r.ratio_to_limit = total / floor.wall_s
@@ -754,6 +798,7 @@ def run_benchmark(args: argparse.Namespace, log=print) -> Report:
                     round_no=r,
                     fresh_worker=True,
                 )
+                runs.celery_chords(r, args.few_chunks, args.many_chunks)
                 runs.chordload(
                     many,
                     f"many_r{r}",
@@ -809,6 +854,24 @@ def _median(values: list[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def celery_floor(
+    rounds: dict[str, list[float]], few: str, few_chunks: int, many_chunks: int
+) -> float | None:
+    """The least ``many / few`` chunks can measure if a chunk cost nothing but its Celery
+    task: per round, (few-chunk run + Celery's chord of many - its chord of few) / few-chunk
+    run; the median over rounds."""
+    per_round = [
+        (f + m - cf) / f
+        for f, cf, m in zip(
+            rounds.get(few, []),
+            rounds.get(f"celery_{few_chunks}", []),
+            rounds.get(f"celery_{many_chunks}", []),
+            strict=False,
+        )
+    ]
+    return _median(per_round) if per_round else None
 
 
 def evaluate_targets(report: Report, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -874,6 +937,7 @@ def evaluate_targets(report: Report, args: argparse.Namespace) -> list[dict[str,
         ratio(many, few),
         TARGETS["many_vs_few_chunks"],
         "x",
+        floor=celery_floor(rounds, few, args.few_chunks, args.many_chunks),
     )
     rss = [r.worker_peak_rss_mb for r in report.results if r.worker_peak_rss_mb is not None]
     add(
@@ -942,10 +1006,10 @@ def render(report: Report) -> None:
         walls = report.round_walls.get(r.scenario, [])
         table.add_row(
             r.scenario,
-            f"{r.rows:,}",
+            f"{r.rows:,}" if r.rows else "-",
             num(r.chunks, "d"),
             f"{r.wall_s:.2f}",
-            f"{r.rows_per_s:,.0f}",
+            f"{r.rows_per_s:,.0f}" if r.rows else "-",
             num(r.ratio_to_limit, ".2f"),
             num(r.ratio_to_baseline, ".2f"),
             num(r.worker_cpu_s, ".1f"),
@@ -995,6 +1059,11 @@ def render(report: Report) -> None:
                 f"{r.detail['copy_s']:.2f}s, SCD2 SQL {r.detail['apply_s']:.2f}s (one "
                 f"session a pool process; the incremental's floor, on the limit's table)"
             )
+        if r.scenario.startswith("celery_"):
+            notes.append(
+                f"{r.scenario}: a chord of {r.chunks} no-op tasks (celery.accumulate) on the "
+                f"same worker, {r.wall_s:.2f}s: Celery's own cost of {r.chunks} chunks"
+            )
         if r.scenario == "baseline":
             notes.append(
                 f"baseline: COPY out -> COPY in {r.detail['copy_s']:.2f}s, SCD2 SQL "
@@ -1034,9 +1103,10 @@ def render(report: Report) -> None:
         )
     console.print(targets)
     console.print(
-        "  floor here: the same ratio with chordload's run replaced by its limit scenario "
-        "(limit_incremental for the incremental); a limit below it cannot be met on this "
-        "machine"
+        "  floor here: the least the ratio can measure on this machine with chordload's own "
+        "work taken out (the incremental: its run replaced by limit_incremental; the chunk "
+        "counts: each extra chunk costing only its Celery task); a limit below it cannot be "
+        "met here"
     )
     bad = [c for c in report.checks if not c["ok"]]
     console.print(
