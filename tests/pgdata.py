@@ -65,6 +65,25 @@ def add_customers(
 BUSINESS_COLUMNS = "id, name, email, city, balance, signup, active, updated_at"
 
 
+def paced_customers_query(wh: Engine, schema: str, every: int) -> str:
+    """A source query over ``customers`` whose COPY reads (the workers' loads; planning reads
+    at full speed) take 1 ms every ``every``-th row: a run that lasts long enough for what a
+    test does mid-run. Its ``name`` column is an expression, so batches take the stage."""
+    with wh.begin() as conn:
+        conn.execute(
+            text(
+                f'CREATE FUNCTION "{schema}".paced(id bigint, name text) RETURNS text '
+                f"LANGUAGE plpgsql VOLATILE AS $$ BEGIN IF id % {int(every)} = 0 AND "
+                "current_query() LIKE 'COPY (%' THEN PERFORM pg_sleep(0.001); END IF; "
+                "RETURN name; END $$"
+            )
+        )
+    return (
+        f'SELECT id, "{schema}".paced(id, name) AS name, email, city, balance, signup, active, '
+        f'updated_at FROM "{schema}"."customers"'
+    )
+
+
 def scd2_mapping(
     schema: str, table: str = "customers", target: str = "dim_customer", **overrides
 ) -> dict:

@@ -36,6 +36,7 @@ from tests.pgdata import (
     change_every_tenth,
     create_customers,
     diff_count,
+    paced_customers_query,
     plan_document,
     scd2_mapping,
 )
@@ -603,23 +604,12 @@ def test_redis_restart_mid_run(base_config, metadata_ready, wh, schema, tmp_path
     url = f"redis://127.0.0.1:{port}/0"
     proc = _start_redis(port, tmp_path)
     create_customers(wh, schema, 60_000)
-    with wh.begin() as conn:  # the workers' reads (COPY) take 1 ms every 10th row: about 3 s
-        # of loading on two processes, so Redis goes down mid-run (unpaced, the whole run took
-        # 0.8 s and had ended before the shutdown); planning reads at full speed
-        conn.execute(
-            text(
-                f'CREATE FUNCTION "{schema}".paced(id bigint, name text) RETURNS text '
-                "LANGUAGE plpgsql VOLATILE AS $$ BEGIN IF id % 10 = 0 AND current_query() "
-                "LIKE 'COPY (%' THEN PERFORM pg_sleep(0.001); END IF; RETURN name; END $$"
-            )
-        )
     mapping = scd2_mapping(
         schema, batch_rows=1_000, chunking={"rows_per_chunk": 10_000, "min_rows_for_parallel": 1}
     )
-    mapping["source"]["query"] = (
-        f'SELECT id, "{schema}".paced(id, name) AS name, email, city, balance, signup, active, '
-        f'updated_at FROM "{schema}"."customers"'
-    )
+    # about 3 s of loading on two processes, so Redis goes down mid-run (unpaced, the whole
+    # run took 0.8 s and had ended before the shutdown)
+    mapping["source"]["query"] = paced_customers_query(wh, schema, every=10)
     config = {
         **base_config,
         "broker": url,

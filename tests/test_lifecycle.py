@@ -25,7 +25,13 @@ from shared.lifecycle.reconcile import reconcile
 from shared.metadata import store
 from shared.run.statuses import ChunkStatus, RunStatus
 from tests.conftest import REDIS_URL, REPO, TOKEN
-from tests.pgdata import BUSINESS_COLUMNS, create_customers, plan_document, scd2_mapping
+from tests.pgdata import (
+    BUSINESS_COLUMNS,
+    create_customers,
+    paced_customers_query,
+    plan_document,
+    scd2_mapping,
+)
 from tests.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.e2e
@@ -310,20 +316,9 @@ def test_stop_cli_errors(workers, dim_config, wh, schema):
 
 def test_watch_plain_and_terminal(workers, dim_config, wh, schema):
     create_customers(wh, schema, 100_000)
-    with wh.begin() as conn:  # the workers' reads (COPY) take 1 ms every 20th row, so the
-        # run is still going when watch starts; planning reads at full speed
-        conn.execute(
-            text(
-                f'CREATE FUNCTION "{schema}".paced(id bigint, name text) RETURNS text '
-                "LANGUAGE plpgsql VOLATILE AS $$ BEGIN IF id % 20 = 0 AND current_query() "
-                "LIKE 'COPY (%' THEN PERFORM pg_sleep(0.001); END IF; RETURN name; END $$"
-            )
-        )
     config = yaml.safe_load(dim_config.read_text())
-    config["mappings"][schema]["source"]["query"] = (
-        f'SELECT id, "{schema}".paced(id, name) AS name, email, city, balance, signup, '
-        f'active, updated_at FROM "{schema}".customers'
-    )
+    # the run is still going when watch starts
+    config["mappings"][schema]["source"]["query"] = paced_customers_query(wh, schema, every=20)
     dim_config.write_text(yaml.safe_dump(config))
     started = _cli(dim_config, "run", schema)
     assert started.returncode == 0, started.stderr
