@@ -308,7 +308,7 @@ def measure_planning(settings, mapref: str, parts_override: int | None) -> dict[
         )
         t3 = time.perf_counter()
         many = parts_override or 200
-        _bounds, many_method = planned_boundaries(
+        many_bounds, many_method = planned_boundaries(
             adapter, conn, mapref, spec, where, params, many, estimate
         )
         t4 = time.perf_counter()
@@ -317,6 +317,7 @@ def measure_planning(settings, mapref: str, parts_override: int | None) -> dict[
         )
         t5 = time.perf_counter()
         sizes = chunk_sizes(conn, adapter, spec, where, params, bounds)
+        many_sizes = chunk_sizes(conn, adapter, spec, where, params, many_bounds)
     out.update(
         hwm_s=t1 - t0,
         estimate_s=t2 - t1,
@@ -334,6 +335,8 @@ def measure_planning(settings, mapref: str, parts_override: int | None) -> dict[
         exact_bounds=len(exact),
         chunk_rows_min=min(sizes),
         chunk_rows_max=max(sizes),
+        chunk_rows_min_200=min(many_sizes),
+        chunk_rows_max_200=max(many_sizes),
     )
     metadata = get_engine(settings.metadata)
     t5 = time.perf_counter()
@@ -1081,10 +1084,14 @@ def render(report: Report) -> None:
         notes.append(
             f"planning: estimate {p['estimate_s']:.3f}s + boundaries "
             f"{p['boundaries_s']:.3f}s ({p['parts']} parts); hwm {p['hwm_s']:.3f}s; "
-            f"{p['parts_200']} boundaries {p['boundaries_200_s']:.3f}s; whole plan_run "
-            f"{p['plan_run_s']:.3f}s; {p['method']}; chunks of {p['chunk_rows_min']:,} to "
-            f"{p['chunk_rows_max']:,} rows; the exact sort would take "
-            f"{p['exact_boundaries_s']:.3f}s"
+            f"whole plan_run {p['plan_run_s']:.3f}s; {p['method']}; chunks of "
+            f"{p['chunk_rows_min']:,} to {p['chunk_rows_max']:,} rows; the exact sort would "
+            f"take {p['exact_boundaries_s']:.3f}s"
+        )
+        notes.append(
+            f"planning {p['parts_200']} chunks: boundaries {p['boundaries_200_s']:.3f}s, "
+            f"{p['method_200']}; chunks of {p['chunk_rows_min_200']:,} to "
+            f"{p['chunk_rows_max_200']:,} rows"
         )
     notes.append(
         "worker CPU s: the pool processes' CPU (Python's share); busy cores: the whole "

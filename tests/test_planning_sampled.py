@@ -1,8 +1,9 @@
-"""Planning a large window from a sample (PostgreSQL ``TABLESAMPLE SYSTEM``) instead of a
-sort of the whole window: on skewed keys stored in key order (the hard case for a page
-sample, whose pages hold neighbouring keys) every row still lands in exactly one chunk and
-the chunks stay within 2x of each other; a query that is not one plain table falls back to
-the exact quantiles; the plan note says which method ran and what it cost."""
+"""Planning a large window from a sample (PostgreSQL ``TABLESAMPLE``) instead of a sort of
+the whole window: on skewed keys stored in key order (the hard case for a page sample, whose
+pages hold neighbouring keys) every row still lands in exactly one chunk and the chunks stay
+within 2x of each other, from a page sample for a few chunks and a row sample for many; a
+query that is not one plain table falls back to the exact quantiles; the plan note says
+which method ran and what it cost."""
 
 from __future__ import annotations
 
@@ -40,11 +41,15 @@ def _skewed(wh, schema: str) -> str:
     return table
 
 
-def _plan(make_settings, schema, query: str, target: str):
+def _plan(make_settings, schema, query: str, target: str, rows_per_chunk: int = 50_000):
     mapping = scd2_mapping(
         schema,
         target=target,
-        chunking={"rows_per_chunk": 50_000, "min_rows_for_parallel": 50_000},
+        chunking={
+            "rows_per_chunk": rows_per_chunk,
+            "min_rows_for_parallel": 50_000,
+            "max_chunks": 1_000,
+        },
     )
     mapping["source"]["query"] = query
     settings = make_settings({"m": mapping})
@@ -81,6 +86,20 @@ def test_large_skewed_window_is_planned_from_a_sample(make_settings, wh, schema)
     assert misplaced == 0  # every row in exactly one chunk
     assert sum(sizes) == DENSE + SPARSE == scalar(wh, f"SELECT count(*) FROM {skewed}")
     assert min(sizes) > 0 and max(sizes) <= 2 * min(sizes), sizes
+
+    # 60 chunks: a page sample would need more pages than the table has, a row sample
+    # reads the table once and sorts a fifth of it
+    plan = _plan(make_settings, schema, f"SELECT id, updated_at FROM {skewed}", "dim_rows", 5_000)
+    assert "row sample" in plan.note, plan.note
+    assert len(plan.ranges) == 60, plan.note
+    sizes, misplaced = _chunk_counts(wh, skewed, plan)
+    assert misplaced == 0 and sum(sizes) == DENSE + SPARSE
+    assert min(sizes) > 0 and max(sizes) <= 2 * min(sizes), sizes
+
+    # 300 chunks: even a row sample would sort most of the window, the exact sort is taken
+    plan = _plan(make_settings, schema, f"SELECT id, updated_at FROM {skewed}", "dim_many", 1_000)
+    assert "exact quantiles of the window" in plan.note, plan.note
+    assert len(plan.ranges) == 300, plan.note
 
     # a query that is not one plain table: the exact quantiles, as before
     plan = _plan(

@@ -304,6 +304,32 @@ SAMPLE_MIN_TOTAL = 50_000
 SAMPLE_MAX_TOTAL = 1_000_000
 # A sample smaller than this many rows a chunk (a stale estimate) is not trusted.
 SAMPLE_MIN_PER_PART = 500
+# Where a page sample would take too many of the pages (many chunks for the window: 200
+# chunks of 1M rows), a row sample (BERNOULLI) reads every page but sorts only the rows it
+# draws. Each row is drawn on its own, so a chunk's share of the sample varies as a
+# binomial, not by pages: at 1,000 rows a chunk, about 3%. 200 chunks of 1M rows: 0.1 s,
+# against 0.45 s for the exact sort, on the benchmark machine.
+ROW_SAMPLE_ROWS_PER_PART = 1_000
+# A row sample above this share of the window saves too little of the sort to be worth it.
+ROW_SAMPLE_MAX_FRACTION = 0.3
+
+
+def sample_method(parts: int, window_rows: int, table_rows: int) -> tuple[str, float] | None:
+    """How to sample a plain table for ``parts`` quantiles of a window of ``window_rows``
+    of its ``table_rows``: (``SYSTEM`` or ``BERNOULLI``, fraction of the table), or None
+    where the exact sort costs about as much.
+
+    A page sample reads only its pages, so it is first choice while it needs a quarter of
+    the window's worth of pages at most. A row sample reads the whole table, so it is
+    taken only where the window is most of the table (an initial load or a full reload)."""
+    wanted = min(max(SAMPLE_ROWS_PER_PART * parts, SAMPLE_MIN_TOTAL), SAMPLE_MAX_TOTAL)
+    pages = wanted / window_rows  # of the table's pages, to find `wanted` window rows
+    if pages <= 0.25 and pages * table_rows <= window_rows / 4:
+        return "SYSTEM", pages
+    rows = ROW_SAMPLE_ROWS_PER_PART * parts / window_rows
+    if rows <= ROW_SAMPLE_MAX_FRACTION and table_rows <= 2 * window_rows:
+        return "BERNOULLI", rows
+    return None
 
 
 def plain_table_query(query: str) -> tuple[str, str] | None:
@@ -550,18 +576,20 @@ class PostgresAdapter(DialectAdapter):
         parts: int,
         estimate: int,
     ) -> tuple[list[Any], str] | None:
-        """Quantiles of a ``TABLESAMPLE SYSTEM`` page sample (``REPEATABLE``: the same plan
-        for the same table) when the query is one plain table and the window is large: the
-        sample's cost is a fixed number of pages, not a sort of the whole window. Only the
-        chunks' balance depends on it: the ranges still cover every key."""
+        """Quantiles of a ``TABLESAMPLE`` (``REPEATABLE``: the same plan for the same table)
+        when the query is one plain table and the window is large: a page sample
+        (``SYSTEM``) costs a fixed number of pages, a row sample (``BERNOULLI``, for many
+        chunks) one read of the table, neither a sort of the whole window
+        (``sample_method``). Only the chunks' balance depends on it: the ranges still cover
+        every key."""
         plain = plain_table_query(query)
         if plain is None or parts <= 1 or estimate < SAMPLE_MIN_ROWS:
             return None
         table_rows = self.estimate_rows(conn, query, "true", {}, False)
-        wanted = min(max(SAMPLE_ROWS_PER_PART * parts, SAMPLE_MIN_TOTAL), SAMPLE_MAX_TOTAL)
-        fraction = wanted / estimate  # of the table's pages, to find `wanted` window rows
-        if fraction > 0.25 or fraction * table_rows > estimate / 4:
-            return None  # the sample would read about as much as the exact sort
+        method = sample_method(parts, estimate, table_rows)
+        if method is None:
+            return None  # the sample would cost about as much as the exact sort
+        sampling, fraction = method
         percent = round(100 * fraction, 4)
         columns, table = plain
         kind = conn.execute(
@@ -569,7 +597,7 @@ class PostgresAdapter(DialectAdapter):
         ).scalar()
         if kind not in ("r", "m", "p"):  # a view (or a foreign table) takes no TABLESAMPLE
             return None
-        sampled = f"SELECT {columns} FROM {table} TABLESAMPLE SYSTEM ({percent}) REPEATABLE (0)"
+        sampled = f"SELECT {columns} FROM {table} TABLESAMPLE {sampling} ({percent}) REPEATABLE(0)"
         col = f"src.{self.q(column)}"
         sql = (
             f"SELECT max(v) AS upper_value, count(*) AS n FROM (SELECT {col} AS v, "
@@ -585,7 +613,8 @@ class PostgresAdapter(DialectAdapter):
         for row in rows[:-1]:
             if not bounds or row[0] != bounds[-1]:
                 bounds.append(row[0])
-        return bounds, f"a {percent}% page sample ({sample} rows)"
+        unit = "page" if sampling == "SYSTEM" else "row"
+        return bounds, f"a {percent}% {unit} sample ({sample} rows)"
 
     def stream(
         self, conn: Connection, sql: str, params: dict[str, Any], batch_rows: int
