@@ -232,33 +232,72 @@ def _paced_mapping(schema: str) -> dict:
     return mapping
 
 
+HOLD_S = 0.5  # how long a batch's UPDATE of chunk_log holds the row before it returns
+
+
+def _hold_trigger(run_id: str) -> str:
+    return f"cl_hold_{run_id}"
+
+
 def _stop_while_recording_a_batch(pgid: int, metadata, run_id: str, chunk_no: int) -> None:
     """SIGSTOP the worker's processes while its metadata session holds the chunk's
-    chunk_log row: between a batch's UPDATE and its COMMIT, a window of milliseconds that a
-    freeze at a random moment seldom hits. Tried at each batch until, stopped, the worker is
-    seen holding the row."""
+    chunk_log row: between a batch's UPDATE and its COMMIT.
+
+    That window is one round trip wide, too narrow to hit by polling: a freeze that missed
+    it every batch once let the chunk end and then stopped the worker in a later, unrelated
+    transaction. So an AFTER UPDATE trigger on this attempt's row (``_hold_trigger``,
+    dropped by ``_drop_hold``) makes each batch's UPDATE sleep ``HOLD_S`` after changing the
+    row. The worker is stopped while it waits for that UPDATE's reply; the UPDATE then
+    completes, and the stopped worker never sends its COMMIT. A row lock that cannot be
+    taken proves it."""
+    name = _hold_trigger(run_id)
+    with metadata.begin() as conn:
+        conn.execute(
+            text(
+                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS "
+                f"$$ BEGIN PERFORM pg_sleep({HOLD_S}); RETURN NULL; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                f"CREATE TRIGGER {name} AFTER UPDATE ON chunk_log FOR EACH ROW WHEN "
+                f"(NEW.run_id = '{run_id}' AND NEW.chunk_no = {int(chunk_no)} AND "
+                "NEW.attempts = 1 AND NEW.status = 'RUNNING' AND "
+                f"NEW.batches_done > OLD.batches_done) EXECUTE FUNCTION {name}()"
+            )
+        )
     recording = text(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND state = 'idle in transaction' AND query LIKE 'UPDATE chunk_log %' "
+        "AND state = 'active' AND wait_event = 'PgSleep' AND query LIKE 'UPDATE chunk_log %' "
         "AND pid <> pg_backend_pid()"
     )
     row = text("SELECT 1 FROM chunk_log WHERE run_id = :r AND chunk_no = :c FOR UPDATE")
-    deadline = time.monotonic() + 60
     with metadata.connect().execution_options(isolation_level="AUTOCOMMIT") as probe:
-        while time.monotonic() < deadline:
-            if not probe.execute(recording).scalar_one():
-                continue  # no sleep: the window is a few milliseconds
-            os.killpg(pgid, signal.SIGSTOP)
-            try:
-                with metadata.begin() as conn:
-                    conn.execute(text("SET LOCAL lock_timeout = '1s'"))
-                    conn.execute(row, {"r": run_id, "c": chunk_no})
-            except OperationalError as exc:
-                if getattr(exc.orig, "pgcode", None) == "55P03":  # lock_not_available
-                    return  # the stopped worker holds the row
-                raise
-            os.killpg(pgid, signal.SIGCONT)  # it had committed: at the next batch
-    raise AssertionError("never stopped the worker while it recorded a batch")
+        wait_until(
+            lambda: probe.execute(recording).scalar_one() > 0,
+            timeout_s=60,
+            interval_s=0.01,
+            what="a batch's UPDATE of chunk_log, held by the trigger",
+        )
+    os.killpg(pgid, signal.SIGSTOP)
+    try:
+        with metadata.begin() as conn:
+            conn.execute(text(f"SET LOCAL lock_timeout = '{HOLD_S + 1}s'"))
+            conn.execute(row, {"r": run_id, "c": chunk_no})
+    except OperationalError as exc:
+        if getattr(exc.orig, "pgcode", None) == "55P03":  # lock_not_available
+            return  # the stopped worker holds the row
+        raise
+    raise AssertionError("the worker, stopped in a batch's UPDATE, did not hold the row")
+
+
+def _drop_hold(metadata, run_id: str) -> None:
+    """Drop ``_stop_while_recording_a_batch``'s trigger (after the run: its table lock
+    waits for the frozen worker's transaction, which the server ends)."""
+    name = _hold_trigger(run_id)
+    with metadata.begin() as conn:
+        conn.execute(text(f"DROP TRIGGER IF EXISTS {name} ON chunk_log"))
+        conn.execute(text(f"DROP FUNCTION IF EXISTS {name}()"))
 
 
 @pytest.mark.parametrize("freeze_at", ["a random moment", "recording a batch"])
@@ -318,7 +357,7 @@ def test_a_frozen_worker_never_overwrites_newer_data(
         for name in ("a", "b")
     }
     metadata = get_engine(settings.metadata)
-    frozen = None
+    frozen = first = None
     try:
         workers["a"].start()
         first = launch(mapref, settings=settings, chunks_override=1)
@@ -375,6 +414,8 @@ def test_a_frozen_worker_never_overwrites_newer_data(
             os.killpg(frozen, signal.SIGCONT)
         for worker in workers.values():
             worker.stop()
+        if first is not None:
+            _drop_hold(metadata, first)
 
     target, source = f'"{schema}".dim_customer', f'"{schema}".customers'
     current = f"SELECT {BUSINESS_COLUMNS} FROM {target} WHERE dw_is_current"
