@@ -16,6 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import redis
 from sqlalchemy import create_engine, text
@@ -181,7 +182,7 @@ class BenchWorker:
         self.log_path = log_path
         self.concurrency = concurrency
         self.proc: subprocess.Popen | None = None
-        self._log = None
+        self._log: BinaryIO | None = None
         self._peaks: dict[int, int] = {}
         self._pids: list[int] = []
         self._cpu_start: dict[int, float] = {}
@@ -237,6 +238,11 @@ class BenchWorker:
         mark), and no scenario inherits another's warm caches either."""
         self.stop()
         self.start()
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's main process (the pool's parent), None when it is not running."""
+        return self.proc.pid if self.proc else None
 
     def pool_pids(self) -> list[int]:
         return child_pids(self.proc.pid) if self.proc else []

@@ -226,8 +226,10 @@ def run_chordload(
     from coordinator.launch import launch
     from coordinator.watch import wait
 
+    if worker.pid is None:
+        raise RuntimeError("the benchmark's worker is not running")
     worker.reset_peaks()
-    profiler.start(worker.proc.pid, scenario)
+    profiler.start(worker.pid, scenario)
     try:
         busy = machine_busy_s()
         start = time.perf_counter()
@@ -492,7 +494,7 @@ class Scenarios:
 
     def cpu(self) -> CpuByRole:
         """CPU seconds by process role over a ``with`` block (bench/cpu.py)."""
-        return CpuByRole(self.databases, lambda: self.worker.proc and self.worker.proc.pid)
+        return CpuByRole(self.databases, lambda: self.worker.pid)
 
     def record(self, result: Result) -> None:
         self.samples.setdefault(result.scenario, []).append(result)
@@ -954,7 +956,12 @@ def evaluate_targets(report: Report, args: argparse.Namespace) -> list[dict[str,
         "MB",
     )
     few_r, many_r = report.result(few), report.result(many)
-    if few_r and many_r:
+    if (
+        few_r
+        and many_r
+        and few_r.worker_peak_rss_mb is not None
+        and many_r.worker_peak_rss_mb is not None
+    ):
         add(
             "rss_spread_mb",
             f"peak RSS {args.few_chunks} vs {args.many_chunks} chunks "
