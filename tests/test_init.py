@@ -4,6 +4,7 @@ file, and an existing file never overwritten."""
 
 from __future__ import annotations
 
+import yaml
 from sqlalchemy import text
 
 from coordinator.init_config import TableShape, render
@@ -30,6 +31,12 @@ def test_init_writes_a_config_that_validates(
     assert "checkpoint: {strategy: KEY, column: updated_at}" in config
     assert "other date/time columns: created_on" in config
 
+    # validated as written, in this run's broker namespace: its worker survey (a Celery
+    # control broadcast) leaves no keys outside the run's prefix
+    namespaced = config + yaml.safe_dump({"celery": base_config["celery"]})
+    output.write_text(namespaced)
+    monkeypatch.setenv("CHORDLOAD_BROKER_URL", base_config["broker"])
+    monkeypatch.setenv("CHORDLOAD_RESULT_BACKEND", base_config["result_backend"])
     monkeypatch.setenv("CHORDLOAD_METADATA_URL", base_config["metadata"])
     monkeypatch.setenv("CHORDLOAD_TARGET_URL", pg_urls["wh"])
     validated = run_cli(capsys, "validate")
@@ -39,7 +46,7 @@ def test_init_writes_a_config_that_validates(
     again = run_cli(capsys, *args)
     assert again.code == 4, again
     assert "already exists" in again.err and "--output" in again.err
-    assert output.read_text() == config
+    assert output.read_text() == namespaced
 
 
 def test_init_keeps_the_password_out_of_the_file():
