@@ -262,7 +262,7 @@ def _stop_while_recording_a_batch(pgid: int, metadata, run_id: str, chunk_no: in
             text(
                 f"CREATE TRIGGER {name} AFTER UPDATE ON chunk_log FOR EACH ROW WHEN "
                 f"(NEW.run_id = '{run_id}' AND NEW.chunk_no = {int(chunk_no)} AND "
-                "NEW.attempts = 1 AND NEW.status = 'RUNNING' AND "
+                f"NEW.attempts = 1 AND NEW.status = '{ChunkStatus.RUNNING.value}' AND "
                 f"NEW.batches_done > OLD.batches_done) EXECUTE FUNCTION {name}()"
             )
         )

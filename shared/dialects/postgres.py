@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
+from enum import Enum
 from typing import Any, NamedTuple, Protocol, cast
 
 import psycopg2.extensions
@@ -314,10 +315,21 @@ ROW_SAMPLE_ROWS_PER_PART = 1_000
 ROW_SAMPLE_MAX_FRACTION = 0.3
 
 
-def sample_method(parts: int, window_rows: int, table_rows: int) -> tuple[str, float] | None:
+class Sampling(Enum):
+    """A ``TABLESAMPLE`` method, by what it draws: (its SQL name, the plan note's noun)."""
+
+    PAGES = ("SYSTEM", "page")
+    ROWS = ("BERNOULLI", "row")
+
+    def __init__(self, sql: str, unit: str) -> None:
+        self.sql = sql
+        self.unit = unit
+
+
+def sample_method(parts: int, window_rows: int, table_rows: int) -> tuple[Sampling, float] | None:
     """How to sample a plain table for ``parts`` quantiles of a window of ``window_rows``
-    of its ``table_rows``: (``SYSTEM`` or ``BERNOULLI``, fraction of the table), or None
-    where the exact sort costs about as much.
+    of its ``table_rows``: (the method, fraction of the table), or None where the exact
+    sort costs about as much.
 
     A page sample reads only its pages, so it is first choice while it needs a quarter of
     the window's worth of pages at most. A row sample reads the whole table, so it is
@@ -325,10 +337,10 @@ def sample_method(parts: int, window_rows: int, table_rows: int) -> tuple[str, f
     wanted = min(max(SAMPLE_ROWS_PER_PART * parts, SAMPLE_MIN_TOTAL), SAMPLE_MAX_TOTAL)
     pages = wanted / window_rows  # of the table's pages, to find `wanted` window rows
     if pages <= 0.25 and pages * table_rows <= window_rows / 4:
-        return "SYSTEM", pages
+        return Sampling.PAGES, pages
     rows = ROW_SAMPLE_ROWS_PER_PART * parts / window_rows
     if rows <= ROW_SAMPLE_MAX_FRACTION and table_rows <= 2 * window_rows:
-        return "BERNOULLI", rows
+        return Sampling.ROWS, rows
     return None
 
 
@@ -597,7 +609,9 @@ class PostgresAdapter(DialectAdapter):
         ).scalar()
         if kind not in ("r", "m", "p"):  # a view (or a foreign table) takes no TABLESAMPLE
             return None
-        sampled = f"SELECT {columns} FROM {table} TABLESAMPLE {sampling} ({percent}) REPEATABLE(0)"
+        sampled = (
+            f"SELECT {columns} FROM {table} TABLESAMPLE {sampling.sql} ({percent}) REPEATABLE(0)"
+        )
         col = f"src.{self.q(column)}"
         sql = (
             f"SELECT max(v) AS upper_value, count(*) AS n FROM (SELECT {col} AS v, "
@@ -613,8 +627,7 @@ class PostgresAdapter(DialectAdapter):
         for row in rows[:-1]:
             if not bounds or row[0] != bounds[-1]:
                 bounds.append(row[0])
-        unit = "page" if sampling == "SYSTEM" else "row"
-        return bounds, f"a {percent}% {unit} sample ({sample} rows)"
+        return bounds, f"a {percent}% {sampling.unit} sample ({sample} rows)"
 
     def stream(
         self, conn: Connection, sql: str, params: dict[str, Any], batch_rows: int
