@@ -34,8 +34,13 @@ unit: $(STAMP)
 services:
 	bash scripts/ensure-services.sh
 
+# The suite mostly waits on services, Celery and deliberate outages, so it runs as
+# TEST_PROCS pytest sessions side by side (pytest-xdist), each with its own databases, Redis
+# prefix, queue and workers; a file's tests stay in one session (they share its fixtures).
+TEST_PROCS ?= 2
+
 test: check services
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_PROCS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP) services
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -3,7 +3,8 @@
 Each test session gets its own Postgres databases (``cl_<token>_wh`` for sources and targets,
 ``cl_<token>_meta`` for metadata), a MariaDB database ``cl_<token>_wh`` and a SQLite file
 (connections ``mdb`` and ``lite``, for sources and targets), its own Redis key prefix and
-Celery queue, and drops them all at the end, so concurrent runs never collide. Services must
+Celery queue, and drops them all at the end, so concurrent runs never collide: ``make test``
+runs two sessions at once (pytest-xdist), each process with its own token. Services must
 be up (``make test`` starts them); a missing service is an error, not a skip.
 """
 
