@@ -11,6 +11,7 @@ be up (``make test`` starts them); a missing service is an error, not a skip.
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,14 @@ from shared.engines import dispose_all, get_engine
 from shared.metadata.schema import upgrade
 from tests.cliutil import clean_cli_env as clean_cli_env  # fixture: the CLI tests' clean env
 from tests.worker_process import WorkerProcess
+
+# The tests that press Ctrl-C need the CLI they start to take SIGINT. A test run started in
+# the background without job control (`cmd &` in a script, nohup) inherits SIGINT ignored,
+# and so would every process it starts: Python leaves an inherited SIG_IGN alone, as a
+# program should. Handling it here makes the children start with the default again (exec
+# resets a handled signal, not an ignored one).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 TOKEN = uuid.uuid4().hex[:8]
 PG_HOST = os.environ.get("CHORDLOAD_TEST_PG", "postgresql+psycopg2://root@127.0.0.1:5432")
