@@ -20,7 +20,7 @@ from shared.checkpoint import load_function
 from shared.config.mapping import CheckpointStrategy, ChunkStrategy, DeletesMode, MappingSpec
 from shared.config.settings import Settings
 from shared.dialects import adapter_for
-from shared.dialects.base import DialectAdapter
+from shared.dialects.base import INTERNAL_COLUMNS, DialectAdapter
 from shared.dialects.types import SourceColumn, TypeKind
 from shared.engines import READ_ONLY, get_engine, mask_url
 from shared.errors import ConfigError, SourceUnavailableError, describe_db_error
@@ -95,6 +95,13 @@ def check_columns(mapref: str, spec: MappingSpec, columns: list[str]) -> None:
     if spec.scd.valid_from:
         named.append(("scd.valid_from", spec.scd.valid_from))
     named += [("scd.tracked", c) for c in spec.scd.tracked or ()]
+    internal = sorted(c for c in columns if c.lower() in INTERNAL_COLUMNS)
+    if internal:
+        raise ConfigError(
+            f"mapping '{mapref}': the source returns a column '{internal[0]}', a name chordload "
+            f"uses for its own columns ({', '.join(sorted(INTERNAL_COLUMNS))}); alias it in "
+            f"the query (e.g. `{internal[0]} AS {internal[0]}_`)"
+        )
     for role, name in spec.scd.audit_names().items():
         if name in available:
             raise ConfigError(

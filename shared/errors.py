@@ -8,6 +8,8 @@ that says what "transient" means.
 
 from __future__ import annotations
 
+import re
+
 
 class ChordloadError(Exception):
     """Base of all chordload errors. ``transient`` says whether a retry may succeed."""
@@ -173,7 +175,22 @@ def describe_db_error(exc: BaseException) -> str:
     """
     orig = getattr(exc, "orig", None)
     text = str(orig if orig is not None else exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    first = text.splitlines()[0] if text else type(exc).__name__
+    column = _copy_column(orig if orig is not None else exc)
+    if column and f'column "{column}"' not in first:  # PostgreSQL's own may name it
+        return f"column {column!r}: {first}"
+    return first
+
+
+_COPY_CONTEXT = re.compile(r"^COPY [^,]+, line \d+, column (?P<column>.+?): ", re.MULTILINE)
+
+
+def _copy_column(orig: object) -> str | None:
+    """The column a PostgreSQL COPY refused a value of (its message names only the value;
+    the error's context names the column)."""
+    context = getattr(getattr(orig, "diag", None), "context", None)
+    found = _COPY_CONTEXT.search(context) if isinstance(context, str) else None
+    return found.group("column") if found else None
 
 
 _MYSQL_DATA_ERRNOS = {1048, 1264, 1265, 1292, 1366, 1406, 3819, 4025}

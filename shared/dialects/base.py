@@ -22,6 +22,13 @@ from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 from shared.errors import ConfigError
 
 STAGE_TABLE = "cl_stage"
+# Columns chordload's own SQL adds beside the query's (a stage's or a target's, or an alias
+# over them): a source column of the same name would be taken for chordload's (compared
+# without case: MariaDB's and SQLite's names are case-insensitive). Planning refuses such a
+# query (coordinator/plan.py, check_columns).
+INTERNAL_COLUMNS = frozenset(
+    {"cl_hash", "cl_seq", "cl_sk", "cl_old_vf", "cl_restore_sk", "cl_current_key", "cl_key_hash"}
+)
 
 
 def dbapi_connection(conn: Connection) -> DBAPIConnection:
@@ -98,11 +105,26 @@ class DialectAdapter:
         """The query's ``columns``; those in ``as_text`` as the database's own text of the
         value (for a target that parses that text exactly); then the ``extra`` expressions
         (over the alias ``src``)."""
-        cols = [
-            f"CAST(src.{self.q(c)} AS TEXT) AS {self.q(c)}" if c in as_text else f"src.{self.q(c)}"
-            for c in columns
-        ]
+        exact = self.exact_reads(query) if len(as_text) < len(columns) else {}
+        cols = []
+        for c in columns:
+            ref = f"src.{self.q(c)}"
+            if c in as_text:
+                cols.append(f"{self.shown_as_text(ref)} AS {self.q(c)}")
+            elif c in exact:
+                cols.append(f"{exact[c]} AS {self.q(c)}")
+            else:
+                cols.append(ref)
         return f"SELECT {', '.join([*cols, *extra])} FROM {self.from_query(query)}"
+
+    def shown_as_text(self, column_sql: str) -> str:
+        """The database's own text of a column's value (NULL stays NULL)."""
+        return f"CAST({column_sql} AS TEXT)"
+
+    def exact_reads(self, query: str) -> dict[str, str]:
+        """Per column of ``query`` whose plain value the driver would not receive exactly,
+        an expression over ``src`` that gives it exactly (none by default)."""
+        return {}
 
     def relays_to(self, target: DialectAdapter) -> bool:
         """Whether a chunk can move rows from this source to ``target`` as the databases'

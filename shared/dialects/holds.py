@@ -16,6 +16,7 @@ is still found by the quarantine's bisection (``shared/scd/quarantine.py``).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -33,7 +34,8 @@ class ValueCheck:
     """Per target column, rules by the value's type; a row is refused with the first rule
     that finds a problem. ``screens``: per value type, a quick test over all of a batch's
     values of that type (True: none needs its rule), so a rule that is rarely needed (text
-    with a NUL character) costs one pass in C instead of a call per value."""
+    with a NUL character) costs one pass in C instead of a call per value; a rule made by
+    ``always`` checks more than the screen does and stays."""
 
     def __init__(
         self,
@@ -80,7 +82,10 @@ class ValueCheck:
             if screen([v for row in rows for v in row if type(v) is kind])
         }
         if passed:
-            rules = [{t: r for t, r in column.items() if t not in passed} for column in rules]
+            rules = [
+                {t: r for t, r in column.items() if t not in passed or unscreened(r)}
+                for column in rules
+            ]
         active = self._active(rules)
         if not active:
             return list(rows), []
@@ -93,6 +98,25 @@ class ValueCheck:
             else:
                 bad.append((row, why))
         return good, bad
+
+
+def always(rule: Rule) -> Rule:
+    """``rule``, kept when a screen passes its type (it checks more than the screen)."""
+    rule.always = True  # type: ignore[attr-defined]
+    return rule
+
+
+def unscreened(rule: Rule) -> bool:
+    return getattr(rule, "always", False)
+
+
+def both(first: Rule, second: Rule) -> Rule:
+    """One rule of two for the same value type: the first problem found."""
+
+    def rule(value: Any) -> str | None:
+        return first(value) or second(value)
+
+    return rule
 
 
 # -- rules shared by the adapters ------------------------------------------------------------
@@ -126,11 +150,19 @@ def no_checkpoint_beyond_range() -> Rules:
     return dict.fromkeys(BEYOND_RANGE_TYPES, rule)
 
 
-def finite_float(target: str, why: str = "") -> Rules:
+def negative_zero(value: float) -> bool:
+    return value == 0.0 and math.copysign(1.0, value) < 0
+
+
+def floats_held(target: str) -> Rules:
+    """NaN and infinity, and -0.0, which such a target stores as 0."""
+
     def rule(value: float) -> str | None:
+        if negative_zero(value):
+            return f"-0.0 cannot be held by {target} (it stores 0)"
         if math.isfinite(value):
             return None
-        return f"{value!r} cannot be held by {target}{why}"
+        return f"{value!r} cannot be held by {target}"
 
     return {float: rule}
 
@@ -189,3 +221,44 @@ def fits_decimal(precision: int, scale: int, target: str) -> Rules:
 def significant_digits(value: Decimal) -> int:
     digits = value.normalize().as_tuple().digits
     return 0 if all(d == 0 for d in digits) else len(digits)
+
+
+# Text a database reads into a date or a timestamp column more loosely than the value: a
+# time of day after a date (a date column drops it), a zone after a timestamp (PostgreSQL's
+# timestamp without time zone ignores it). SQLite sources hold dates and timestamps as text.
+_DATE_TIME_TEXT = re.compile(
+    r"^\s*[+-]?\d{4,}-\d{1,2}-\d{1,2}(?:[T ]\s*(?P<time>\d{1,2}:\d{2}(?::\d{2}(?:\.\d*)?)?)"
+    r"\s*(?P<zone>[zZ]|[+-]\d{1,2}(?::?\d{2}(?::?\d{2})?)?|[A-Za-z][A-Za-z_/+-]*)?)?\s*$"
+)
+
+
+_NO_OFFSET = {"BC", "AD", "Z", "UTC", "+00", "+00:00", "+0000", "-00", "-00:00", "-0000"}
+
+
+def date_text(target: str) -> Rule:
+    """Text with a time of day other than midnight, for a date column."""
+
+    def rule(value: str) -> str | None:
+        found = _DATE_TIME_TEXT.match(value)
+        shown = found.group("time") if found else None
+        if shown and any(ch not in "0:." for ch in shown):
+            return f"{value!r} has a time of day, which {target} would drop"
+        return None
+
+    return rule
+
+
+def timestamp_text(target: str) -> Rule:
+    """Text with a time zone or offset, for a timestamp column without one."""
+
+    def rule(value: str) -> str | None:
+        found = _DATE_TIME_TEXT.match(value)
+        zone = found.group("zone") if found else None
+        if zone and zone.upper() not in _NO_OFFSET:
+            return (
+                f"{value!r} has a time zone ({zone}), which {target} would drop; load it into "
+                f"a timestamp with time zone, or convert it in the query"
+            )
+        return None
+
+    return rule

@@ -50,9 +50,10 @@ from shared.dialects.base import STAGE_TABLE, DialectAdapter, dbapi_connection
 from shared.dialects.holds import (
     ValueCheck,
     beyond_range,
+    date_text,
     finite_decimal,
-    finite_float,
     fits_decimal,
+    floats_held,
 )
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 from shared.errors import ConfigError, LoadError
@@ -205,11 +206,13 @@ def _row_converters(fields: Sequence[Any]) -> list[tuple[int, Callable[[Any], An
 
 
 def _to_bool(value: Any) -> Any:
+    """0 and 1 as booleans; any other number of a ``TINYINT(1)`` stays the number it is (a
+    boolean target refuses it, and its row is quarantined; other targets keep it)."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, (bytes, bytearray)):
         return int.from_bytes(value, "big") != 0
-    return bool(value)
+    return bool(value) if value in (0, 1) else value
 
 
 def _to_utc(value: Any) -> Any:
@@ -290,6 +293,21 @@ class MysqlAdapter(DialectAdapter):
         finally:
             result.close()
         return [SourceColumn(f.name, _field_column_type(f)) for f in fields]
+
+    def exact_reads(self, query: str) -> dict[str, str]:
+        """``FLOAT`` columns read as ``DOUBLE``: the text protocol prints a ``FLOAT`` with
+        six significant digits (16777216 as 16777200), while its value as a ``DOUBLE`` is
+        exact. Asked of the database (the query's result fields) each time a chunk's or a
+        verify range's SQL is built: a column's type can change between runs."""
+        with self.engine.connect() as conn:
+            result = conn.execute(text(f"SELECT * FROM {self.from_query(query)} LIMIT 0"))
+            try:
+                fields = _result_fields(result.cursor)
+            finally:
+                result.close()
+        return {
+            f.name: f"src.{self.q(f.name)} + 0e0" for f in fields if f.type_code == FIELD_TYPE.FLOAT
+        }
 
     estimates_by_counting = False  # EXPLAIN's figure, from statistics that can be stale
 
@@ -632,10 +650,12 @@ class MysqlAdapter(DialectAdapter):
             data_type = str(data_type).lower()
             shown = f"MariaDB {str(column_type).upper()}"
             column: dict = {
-                **finite_float(shown),
+                **floats_held(shown),
                 **finite_decimal(shown),
                 **beyond_range(shown),
             }
+            if data_type == "date":
+                column[str] = date_text(shown)
             if data_type == "decimal" and precision is not None:
                 column.update(fits_decimal(int(precision), int(scale or 0), shown))
             elif data_type in ("tinyint", "smallint", "mediumint", "int", "bigint"):

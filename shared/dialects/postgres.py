@@ -44,7 +44,7 @@ from shared.dialects.base import (
     dbapi_connection,
 )
 from shared.dialects.exact import beyond_range, source_text
-from shared.dialects.holds import Rules, ValueCheck
+from shared.dialects.holds import Rules, ValueCheck, always, both, date_text, timestamp_text
 from shared.dialects.relay import CopyRelay, RelayedShape
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 from shared.errors import ConfigError
@@ -234,6 +234,17 @@ def _time_of_day(shown: str) -> Any:
     return rule
 
 
+def _not_boolean(value: int) -> str | None:
+    """A number other than 0 and 1 for a boolean column: from a MariaDB ``TINYINT(1)`` (its
+    ``BOOLEAN``), or a SQLite column (0 and 1 are SQLite's booleans)."""
+    if value in (0, 1):
+        return None
+    return (
+        f"{value} is not a boolean (0 or 1) and cannot be held by PostgreSQL boolean; cast "
+        f"the column to a number in the query (e.g. `col + 0`) to keep it"
+    )
+
+
 class StoredType(NamedTuple):
     """A column's type as PostgreSQL stores it: type oid (built-in oids are the same on every
     server), modifier (-1: none; ``numeric(12,2)``'s precision and scale) and its name."""
@@ -361,6 +372,12 @@ class PostgresAdapter(DialectAdapter):
     row_hash_version = 2
 
     # -- relay: COPY text from a PostgreSQL source straight into the stage (relay.py) --------
+    def shown_as_text(self, column_sql: str) -> str:
+        """The value's output-function text, as COPY and the relay print it: a cast to text
+        is no such thing for every type (``char(n)`` loses its padding, ``inet`` gains a
+        ``/32``), and ``format`` of NULL would be the empty string."""
+        return f"CASE WHEN {column_sql} IS NULL THEN NULL ELSE format('%s', {column_sql}) END"
+
     def relays_to(self, target: DialectAdapter) -> bool:
         return isinstance(target, PostgresAdapter)
 
@@ -792,10 +809,16 @@ class PostgresAdapter(DialectAdapter):
     def load_stage(
         self, conn: Connection, stage: str, columns: Sequence[str], rows: Sequence[tuple]
     ) -> None:
+        """COPY ``rows`` into the stage under HASH_SESSION (for the rest of the batch's
+        transaction): how PostgreSQL reads a value's text depends on the session too (a
+        timestamp without an offset into a ``timestamptz`` column is read in ``TimeZone``,
+        ``01/02/2024`` as a date by ``DateStyle``), and a target database's or role's
+        defaults must not change the values. The settings are the apply's anyway."""
         buffer = io.StringIO(copy_text(rows))
         cols = ", ".join(self.q(c) for c in columns)
         cursor = dbapi_connection(conn).cursor()
         try:
+            cursor.execute(HASH_SESSION)
             cursor.copy_expert(f"COPY {stage} ({cols}) FROM STDIN", buffer, size=1 << 16)
         finally:
             cursor.close()
@@ -830,16 +853,24 @@ class PostgresAdapter(DialectAdapter):
         self, conn: Connection, target: TargetSpec, columns: Sequence[str]
     ) -> ValueCheck:
         """PostgreSQL refuses by itself what a column cannot hold, but names neither the
-        column nor the value for two cases other databases produce: text with a NUL
-        character (MariaDB, SQLite), and a MariaDB ``TIME`` beyond a time of day (a duration
-        such as ``-838:59:59``) for a ``time`` column."""
+        column nor the value for cases other databases produce: text with a NUL character
+        (MariaDB, SQLite), a MariaDB ``TIME`` beyond a time of day (a duration such as
+        ``-838:59:59``) for a ``time`` column, and a MariaDB ``TINYINT(1)`` other than 0 or 1
+        for a ``boolean`` column."""
         types = _type_names(conn, self.table_ref(target))
         rules: list[Rules] = []
         for name in columns:
-            shown = f"PostgreSQL {types.get(name) or 'column'}"
+            type_name = types.get(name, "")
+            shown = f"PostgreSQL {type_name or 'column'}"
             column: dict = {str: _no_nul(shown)}
-            if str(types.get(name, "")).startswith("time"):
+            if type_name == "date":
+                column[str] = always(both(column[str], date_text(shown)))
+            elif type_name.startswith("timestamp") and "with time zone" not in type_name:
+                column[str] = always(both(column[str], timestamp_text(shown)))
+            elif type_name.startswith("time"):
                 column[dt.timedelta] = _time_of_day(shown)
+            elif type_name == "boolean":
+                column[int] = _not_boolean
             rules.append(column)
         return ValueCheck(columns, rules, screens={str: _nul_free})
 

@@ -20,6 +20,7 @@ from shared.dialects.holds import (
     INT64_MIN,
     Rules,
     ValueCheck,
+    negative_zero,
     significant_digits,
 )
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
@@ -47,8 +48,25 @@ def affinity(declared: str) -> str:
     return "NUMERIC"
 
 
-def _nan(value: float) -> str | None:
-    return None if value == value else "NaN cannot be held by SQLite (it stores NaN as NULL)"
+def _float(value: float) -> str | None:
+    if value != value:
+        return "NaN cannot be held by SQLite (it stores NaN as NULL)"
+    if negative_zero(value):
+        return "-0.0 cannot be held by SQLite (it stores 0)"
+    return None
+
+
+def _duration(value: dt.timedelta) -> str:
+    """A MariaDB ``TIME`` beyond a time of day (``25:00:00``, ``-838:59:59``) is a
+    duration: SQLite has no type for it, and the driver cannot bind it."""
+    micros = abs(value) // dt.timedelta(microseconds=1)
+    seconds, fraction = divmod(micros, 1_000_000)
+    shown = f"{'-' if value < dt.timedelta(0) else ''}{seconds // 3600:02}:{seconds // 60 % 60:02}"
+    shown += f":{seconds % 60:02}" + (f".{fraction:06}" if fraction else "")
+    return (
+        f"TIME {shown} is beyond a time of day and cannot be held by SQLite; cast the column "
+        f"to text (or seconds) in the query to keep it"
+    )
 
 
 def _int64(value: int) -> str | None:
@@ -253,7 +271,7 @@ class SqliteAdapter(DialectAdapter):
         rules: list[Rules] = []
         for name in columns:
             column_affinity = affinity(declared.get(name, ""))
-            column: dict = {float: _nan, int: _int64}
+            column: dict = {float: _float, int: _int64, dt.timedelta: _duration}
             if column_affinity in ("NUMERIC", "INTEGER", "REAL"):
                 column.update(_numeric_rules(column_affinity))
             rules.append(column)

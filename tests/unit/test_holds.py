@@ -6,16 +6,23 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
+import pytest
+
 from shared.dialects.exact import beyond_range as stand_in
 from shared.dialects.exact import source_text
 from shared.dialects.holds import (
     ValueCheck,
+    always,
     beyond_range,
+    both,
+    date_text,
     decimal_digits,
     fits_decimal,
+    floats_held,
     no_checkpoint_beyond_range,
+    timestamp_text,
 )
-from shared.dialects.sqlite import _numeric_rules
+from shared.dialects.sqlite import _duration, _numeric_rules
 from shared.run.values import json_safe
 
 
@@ -77,6 +84,66 @@ def test_a_screen_skips_a_rule_for_a_batch_without_the_case():
     assert calls == []
     good, bad = check.split([("a",), ("x\x00",)])
     assert (good, [row for row, _ in bad]) == ([("a",)], [("x\x00",)])
+
+    # a rule that checks more than the screen stays for such a batch
+    check = ValueCheck(
+        ["d"], [{str: always(both(rule, date_text("date")))}], screens={str: nul_free}
+    )
+    good, bad = check.split([("2024-01-01",), ("2024-01-01 10:00",)])
+    assert good == [("2024-01-01",)]
+    assert bad[0][1] == "column 'd': '2024-01-01 10:00' has a time of day, which date would drop"
+
+
+@pytest.mark.parametrize(
+    ("value", "refused"),
+    [
+        ("2024-01-01", False),
+        ("2024-01-01 00:00:00", False),
+        ("2024-01-01T00:00:00.000", False),
+        ("0044-03-15 BC", False),
+        ("infinity", False),
+        ("not a date", False),  # the database refuses it by itself
+        ("2024-01-01 10:00:00", True),
+        ("2024-01-01T00:00:00.5", True),
+        ("2024-01-01 00:00:01+05:00", True),
+    ],
+)
+def test_a_date_column_refuses_text_with_a_time_of_day(value, refused):
+    assert (date_text("date")(value) is not None) is refused
+
+
+@pytest.mark.parametrize(
+    ("value", "refused"),
+    [
+        ("2024-01-01 10:00:00", False),
+        ("2024-01-01 10:00:00.123456", False),
+        ("2024-01-01", False),
+        ("0044-03-15 10:00:00 BC", False),
+        ("2024-01-01 10:00:00Z", False),  # UTC: the value as chordload reads it
+        ("2024-01-01 10:00:00+00:00", False),
+        ("2024-01-01 10:00:00 UTC", False),
+        ("2024-01-01 10:00:00+05:00", True),
+        ("2024-01-01T10:00:00-0130", True),
+        ("2024-01-01 10:00 Europe/Paris", True),
+    ],
+)
+def test_a_timestamp_column_without_zone_refuses_text_with_one(value, refused):
+    assert (timestamp_text("timestamp")(value) is not None) is refused
+
+
+def test_negative_zero_nan_and_infinity_where_a_target_cannot_hold_them():
+    rule = floats_held("DOUBLE")[float]
+    assert rule(0.0) is None and rule(1.5) is None
+    assert rule(-0.0) == "-0.0 cannot be held by DOUBLE (it stores 0)"
+    assert rule(float("nan")) is not None and rule(float("-inf")) is not None
+
+
+def test_a_duration_is_named_as_mariadb_prints_it():
+    assert _duration(dt.timedelta(hours=25)).startswith("TIME 25:00:00 is beyond")
+    assert _duration(-dt.timedelta(hours=838, minutes=59, seconds=59)).startswith(
+        "TIME -838:59:59 is beyond"
+    )
+    assert _duration(dt.timedelta(days=2, microseconds=5)).startswith("TIME 48:00:00.000005 ")
 
 
 def test_stand_ins_compare_as_the_ends_of_pythons_range_and_keep_their_text():
