@@ -34,7 +34,9 @@ What differs from the generic SQL, and how this adapter handles it:
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
+import struct
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
@@ -190,19 +192,45 @@ def _result_fields(cursor: Any) -> list[Any]:
     return [_DescriptionField(d) for d in cursor.description or ()]
 
 
-def _row_converters(fields: Sequence[Any]) -> list[tuple[int, Callable[[Any], Any]]]:
+def _row_converters(
+    fields: Sequence[Any], singles: frozenset[str] = frozenset()
+) -> list[tuple[int, Callable[[Any], Any]]]:
     """Per-column fixes for values PyMySQL returns in a form other databases cannot take:
-    TINYINT(1)/BIT(1) as bool, TIMESTAMP as aware UTC, TIME (a timedelta) as a time."""
+    TINYINT(1)/BIT(1) as bool, TIMESTAMP as aware UTC, TIME (a timedelta) as a time, and a
+    ``FLOAT`` read as ``DOUBLE`` (``singles``, by name) as its shortest decimal."""
     converters: list[tuple[int, Callable[[Any], Any]]] = []
     for i, field in enumerate(fields):
         kind = _field_column_type(field).kind
-        if kind is TypeKind.BOOLEAN:
+        if field.name in singles and field.type_code == FIELD_TYPE.DOUBLE:
+            converters.append((i, shortest_single))
+        elif kind is TypeKind.BOOLEAN:
             converters.append((i, _to_bool))
         elif kind is TypeKind.TIMESTAMPTZ:
             converters.append((i, _to_utc))
         elif kind is TypeKind.TIME:
             converters.append((i, _to_time))
     return converters
+
+
+def shortest_single(value: Any) -> Any:
+    """A ``FLOAT`` (a 32-bit float), given as the ``DOUBLE`` it converts to exactly
+    (1.2345677614212036), as the shortest decimal that is the same ``FLOAT`` (1.2345678):
+    the number that was stored, as PostgreSQL prints a ``real`` and MySQL a ``FLOAT``. Nine
+    significant digits always are."""
+    if not isinstance(value, float) or not math.isfinite(value):
+        return value
+    single = _SINGLE.unpack(_SINGLE.pack(value))[0]
+    for digits in range(1, 10):
+        shortest = float(f"{value:.{digits}g}")
+        try:
+            if _SINGLE.unpack(_SINGLE.pack(shortest))[0] == single:
+                return shortest
+        except OverflowError:  # rounded up beyond the largest FLOAT
+            continue
+    return value
+
+
+_SINGLE = struct.Struct("<f")
 
 
 def _to_bool(value: Any) -> Any:
@@ -284,6 +312,8 @@ class MysqlAdapter(DialectAdapter):
         self._collation = "utf8mb4_bin"
         # per stage: positions of DATETIME/TIMESTAMP columns, and columns marked timestamptz
         self._stage_datetimes: dict[str, list[int]] = {}
+        # the FLOAT columns the last query built here reads as DOUBLE (exact_reads)
+        self._singles: frozenset[str] = frozenset()
 
     # -- source ------------------------------------------------------------------------
     def source_columns(self, conn: Connection, query: str) -> list[SourceColumn]:
@@ -296,18 +326,18 @@ class MysqlAdapter(DialectAdapter):
 
     def exact_reads(self, query: str) -> dict[str, str]:
         """``FLOAT`` columns read as ``DOUBLE``: the text protocol prints a ``FLOAT`` with
-        six significant digits (16777216 as 16777200), while its value as a ``DOUBLE`` is
-        exact. Asked of the database (the query's result fields) each time a chunk's or a
-        verify range's SQL is built: a column's type can change between runs."""
+        six significant digits (16777216 as 16777200), while the ``DOUBLE`` is exact;
+        ``stream`` gives it back as the ``FLOAT``'s shortest decimal (``shortest_single``).
+        Asked of the database (the query's result fields) each time a chunk's or a verify
+        range's SQL is built: a column's type can change between runs."""
         with self.engine.connect() as conn:
             result = conn.execute(text(f"SELECT * FROM {self.from_query(query)} LIMIT 0"))
             try:
                 fields = _result_fields(result.cursor)
             finally:
                 result.close()
-        return {
-            f.name: f"src.{self.q(f.name)} + 0e0" for f in fields if f.type_code == FIELD_TYPE.FLOAT
-        }
+        self._singles = frozenset(f.name for f in fields if f.type_code == FIELD_TYPE.FLOAT)
+        return {name: f"src.{self.q(name)} + 0e0" for name in self._singles}
 
     estimates_by_counting = False  # EXPLAIN's figure, from statistics that can be stale
 
@@ -344,7 +374,7 @@ class MysqlAdapter(DialectAdapter):
         result = conn.execution_options(stream_results=True, yield_per=batch_rows).execute(
             text(sql), params
         )
-        converters = _row_converters(_result_fields(result.cursor))
+        converters = _row_converters(_result_fields(result.cursor), self._singles)
         finished = False
         try:
             for part in result.partitions(batch_rows):
