@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from shared.dialects.exact import source_text
 from shared.dialects.types import TypeKind
 
 Encoder = Callable[[Any], bytes]
@@ -40,6 +41,7 @@ NUMBER_KINDS = frozenset(
 )
 _EXACT = decimal.Context(prec=1000)  # normalize() rounds to the context's precision
 _TRUE_TEXT = {"1", "t", "true", "y", "yes", "on"}
+_FALSE_TEXT = {"0", "f", "false", "n", "no", "off"}
 
 
 _PLAIN = frozenset("0123456789.-")
@@ -88,12 +90,18 @@ def _number(value: Any) -> bytes:
 
 
 def _boolean(value: Any) -> bytes:
+    """True and false, 1 and 0 and their words alike; another number (a MariaDB
+    ``TINYINT(1)`` holds any) is that number."""
     if isinstance(value, str):
-        return b"B1" if value.strip().lower() in _TRUE_TEXT else b"B0"
-    try:
-        return b"B1" if int(value) else b"B0"
-    except (TypeError, ValueError):
+        text = value.strip().lower()
+        if text in _TRUE_TEXT:
+            return b"B1"
+        if text in _FALSE_TEXT:
+            return b"B0"
         return _other(value)
+    if isinstance(value, (bool, int, float, Decimal)) and value in (0, 1):
+        return b"B1" if value else b"B0"
+    return _other(value)
 
 
 def _parse_moment(value: Any) -> Any:
@@ -108,11 +116,26 @@ def _parse_moment(value: Any) -> Any:
     return value
 
 
+def _beyond(tag: bytes, value: Any) -> bytes | None:
+    """A value beyond Python's range (infinity, a BC date, 24:00) by the source's text, as a
+    target that holds it as text (SQLite) has it; None for any other value."""
+    if (shown := source_text(value)) is not None:
+        return tag + shown.encode()
+    if isinstance(value, str):
+        return tag + value.strip().encode()
+    return None
+
+
 def _date(value: Any) -> bytes:
+    """A date; a timestamp other than midnight is not one (it codes as a timestamp)."""
     value = _parse_moment(value)
+    if (beyond := _beyond(b"d", value)) is not None:
+        return beyond
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
-            value = value.astimezone(dt.UTC)
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        if value.time() != dt.time(0):
+            return _timestamp(value)
         return b"d" + value.date().isoformat().encode()
     if isinstance(value, dt.date):
         return b"d" + value.isoformat().encode()
@@ -121,6 +144,8 @@ def _date(value: Any) -> bytes:
 
 def _timestamp(value: Any) -> bytes:
     value = _parse_moment(value)
+    if (beyond := _beyond(b"t", value)) is not None:
+        return beyond
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
             value = value.astimezone(dt.UTC).replace(tzinfo=None)
@@ -130,15 +155,43 @@ def _timestamp(value: Any) -> bytes:
     return _other(value)
 
 
+def _time(value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode()
+    if isinstance(value, str) and source_text(value) is None:
+        try:
+            value = dt.time.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    if (beyond := _beyond(b"T", value)) is not None:
+        return beyond
+    if isinstance(value, dt.time):
+        return b"T" + value.isoformat().encode()
+    return _other(value)
+
+
 def _json(value: Any) -> bytes:
+    """JSON by its values: keys sorted, numbers exactly (``1e2`` = ``100``, but
+    ``1.00000000000000000001`` is not ``1.0``)."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         value = bytes(value).decode()
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = json.loads(value, parse_float=Decimal, parse_int=Decimal)
         except ValueError:
             return b"S" + value.encode()
-    return b"J" + json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return b"J" + _json_text(value).encode()
+
+
+def _json_text(value: Any) -> str:
+    if isinstance(value, dict):
+        items = sorted(value.items())
+        return "{" + ",".join(f"{json.dumps(k)}:{_json_text(v)}" for k, v in items) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(map(_json_text, value)) + "]"
+    if isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
+        return _number(value).decode()[1:]
+    return json.dumps(value)
 
 
 def _other(value: Any) -> bytes:
@@ -154,7 +207,7 @@ def _other(value: Any) -> bytes:
     if isinstance(value, dt.date):
         return _date(value)
     if isinstance(value, dt.time):
-        return b"T" + value.isoformat().encode()
+        return _time(value)
     if isinstance(value, dt.timedelta):
         return b"V" + str(value.total_seconds()).encode()
     if isinstance(value, uuid.UUID):
@@ -174,6 +227,7 @@ _BY_KIND: dict[TypeKind, Callable[[Any], bytes]] = {
     TypeKind.DATE: _date,
     TypeKind.TIMESTAMP: _timestamp,
     TypeKind.TIMESTAMPTZ: _timestamp,
+    TypeKind.TIME: _time,
     TypeKind.JSON: _json,
     TypeKind.UUID: _uuid,
 }

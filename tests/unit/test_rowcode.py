@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 
+from shared.dialects.exact import beyond_range as stand_in
 from shared.dialects.types import TypeKind
 from shared.verify.rowcode import Digest, RowCoder, encoder
 
@@ -42,7 +43,13 @@ PLUS_0530 = dt.timezone(dt.timedelta(hours=5, minutes=30))
         (TypeKind.TIMESTAMP, [dt.datetime(2025, 3, 1, 8, 30), "2025-03-01 08:30:00"]),
         (TypeKind.BYTES, [b"\x00\x01", memoryview(b"\x00\x01"), bytearray(b"\x00\x01")]),
         (TypeKind.JSON, [{"a": 1, "b": [1, 2]}, '{"b": [1, 2], "a": 1}']),
+        (TypeKind.JSON, ['{"n": 1e2}', '{"n": 100}', '{"n": 100.0}']),  # jsonb keeps 100
         (TypeKind.TEXT, ["Zoë 🎉", "Zoë 🎉"]),
+        # beyond Python's range: a stand-in, and the text a SQLite target holds
+        (TypeKind.DATE, [stand_in("date", "0044-03-15 BC"), "0044-03-15 BC"]),
+        (TypeKind.TIMESTAMP, [stand_in("timestamp", "infinity"), "infinity"]),
+        (TypeKind.TIME, [stand_in("time", "24:00:00"), "24:00:00"]),
+        (TypeKind.TIME, [dt.time(10, 0, 0, 500000), "10:00:00.5", "10:00:00.500000"]),
     ],
 )
 def test_one_value_codes_the_same_however_it_is_read(kind, values):
@@ -64,6 +71,15 @@ def test_one_value_codes_the_same_however_it_is_read(kind, values):
         (TypeKind.DATE, dt.date(2025, 1, 1), dt.date(2025, 1, 2)),
         (TypeKind.BYTES, b"", None),
         (None, "1", 1),  # a column of unknown kind: text and numbers stay apart
+        # what a sloppier code took for equal (found by an audit)
+        (TypeKind.DATE, stand_in("date", "infinity"), dt.date(9999, 12, 31)),
+        (TypeKind.DATE, stand_in("date", "0044-03-15 BC"), dt.date(1, 1, 1)),
+        (TypeKind.TIMESTAMP, stand_in("timestamp", "infinity"), dt.datetime.max),
+        (TypeKind.TIME, stand_in("time", "24:00:00"), dt.time.max),
+        (TypeKind.BOOLEAN, 2, 1),  # a MariaDB TINYINT(1)
+        (TypeKind.BOOLEAN, 2, True),
+        (TypeKind.JSON, '{"n": 1.00000000000000000001}', '{"n": 1.0}'),
+        (TypeKind.DATE, dt.date(2024, 1, 3), "2024-01-03 10:00:00"),
     ],
 )
 def test_different_values_code_differently(kind, a, b):
