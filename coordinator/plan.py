@@ -450,6 +450,7 @@ def plan_run(
         validity_kind,
         stored,
         settings.celery.queue,
+        tuple(c.type.kind for c in source_columns),
     )
     return Plan(run, estimate, ranges, note, stored_encoded, counted, *target_ddl)
 

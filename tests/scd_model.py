@@ -9,10 +9,10 @@ target must hold after the run and what the run must report, from the README alo
   stored checkpoint (every row on a first run);
 - duplicate keys in one extract (a NULL key part is a value, matched null-safe): the row with
   the highest checkpoint value wins, NULL lowest; the others count as ``rows_duplicate``.
-  The README sends ties to "the last in source order", which is not well defined for a
-  parallel ordered read, so for ties the model accepts any one of the tied rows: the caller
-  picks it (``choose``) and the model continues from that choice. One thing it does require:
-  the same tied rows read again (a no-op rerun) keep the winner they had, so nothing changes;
+  Among rows tied on it the caller picks the winner (``choose``: the differential suite
+  applies the README's rule, the row whose values sort last) and the model continues from
+  that choice. It also requires that the same tied rows read again (a no-op rerun) keep the
+  winner they had, so nothing changes;
 - SCD1: one row per key with the winner's values (inserted, changed in place, or unchanged);
   SCD2: every version of every key, each opened (and closed) by one run, one current version
   per key, a new version only when the winner differs from the current one;

@@ -479,16 +479,14 @@ def actual_versions(tgt: Side, table: str, p: Params, runs: Runs) -> dict[tuple,
     return out
 
 
-def chooser(actual: dict[tuple, list[Version]]) -> Callable[[tuple, list[tuple]], int]:
-    """For tied rows, the one the product loaded (any of them is allowed)."""
-
-    def choose(key: tuple, tied: list[tuple]) -> int:
-        for version in reversed(actual.get(key, [])):
-            if version.current and version.values in tied:
-                return tied.index(version.values)
-        return len(tied) - 1
-
-    return choose
+def readme_winner(key: tuple, tied: list[tuple]) -> int:
+    """For tied rows, the README's winner ("Duplicate business keys"): the row whose values
+    sort last, column by column in the query's order, NULL lowest. Each column of the
+    suite's sources holds one type (text by code point, decimals and integers by value,
+    timestamps by time), so Python's order of the values is the README's. Breach 13 was a
+    PostgreSQL-to-PostgreSQL load that compared numbers as their text."""
+    order = [tuple((0,) if v is None else (1, v) for v in values) for values in tied]
+    return order.index(max(order))
 
 
 def describe_versions(versions: list[Version]) -> str:
@@ -552,7 +550,7 @@ def run_scenario(
         )
         assert result.status is RunStatus.SUCCESS, f"{result.status}: {result.message}{context}"
         actual = actual_versions(tgt, tgt_table, p, runs)
-        outcome: Outcome = model.run([r.values for r in source], chooser(actual), full=full)
+        outcome: Outcome = model.run([r.values for r in source], readme_winner, full=full)
         problems = differences(model.versions, actual)
         got_counts = (
             result.rows_read,
@@ -761,6 +759,35 @@ def test_breach_12_mariadb_source_keys_that_differ_only_in_case(env, scd):
     result = small.run(rows)
     assert small.versions() == {(1, "a"): ["a wins"], (1, "A"): ["A wins"]}
     assert small.counts(result) == (4, 2, 0, 0, 2)
+
+
+@pytest.mark.parametrize(
+    ("target", "checkpoint", "batch_rows"),
+    [("pg", NONE, 1), ("pg", NONE, 10), ("pg", "KEY2", 10), ("mdb", NONE, 10)],
+)
+def test_breach_13_tied_rows_compare_numbers_by_value_on_every_path(
+    env, target, checkpoint, batch_rows
+):
+    """New (found by this suite with the README's tie rule in the model): between two
+    PostgreSQL databases the columns other than keys and checkpoint reach the duplicate
+    resolver as the source's text (the relay's slow path, the typed path), and tied rows
+    compared them as text: 2385.12 beat 118817.29 and -2.00 beat -1.00, where a MariaDB
+    target got the README's winner. Relayed one row a batch, both in one batch, typed (two
+    checkpoint columns), and the MariaDB control."""
+    small = Small(env, Params("pg", target, scd=1, checkpoint=checkpoint, batch_rows=batch_rows))
+    big, small_amt, low, high = (Decimal(v) for v in ("118817.29", "2385.12", "-2.00", "-1.00"))
+    rows = [
+        (1, "case", big, None, at(0), 0),
+        (1, "case", small_amt, None, at(0), 0),
+        (2, "case", small_amt, None, at(0), 0),  # the other order
+        (2, "case", big, None, at(0), 0),
+        (3, "case", low, None, at(0), 0),
+        (3, "case", high, None, at(0), 0),
+    ]
+    result = small.run(rows)
+    assert small.counts(result) == (6, 3, 0, 0, 3)
+    amounts = {r["id"]: r["amt"] for r in small.target.read(small.dim, ["id", "amt"])}
+    assert amounts == {1: big, 2: big, 3: high}
 
 
 # PostgreSQL values that only the relay's COPY text carries unchanged. The breach tests load them

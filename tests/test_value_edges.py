@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -104,16 +105,16 @@ def test_postgres_typed_path_keeps_char_padding_and_host_addresses(
     values are the source's text on both, and the switch changes nothing."""
     src = f'"{schema}".src'
     with wh.begin() as conn:
-        conn.execute(
-            text(f"CREATE TABLE {src} (id int PRIMARY KEY, v int, w int, c char(6), ip inet)")
-        )
+        conn.execute(text(f"CREATE TABLE {src} (id int, v int, w int, c char(6), ip inet)"))
         conn.execute(
             text(
                 f"INSERT INTO {src} VALUES (1, 1, 1, 'ab', '10.0.0.1'), (2, 2, 1, 'x y', '::1'), "
                 "(3, 3, 1, NULL, '10.0.0.0/8'), (4, 4, 1, '', NULL)"
             )
         )
-    query = f"SELECT id, v, w, c, ip FROM {src}"
+    # key 1 twice: a relayed batch with a duplicate key is read back from the stage as
+    # rows (the relay's slow path), which also printed the values with a cast to text
+    query = f"SELECT id, v, w, c, ip FROM {src} UNION ALL SELECT 1, 0, 0, 'lost', '10.9.9.9'"
     table = f"{schema}.dim"
     relayed = make_settings(
         {"bp": _mapping(query, "wh", "wh", table, checkpoint={"strategy": "KEY", "column": "v"})}
@@ -128,6 +129,7 @@ def test_postgres_typed_path_keeps_char_padding_and_host_addresses(
     )
     again = _run(typed, "bp", full=True)
     assert (again.rows_changed, again.rows_unchanged, again.rows_errored) == (0, 4, 0)
+    assert again.rows_duplicate == 1
     shown = "format('%s', c) || '|', format('%s', ip)"  # a cast to text would trim c
     assert _rows(wh, f'SELECT id, {shown} FROM "{schema}".dim WHERE dw_is_current') == _rows(
         wh, f"SELECT id, {shown} FROM {src}"
@@ -338,3 +340,119 @@ def test_mariadb_values_other_targets_cannot_hold_are_quarantined_by_column(
     errors = _errors(into_pg, run)
     assert set(errors) == {1, 2}
     assert errors[2].startswith("column 'd': "), errors[2]
+
+
+def test_sqlite_values_postgres_would_read_otherwise_are_quarantined(
+    wh, schema, sqlite_url, workers, make_settings
+):
+    """SQLite columns hold any value: the ones a PostgreSQL column would round, read its
+    own way or reinterpret are quarantined naming the column; the rest arrive exactly."""
+    table = f"sq_{uuid.uuid4().hex[:8]}"
+    with get_engine(sqlite_url).begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, n NUMERIC(10, 2), ts TIMESTAMP, "
+            "d DATE, t TEXT, b BLOB)"
+        )
+        conn.exec_driver_sql(
+            f"INSERT INTO {table} VALUES "
+            "(1, 1.5, '2024-01-01 10:00:00.123456', '2024-01-03', 'hi', X'6869'), "
+            "(2, 1.005, NULL, NULL, NULL, NULL), "
+            "(3, NULL, '2024-01-01 10:00:00.1234567', NULL, NULL, NULL), "
+            "(4, NULL, NULL, 'today', NULL, NULL), "
+            "(5, NULL, NULL, NULL, X'6869', NULL), "
+            "(6, NULL, NULL, NULL, NULL, '\\x41'), "
+            "(7, NULL, NULL, NULL, NULL, 'plain')"
+        )
+    settings = make_settings(
+        {"sq": _mapping(f"SELECT * FROM {table}", "lite", "wh", f"{schema}.dim")}
+    )
+    run = _run(settings, "sq")
+    errors = _errors(settings, run)
+    expected = {2: "column 'n': ", 3: "column 'ts': ", 4: "column 'd': ", 5: "column 't': "}
+    expected[6] = "column 'b': "
+    assert {k: v[: len(expected.get(k, ""))] for k, v in errors.items()} == expected, errors
+    assert "it would be rounded" in errors[2] and "7 digits of a second" in errors[3]
+    assert "not an ISO date" in errors[4] and "backslashes" in errors[6]
+    got = _rows(wh, f'SELECT id, n::text, ts::text, d::text, t, b FROM "{schema}".dim')
+    assert {k: v[:4] + (bytes(v[4]) if v[4] is not None else None,) for k, v in got.items()} == {
+        1: ("1.50", "2024-01-01 10:00:00.123456", "2024-01-03", "hi", b"hi"),
+        7: (None, None, None, None, b"plain"),
+    }
+    assert _run(settings, "sq", full=True).rows_changed == 0
+
+
+@pytest.mark.parametrize("target", ["mdb", "lite"])
+def test_decimals_are_checked_at_their_full_length(
+    target, wh, schema, mariadb_url, sqlite_url, workers, make_settings
+):
+    """A numeric with more digits than Python's default 28 is checked at its full length
+    (it was rounded to 28 first, and passed); a SQLite REAL cannot hold 1e-400 or 1e400."""
+    src = f'"{schema}".src'
+    with wh.begin() as conn:
+        conn.execute(text(f"CREATE TABLE {src} (id int PRIMARY KEY, n numeric)"))
+        conn.execute(
+            text(
+                f"INSERT INTO {src} VALUES (1, 1.0000000000000000000000000000001), (2, 1.5), "
+                "(3, 1e-400), (4, 1e400)"
+            )
+        )
+    table = f"dc_{uuid.uuid4().hex[:8]}"
+    settings = make_settings({"dc": _mapping(f"SELECT * FROM {src}", "wh", target, table)})
+    run = _run(settings, "dc")
+    errors = _errors(settings, run)
+    engine = get_engine(mariadb_url if target == "mdb" else sqlite_url)
+    ref = f"`{table}`" if target == "mdb" else f'"{table}"'
+    try:
+        loaded = _rows(engine, f"SELECT id, n FROM {ref}")
+        if target == "mdb":  # DECIMAL(65, 30): 1e-400 is 31+ digits after the point too
+            assert set(errors) == {1, 3, 4} and set(loaded) == {2}
+        else:
+            assert set(errors) == {1, 3, 4} and set(loaded) == {2}
+            assert "beyond the range of a SQLite REAL" in errors[3]
+        assert all(m.startswith("column 'n': ") for m in errors.values())
+    finally:
+        if target == "mdb":
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {ref}")
+
+
+def test_mariadb_decimal_at_its_largest_is_held(mdb, mariadb_url, workers, make_settings):
+    """DECIMAL(65, 30) at its largest magnitude is not taken for too many digits."""
+    largest = "-" + "9" * 35 + "." + "9" * 30
+    src = mdb("id INT PRIMARY KEY, n DECIMAL(65, 30)", f"(1, {largest})", "(2, 0.5)")
+    table = f"mx_{uuid.uuid4().hex[:8]}"
+    settings = make_settings({"mx": _mapping(f"SELECT * FROM {src}", "mdb", "mdb", table)})
+    target = get_engine(mariadb_url)
+    try:
+        run = _run(settings, "mx")
+        assert (run.rows_inserted, run.rows_errored) == (2, 0)
+        assert str(_rows(target, f"SELECT id, n FROM {table}")[1][0]) == largest
+    finally:
+        with target.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+
+
+@pytest.mark.parametrize("target", ["wh", "mdb"])
+def test_a_postgres_numeric_with_a_negative_scale_loads(
+    target, wh, schema, mariadb_url, workers, make_settings
+):
+    """numeric(5, -2) holds integers of up to 7 digits (rounded to hundreds): its target
+    column is numeric(7, 0)."""
+    src = f'"{schema}".src'
+    with wh.begin() as conn:
+        conn.execute(text(f"CREATE TABLE {src} (id int PRIMARY KEY, n numeric(5, -2))"))
+        conn.execute(text(f"INSERT INTO {src} VALUES (1, 12300), (2, 9999900), (3, NULL)"))
+    table = f"{schema}.dim" if target == "wh" else f"ns_{uuid.uuid4().hex[:8]}"
+    settings = make_settings({"ns": _mapping(f"SELECT * FROM {src}", "wh", target, table)})
+    run = _run(settings, "ns")
+    assert (run.rows_inserted, run.rows_errored) == (3, 0)
+    engine = wh if target == "wh" else get_engine(mariadb_url)
+    ref = f'"{schema}".dim' if target == "wh" else f"`{table}`"
+    try:
+        got = {k: v[0] for k, v in _rows(engine, f"SELECT id, n FROM {ref}").items()}
+        assert got == {1: Decimal(12300), 2: Decimal(9999900), 3: None}
+        assert _run(settings, "ns", full=True).rows_changed == 0
+    finally:
+        if target == "mdb":
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {ref}")

@@ -24,7 +24,7 @@ import datetime as dt
 import json
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -135,11 +135,21 @@ def value_order(value: Any, exact: bool = True) -> tuple:
     return (_OTHER, type(value).__qualname__, str(value))
 
 
-def row_order(row: Sequence[Any]) -> tuple:
+Readers = Mapping[int, Callable[[Any], Any]]  # per column position: its text -> its value
+
+
+def row_order(row: Sequence[Any], readers: Readers | None = None) -> tuple:
     """The canonical sort key of a row: its values' ``value_order``, column by column. Two
     rows get the same key only if their values are the same, so among tied rows the one
-    with the greatest key is a well-defined winner."""
-    return tuple(value_order(v) for v in row)
+    with the greatest key is a well-defined winner. ``readers``: columns that arrive as
+    the source database's text (between two PostgreSQL databases) are read back as their
+    values first, so that numbers compare as numbers on every path."""
+    if not readers:
+        return tuple(value_order(v) for v in row)
+    return tuple(
+        value_order(readers[i](v) if i in readers and isinstance(v, str) else v)
+        for i, v in enumerate(row)
+    )
 
 
 def checkpoint_order(value: Value) -> tuple:
@@ -168,10 +178,10 @@ class _Best:
     """The rows of one key seen so far: the best of them, how many there were, and the
     highest checkpoint value among the others."""
 
-    __slots__ = ("key", "losers_max", "order", "row", "rows", "tie", "value")
+    __slots__ = ("key", "losers_max", "order", "readers", "row", "rows", "tie", "value")
 
-    def __init__(self, key: Any, row: tuple, value: Value):
-        self.key, self.row, self.value = key, row, value
+    def __init__(self, key: Any, row: tuple, value: Value, readers: Readers | None = None):
+        self.key, self.row, self.value, self.readers = key, row, value, readers
         self.order = checkpoint_order(value)
         self.tie: tuple | None = None  # row_order(row), computed on the first tie
         self.rows = 1
@@ -182,8 +192,8 @@ class _Best:
         wins = order > self.order
         if order == self.order:
             if self.tie is None:
-                self.tie = row_order(self.row)
-            tie = row_order(row)
+                self.tie = row_order(self.row, self.readers)
+            tie = row_order(row, self.readers)
             wins = tie > self.tie
             if wins:
                 self.tie = tie
@@ -216,8 +226,9 @@ NO_KEY: Any = object()  # ``resolve(hold=...)`` when no key is held back (None i
 
 
 class DuplicateResolver:
-    def __init__(self, key_positions: Sequence[int]):
+    def __init__(self, key_positions: Sequence[int], readers: Readers | None = None):
         self.key_positions = list(key_positions)
+        self.readers = readers  # see row_order
         # the best row so far of the key that the latest batch left unfinished (a key with
         # more rows than a batch): not written yet, it meets the key's next rows first
         self.pending: _Best | None = None
@@ -245,12 +256,12 @@ class DuplicateResolver:
                 continue
             j = first.setdefault(key, i)
             if j != i:
-                group = groups[key] = _Best(key, rows[j], values[j])
+                group = groups[key] = _Best(key, rows[j], values[j], self.readers)
                 group.offer(rows[i], values[i])
         if hold is not NO_KEY:
             held = groups.pop(hold, None)
             if held is None and hold in first:
-                held = _Best(hold, rows[first[hold]], values[first[hold]])
+                held = _Best(hold, rows[first[hold]], values[first[hold]], self.readers)
             self.pending = held
         if not groups and hold is NO_KEY:
             return Resolved(rows, values, 0, None, len(rows))

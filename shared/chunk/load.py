@@ -42,7 +42,7 @@ from shared.chunk.duplicates import NO_KEY, DuplicateResolver, key_of
 from shared.chunk.result import ChunkCounts, ChunkResult
 from shared.config.settings import Settings
 from shared.dialects import adapter_for
-from shared.dialects.holds import ValueCheck, no_checkpoint_beyond_range
+from shared.dialects.holds import ValueCheck, no_checkpoint_beyond_range, printed_by_the_source
 from shared.dialects.postgres import PostgresAdapter
 from shared.dialects.relay import Relay, relay_between
 from shared.engines import READ_ONLY, SessionLimits, get_engine, writer_metadata
@@ -285,7 +285,7 @@ class ChunkLoad:
         self.scd_target = plan.scd_target(self.target_adapter)
         self.key_positions = [plan.columns.index(k) for k in spec.keys]
         self.checkpoint = CheckpointReader(spec, plan.columns, plan.python_filter)
-        self.duplicates = DuplicateResolver(self.key_positions)
+        self.duplicates = DuplicateResolver(self.key_positions, self._text_readers())
         # the last key of the latest relayed batch, as the stage typed it (see _load_relayed)
         self.relayed_last_key: tuple | None = None
         self.stage = ""
@@ -375,6 +375,20 @@ class ChunkLoad:
         compared = {*self.plan.spec.keys, *self.plan.spec.checkpoint_columns}
         return [c for c in self.plan.columns if c not in compared]
 
+    def _text_readers(self) -> dict[int, Callable[[Any], Any]]:
+        """Per position of a column the chunk receives as the source's text (the typed path
+        and the relay's slow path between two PostgreSQL databases), how to read it back
+        as its value, so duplicates compare values as on every other path."""
+        kinds, columns = self.plan.kinds, self.plan.columns
+        if kinds is None:  # planned before the kinds were kept
+            return {}
+        readers = {}
+        for name in self._text_columns():
+            i = columns.index(name)
+            if (reader := self.source_adapter.text_reader(kinds[i])) is not None:
+                readers[i] = reader
+        return readers
+
     def _ensure_stage(self, tconn: Connection) -> None:
         """The stage typed batches load through, made on first use (a relayed chunk may
         never need it)."""
@@ -382,8 +396,10 @@ class ChunkLoad:
             spec, columns = self.plan.spec, self.plan.columns
             with tconn.begin():
                 self.stage = self.target_adapter.chunk_stage(tconn, spec.target, columns)
-                self.value_check = self.target_adapter.value_check(tconn, spec.target, columns).add(
-                    spec.checkpoint_columns, no_checkpoint_beyond_range()
+                self.value_check = (
+                    self.target_adapter.value_check(tconn, spec.target, columns)
+                    .add(spec.checkpoint_columns, no_checkpoint_beyond_range())
+                    .add(self._text_columns(), printed_by_the_source())
                 )
 
     def _run_typed(self, tconn: Connection) -> None:

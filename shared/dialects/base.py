@@ -10,7 +10,7 @@ relay bulk text also implements the protocols in ``shared/dialects/relay.py``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, inspect, text
@@ -120,6 +120,12 @@ class DialectAdapter:
     def shown_as_text(self, column_sql: str) -> str:
         """The database's own text of a column's value (NULL stays NULL)."""
         return f"CAST({column_sql} AS TEXT)"
+
+    def text_reader(self, kind: TypeKind) -> Callable[[str], Any] | None:
+        """How to read this database's text of a value of ``kind`` (``shown_as_text``) back
+        as the value its typed reads give: where a chunk compares values it received as
+        text (duplicates' order). None: keep the text."""
+        return None
 
     def exact_reads(self, query: str) -> dict[str, str]:
         """Per column of ``query`` whose plain value the driver would not receive exactly,

@@ -15,11 +15,12 @@ is still found by the quarantine's bisection (``shared/scd/quarantine.py``).
 
 from __future__ import annotations
 
+import decimal
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from shared.dialects.exact import SourceDate, SourceDateTime, SourceTime, source_text
 
@@ -27,6 +28,9 @@ Rule = Callable[[Any], "str | None"]  # why the target cannot hold the value, or
 Rules = Mapping[type, Rule]  # per value type (exact type) of one column
 
 BEYOND_RANGE_TYPES = (SourceDate, SourceDateTime, SourceTime)
+# Decimal's default context keeps 28 digits: normalize() under it rounds a longer value (a
+# PostgreSQL numeric has up to 131,072 digits before the point and 16,383 after it)
+EXACT = decimal.Context(prec=131_072 + 16_383, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -150,6 +154,12 @@ def no_checkpoint_beyond_range() -> Rules:
     return dict.fromkeys(BEYOND_RANGE_TYPES, rule)
 
 
+def printed_by_the_source() -> Rules:
+    """For a column read as the source database's own text of its values, which the target
+    (the same kind of database) parses back exactly: no rule for its text."""
+    return {str: lambda _value: None}
+
+
 def negative_zero(value: float) -> bool:
     return value == 0.0 and math.copysign(1.0, value) < 0
 
@@ -202,7 +212,7 @@ def fits_decimal(precision: int, scale: int, target: str) -> Rules:
             value = Decimal(value)
         if not value.is_finite():
             return f"numeric {value} cannot be held by {target}"
-        exact = value.normalize() if value else Decimal(0)
+        exact = value.normalize(EXACT) if value else Decimal(0)
         before, after = decimal_digits(exact)
         if after > scale:
             return (
@@ -219,42 +229,51 @@ def fits_decimal(precision: int, scale: int, target: str) -> Rules:
 
 
 def significant_digits(value: Decimal) -> int:
-    digits = value.normalize().as_tuple().digits
+    digits = value.normalize(EXACT).as_tuple().digits
     return 0 if all(d == 0 for d in digits) else len(digits)
 
 
-# Text a database reads into a date or a timestamp column more loosely than the value: a
-# time of day after a date (a date column drops it), a zone after a timestamp (PostgreSQL's
-# timestamp without time zone ignores it). SQLite sources hold dates and timestamps as text.
-_DATE_TIME_TEXT = re.compile(
-    r"^\s*[+-]?\d{4,}-\d{1,2}-\d{1,2}(?:[T ]\s*(?P<time>\d{1,2}:\d{2}(?::\d{2}(?:\.\d*)?)?)"
-    r"\s*(?P<zone>[zZ]|[+-]\d{1,2}(?::?\d{2}(?::?\d{2})?)?|[A-Za-z][A-Za-z_/+-]*)?)?\s*$"
+# Text for a date or timestamp column (SQLite sources hold dates and timestamps as text; the
+# PostgreSQL typed path sends PostgreSQL's own ISO text) that the target would read as
+# another value: a time of day after a date (a date column drops it), a zone after a
+# timestamp without one (PostgreSQL ignores it), more than six digits of a second (rounded),
+# or words the database reads its own way ('today', 'now', 'epoch', day-first dates).
+_MOMENT_TEXT = re.compile(
+    r"\s*(?P<date>\d{4,}-\d{1,2}-\d{1,2})"
+    r"(?:(?:T|\s+)(?P<time>\d{1,2}:\d{2}(?::\d{2}(?:\.(?P<fraction>\d*))?)?))?"
+    r"\s*(?P<zone>[zZ]|[+-]\d{1,2}(?::?\d{2}(?::?\d{2})?)?|(?!(?:BC|AD)\b)[A-Za-z][A-Za-z0-9_/+-]*)?"
+    r"(?:\s+(?:BC|AD))?\s*"
 )
+_INFINITE = {"infinity", "+infinity", "-infinity"}
+_NO_OFFSET = {"Z", "UTC", "+00", "+00:00", "+0000", "-00", "-00:00", "-0000"}
+MomentKind = Literal["date", "timestamp", "timestamptz"]
 
 
-_NO_OFFSET = {"BC", "AD", "Z", "UTC", "+00", "+00:00", "+0000", "-00", "-00:00", "-0000"}
-
-
-def date_text(target: str) -> Rule:
-    """Text with a time of day other than midnight, for a date column."""
+def moment_text(kind: MomentKind, target: str, offsets: bool = False) -> Rule:
+    """A rule for text into a ``kind`` column of ``target``: ISO text of that kind (a date
+    may carry a midnight time), microseconds at most, a zone only for ``timestamptz`` (or,
+    with ``offsets``, a target that converts an offset to UTC, as chordload's MariaDB
+    sessions do), and the infinities."""
 
     def rule(value: str) -> str | None:
-        found = _DATE_TIME_TEXT.match(value)
-        shown = found.group("time") if found else None
-        if shown and any(ch not in "0:." for ch in shown):
+        found = _MOMENT_TEXT.fullmatch(value)
+        if found is None:
+            if value.strip().lower() in _INFINITE:
+                return None
+            shape = "YYYY-MM-DD" if kind == "date" else "YYYY-MM-DD HH:MM:SS"
+            return (
+                f"{value!r} is not an ISO {kind} ({shape}); {target} would read it its own "
+                f"way (a day-first date, 'today', 'epoch'); convert it in the query"
+            )
+        time, zone, fraction = found["time"], found["zone"], found["fraction"] or ""
+        if kind == "date" and time and any(ch not in "0:." for ch in time):
             return f"{value!r} has a time of day, which {target} would drop"
-        return None
-
-    return rule
-
-
-def timestamp_text(target: str) -> Rule:
-    """Text with a time zone or offset, for a timestamp column without one."""
-
-    def rule(value: str) -> str | None:
-        found = _DATE_TIME_TEXT.match(value)
-        zone = found.group("zone") if found else None
-        if zone and zone.upper() not in _NO_OFFSET:
+        if len(fraction) > 6:
+            return (
+                f"{value!r} has {len(fraction)} digits of a second, {target} keeps 6 (it "
+                f"would round)"
+            )
+        if zone and kind == "timestamp" and not offsets and zone.upper() not in _NO_OFFSET:
             return (
                 f"{value!r} has a time zone ({zone}), which {target} would drop; load it into "
                 f"a timestamp with time zone, or convert it in the query"

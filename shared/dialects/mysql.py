@@ -52,10 +52,10 @@ from shared.dialects.base import STAGE_TABLE, DialectAdapter, dbapi_connection
 from shared.dialects.holds import (
     ValueCheck,
     beyond_range,
-    date_text,
     finite_decimal,
     fits_decimal,
     floats_held,
+    moment_text,
 )
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 from shared.errors import ConfigError, LoadError
@@ -685,7 +685,9 @@ class MysqlAdapter(DialectAdapter):
                 **beyond_range(shown),
             }
             if data_type == "date":
-                column[str] = date_text(shown)
+                column[str] = moment_text("date", shown)
+            elif data_type in ("datetime", "timestamp"):  # an offset is converted to UTC
+                column[str] = moment_text("timestamp", shown, offsets=True)
             if data_type == "decimal" and precision is not None:
                 column.update(fits_decimal(int(precision), int(scale or 0), shown))
             elif data_type in ("tinyint", "smallint", "mediumint", "int", "bigint"):

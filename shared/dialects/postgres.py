@@ -44,7 +44,16 @@ from shared.dialects.base import (
     dbapi_connection,
 )
 from shared.dialects.exact import beyond_range, source_text
-from shared.dialects.holds import Rules, ValueCheck, always, both, date_text, timestamp_text
+from shared.dialects.holds import (
+    MomentKind,
+    Rule,
+    Rules,
+    ValueCheck,
+    always,
+    both,
+    fits_decimal,
+    moment_text,
+)
 from shared.dialects.relay import CopyRelay, RelayedShape
 from shared.dialects.types import ColumnType, SourceColumn, TypeKind
 from shared.errors import ConfigError
@@ -208,6 +217,33 @@ _EXACT_CASTERS = (
 )
 
 
+def _moment_reader(kind: str, parse: Callable[[str], Any], tz: dt.tzinfo | None) -> Any:
+    def read(value: str) -> Any:
+        if value in ("infinity", "-infinity") or value.startswith("24:"):
+            return beyond_range(kind, value, tz)
+        try:
+            return parse(value)
+        except ValueError:  # a BC date, year 10000
+            return beyond_range(kind, value, tz)
+
+    return read
+
+
+# PostgreSQL's text of a value (under HASH_SESSION) as the value the typed path reads
+_TEXT_READERS: dict[TypeKind, Callable[[str], Any]] = {
+    TypeKind.SMALLINT: int,
+    TypeKind.INTEGER: int,
+    TypeKind.BIGINT: int,
+    TypeKind.NUMERIC: Decimal,
+    TypeKind.FLOAT: float,
+    TypeKind.BOOLEAN: lambda text: text == "t",
+    TypeKind.DATE: _moment_reader("date", dt.date.fromisoformat, None),
+    TypeKind.TIMESTAMP: _moment_reader("timestamp", dt.datetime.fromisoformat, None),
+    TypeKind.TIMESTAMPTZ: _moment_reader("timestamp", dt.datetime.fromisoformat, dt.UTC),
+    TypeKind.TIME: _moment_reader("time", dt.time.fromisoformat, None),
+}
+
+
 def read_exactly(cursor: Any) -> None:
     """Make ``cursor`` read values exactly (see above); every other type as psycopg2 does."""
     for caster in _EXACT_CASTERS:
@@ -232,6 +268,39 @@ def _time_of_day(shown: str) -> Any:
         return f"duration {value} is not a time of day; {shown} cannot hold it"
 
     return rule
+
+
+def _signed_scale(scale: int) -> int:
+    """A numeric's scale as psycopg2 reports it: the modifier's low 11 bits, which PostgreSQL
+    15 reads as a signed number (``numeric(5, -2)`` is reported with scale 2046)."""
+    return scale - 2048 if scale >= 1024 else scale
+
+
+def _escapes_in_bytea(value: str) -> str | None:
+    """Text for a ``bytea`` column (a SQLite ``BLOB`` column can hold text): its characters
+    arrive as their UTF-8 bytes, but a backslash starts an escape (``\\x41`` is one byte)."""
+    if "\\" not in value:
+        return None
+    return (
+        f"text {value!r} for a PostgreSQL bytea: its backslashes would be read as escapes; "
+        f"cast the column to a blob in the query"
+    )
+
+
+def _bytes_not_bytea(shown: str) -> Rule:
+    """Bytes for a column that is not ``bytea`` (a SQLite text column can hold a blob): COPY
+    would store their escaped hex text."""
+
+    def rule(value: Any) -> str:
+        return (
+            f"bytes {bytes(value)[:32]!r} cannot be held by {shown}; cast the column to text "
+            f"in the query"
+        )
+
+    return rule
+
+
+_NUMERIC_TYPE = re.compile(r"numeric\((?P<precision>\d+),(?P<scale>-?\d+)\)")
 
 
 def _not_boolean(value: int) -> str | None:
@@ -372,6 +441,9 @@ class PostgresAdapter(DialectAdapter):
     row_hash_version = 2
 
     # -- relay: COPY text from a PostgreSQL source straight into the stage (relay.py) --------
+    def text_reader(self, kind: TypeKind) -> Callable[[str], Any] | None:
+        return _TEXT_READERS.get(kind)
+
     def shown_as_text(self, column_sql: str) -> str:
         """The value's output-function text, as COPY and the relay print it: a cast to text
         is no such thing for every type (``char(n)`` loses its padding, ``inet`` gains a
@@ -518,7 +590,8 @@ class PostgresAdapter(DialectAdapter):
         COPY parses back exactly: jsonb numbers keep their digits, infinity and BC dates stay
         what they are."""
         cols = ", ".join(
-            self.q(c) if c in typed else f"{self.q(c)}::text AS {self.q(c)}" for c in columns
+            self.q(c) if c in typed else f"{self.shown_as_text(self.q(c))} AS {self.q(c)}"
+            for c in columns
         )
         conn.execute(text(HASH_SESSION))
         cursor = dbapi_connection(conn).cursor()
@@ -539,7 +612,9 @@ class PostgresAdapter(DialectAdapter):
             kind = _OID_KINDS.get(col.type_code, TypeKind.TEXT)
             precision = scale = length = None
             if kind is TypeKind.NUMERIC and col.precision and col.precision < 1000:
-                precision, scale = col.precision, col.scale
+                precision, scale = col.precision, _signed_scale(col.scale or 0)
+                if scale < 0:  # numeric(5, -2): integers of up to 7 digits, as numeric(7, 0)
+                    precision, scale = precision - scale, 0
             if col.type_code == 1043 and col.internal_size and col.internal_size > 0:
                 length = col.internal_size
             columns.append(SourceColumn(col.name, ColumnType(kind, precision, scale, length)))
@@ -863,14 +938,28 @@ class PostgresAdapter(DialectAdapter):
             type_name = types.get(name, "")
             shown = f"PostgreSQL {type_name or 'column'}"
             column: dict = {str: _no_nul(shown)}
-            if type_name == "date":
-                column[str] = always(both(column[str], date_text(shown)))
-            elif type_name.startswith("timestamp") and "with time zone" not in type_name:
-                column[str] = always(both(column[str], timestamp_text(shown)))
+            if type_name == "date" or type_name.startswith("timestamp"):
+                kind: MomentKind = (
+                    "date"
+                    if type_name == "date"
+                    else "timestamptz"
+                    if "with time zone" in type_name
+                    else "timestamp"
+                )
+                column[str] = always(both(column[str], moment_text(kind, shown)))
             elif type_name.startswith("time"):
                 column[dt.timedelta] = _time_of_day(shown)
+            elif type_name == "bytea":
+                column[str] = always(both(column[str], _escapes_in_bytea))
             elif type_name == "boolean":
                 column[int] = _not_boolean
+            elif (scaled := _NUMERIC_TYPE.fullmatch(type_name)) and int(scaled["scale"]) >= 0:
+                # COPY rounds a numeric(p, s) to its scale without a word (1.005 -> 1.01)
+                column.update(fits_decimal(int(scaled["precision"]), int(scaled["scale"]), shown))
+            if type_name != "bytea":
+                column.update(
+                    dict.fromkeys((bytes, bytearray, memoryview), _bytes_not_bytea(shown))
+                )
             rules.append(column)
         return ValueCheck(columns, rules, screens={str: _nul_free})
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import sqlite3
 import uuid
@@ -91,7 +92,10 @@ def _numeric_rules(column_affinity: str) -> Rules:
             return None
         digits = significant_digits(value)
         if digits <= REAL_DIGITS:
-            return None
+            real = float(value)
+            if math.isfinite(real) and Decimal(repr(real)) == value:
+                return None
+            return f"{value} is beyond the range of a SQLite REAL (it would store {real!r})"
         return (
             f"{value} has {digits} significant digits; a SQLite {column_affinity} column "
             f"keeps {REAL_DIGITS} (it would store {float(value)!r})"

@@ -18,6 +18,7 @@ from shared.checkpoint import PythonFilter
 from shared.config.mapping import CheckpointStrategy, DeletesMode, MappingSpec, parse_timestamp_text
 from shared.config.settings import Settings
 from shared.dialects.base import DialectAdapter
+from shared.dialects.types import TypeKind
 from shared.metadata.models import ProcessLog
 from shared.run.modes import LoadKind, RunMode
 from shared.run.values import Value, decode_value
@@ -58,6 +59,9 @@ class RunPlan:
     validity_kind: str | None = None  # type of the valid_from source column, if any
     checkpoint_from: Value = None  # the stored checkpoint when the run was planned
     queue: str | None = None  # the Celery queue the run was sent to
+    # the source columns' kinds (None: planned before they were kept), for reading a
+    # column the chunk receives as the source's text back as its value (duplicates' order)
+    kinds: tuple[TypeKind, ...] | None = None
 
     @property
     def load_kind(self) -> LoadKind:
@@ -78,6 +82,7 @@ class RunPlan:
                 "python": self.python_filter.to_document() if self.python_filter else None,
                 "validity_kind": self.validity_kind,
                 "queue": self.queue,
+                "kinds": [k.value for k in self.kinds] if self.kinds is not None else None,
             },
         }
 
@@ -113,6 +118,7 @@ class RunPlan:
             doc.get("validity_kind"),
             checkpoint_from,
             doc.get("queue"),
+            tuple(map(TypeKind, doc["kinds"])) if doc.get("kinds") is not None else None,
         )
 
     # -- what the SCD statements need --------------------------------------------------------

@@ -15,12 +15,11 @@ from shared.dialects.holds import (
     always,
     beyond_range,
     both,
-    date_text,
     decimal_digits,
     fits_decimal,
     floats_held,
+    moment_text,
     no_checkpoint_beyond_range,
-    timestamp_text,
 )
 from shared.dialects.sqlite import _duration, _numeric_rules
 from shared.run.values import json_safe
@@ -87,7 +86,7 @@ def test_a_screen_skips_a_rule_for_a_batch_without_the_case():
 
     # a rule that checks more than the screen stays for such a batch
     check = ValueCheck(
-        ["d"], [{str: always(both(rule, date_text("date")))}], screens={str: nul_free}
+        ["d"], [{str: always(both(rule, moment_text("date", "date")))}], screens={str: nul_free}
     )
     good, bad = check.split([("2024-01-01",), ("2024-01-01 10:00",)])
     assert good == [("2024-01-01",)]
@@ -95,40 +94,45 @@ def test_a_screen_skips_a_rule_for_a_batch_without_the_case():
 
 
 @pytest.mark.parametrize(
-    ("value", "refused"),
+    ("kind", "value", "refused"),
     [
-        ("2024-01-01", False),
-        ("2024-01-01 00:00:00", False),
-        ("2024-01-01T00:00:00.000", False),
-        ("0044-03-15 BC", False),
-        ("infinity", False),
-        ("not a date", False),  # the database refuses it by itself
-        ("2024-01-01 10:00:00", True),
-        ("2024-01-01T00:00:00.5", True),
-        ("2024-01-01 00:00:01+05:00", True),
+        ("date", "2024-01-01", None),
+        ("date", "2024-01-01 00:00:00", None),
+        ("date", "2024-01-01T00:00:00.000", None),
+        ("date", "0044-03-15 BC", None),
+        ("date", "12345-01-01", None),
+        ("date", "infinity", None),
+        ("date", "2024-01-01 10:00:00", "has a time of day"),
+        ("date", "2024-01-01T00:00:00.5", "has a time of day"),
+        ("date", "today", "is not an ISO date"),
+        ("date", "epoch", "is not an ISO date"),
+        ("date", "01/02/2024", "is not an ISO date"),
+        ("timestamp", "2024-01-01 10:00:00.123456", None),
+        ("timestamp", "2024-01-01", None),
+        ("timestamp", "0044-03-15 10:00:00 BC", None),
+        ("timestamp", "2024-01-01 10:00:00Z", None),  # UTC: the value as chordload reads it
+        ("timestamp", "2024-01-01 10:00:00+00:00", None),
+        ("timestamp", "2024-01-01 10:00:00 UTC", None),
+        ("timestamp", "-infinity", None),
+        ("timestamp", "2024-01-01 10:00:00+05:00", "has a time zone (+05:00)"),
+        ("timestamp", "2024-01-01T10:00:00-0130", "has a time zone (-0130)"),
+        ("timestamp", "2024-01-01 10:00 Europe/Paris", "has a time zone (Europe/Paris)"),
+        ("timestamp", "2024-01-01 10:00:00.1234567", "has 7 digits of a second"),
+        ("timestamp", "now", "is not an ISO timestamp"),
+        ("timestamptz", "2024-01-01 10:00:00.5+05:45", None),
+        ("timestamptz", "0044-03-15 09:53:28+00:53:28 BC", None),
+        ("timestamptz", "2024-01-01 10:00:00 Europe/Paris", None),
+        ("timestamptz", "2024-01-01 10:00:00.1234567+00", "has 7 digits of a second"),
+        ("timestamptz", "yesterday", "is not an ISO timestamptz"),
     ],
 )
-def test_a_date_column_refuses_text_with_a_time_of_day(value, refused):
-    assert (date_text("date")(value) is not None) is refused
+def test_text_for_a_date_or_timestamp_column_is_iso_of_that_kind(kind, value, refused):
+    why = moment_text(kind, "T")(value)
+    assert why is None if refused is None else refused in why, why
 
 
-@pytest.mark.parametrize(
-    ("value", "refused"),
-    [
-        ("2024-01-01 10:00:00", False),
-        ("2024-01-01 10:00:00.123456", False),
-        ("2024-01-01", False),
-        ("0044-03-15 10:00:00 BC", False),
-        ("2024-01-01 10:00:00Z", False),  # UTC: the value as chordload reads it
-        ("2024-01-01 10:00:00+00:00", False),
-        ("2024-01-01 10:00:00 UTC", False),
-        ("2024-01-01 10:00:00+05:00", True),
-        ("2024-01-01T10:00:00-0130", True),
-        ("2024-01-01 10:00 Europe/Paris", True),
-    ],
-)
-def test_a_timestamp_column_without_zone_refuses_text_with_one(value, refused):
-    assert (timestamp_text("timestamp")(value) is not None) is refused
+def test_a_target_that_converts_offsets_takes_them():
+    assert moment_text("timestamp", "DATETIME(6)", offsets=True)("2024-01-01 10:00+05:00") is None
 
 
 def test_negative_zero_nan_and_infinity_where_a_target_cannot_hold_them():
