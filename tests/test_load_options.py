@@ -373,6 +373,44 @@ def _versions(db: Db, table: str, key: int, columns: list[str]) -> list[dict]:
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("db", ["pg", "mdb"], indirect=True)  # SQLite: no typed NULL by query
+def test_a_null_valid_from_is_an_error_row_also_when_only_untracked_columns_change(
+    db, workers, make_settings
+):
+    """README: a row whose valid_from is NULL is an error row. With the valid_from column
+    untracked, a change of only untracked columns is applied in place, and the NULL was
+    written into the current version (found by an audit); it is quarantined now, and the
+    version keeps its values."""
+    source = db.create_source("src", [row(i) for i in range(1, 5)])
+    mapref = db.name("m")
+    settings = make_settings(
+        {
+            mapref: mapping(
+                db, source, "dim", scd={"type": 2, "valid_from": "updated_at", "tracked": ["name"]}
+            )
+        }
+    )
+    ok(run(settings, mapref))
+    before = current(db, "dim")
+    db.execute(f"UPDATE {db.ident('src')} SET city = 'Kyiv' WHERE id IN (1, 2)")
+    columns = ", ".join(c for c in BUSINESS if c != "updated_at")
+    nulled = (  # the source column is NOT NULL: the query makes key 1's NULL
+        f"SELECT {columns}, CASE WHEN id = 1 THEN NULL ELSE updated_at END AS updated_at "
+        f"FROM {db.ident('src')}"
+    )
+    scd = {"type": 2, "valid_from": "updated_at", "tracked": ["name"]}
+    settings = make_settings({mapref: mapping(db, nulled, "dim", scd=scd)})
+    second = run(settings, mapref)
+    ok_with_errors = second.status is RunStatus.FAILED and second.rows_errored == 1
+    assert ok_with_errors, second.message  # errors.max_rows 0: one error row fails the run
+    assert (second.rows_changed, second.rows_unchanged) == (1, 2)
+    after = {r["id"]: r for r in current(db, "dim")}
+    assert after[1] == before[0]
+    assert after[2]["city"] == "Kyiv"
+    assert db.scalar(f"SELECT count(*) FROM {db.ident('dim')}") == 4
+
+
+@pytest.mark.e2e
 def test_scd2_valid_from_column_and_current_valid_to_sentinel(db, workers, make_settings):
     rows = [row(i) for i in range(1, 21)]
     source = db.create_source("src", rows)

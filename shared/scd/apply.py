@@ -183,6 +183,20 @@ def apply_scd2(
         **target.flags(),
     }
     expire = [(audit.valid_to, vf), (audit.is_current, ":false_")]
+    # A row whose valid_from is NULL is an error row (README): a new version refuses it by
+    # the column's NOT NULL, and an untracked valid_from column updated in place must too,
+    # so the row is quarantined by bisection on every path instead of written
+    null_valid_from_refused = (
+        [
+            (
+                audit.valid_from,
+                f"CASE WHEN s.{q(opts.valid_from_column)} IS NULL THEN NULL "
+                f"ELSE t.{q(audit.valid_from)} END",
+            )
+        ]
+        if opts.valid_from_column in in_place
+        else []
+    )
     changed = written = updated = 0
     for null_safe in sql.null_passes(has_null_keys):
         match = sql.key_match(target, "t", "s", null_safe)
@@ -196,7 +210,7 @@ def apply_scd2(
                         table,
                         hashed,
                         match,
-                        [(c, f"s.{q(c)}") for c in in_place],
+                        [(c, f"s.{q(c)}") for c in in_place] + null_valid_from_refused,
                         f"t.{current} = :true_ AND t.{q(audit.row_hash)} = s.cl_hash AND "
                         f"{sql.differs(target, 't', 's', in_place)}",
                     )
