@@ -57,6 +57,17 @@ def _metadata(settings: Settings) -> Engine:
     return engine
 
 
+def _seconds(value: str) -> float:
+    """A --timeout-s: more than 0 seconds."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {value}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {value}")
+    return number
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -647,8 +658,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
             show=args.show,
         )
     except TimeoutError as err:  # the verify goes on; verify_log gets its verdict
-        print(f"error: {err}; it goes on, its verdict will be in verify_log", file=sys.stderr)
-        return EXIT_FAILED
+        print(
+            f"error: {err}; it goes on, its verdict will be in verify_log (exit code 5, as "
+            f"for any --timeout-s); if no worker consumes queue '{settings.celery.queue}', "
+            f"start one: celery -A workers worker --queues {settings.celery.queue} -n w1@%h",
+            file=sys.stderr,
+        )
+        return EXIT_WAIT_TIMEOUT
     if args.json:
         print_json(report)
     else:
@@ -669,11 +685,21 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import DBAPIError
+
     from shared.engines import get_engine, mask_url
+    from shared.errors import SourceUnavailableError, describe_db_error
     from shared.metadata.schema import upgrade
 
     settings = _settings(args)
-    revision = upgrade(get_engine(settings.metadata))
+    try:
+        revision = upgrade(get_engine(settings.metadata))
+    except DBAPIError as exc:
+        raise SourceUnavailableError(
+            f"cannot reach the metadata database {mask_url(settings.metadata)}: "
+            f"{describe_db_error(exc)}; create the database (or fix `metadata` in the "
+            f"config) and run `chordload db upgrade` again"
+        ) from None
     print(f"metadata database {mask_url(settings.metadata)} is at revision {revision}")
     return EXIT_OK
 
@@ -768,7 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="Y",
         help="upper end of a --from backfill (inclusive)",
     )
-    p.add_argument("--timeout-s", type=float, default=None, metavar="S", help=TIMEOUT_HELP)
+    p.add_argument("--timeout-s", type=_seconds, default=None, metavar="S", help=TIMEOUT_HELP)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -783,7 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("watch", parents=[common], help="live progress of a run until it ends")
     p.add_argument("run_id", metavar="RUN_ID", help="the run to follow (see `chordload status`)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
-    p.add_argument("--timeout-s", type=float, default=None, metavar="S", help=TIMEOUT_HELP)
+    p.add_argument("--timeout-s", type=_seconds, default=None, metavar="S", help=TIMEOUT_HELP)
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser(
@@ -794,7 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", metavar="RUN_ID", help="a FAILED or STOPPED run")
     p.add_argument("--wait", action="store_true", help="show progress and wait for the end")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--timeout-s", type=float, default=None, metavar="S", help=TIMEOUT_HELP)
+    p.add_argument("--timeout-s", type=_seconds, default=None, metavar="S", help=TIMEOUT_HELP)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("errors", parents=[common], help="the rows a run could not load")
@@ -951,7 +977,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="list the first N keys of each kind",
     )
-    p.add_argument("--timeout-s", type=float, default=None, help="give up waiting after this")
+    p.add_argument("--timeout-s", type=_seconds, default=None, help="give up waiting after this")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(

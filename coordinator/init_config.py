@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, NoSuchTableError
 from sqlalchemy.types import Date, DateTime
 
+from shared.config.settings import database_url
 from shared.engines import get_engine, mask_url
 from shared.errors import ConfigError, RefusedError, SourceUnavailableError, describe_db_error
 
@@ -154,6 +155,15 @@ def write_config(url: str, table: str, output: Path) -> str:
             f"{output} already exists and was left as it is: pass --output PATH for a new "
             f"file, or move it away first"
         )
+    if not output.parent.is_dir():
+        raise ConfigError(
+            f"--output {output}: the directory {output.parent} does not exist; create it or "
+            f"write the file elsewhere"
+        )
+    try:
+        database_url(url)
+    except ValueError as err:
+        raise ConfigError(f"--source-url is {err}") from None
     shape = read_table(url, table)
     text = render(url, shape)
     try:

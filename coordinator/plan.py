@@ -6,6 +6,7 @@ target table when it does not exist yet (created once, before any chunk can race
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from contextlib import AbstractContextManager, nullcontext
@@ -95,6 +96,13 @@ def check_columns(mapref: str, spec: MappingSpec, columns: list[str]) -> None:
     if spec.scd.valid_from:
         named.append(("scd.valid_from", spec.scd.valid_from))
     named += [("scd.tracked", c) for c in spec.scd.tracked or ()]
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise ConfigError(
+            f"mapping '{mapref}': the source query returns the column '{twice[0]}' more than "
+            f"once; give each column its own name in the query (e.g. `{twice[0]} AS "
+            f"{twice[0]}_2`)"
+        )
     internal = sorted(c for c in columns if c.lower() in INTERNAL_COLUMNS)
     if internal:
         raise ConfigError(
@@ -169,6 +177,28 @@ def read_source_columns(
                 f"{kind.value} column; it must be a date or timestamp"
             )
     return adapter, columns
+
+
+_NUMBER_TEXT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def refuse_numbers_as_text(
+    mapref: str, spec: MappingSpec, columns: list[SourceColumn], high_water: Value
+) -> None:
+    """A KEY checkpoint column of text whose maximum is a number: text compares character by
+    character, so '39' sorts before '9', and once '9' is the stored checkpoint a later row
+    '39' is below it and never loads, silently. Refused when the run is planned."""
+    kinds = {c.name: c.type.kind for c in columns}
+    values = high_water if isinstance(high_water, tuple) else (high_water,)
+    for name, value in zip(spec.checkpoint_columns, values, strict=False):
+        numbers = isinstance(value, str) and _NUMBER_TEXT.fullmatch(value)
+        if kinds.get(name) is TypeKind.TEXT and numbers:
+            raise ConfigError(
+                f"mapping '{mapref}': checkpoint column '{name}' is text holding numbers "
+                f"(its maximum is {value!r}): compared as text, '39' sorts before '9', so "
+                f"rows after the stored checkpoint would be skipped; cast it in the query "
+                f"(CAST({name} AS bigint) AS {name}) or checkpoint on a column that grows"
+            )
 
 
 def chunk_count(spec: MappingSpec, estimated_rows: int, override: int | None) -> tuple[int, str]:
@@ -339,6 +369,7 @@ def plan_run(
     strategy = spec.checkpoint_strategy
     mode = run_mode(mapref, spec, full, window_from, window_to)
     checkpoint.check_mode(mapref, spec, mode, window_to is not None, window_from is not None)
+    check_target_name(settings, mapref, spec)
     hooks.step("reading the source query's columns")
     adapter, source_columns = read_source_columns(settings, mapref, spec, hooks)
     columns = [c.name for c in source_columns]
@@ -362,9 +393,11 @@ def plan_run(
             def high_water() -> Value:
                 hooks.step("reading the high-water mark (max of the checkpoint column)")
                 try:
-                    return adapter.max_row(conn, query, spec.checkpoint_columns)
+                    found = adapter.max_row(conn, query, spec.checkpoint_columns)
                 except ConfigError as err:  # e.g. a maximum of 'infinity'
                     raise ConfigError(f"mapping '{mapref}': {err}") from None
+                refuse_numbers_as_text(mapref, spec, source_columns, found)
+                return found
 
             planned = checkpoint.plan_window(
                 mapref,
@@ -477,8 +510,21 @@ def source_high_water(settings: Settings, mapref: str, spec: MappingSpec) -> Val
 
 def validate_mapping(settings: Settings, mapref: str) -> list[str]:
     """Check a mapping against its source (columns exist, query runs); returns its columns."""
-    _adapter, columns = read_source_columns(settings, mapref, settings.mapping(mapref))
+    spec = settings.mapping(mapref)
+    check_target_name(settings, mapref, spec)
+    _adapter, columns = read_source_columns(settings, mapref, spec)
     return [c.name for c in columns]
+
+
+def check_target_name(settings: Settings, mapref: str, spec: MappingSpec) -> None:
+    """A target table or schema name longer than the target database takes: refused before
+    anything is written (PostgreSQL would create the table under a shortened name that no
+    later run finds; MariaDB refuses it only once the run is under way)."""
+    target = get_engine(settings.connection_url(spec.target.connection))
+    adapter = adapter_for(target)
+    for role, name in (("schema", spec.target.schema_name), ("table", spec.target.table_name)):
+        if name and (why := adapter.identifier_too_long(name)):
+            raise ConfigError(f"mapping '{mapref}': target.table's {role} name {why}; shorten it")
 
 
 def _target_options(spec: MappingSpec, source_columns: list[SourceColumn]) -> dict[str, Any]:

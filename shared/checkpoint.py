@@ -165,6 +165,14 @@ class PlannedWindow:
     notes: tuple[str, ...] = ()
 
 
+def _after(lower: Any, upper: Any) -> bool:
+    """Whether ``lower`` is above ``upper`` (values, or rows of values, of the same types)."""
+    try:
+        return bool(lower > upper)
+    except TypeError:  # different types: the database compares them, not Python
+        return False
+
+
 def plan_window(
     mapref: str,
     spec: MappingSpec,
@@ -205,6 +213,11 @@ def plan_window(
         example = high if high is not None else stored
         lower = typed(mapref, "--from", window_from, example)
         upper = typed(mapref, "--to", window_to, example) if window_to is not None else high
+        if window_to is not None and _after(lower, upper):
+            raise ConfigError(
+                f"mapping '{mapref}': --from {window_from} is after --to {window_to}: the "
+                f"window would be empty; swap them"
+            )
         return PlannedWindow(
             Window(column, lower, upper, include_nulls=False),
             notes=(f"backfill {lower} .. {upper}: the stored checkpoint does not move",),
@@ -227,6 +240,11 @@ def plan_window(
             True,
             typed(mapref, "--to", window_to, stored) if window_to is not None else None,
         )
+        if window_to is not None and _after(python_filter.lower, python_filter.upper):
+            raise ConfigError(
+                f"mapping '{mapref}': --from {window_from} is after --to {window_to}: the "
+                f"window would be empty; swap them"
+            )
         return PlannedWindow(
             python_filter=python_filter,
             notes=(

@@ -205,6 +205,13 @@ class ScdSpec(_Strict):
                 )
         return self
 
+    @field_validator("type", mode="before")
+    @classmethod
+    def _a_number(cls, value: object) -> object:
+        if isinstance(value, bool):  # YAML's true would read as 1: SCD1 by accident
+            raise ValueError(f"must be 1 or 2, not {str(value).lower()}")
+        return value
+
 
 class CheckpointSpec(_Strict):
     strategy: CheckpointStrategy = CheckpointStrategy.NONE

@@ -47,7 +47,7 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PLACEHOLDER = re.compile(r"__chordload_var_(\d+)__")
 
 
-def _database_url(url: str) -> str:
+def database_url(url: str) -> str:
     """A SQLAlchemy URL of a known dialect+driver (nothing is connected; the message never
     repeats the URL, which may hold a password)."""
     from sqlalchemy.engine import make_url
@@ -70,7 +70,7 @@ def _database_url(url: str) -> str:
     return url
 
 
-DatabaseUrl = Annotated[str, AfterValidator(_database_url)]
+DatabaseUrl = Annotated[str, AfterValidator(database_url)]
 METADATA_BACKENDS = ("postgresql", "sqlite")
 
 
@@ -88,7 +88,7 @@ def _metadata_url(url: str) -> str:
     return url
 
 
-MetadataUrl = Annotated[str, AfterValidator(_database_url), AfterValidator(_metadata_url)]
+MetadataUrl = Annotated[str, AfterValidator(database_url), AfterValidator(_metadata_url)]
 
 
 class CelerySpec(BaseModel):

@@ -76,6 +76,22 @@ class DialectAdapter:
             return f"{self.q(target.schema_name)}.{self.q(target.table_name)}"
         return self.q(target.table_name)
 
+    # the longest table or schema name the database takes (None: no limit worth checking),
+    # counted in bytes of UTF-8 (PostgreSQL) or in characters (MariaDB)
+    identifier_limit: int | None = None
+    identifier_in_bytes = False
+
+    def identifier_too_long(self, name: str) -> str | None:
+        """Why ``name`` cannot name a table or schema here (PostgreSQL would cut it short
+        without an error, MariaDB refuses it), or None."""
+        if self.identifier_limit is None:
+            return None
+        size = len(name.encode()) if self.identifier_in_bytes else len(name)
+        if size <= self.identifier_limit:
+            return None
+        unit = "bytes" if self.identifier_in_bytes else "characters"
+        return f"'{name}' is {size} {unit}; {self.name} names take at most {self.identifier_limit}"
+
     def index_name(self, table: str, suffix: str) -> str:
         digest = hashlib.md5(table.encode()).hexdigest()[:8]
         return f"cl_{table[:40]}_{digest}_{suffix}"

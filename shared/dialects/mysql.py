@@ -306,6 +306,7 @@ class LoadDataWarning(LoadError):
 
 class MysqlAdapter(DialectAdapter):
     name = "mysql"
+    identifier_limit = 64
 
     def __init__(self, engine: Engine):
         super().__init__(engine)

@@ -441,6 +441,9 @@ class PostgresAdapter(DialectAdapter):
     row_hash_version = 2
 
     # -- relay: COPY text from a PostgreSQL source straight into the stage (relay.py) --------
+    identifier_limit = 63  # NAMEDATALEN - 1
+    identifier_in_bytes = True
+
     def text_reader(self, kind: TypeKind) -> Callable[[str], Any] | None:
         return _TEXT_READERS.get(kind)
 

@@ -391,3 +391,11 @@ def test_mapping_spec_survives_its_json_dump():
         MappingSpec.model_validate(yaml.safe_load(yaml.safe_dump(spec.model_dump(mode="json"))))
         == spec
     )
+
+
+def test_scd_type_true_is_not_read_as_scd1():
+    """YAML's `type: true` would be 1 to a lax validator: SCD1 by accident."""
+    with pytest.raises(ValidationError) as refused:
+        MappingSpec.model_validate(mapping(scd={"type": True}))
+    assert "must be 1 or 2, not true" in str(refused.value)
+    assert MappingSpec.model_validate(mapping(scd={"type": 1})).scd.type == 1
