@@ -95,11 +95,15 @@ def test_key_full_window_ignores_the_stored_checkpoint(stored, hwm):
     st.sampled_from([0, 7]),
 )
 def test_key_backfill_window_is_exactly_from_to(frm, to, hwm, lag):
-    """KEY backfill reads exactly --from <= c <= --to (default: hwm): no NULLs, no lag."""
+    """KEY backfill reads exactly --from <= c <= --to (default: hwm): no NULLs, no lag; a
+    --from after --to is refused (an empty window is a typo, not a load)."""
     spec = spec_with({"strategy": "KEY", "column": "c", "lag": lag})
-    planned = plan_window(
-        "m", spec, RunMode.BACKFILL, 3, Hwm(hwm), str(frm), None if to is None else str(to)
-    )
+    args = ("m", spec, RunMode.BACKFILL, 3, Hwm(hwm), str(frm), None if to is None else str(to))
+    if to is not None and frm > to:
+        with pytest.raises(ConfigError, match=f"--from {frm} is after --to {to}"):
+            plan_window(*args)
+        return
+    planned = plan_window(*args)
     upper = to if to is not None else hwm
     assert planned.window == Window("c", frm, upper, include_nulls=False)
     assert "does not move" in planned.notes[0]
