@@ -379,9 +379,7 @@ def plan_run(
         validity_kind = next(
             VALIDITY_KINDS[c.type.kind] for c in source_columns if c.name == spec.scd.valid_from
         )
-    if strategy is CheckpointStrategy.PYTHON:
-        assert spec.checkpoint.function is not None
-        load_function(spec.checkpoint.function)  # refuse now what workers could not import
+    check_checkpoint_function(mapref, spec)
     stored_row = store.get_checkpoint(metadata, mapref)
     stored_encoded = stored_row.value if stored_row else None
     stored = checkpoint.stored_value(spec, stored_encoded)
@@ -512,8 +510,20 @@ def validate_mapping(settings: Settings, mapref: str) -> list[str]:
     """Check a mapping against its source (columns exist, query runs); returns its columns."""
     spec = settings.mapping(mapref)
     check_target_name(settings, mapref, spec)
+    check_checkpoint_function(mapref, spec)
     _adapter, columns = read_source_columns(settings, mapref, spec)
     return [c.name for c in columns]
+
+
+def check_checkpoint_function(mapref: str, spec: MappingSpec) -> None:
+    """A PYTHON checkpoint's function must import here: refused now what workers could not
+    import (validate, plan and run)."""
+    if spec.checkpoint_strategy is CheckpointStrategy.PYTHON:
+        assert spec.checkpoint.function is not None
+        try:
+            load_function(spec.checkpoint.function)
+        except ConfigError as err:
+            raise ConfigError(f"mapping '{mapref}': {err}") from None
 
 
 def check_target_name(settings: Settings, mapref: str, spec: MappingSpec) -> None:

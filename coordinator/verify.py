@@ -29,6 +29,7 @@ from coordinator.plan import (
     with_target_audit_names,
 )
 from shared import broker
+from shared.broker import require_broker
 from shared.config.mapping import DeletesMode, MappingSpec
 from shared.config.settings import Settings
 from shared.dialects import adapter_for
@@ -343,7 +344,9 @@ def verify(
     timeout_s: float | None = None,
     show: int = DEFAULT_SHOW,
 ) -> dict[str, Any]:
-    """Launch a verify, wait for its verdict and return its report."""
+    """Launch a verify, wait for its verdict and return its report. A broker that does not
+    answer is bad input (exit 2) before anything is written, as for ``chordload run``."""
+    require_broker(settings)
     verify_id = start_verify(
         settings,
         mapref,

@@ -168,3 +168,29 @@ def test_verify_that_gives_up_waiting_exits_5_and_says_how_to_start_a_worker(
             text("SELECT count(*) FROM verify_log WHERE mapref = 'vq'")
         ).scalar_one()
     assert verifies == 1  # the one that gave up waiting goes on; none for the refused ones
+
+
+def test_a_checkpoint_function_that_does_not_import_fails_validate_naming_the_mapping(
+    clean_cli_env, base_config, wh, schema, tmp_path, capsys
+):
+    create_customers(wh, schema, 10)
+    mapping = scd2_mapping(schema)
+    mapping["checkpoint"] = {"strategy": "PYTHON", "function": "nosuchmod:fn"}
+    path = _config(tmp_path, base_config, {"pyck": mapping})
+    for command in (["validate", "pyck"], ["plan", "pyck"]):
+        result = run_cli(capsys, *command, "--config", path)
+        assert result.code == 2, result
+        assert "mapping 'pyck': checkpoint.function 'nosuchmod:fn': cannot import" in result.err
+
+
+def test_verify_with_a_broker_that_does_not_answer_writes_nothing(
+    clean_cli_env, base_config, wh, schema, tmp_path, capsys
+):
+    create_customers(wh, schema, 10)
+    dead = "redis://127.0.0.1:1/0"
+    path = _config(tmp_path, base_config, {"vb": scd2_mapping(schema)}, broker=dead)
+    result = run_cli(capsys, "verify", "vb", "--config", path)
+    assert result.code == 2 and "redis://127.0.0.1:1/0" in result.err, result
+    with get_engine(base_config["metadata"]).connect() as conn:
+        count = conn.execute(text("SELECT count(*) FROM verify_log WHERE mapref = 'vb'"))
+        assert count.scalar_one() == 0
