@@ -506,13 +506,13 @@ def source_high_water(settings: Settings, mapref: str, spec: MappingSpec) -> Val
         ) from None
 
 
-def validate_mapping(settings: Settings, mapref: str) -> list[str]:
+def validate_mapping(settings: Settings, mapref: str) -> list[SourceColumn]:
     """Check a mapping against its source (columns exist, query runs); returns its columns."""
     spec = settings.mapping(mapref)
     check_target_name(settings, mapref, spec)
     check_checkpoint_function(mapref, spec)
     _adapter, columns = read_source_columns(settings, mapref, spec)
-    return [c.name for c in columns]
+    return columns
 
 
 def check_checkpoint_function(mapref: str, spec: MappingSpec) -> None:
@@ -611,6 +611,7 @@ def planned_target_ddl(
                     spec.scd.type,
                     list(spec.scd.audit_names().values()),
                 )
+                adapter.check_column_types(conn, spec.target, source_columns)
                 return [], []
             late = late_indexes.planned(_hashed_target(adapter, spec, source_columns), spec.target)
             created = adapter.target_ddl(
@@ -672,6 +673,7 @@ def ensure_target(
             spec.scd.type,
             list(spec.scd.audit_names().values()),
         )
+        adapter.check_column_types(conn, spec.target, source_columns)
         return True
 
     try:

@@ -23,6 +23,7 @@ from coordinator.presence import no_worker_message, start_worker_command, survey
 from shared.broker import require_broker
 from shared.config.settings import Settings
 from shared.dialects import adapter_for
+from shared.dialects.types import SourceColumn
 from shared.engines import get_engine, mask_url
 from shared.errors import ChordloadError, ConfigError, SourceUnavailableError, describe_db_error
 from shared.metadata.schema import current_revision, head_revision
@@ -70,7 +71,7 @@ def _check_sqlite_files(settings: Settings, mapref: str) -> None:
             )
 
 
-def check_target(settings: Settings, mapref: str, source_columns: list[str]) -> str:
+def check_target(settings: Settings, mapref: str, source_columns: list[SourceColumn]) -> str:
     """The target database is reachable and exists; returns what a run will do with the
     target table (load into it, or create it). ConfigError when the table lacks columns."""
     spec = settings.mapping(mapref)
@@ -101,10 +102,11 @@ def check_target(settings: Settings, mapref: str, source_columns: list[str]) -> 
             adapter.check_target(
                 conn,
                 spec.target,
-                source_columns,
+                [c.name for c in source_columns],
                 spec.scd.type,
                 list(spec.scd.audit_names().values()),
             )
+            adapter.check_column_types(conn, spec.target, source_columns)
         except ConfigError as err:
             raise ConfigError(f"mapping '{mapref}': {err}") from None
     return f"target {spec.target.table} exists and has the columns a load needs"
@@ -117,7 +119,8 @@ def check_mapping(settings: Settings, mapref: str) -> Check:
         target = check_target(settings, mapref, columns)
     except ChordloadError as err:
         return Check(mapref, Verdict.INVALID, str(err))
-    return Check(mapref, Verdict.OK, f"({len(columns)} columns: {', '.join(columns)}); {target}")
+    names = [c.name for c in columns]
+    return Check(mapref, Verdict.OK, f"({len(names)} columns: {', '.join(names)}); {target}")
 
 
 def check_metadata(settings: Settings) -> Check:

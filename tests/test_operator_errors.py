@@ -194,3 +194,29 @@ def test_verify_with_a_broker_that_does_not_answer_writes_nothing(
     with get_engine(base_config["metadata"]).connect() as conn:
         count = conn.execute(text("SELECT count(*) FROM verify_log WHERE mapref = 'vb'"))
         assert count.scalar_one() == 0
+
+
+def test_an_existing_target_whose_column_would_cut_every_value_is_refused(
+    clean_cli_env, base_config, wh, schema, tmp_path, capsys
+):
+    """The relay COPYs the source's text into the target's type: a timestamp into an
+    existing `date` column lost its time without a word. validate, plan and run refuse it,
+    naming the column."""
+    create_customers(wh, schema, 10)
+    mapping = scd2_mapping(schema)
+    with wh.begin() as conn:
+        conn.execute(
+            text(
+                f'CREATE TABLE "{schema}".dim_customer (dw_sk bigserial, id bigint, name text, '
+                "email text, city text, balance numeric(12,2), signup date, active boolean, "
+                "updated_at date, dw_row_hash varchar(32) NOT NULL, dw_valid_from timestamptz "
+                "NOT NULL, dw_valid_to timestamptz, dw_is_current boolean NOT NULL, dw_run_id "
+                "varchar(32) NOT NULL)"
+            )
+        )
+    path = _config(tmp_path, base_config, {"cut": mapping})
+    for command in (["validate", "cut"], ["plan", "cut"], ["run", "cut"]):
+        result = run_cli(capsys, *command, "--config", path)
+        assert result.code == 2, result
+        assert "its column 'updated_at' is date: a timestamp into a date drops" in result.err
+    assert process_log_count(base_config["metadata"], "cut") == 0

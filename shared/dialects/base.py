@@ -529,6 +529,13 @@ class DialectAdapter:
                 f"create it, or add the columns"
             )
 
+    def check_column_types(
+        self, conn: Connection, target: TargetSpec, columns: Sequence[SourceColumn]
+    ) -> None:
+        """Refuse an existing target whose column would change every value of the source
+        column without an error (a timestamp into a date drops its time). By default
+        nothing is checked: the value checks and the database's own errors find the rest."""
+
     # -- staging -----------------------------------------------------------------------
     def create_stage(self, conn: Connection, target: TargetSpec, columns: Sequence[str]) -> str:
         raise NotImplementedError

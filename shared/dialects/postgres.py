@@ -444,6 +444,35 @@ class PostgresAdapter(DialectAdapter):
     identifier_limit = 63  # NAMEDATALEN - 1
     identifier_in_bytes = True
 
+    def check_column_types(
+        self, conn: Connection, target: TargetSpec, columns: Sequence[SourceColumn]
+    ) -> None:
+        """PostgreSQL reads a COPY's text into the target's type, and some types drop part
+        of every value without an error: a timestamp's time in a ``date`` column, digits
+        after a ``numeric(p, s)``'s scale, a double's digits in a ``real``. The relay has no
+        per-value check, so such a target is refused when the run is planned."""
+        stored = _type_names(conn, self.table_ref(target))
+        for column in columns:
+            have, kind = stored.get(column.name, ""), column.type.kind
+            scaled = _NUMERIC_TYPE.fullmatch(have)
+            why = None
+            if kind in (TypeKind.TIMESTAMP, TypeKind.TIMESTAMPTZ) and have == "date":
+                why = "a timestamp into a date drops its time of day"
+            elif kind is TypeKind.FLOAT and have == "real":
+                why = "a double precision into a real keeps 6 of its digits"
+            elif (
+                kind is TypeKind.NUMERIC
+                and scaled is not None
+                and column.type.scale is not None
+                and int(scaled["scale"]) < column.type.scale
+            ):
+                why = f"the source's {column.type.scale} digits after the point would be rounded"
+            if why:
+                raise ConfigError(
+                    f"target table {target.table} exists, and its column '{column.name}' is "
+                    f"{have}: {why}; alter the column, or cast it in the query"
+                )
+
     def text_reader(self, kind: TypeKind) -> Callable[[str], Any] | None:
         return _TEXT_READERS.get(kind)
 
