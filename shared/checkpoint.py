@@ -165,12 +165,22 @@ class PlannedWindow:
     notes: tuple[str, ...] = ()
 
 
-def _after(lower: Any, upper: Any) -> bool:
-    """Whether ``lower`` is above ``upper`` (values, or rows of values, of the same types)."""
+def _refuse_reversed(
+    mapref: str, window_from: str, window_to: str | None, lower: Any, upper: Any
+) -> None:
+    """A backfill whose --from is above its --to (values, or rows of values, of the same
+    types; values Python cannot compare are left to the database)."""
+    if window_to is None:
+        return
     try:
-        return bool(lower > upper)
-    except TypeError:  # different types: the database compares them, not Python
-        return False
+        reversed_ = bool(lower > upper)
+    except TypeError:
+        return
+    if reversed_:
+        raise ConfigError(
+            f"mapping '{mapref}': --from {window_from} is after --to {window_to}: the window "
+            f"would be empty; swap them"
+        )
 
 
 def plan_window(
@@ -213,11 +223,7 @@ def plan_window(
         example = high if high is not None else stored
         lower = typed(mapref, "--from", window_from, example)
         upper = typed(mapref, "--to", window_to, example) if window_to is not None else high
-        if window_to is not None and _after(lower, upper):
-            raise ConfigError(
-                f"mapping '{mapref}': --from {window_from} is after --to {window_to}: the "
-                f"window would be empty; swap them"
-            )
+        _refuse_reversed(mapref, window_from, window_to, lower, upper)
         return PlannedWindow(
             Window(column, lower, upper, include_nulls=False),
             notes=(f"backfill {lower} .. {upper}: the stored checkpoint does not move",),
@@ -240,11 +246,7 @@ def plan_window(
             True,
             typed(mapref, "--to", window_to, stored) if window_to is not None else None,
         )
-        if window_to is not None and _after(python_filter.lower, python_filter.upper):
-            raise ConfigError(
-                f"mapping '{mapref}': --from {window_from} is after --to {window_to}: the "
-                f"window would be empty; swap them"
-            )
+        _refuse_reversed(mapref, window_from, window_to, python_filter.lower, python_filter.upper)
         return PlannedWindow(
             python_filter=python_filter,
             notes=(

@@ -29,12 +29,11 @@ from sqlalchemy import text
 
 from coordinator.launch import launch
 from coordinator.verify import exit_code, verify
-from coordinator.watch import wait
 from shared.engines import get_engine
 from shared.errors import ConfigError
 from shared.metadata import store
-from shared.run.statuses import RunStatus
 from tests.conftest import TOKEN
+from tests.test_value_matrix import _quarantined, _run
 from tests.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.e2e
@@ -45,15 +44,13 @@ SHOWN = (
 )
 
 
-def _run(settings, mapref: str, full: bool = False):
-    run = wait(launch(mapref, settings=settings, full=full), settings=settings, timeout_s=180)
-    assert run.status is RunStatus.SUCCESS, run.message
-    return run
-
-
-def _errors(settings, run) -> dict[int, str]:
-    rows = store.error_rows(get_engine(settings.metadata), run.run_id)
-    return {int(e.row_key["id"]): e.message for e in rows}
+def _pg_source(wh, schema: str, columns: str, rows: str) -> str:
+    """A PostgreSQL source table ``src`` in the test's schema; its qualified name."""
+    src = f'"{schema}".src'
+    with wh.begin() as conn:
+        conn.execute(text(f"CREATE TABLE {src} ({columns})"))
+        conn.execute(text(f"INSERT INTO {src} VALUES {rows}"))
+    return src
 
 
 def _rows(engine, sql: str) -> dict[int, Any]:
@@ -103,15 +100,13 @@ def test_postgres_typed_path_keeps_char_padding_and_host_addresses(
 ):
     """Relayed first, then the same rows by the typed path (two checkpoint columns): the
     values are the source's text on both, and the switch changes nothing."""
-    src = f'"{schema}".src'
-    with wh.begin() as conn:
-        conn.execute(text(f"CREATE TABLE {src} (id int, v int, w int, c char(6), ip inet)"))
-        conn.execute(
-            text(
-                f"INSERT INTO {src} VALUES (1, 1, 1, 'ab', '10.0.0.1'), (2, 2, 1, 'x y', '::1'), "
-                "(3, 3, 1, NULL, '10.0.0.0/8'), (4, 4, 1, '', NULL)"
-            )
-        )
+    src = _pg_source(
+        wh,
+        schema,
+        "id int, v int, w int, c char(6), ip inet",
+        "(1, 1, 1, 'ab', '10.0.0.1'), (2, 2, 1, 'x y', '::1'), (3, 3, 1, NULL, '10.0.0.0/8'), "
+        "(4, 4, 1, '', NULL)",
+    )
     # key 1 twice: a relayed batch with a duplicate key is read back from the stage as
     # rows (the relay's slow path), which also printed the values with a cast to text
     query = f"SELECT id, v, w, c, ip FROM {src} UNION ALL SELECT 1, 0, 0, 'lost', '10.9.9.9'"
@@ -188,7 +183,7 @@ def test_mariadb_tinyint1_beyond_0_and_1(wh, schema, mdb, mariadb_url, workers, 
     query = f"SELECT * FROM {src}"
     into_pg = make_settings({"ti": _mapping(query, "mdb", "wh", f"{schema}.dim")})
     first = _run(into_pg, "ti")
-    errors = _errors(into_pg, first)
+    errors = _quarantined(into_pg, first)
     assert set(errors) == {3, 4}
     assert all(m.startswith("column 't': ") and "not a boolean" in m for m in errors.values())
     assert _rows(wh, f'SELECT id, t FROM "{schema}".dim') == {1: (False,), 2: (True,)}
@@ -217,14 +212,11 @@ def test_mariadb_tinyint1_beyond_0_and_1(wh, schema, mdb, mariadb_url, workers, 
 def test_negative_zero_where_the_target_stores_zero_is_quarantined(
     target, wh, schema, mariadb_url, sqlite_url, workers, make_settings
 ):
-    src = f'"{schema}".src'
-    with wh.begin() as conn:
-        conn.execute(text(f"CREATE TABLE {src} (id int PRIMARY KEY, f float8)"))
-        conn.execute(text(f"INSERT INTO {src} VALUES (1, '-0'), (2, 0), (3, 1.5)"))
+    src = _pg_source(wh, schema, "id int PRIMARY KEY, f float8", "(1, '-0'), (2, 0), (3, 1.5)")
     table = f"nz_{uuid.uuid4().hex[:8]}"
     settings = make_settings({"nz": _mapping(f"SELECT * FROM {src}", "wh", target, table)})
     run = _run(settings, "nz")
-    errors = _errors(settings, run)
+    errors = _quarantined(settings, run)
     assert set(errors) == {1}
     assert errors[1].startswith("column 'f': -0.0 cannot be held by")
     engine = get_engine(mariadb_url if target == "mdb" else sqlite_url)
@@ -244,10 +236,7 @@ def test_a_source_column_named_like_chordloads_own_is_refused(
     name, wh, schema, workers, make_settings
 ):
     """Refused when the run is planned, naming the column and the fix; nothing written."""
-    src = f'"{schema}".src'
-    with wh.begin() as conn:
-        conn.execute(text(f'CREATE TABLE {src} (id int PRIMARY KEY, "{name}" text, v int)'))
-        conn.execute(text(f"INSERT INTO {src} VALUES (1, 'same', 1)"))
+    src = _pg_source(wh, schema, f'id int PRIMARY KEY, "{name}" text, v int', "(1, 'same', 1)")
     settings = make_settings(
         {"al": _mapping(f'SELECT id, "{name}", v FROM {src}', "wh", "wh", f"{schema}.dim")}
     )
@@ -302,7 +291,7 @@ def test_sqlite_text_into_postgres_is_read_in_utc_and_never_cut(
     kathmandu.start()
     try:
         run = _run(settings, "tx")
-        errors = _errors(settings, run)
+        errors = _quarantined(settings, run)
         assert set(errors) == {2, 3}
         assert errors[2].startswith("column 'ts': ") and "time zone (+05:00)" in errors[2]
         assert errors[3].startswith("column 'd': ") and "time of day" in errors[3]
@@ -331,13 +320,13 @@ def test_mariadb_values_other_targets_cannot_hold_are_quarantined_by_column(
     query = f"SELECT * FROM {src}"
     into_lite = make_settings({"tl": _mapping(query, "mdb", "lite", f"tm_{uuid.uuid4().hex[:8]}")})
     run = _run(into_lite, "tl")
-    errors = _errors(into_lite, run)
+    errors = _quarantined(into_lite, run)
     assert 1 in errors and errors[1].startswith("column 'tm': TIME 25:00:00 is beyond")
     assert run.rows_inserted == 3 - len(errors)
 
     into_pg = make_settings({"tp": _mapping(query, "mdb", "wh", f"{schema}.dim")})
     run = _run(into_pg, "tp")
-    errors = _errors(into_pg, run)
+    errors = _quarantined(into_pg, run)
     assert set(errors) == {1, 2}
     assert errors[2].startswith("column 'd': "), errors[2]
 
@@ -367,7 +356,7 @@ def test_sqlite_values_postgres_would_read_otherwise_are_quarantined(
         {"sq": _mapping(f"SELECT * FROM {table}", "lite", "wh", f"{schema}.dim")}
     )
     run = _run(settings, "sq")
-    errors = _errors(settings, run)
+    errors = _quarantined(settings, run)
     expected = {2: "column 'n': ", 3: "column 'ts': ", 4: "column 'd': ", 5: "column 't': "}
     expected[6] = "column 'b': "
     assert {k: v[: len(expected.get(k, ""))] for k, v in errors.items()} == expected, errors
@@ -387,19 +376,16 @@ def test_decimals_are_checked_at_their_full_length(
 ):
     """A numeric with more digits than Python's default 28 is checked at its full length
     (it was rounded to 28 first, and passed); a SQLite REAL cannot hold 1e-400 or 1e400."""
-    src = f'"{schema}".src'
-    with wh.begin() as conn:
-        conn.execute(text(f"CREATE TABLE {src} (id int PRIMARY KEY, n numeric)"))
-        conn.execute(
-            text(
-                f"INSERT INTO {src} VALUES (1, 1.0000000000000000000000000000001), (2, 1.5), "
-                "(3, 1e-400), (4, 1e400)"
-            )
-        )
+    src = _pg_source(
+        wh,
+        schema,
+        "id int PRIMARY KEY, n numeric",
+        "(1, 1.0000000000000000000000000000001), (2, 1.5), (3, 1e-400), (4, 1e400)",
+    )
     table = f"dc_{uuid.uuid4().hex[:8]}"
     settings = make_settings({"dc": _mapping(f"SELECT * FROM {src}", "wh", target, table)})
     run = _run(settings, "dc")
-    errors = _errors(settings, run)
+    errors = _quarantined(settings, run)
     engine = get_engine(mariadb_url if target == "mdb" else sqlite_url)
     ref = f"`{table}`" if target == "mdb" else f'"{table}"'
     try:
@@ -438,10 +424,9 @@ def test_a_postgres_numeric_with_a_negative_scale_loads(
 ):
     """numeric(5, -2) holds integers of up to 7 digits (rounded to hundreds): its target
     column is numeric(7, 0)."""
-    src = f'"{schema}".src'
-    with wh.begin() as conn:
-        conn.execute(text(f"CREATE TABLE {src} (id int PRIMARY KEY, n numeric(5, -2))"))
-        conn.execute(text(f"INSERT INTO {src} VALUES (1, 12300), (2, 9999900), (3, NULL)"))
+    src = _pg_source(
+        wh, schema, "id int PRIMARY KEY, n numeric(5, -2)", "(1, 12300), (2, 9999900), (3, NULL)"
+    )
     table = f"{schema}.dim" if target == "wh" else f"ns_{uuid.uuid4().hex[:8]}"
     settings = make_settings({"ns": _mapping(f"SELECT * FROM {src}", "wh", target, table)})
     run = _run(settings, "ns")

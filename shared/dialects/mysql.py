@@ -313,32 +313,39 @@ class MysqlAdapter(DialectAdapter):
         self._collation = "utf8mb4_bin"
         # per stage: positions of DATETIME/TIMESTAMP columns, and columns marked timestamptz
         self._stage_datetimes: dict[str, list[int]] = {}
-        # the FLOAT columns the last query built here reads as DOUBLE (exact_reads)
+        # the FLOAT columns the last query built here reads as DOUBLE (exact_reads), and
+        # those of each query asked
         self._singles: frozenset[str] = frozenset()
+        self._singles_by_query: dict[str, frozenset[str]] = {}
 
     # -- source ------------------------------------------------------------------------
-    def source_columns(self, conn: Connection, query: str) -> list[SourceColumn]:
+    def _query_fields(self, conn: Connection, query: str) -> list[Any]:
+        """The result fields of ``query`` (type codes, lengths, flags), without its rows."""
         result = conn.execute(text(f"SELECT * FROM {self.from_query(query)} LIMIT 0"))
         try:
-            fields = _result_fields(result.cursor)
+            return _result_fields(result.cursor)
         finally:
             result.close()
-        return [SourceColumn(f.name, _field_column_type(f)) for f in fields]
+
+    def source_columns(self, conn: Connection, query: str) -> list[SourceColumn]:
+        return [
+            SourceColumn(f.name, _field_column_type(f)) for f in self._query_fields(conn, query)
+        ]
 
     def exact_reads(self, query: str) -> dict[str, str]:
         """``FLOAT`` columns read as ``DOUBLE``: the text protocol prints a ``FLOAT`` with
         six significant digits (16777216 as 16777200), while the ``DOUBLE`` is exact;
         ``stream`` gives it back as the ``FLOAT``'s shortest decimal (``shortest_single``).
-        Asked of the database (the query's result fields) each time a chunk's or a verify
-        range's SQL is built: a column's type can change between runs."""
-        with self.engine.connect() as conn:
-            result = conn.execute(text(f"SELECT * FROM {self.from_query(query)} LIMIT 0"))
-            try:
-                fields = _result_fields(result.cursor)
-            finally:
-                result.close()
-        self._singles = frozenset(f.name for f in fields if f.type_code == FIELD_TYPE.FLOAT)
-        return {name: f"src.{self.q(name)} + 0e0" for name in self._singles}
+        Asked of the database once per adapter (a chunk's, a verify range's): a column's
+        type can change between runs."""
+        singles = self._singles_by_query.get(query)
+        if singles is None:
+            with self.engine.connect() as conn:
+                fields = self._query_fields(conn, query)
+            singles = frozenset(f.name for f in fields if f.type_code == FIELD_TYPE.FLOAT)
+            self._singles_by_query[query] = singles
+        self._singles = singles
+        return {name: f"src.{self.q(name)} + 0e0" for name in singles}
 
     estimates_by_counting = False  # EXPLAIN's figure, from statistics that can be stale
 

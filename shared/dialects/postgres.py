@@ -194,16 +194,20 @@ _AS_TEXT_OIDS = tuple(
 _AS_TEXT = psycopg2.extensions.new_type(_AS_TEXT_OIDS, "CHORDLOAD_AS_TEXT", lambda v, _cur: v)
 
 
+def _read_moment(value: str, kind: str, tz: dt.tzinfo | None, parse: Any, *args: Any) -> Any:
+    """PostgreSQL's text of a date, timestamp or time as ``parse`` reads it, or as the
+    stand-in that keeps the text where Python's types end."""
+    if value in ("infinity", "-infinity") or value.startswith("24:"):
+        return beyond_range(kind, value, tz)  # psycopg2: date.max, time 00:00
+    try:
+        return parse(value, *args)
+    except ValueError:  # a BC date, year 10000, time 24:00:00
+        return beyond_range(kind, value, tz)
+
+
 def _temporal_caster(oid: int, kind: str, default: Any, tz: dt.tzinfo | None) -> Any:
     def cast(value: str | None, cur: Any) -> Any:
-        if value is None:
-            return None
-        if value in ("infinity", "-infinity") or value.startswith("24:"):
-            return beyond_range(kind, value, tz)  # psycopg2: date.max, time 00:00
-        try:
-            return default(value, cur)
-        except ValueError:  # a BC date, year 10000, time 24:00:00
-            return beyond_range(kind, value, tz)
+        return None if value is None else _read_moment(value, kind, tz, default, cur)
 
     return psycopg2.extensions.new_type((oid,), f"CHORDLOAD_{kind.upper()}_{oid}", cast)
 
@@ -218,15 +222,7 @@ _EXACT_CASTERS = (
 
 
 def _moment_reader(kind: str, parse: Callable[[str], Any], tz: dt.tzinfo | None) -> Any:
-    def read(value: str) -> Any:
-        if value in ("infinity", "-infinity") or value.startswith("24:"):
-            return beyond_range(kind, value, tz)
-        try:
-            return parse(value)
-        except ValueError:  # a BC date, year 10000
-            return beyond_range(kind, value, tz)
-
-    return read
+    return lambda value: _read_moment(value, kind, tz, parse)
 
 
 # PostgreSQL's text of a value (under HASH_SESSION) as the value the typed path reads

@@ -31,6 +31,7 @@ from decimal import Decimal
 from typing import Any
 
 from shared.dialects.exact import source_text
+from shared.dialects.holds import EXACT
 from shared.dialects.types import TypeKind
 
 Encoder = Callable[[Any], bytes]
@@ -39,7 +40,6 @@ NULL = b"N"
 NUMBER_KINDS = frozenset(
     {TypeKind.SMALLINT, TypeKind.INTEGER, TypeKind.BIGINT, TypeKind.NUMERIC, TypeKind.FLOAT}
 )
-_EXACT = decimal.Context(prec=1000)  # normalize() rounds to the context's precision
 _TRUE_TEXT = {"1", "t", "true", "y", "yes", "on"}
 _FALSE_TEXT = {"0", "f", "false", "n", "no", "off"}
 
@@ -86,7 +86,7 @@ def _number(value: Any) -> bytes:
         return b"D-Inf" if number < 0 else b"DInf"
     if number == 0:
         return b"D0"
-    return b"D" + format(number.normalize(_EXACT), "f").encode()  # 1E+2 -> 100
+    return b"D" + format(number.normalize(EXACT), "f").encode()  # 1E+2 -> 100
 
 
 def _boolean(value: Any) -> bytes:
